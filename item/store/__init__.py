@@ -1,0 +1,13 @@
+"""The on-disk embedding store: HDF5 shards, a JSON manifest, FAISS indexes. Depends on numpy, h5py, faiss."""
+
+from item.store.index import INDEX_KINDS, INDEX_ON, StoreIndex, build_index, list_indexes
+from item.store.reader import StoreReader
+from item.store.schema import SCHEMA_VERSION
+from item.store.summary import export_metadata, store_info
+from item.store.validate import validate
+from item.store.writer import AliasRecord, ImageRecord, ObjectRecord, StoreWriter
+
+__all__ = [
+    "INDEX_KINDS", "INDEX_ON", "SCHEMA_VERSION", "AliasRecord", "ImageRecord", "ObjectRecord", "StoreIndex",
+    "StoreReader", "StoreWriter", "build_index", "export_metadata", "list_indexes", "store_info", "validate",
+]

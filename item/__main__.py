@@ -1,0 +1,3 @@
+from item.cli import main
+
+main()

@@ -1,0 +1,267 @@
+"""Read a store: counts, row selection, embeddings in chunks, objects, metadata tables.
+
+Rows are numbered globally in manifest order: shard k's rows follow shard k-1's. Only shards the
+manifest lists are read, so a reader opened while a writer works (or after it died) sees
+complete shards only.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from item.errors import StoreError
+from item.store import schema
+from item.store.manifest import check_version, read_manifest
+
+
+def _decode(arr) -> np.ndarray:
+    """h5py variable-length strings -> numpy array of Python str (object dtype)."""
+    out = np.empty(len(arr), dtype=object)
+    for i, s in enumerate(arr):
+        out[i] = s.decode("utf-8") if isinstance(s, bytes) else str(s)
+    return out
+
+
+class StoreReader:
+    """Read-only view of the store at ``root`` as its manifest describes it now."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        self.shards = [e["name"] for e in self.manifest["shards"]]
+        counts = np.array([e["n_images"] for e in self.manifest["shards"]], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._files: dict[str, object] = {}
+
+    # -- basic facts ----------------------------------------------------------------------
+    @property
+    def n_images(self) -> int:
+        """Image rows, skipped ones included."""
+        return int(self._offsets[-1])
+
+    @property
+    def counts(self) -> dict:
+        return dict(self.manifest["counts"])
+
+    @property
+    def n_objects(self) -> int:
+        return int(self.manifest["counts"]["n_objects"])
+
+    @property
+    def n_skipped(self) -> int:
+        return int(self.manifest["counts"]["n_skipped"])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.manifest["embed_dim"])
+
+    @property
+    def misalignment_dim(self) -> int:
+        return int(self.manifest["misalignment_dim"])
+
+    @property
+    def models(self) -> dict:
+        return self.manifest["models"]
+
+    @property
+    def compat(self) -> dict:
+        return self.manifest["compat"]
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.manifest["random_weights"])
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies this store's content: its compat key and the shards it holds."""
+        import hashlib
+
+        h = hashlib.sha256(json.dumps(self.compat, sort_keys=True).encode())
+        for e in self.manifest["shards"]:
+            h.update(f"{e['name']}:{e['n_images']}:{e['n_objects']}".encode())
+        return h.hexdigest()[:16]
+
+    # -- shard access ---------------------------------------------------------------------
+    def _file(self, name: str):
+        import h5py
+
+        f = self._files.get(name)
+        if f is None:
+            path = self.root / schema.SHARD_DIR / name
+            try:
+                f = h5py.File(path, "r")
+            except (OSError, FileNotFoundError) as exc:
+                raise StoreError(f"{path}: cannot open shard ({exc}); run `item store validate {self.root}`") from None
+            check_version(int(f.attrs.get(schema.A_SCHEMA, -1)), str(path))
+            if not bool(f.attrs.get(schema.A_COMPLETE, False)):
+                f.close()
+                raise StoreError(f"{path}: shard is not marked complete; run `item store validate {self.root}`")
+            self._files[name] = f
+        return f
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _locate(self, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Group global rows by shard: yields (shard index, positions in ``rows``, local rows)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_images):
+            raise StoreError(f"row out of range 0..{self.n_images - 1}")
+        shard_of = np.searchsorted(self._offsets, rows, side="right") - 1
+        for k in np.unique(shard_of):
+            pos = np.nonzero(shard_of == k)[0]
+            yield int(k), pos, rows[pos] - self._offsets[k]
+
+    # -- metadata -------------------------------------------------------------------------
+    @cached_property
+    def _meta(self) -> dict[str, np.ndarray]:
+        cols: dict[str, list] = {c: [] for c in schema.METADATA_COLUMNS}
+        for name in self.shards:
+            g = self._file(name)[schema.G_IMAGES]
+            for c in schema.METADATA_COLUMNS:
+                raw = g[c][()]
+                cols[c].append(_decode(raw) if raw.dtype.kind in "OS" else raw)
+        out = {}
+        for c in schema.METADATA_COLUMNS:
+            out[c] = np.concatenate(cols[c]) if cols[c] else np.array([], dtype=object)
+        return out
+
+    def metadata(self, columns=None) -> dict[str, np.ndarray]:
+        """Per-image metadata columns over all rows, as numpy arrays (strings as object arrays)."""
+        meta = self._meta
+        names = columns or schema.METADATA_COLUMNS
+        unknown = [c for c in names if c not in meta]
+        if unknown:
+            raise StoreError(f"unknown metadata column(s) {unknown}; available: {', '.join(meta)}")
+        return {c: meta[c] for c in names}
+
+    def table(self):
+        """Per-image metadata as a pandas DataFrame (requires pandas), one row per image row."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise StoreError("pandas is needed for StoreReader.table(): pip install pandas") from None
+        df = pd.DataFrame({k: v for k, v in self._meta.items()})
+        df.insert(0, "row", np.arange(self.n_images))
+        return df
+
+    def select(self, *, label=None, generator=None, split=None, status: str | None = schema.STATUS_OK) -> np.ndarray:
+        """Global rows matching every given filter (a value or a list of values); sorted int64."""
+        meta = self._meta
+        mask = np.ones(self.n_images, dtype=bool)
+        for col, want in ((schema.LABEL, label), (schema.GENERATOR, generator), (schema.SPLIT, split),
+                          (schema.STATUS, status)):
+            if want is None:
+                continue
+            wanted = [want] if isinstance(want, str) else list(want)
+            mask &= np.isin(meta[col].astype(str), wanted)
+        return np.nonzero(mask)[0].astype(np.int64)
+
+    def find_id(self, key: str) -> int:
+        """Row of the image whose id is ``key`` or starts with it (unique prefix of at least 6 chars)."""
+        ids = self._meta[schema.ID].astype(str)
+        hits = np.nonzero(ids == key)[0]
+        if hits.size == 0 and len(key) >= 6:
+            hits = np.nonzero(np.char.startswith(ids.astype("U64"), key))[0]
+        if hits.size == 0:
+            raise StoreError(f"no image with id {key!r} in {self.root}")
+        if hits.size > 1:
+            raise StoreError(f"id prefix {key!r} matches {hits.size} images; give more characters")
+        return int(hits[0])
+
+    # -- vectors --------------------------------------------------------------------------
+    def read(self, name: str, rows=None, dtype=np.float32) -> np.ndarray:
+        """Vectors of one image column (image_emb, caption_emb, misalignment) for ``rows`` (all if None).
+
+        Returns (len(rows), width) in ``dtype``, in the order of ``rows``.
+        """
+        if name not in schema.VECTOR_COLUMNS:
+            raise StoreError(f"{name!r} is not a vector column; choose one of {', '.join(schema.VECTOR_COLUMNS)}")
+        rows = np.arange(self.n_images) if rows is None else np.asarray(rows, dtype=np.int64)
+        width = self.embed_dim if name != schema.MISALIGNMENT else self.misalignment_dim
+        out = np.empty((rows.size, width), dtype=dtype)
+        for k, pos, local in self._locate(rows):
+            ds = self._file(self.shards[k])[schema.G_IMAGES][name]
+            uniq, inverse = np.unique(local, return_inverse=True)
+            lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+            if hi - lo <= 2 * uniq.size:  # dense enough: one contiguous read is fastest
+                block = ds[lo:hi][uniq - lo]
+            else:  # h5py point selection wants increasing, unique indices
+                block = ds[uniq]
+            out[pos] = block[inverse]
+        return out
+
+    def iter_chunks(self, name: str, rows=None, chunk_rows: int = 65536, dtype=np.float32):
+        """Yield (rows_chunk, vectors) blocks of at most ``chunk_rows`` rows: memory stays bounded."""
+        rows = np.arange(self.n_images) if rows is None else np.asarray(rows, dtype=np.int64)
+        for start in range(0, rows.size, chunk_rows):
+            chunk = rows[start:start + chunk_rows]
+            yield chunk, self.read(name, chunk, dtype=dtype)
+
+    # -- objects --------------------------------------------------------------------------
+    def objects(self, rows=None, columns=None) -> dict[str, np.ndarray]:
+        """Object rows of the given images (all if None), image by image in the order of ``rows``.
+
+        ``image`` holds each object's global image row. Vectors come as float32.
+        """
+        rows = np.arange(self.n_images) if rows is None else np.asarray(rows, dtype=np.int64)
+        names = columns or [c.name for c in schema.OBJECT_COLUMNS]
+        parts: list[tuple[np.ndarray, dict]] = []
+        for k, pos, local in self._locate(rows):
+            f = self._file(self.shards[k])
+            g, og = f[schema.G_IMAGES], f[schema.G_OBJECTS]
+            start = g[schema.OBJECT_START][()][local]
+            count = g[schema.OBJECT_COUNT][()][local]
+            idx = np.concatenate([np.arange(s, s + c) for s, c in zip(start, count)]) if local.size else \
+                np.array([], np.int64)
+            idx = idx.astype(np.int64)
+            sel: dict[str, np.ndarray] = {}
+            for c in names:
+                ds = og[c]
+                if idx.size == 0:
+                    data = ds[:0]
+                elif ds.shape[0] and idx.size > ds.shape[0] // 2:
+                    data = ds[()][idx]
+                else:
+                    u, inv = np.unique(idx, return_inverse=True)
+                    data = ds[u][inv]
+                if c == schema.OBJ_IMAGE:
+                    data = data.astype(np.int64) + self._offsets[k]
+                elif data.dtype.kind in "OS":
+                    data = _decode(data)
+                elif data.dtype == np.float16:
+                    data = data.astype(np.float32)
+                sel[c] = data
+            # order objects by the position of their image in ``rows``
+            owner_pos = np.repeat(pos, count)
+            parts.append((owner_pos, sel))
+        if not parts:
+            return {c: np.array([]) for c in names}
+        owner = np.concatenate([p for p, _ in parts])
+        order = np.argsort(owner, kind="stable")
+        return {c: np.concatenate([s[c] for _, s in parts])[order] for c in names}
+
+    def aliases(self) -> dict[str, np.ndarray]:
+        """Alias rows (other paths of stored images) over all shards."""
+        cols: dict[str, list] = {c.name: [] for c in schema.ALIAS_COLUMNS}
+        for name in self.shards:
+            g = self._file(name)[schema.G_ALIASES]
+            for c in schema.ALIAS_COLUMNS:
+                cols[c.name].append(_decode(g[c.name][()]))
+        return {k: (np.concatenate(v) if v else np.array([], dtype=object)) for k, v in cols.items()}
+
+    def nouns(self, row: int) -> list[str]:
+        return json.loads(self._meta[schema.NOUNS][row])

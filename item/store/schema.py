@@ -1,0 +1,181 @@
+"""Names and layout of the on-disk store: the only place HDF5 dataset and attribute names appear.
+
+A store is a directory::
+
+    DIR/manifest.json            what the store holds; the only file ever rewritten (atomically)
+    DIR/writer.lock              flock(2) taken by the one process writing; JSON naming the holder
+    DIR/shards/shard-NNNNNN.h5   immutable HDF5 shards, each a contiguous block of image rows
+    DIR/index/ON-KIND.faiss      FAISS index over image embeddings or misalignment vectors
+    DIR/index/ON-KIND.rows.npy   (count,) int64 store rows of the index's vectors, in index order
+    DIR/index/ON-KIND.json       sidecar: kind, parameters, count, the shards it covers
+
+A shard has three groups: ``images`` (one row per distinct file content), ``objects`` (one row
+per noun of each image, ragged: image row ``i`` owns objects
+``object_start[i] : object_start[i] + object_count[i]`` of its shard) and ``aliases`` (other paths
+whose bytes equal an already stored image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+STORE_FORMAT = "item-store"
+
+MANIFEST = "manifest.json"
+LOCK_FILE = "writer.lock"
+SHARD_DIR = "shards"
+INDEX_DIR = "index"
+SHARD_PREFIX = "shard-"
+SHARD_SUFFIX = ".h5"
+PARTIAL_SUFFIX = ".partial"
+
+# Groups
+G_IMAGES = "images"
+G_OBJECTS = "objects"
+G_ALIASES = "aliases"
+
+# Image columns
+ID = "id"
+PATH = "path"
+LABEL = "label"
+GENERATOR = "generator"
+SPLIT = "split"
+STATUS = "status"
+REASON = "reason"
+CAPTION = "caption"
+CAPTION_SOURCE = "caption_source"
+CAPTION_TRUNCATED = "caption_truncated"
+NOUNS = "nouns"
+WIDTH = "width"
+HEIGHT = "height"
+FORMAT = "format"
+PERTURBATION = "perturbation"
+IMAGE_EMB = "image_emb"
+CAPTION_EMB = "caption_emb"
+MISALIGNMENT = "misalignment"
+OBJECT_START = "object_start"
+OBJECT_COUNT = "object_count"
+
+# Object columns
+OBJ_IMAGE = "image"
+NOUN = "noun"
+BOX = "box"
+SCORE = "score"
+GROUNDED = "grounded"
+CROP_EMB = "crop_emb"
+NOUN_EMB = "noun_emb"
+
+# Alias columns
+ALIAS_ID = "id"
+ALIAS_PATH = "path"
+ALIAS_LABEL = "label"
+ALIAS_GENERATOR = "generator"
+ALIAS_SPLIT = "split"
+
+# Shard attributes
+A_FORMAT = "format"
+A_SCHEMA = "schema_version"
+A_PACKAGE = "package_version"
+A_COMPLETE = "complete"
+A_N_IMAGES = "n_images"
+A_N_OBJECTS = "n_objects"
+A_N_ALIASES = "n_aliases"
+A_EMBED_DIM = "embed_dim"
+A_MISALIGNMENT_DIM = "misalignment_dim"
+A_COMPAT = "compat_json"
+A_CREATED = "created"
+
+STATUS_OK = "ok"
+STATUS_SKIPPED = "skipped"
+STATUS_DUPLICATE = "duplicate"  # export only: an alias path of a stored image
+LABELS = ("real", "fake", "unknown")
+
+EMB_DTYPE = "float16"  # stored embeddings: L2-normalised in float32, then cast
+VEC_DTYPE = "float32"  # misalignment vectors and boxes
+
+
+@dataclass(frozen=True)
+class Column:
+    """One dataset of a group: name, kind and, for vectors, which width it takes."""
+
+    name: str
+    kind: str  # 'str' | 'int32' | 'int64' | 'float32' | 'bool' | 'emb' (embed_dim float16) | 'vec' (misalignment_dim float32) | 'box'
+
+
+IMAGE_COLUMNS = (
+    Column(ID, "str"),
+    Column(PATH, "str"),
+    Column(LABEL, "str"),
+    Column(GENERATOR, "str"),
+    Column(SPLIT, "str"),
+    Column(STATUS, "str"),
+    Column(REASON, "str"),
+    Column(CAPTION, "str"),
+    Column(CAPTION_SOURCE, "str"),
+    Column(CAPTION_TRUNCATED, "bool"),
+    Column(NOUNS, "str"),
+    Column(WIDTH, "int32"),
+    Column(HEIGHT, "int32"),
+    Column(FORMAT, "str"),
+    Column(PERTURBATION, "str"),
+    Column(IMAGE_EMB, "emb"),
+    Column(CAPTION_EMB, "emb"),
+    Column(MISALIGNMENT, "vec"),
+    Column(OBJECT_START, "int64"),
+    Column(OBJECT_COUNT, "int32"),
+)
+
+OBJECT_COLUMNS = (
+    Column(OBJ_IMAGE, "int64"),
+    Column(NOUN, "str"),
+    Column(BOX, "box"),
+    Column(SCORE, "float32"),
+    Column(GROUNDED, "bool"),
+    Column(CROP_EMB, "emb"),
+    Column(NOUN_EMB, "emb"),
+)
+
+ALIAS_COLUMNS = (
+    Column(ALIAS_ID, "str"),
+    Column(ALIAS_PATH, "str"),
+    Column(ALIAS_LABEL, "str"),
+    Column(ALIAS_GENERATOR, "str"),
+    Column(ALIAS_SPLIT, "str"),
+)
+
+METADATA_COLUMNS = tuple(c.name for c in IMAGE_COLUMNS if c.kind not in ("emb", "vec"))
+VECTOR_COLUMNS = (IMAGE_EMB, CAPTION_EMB, MISALIGNMENT)
+
+# Keys of manifest['compat']: rows that differ in any of them never share a store.
+COMPAT_KEYS = ("clip_model", "clip_pretrained", "embed_dim", "preprocess_hash", "captioner", "grounder",
+               "recipe", "misalignment_dim", "random_weights")
+
+# Index sidecar keys
+INDEX_ON = ("image", "misalignment")
+
+
+def shard_name(number: int) -> str:
+    return f"{SHARD_PREFIX}{number:06d}{SHARD_SUFFIX}"
+
+
+def column_dtype(kind: str):
+    """numpy dtype of a column kind (strings are h5py variable-length UTF-8)."""
+    import h5py
+    import numpy as np
+
+    return {
+        "str": h5py.string_dtype("utf-8"),
+        "int32": np.dtype("int32"),
+        "int64": np.dtype("int64"),
+        "float32": np.dtype("float32"),
+        "bool": np.dtype("bool"),
+        "emb": np.dtype(EMB_DTYPE),
+        "vec": np.dtype(VEC_DTYPE),
+        "box": np.dtype(VEC_DTYPE),
+    }[kind]
+
+
+def column_width(kind: str, embed_dim: int, misalignment_dim: int) -> int | None:
+    """Second dimension of a column, None for 1-D columns."""
+    return {"emb": embed_dim, "vec": misalignment_dim, "box": 4}.get(kind)
