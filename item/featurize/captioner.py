@@ -1,0 +1,127 @@
+"""Captioner: BLIP (transformers) run on every image, real and fake alike, when no caption is given."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from item.errors import InputError, ModelLoadError
+
+#: Fixed generation settings, so captions are reproducible and recorded: greedy decoding, no sampling.
+#: A config may lower max_new_tokens with an `item_max_new_tokens` attribute (the tiny model uses 12).
+GENERATION = {"num_beams": 1, "do_sample": False, "max_new_tokens": 30}
+
+
+def _weights_sha256(folder: Path) -> str | None:
+    from item.featurize.encoder import file_sha256
+
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return file_sha256(folder / name)
+    return None
+
+
+def load_hf_pretrained(kind: str, name_or_path: str, model_cls, processor_cls, flag: str):
+    """`model_cls.from_pretrained` + `processor_cls.from_pretrained` (HF cache or local folder).
+
+    Returns (model, processor, source info dict). Raises ModelLoadError with one line naming the model,
+    where it looked and what fixes it.
+    """
+    from item.featurize.encoder import hf_cache_dir, hub_offline
+
+    local = Path(name_or_path).expanduser()
+    looks_local = local.exists() or name_or_path.startswith((".", "/", "~")) or os.sep * 2 in name_or_path
+    if looks_local and not local.is_dir():
+        raise ModelLoadError(
+            f"{kind} {name_or_path!r}: no such folder; pass a folder written by save_pretrained with {flag}"
+        )
+    try:
+        model = model_cls.from_pretrained(str(local) if looks_local else name_or_path)
+        processor = processor_cls.from_pretrained(str(local) if looks_local else name_or_path)
+    except Exception as e:  # OSError (missing files / offline), ValueError (wrong model type), ...
+        if looks_local:
+            reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
+            raise ModelLoadError(
+                f"cannot load {kind} from {local} ({reason}); pass a folder written by save_pretrained with {flag}"
+            ) from None
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "the download failed"
+        raise ModelLoadError(
+            f"cannot load {kind} {name_or_path!r}: not in the Hugging Face cache {hf_cache_dir()} and {why}; "
+            f"allow network access, set HF_HOME to a cache that holds it, or pass a local folder with {flag}"
+        ) from None
+    source = {"id": str(local.resolve()) if looks_local else name_or_path}
+    revision = getattr(model.config, "_commit_hash", None)
+    if revision:
+        source["revision"] = revision
+    if looks_local:
+        sha = _weights_sha256(local)
+        if sha:
+            source["weights_sha256"] = sha
+    return model.eval(), processor, source
+
+
+def autocast_for(device: str):
+    """fp16 autocast on CUDA, nothing on CPU."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+class Captioner:
+    """BLIP image captioning, batched and deterministic.
+
+    info: JSON-able: id, revision (hub commit) or weights_sha256 (local folder) where known,
+    random_weights, generation (the fixed generate() settings).
+    """
+
+    def __init__(self, model, processor, info: dict, device: str, generation: dict):
+        self.model = model
+        self.processor = processor
+        self.info = info
+        self.device = device
+        self.generation = dict(generation)
+
+    def caption(self, images) -> list[str]:
+        """PIL images -> one caption each (stripped; BLIP's tokenizer lower-cases). One generate() per call."""
+        import torch
+
+        images = [im.convert("RGB") for im in images]
+        if not images:
+            return []
+        inputs = self.processor(images=images, return_tensors="pt")
+        pixel_values = inputs["pixel_values"].to(self.device)
+        with torch.inference_mode(), autocast_for(self.device):
+            out = self.model.generate(pixel_values=pixel_values, **self.generation)
+        texts = self.processor.batch_decode(out, skip_special_tokens=True)
+        return [" ".join(t.split()) for t in texts]
+
+
+def load_captioner(name_or_path: str, device: str = "cpu") -> Captioner:
+    """A BLIP captioner from a hub id, a local `save_pretrained` folder, or a random builder name.
+
+    Random names ('tiny-random', 'small-random', 'default-random') build seeded random weights offline.
+    Raises ModelLoadError (one line) when weights cannot be loaded; InputError for 'none'.
+    """
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    from item.featurize import tiny
+
+    if name_or_path in ("", "none"):
+        raise InputError("captioner is 'none': there is nothing to load; give captions in the manifest instead")
+    if name_or_path in tiny.RANDOM_NAMES:
+        model, processor = tiny.build_blip(name_or_path)
+        source = {"id": name_or_path, "seed": tiny.SEED}
+        random_weights = True
+    else:
+        model, processor, source = load_hf_pretrained(
+            "captioner", name_or_path, BlipForConditionalGeneration, BlipProcessor, "--captioner"
+        )
+        random_weights = bool(getattr(model.config, "item_random_weights", False))
+    generation = dict(GENERATION)
+    generation["max_new_tokens"] = int(getattr(model.config, "item_max_new_tokens", generation["max_new_tokens"]))
+    model.to(device)
+    info = {**source, "class": type(model).__name__, "random_weights": random_weights, "generation": dict(generation)}
+    return Captioner(model, processor, info, str(device), generation)

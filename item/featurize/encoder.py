@@ -1,0 +1,273 @@
+"""CLIP encoder (open_clip): image_emb / crop_emb from pixels, caption_emb / noun_emb from text.
+
+Pointing at local CLIP weights: pass the checkpoint file (``.safetensors``, ``.bin`` or ``.pt``) as
+`pretrained`, e.g. ``load_clip('ViT-L-14', '/models/vit-l-14.safetensors')``; a folder holding one checkpoint
+also works. For an architecture open_clip does not ship, put open_clip's ``open_clip_config.json``
+(``{"model_cfg": ..., "preprocess_cfg": ...}``, as `item.featurize.tiny.save_tiny_models` writes it) beside
+the checkpoint: it is registered under the given model name before loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from item.errors import InputError, ModelLoadError
+
+RANDOM_SEED = 0
+_CHECKPOINT_NAMES = (
+    "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
+    "model.safetensors", "pytorch_model.bin",
+)
+_PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
+_hash_cache: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (memoised on path, size and mtime for this process)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _hash_cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _hash_cache[key] = h.hexdigest()
+    return _hash_cache[key]
+
+
+def hf_cache_dir() -> str:
+    """Where the Hugging Face hub cache lives now (HF_HOME / HF_HUB_CACHE aware)."""
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except Exception:  # pragma: no cover - huggingface_hub always ships with transformers / open_clip
+        return os.path.expanduser("~/.cache/huggingface/hub")
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class _Preprocess:
+    """Picklable callable: PIL image -> (3, H, W) float32 tensor (the model's own eval transform)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image):
+        return self.transform(image)
+
+
+def _canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+class ClipEncoder:
+    """An open_clip model in eval mode, with its own preprocessing.
+
+    Attributes:
+        embed_dim: width of every embedding it returns.
+        device: 'cpu' or 'cuda' (or 'cuda:N').
+        context_length: text tokens per sequence (77 for CLIP); longer texts are truncated and flagged.
+        transform: the eval transform, PIL image -> (3, H, W) float32 tensor; picklable.
+        preprocess: the same as a picklable callable (hand it to DataLoader workers).
+        info: JSON-able description: model, pretrained, embed_dim, image_size, preprocess (size, mean, std,
+            interpolation, resize mode), preprocess_hash (sha256 of that dict's canonical JSON), weights
+            (sha256 of the checkpoint file, the pretrained tag, or 'random-init-seed-0'), random_weights.
+    """
+
+    def __init__(self, model, transform, tokenizer, info: dict, device: str):
+        self.model = model
+        self.transform = transform
+        self.preprocess = _Preprocess(transform)
+        self.tokenizer = tokenizer
+        self.info = info
+        self.device = device
+        self.embed_dim = int(info["embed_dim"])
+        self.context_length = int(getattr(model, "context_length", None) or getattr(tokenizer, "context_length", 77))
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if str(self.device).startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def encode_images(self, pixels) -> np.ndarray:
+        """(n, 3, H, W) float tensor from `preprocess` -> (n, embed_dim) float32, L2-normalised rows."""
+        import torch
+
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise InputError(f"encode_images wants (n, 3, H, W) pixels, got shape {tuple(pixels.shape)}")
+        if len(pixels) == 0:
+            return np.zeros((0, self.embed_dim), np.float32)
+        with torch.inference_mode(), self._autocast():
+            emb = self.model.encode_image(pixels.to(self.device, non_blocking=True))
+        emb = torch.nn.functional.normalize(emb.float(), dim=-1)
+        return emb.cpu().numpy().astype(np.float32, copy=False)
+
+    def count_tokens(self, texts: list[str]) -> np.ndarray:
+        """(n,) int64: tokens of each text with its start/end tokens, before any truncation."""
+        if not texts:
+            return np.zeros(0, np.int64)
+        # A BPE token covers at least one character, so this length never truncates.
+        long_len = max(len(t) for t in texts) + 3
+        ids = self.tokenizer(list(texts), context_length=long_len)
+        pad_id = getattr(getattr(self.tokenizer, "tokenizer", None), "pad_token_id", None) or 0
+        return (ids != pad_id).sum(dim=1).numpy().astype(np.int64)
+
+    def encode_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Texts -> ((n, embed_dim) float32 L2-normalised, (n,) bool: truncated to context_length tokens)."""
+        import torch
+
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.embed_dim), np.float32), np.zeros(0, bool)
+        truncated = self.count_tokens(texts) > self.context_length
+        tokens = self.tokenizer(texts, context_length=self.context_length)
+        with torch.inference_mode(), self._autocast():
+            emb = self.model.encode_text(tokens.to(self.device))
+        emb = torch.nn.functional.normalize(emb.float(), dim=-1)
+        return emb.cpu().numpy().astype(np.float32, copy=False), truncated
+
+
+def _find_checkpoint(path: Path) -> Path:
+    if path.is_file():
+        return path
+    for name in _CHECKPOINT_NAMES:
+        if (path / name).is_file():
+            return path / name
+    found = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + sorted(path.glob("*.pt"))
+    if len(found) == 1:
+        return found[0]
+    raise ModelLoadError(
+        f"CLIP checkpoint folder {path} holds {len(found)} checkpoint files, need exactly one; "
+        f"pass the file itself with --pretrained"
+    )
+
+
+def _register_beside(model: str, checkpoint: Path) -> None:
+    """Register `open_clip_config.json` beside `checkpoint` under `model` if open_clip does not know it."""
+    import open_clip
+
+    if model in open_clip.list_models():
+        return
+    cfg_file = checkpoint.parent / "open_clip_config.json"
+    if not cfg_file.is_file():
+        raise InputError(
+            f"open_clip has no model config {model!r} and no open_clip_config.json sits beside {checkpoint}; "
+            f"use a name from open_clip.list_models() or put the config beside the weights"
+        )
+    try:
+        model_cfg = json.loads(cfg_file.read_text())["model_cfg"]
+    except (ValueError, KeyError) as e:
+        raise ModelLoadError(f"cannot read CLIP config {cfg_file}: {e}") from None
+    cfg_dir = Path(tempfile.mkdtemp(prefix="item-open-clip-cfg-"))
+    (cfg_dir / f"{model}.json").write_text(json.dumps(model_cfg))
+    open_clip.add_model_config(cfg_dir)
+
+
+def _marked_random(checkpoint: Path | None) -> bool:
+    """True when the open_clip_config.json beside a checkpoint says its weights are random (tiny test models)."""
+    cfg_file = checkpoint.parent / "open_clip_config.json" if checkpoint is not None else None
+    if cfg_file is None or not cfg_file.is_file():
+        return False
+    try:
+        return bool(json.loads(cfg_file.read_text()).get("item_random_weights", False))
+    except ValueError:
+        return False
+
+
+def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
+    """Load an open_clip model: `pretrained` is a tag ('openai'), a local checkpoint file / folder, or ''.
+
+    '' builds the architecture with seeded random weights (the same every time; info['random_weights']
+    is True). 'item-tiny-clip' is the tiny test architecture (registered on demand).
+    Raises ModelLoadError (one line) when weights cannot be found or loaded, InputError for an unknown model.
+    """
+    import open_clip
+    import torch
+
+    from item.featurize import tiny
+
+    if model == tiny.TINY_CLIP_MODEL:
+        tiny.register_tiny_clip()
+    checkpoint: Path | None = None
+    if pretrained and (os.sep in pretrained or os.path.exists(pretrained)):
+        if not os.path.exists(pretrained):
+            raise ModelLoadError(
+                f"CLIP {model} weights not found at {pretrained}; pass an existing checkpoint file with --pretrained"
+            )
+        checkpoint = _find_checkpoint(Path(pretrained))
+        _register_beside(model, checkpoint)
+    if model not in open_clip.list_models():
+        raise InputError(f"unknown CLIP model {model!r}; valid names: open_clip.list_models() (e.g. ViT-B-32, ViT-L-14)")
+
+    try:
+        if pretrained:
+            model_obj, _, transform = open_clip.create_model_and_transforms(
+                model, pretrained=str(checkpoint) if checkpoint else pretrained, device=device
+            )
+        else:
+            with tiny.seeded(RANDOM_SEED):
+                model_obj, _, transform = open_clip.create_model_and_transforms(model, pretrained=None, device=device)
+    except Exception as e:  # open_clip wraps hub / file errors in RuntimeError; keep the message to one line
+        known = open_clip.list_pretrained_tags_by_model(model)
+        if checkpoint is not None:
+            reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
+            raise ModelLoadError(
+                f"cannot load CLIP {model} weights from {checkpoint} ({reason}); pass a checkpoint of this "
+                f"architecture with --pretrained, or the matching model name with --clip"
+            ) from None
+        if pretrained not in known:
+            raise ModelLoadError(
+                f"CLIP {model} has no pretrained tag {pretrained!r} and no such file exists; "
+                f"known tags: {', '.join(known) or 'none'}; or pass a local checkpoint file with --pretrained"
+            ) from None
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "the download failed"
+        raise ModelLoadError(
+            f"cannot load CLIP {model} weights {pretrained!r}: not in the Hugging Face cache {hf_cache_dir()} "
+            f"and {why}; allow network access, set HF_HOME to a cache that holds them, "
+            f"or pass a local checkpoint file with --pretrained"
+        ) from None
+    model_obj.eval()
+    tokenizer = open_clip.get_tokenizer(model)
+
+    pp = dict(model_obj.visual.preprocess_cfg)
+    preprocess = {k: _jsonable(pp[k]) for k in _PREPROCESS_KEYS if k in pp}
+    if checkpoint is not None:
+        weights = "sha256:" + file_sha256(checkpoint)
+    elif pretrained:
+        weights = f"tag:{pretrained}"
+    else:
+        weights = f"random-init-seed-{RANDOM_SEED}"
+    size = preprocess.get("size", 224)
+    info = {
+        "model": model,
+        "pretrained": str(checkpoint) if checkpoint else pretrained,
+        "embed_dim": int(open_clip.get_model_config(model)["embed_dim"]),
+        "image_size": _jsonable(size),
+        "preprocess": preprocess,
+        "preprocess_hash": hashlib.sha256(_canonical_json(preprocess).encode()).hexdigest(),
+        "weights": weights,
+        "random_weights": not pretrained or _marked_random(checkpoint),
+    }
+    return ClipEncoder(model_obj, transform, tokenizer, info, device=str(device))

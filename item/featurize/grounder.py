@@ -1,0 +1,161 @@
+"""Grounder: Grounding DINO (transformers) finds one box per caption noun.
+
+The prompt for nouns [man, bike, road] is "man . bike . road ." (Grounding DINO's phrase format). Each of
+the model's queries has a sigmoid probability per text token. For noun j and query q:
+
+- noun score s[q, j] = max probability over the tokens of noun j's span (found through the tokenizer's
+  character offsets, never by matching decoded label strings);
+- query score b[q] = max probability over the tokens of all noun spans (Grounding DINO's box score).
+
+Query q is a candidate for noun j when b[q] >= box_threshold and s[q, j] >= text_threshold (the same two
+thresholds Grounding DINO's own post-processing uses); noun j's box is its candidate with the highest s[q, j],
+and Box.score is that s[q, j]. A noun with no candidate is ungrounded (None). Nouns whose span falls past the
+text model's max_text_len tokens are ungrounded too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from item.errors import InputError
+from item.featurize.captioner import autocast_for, load_hf_pretrained
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box in pixels of the original image, clipped inside it: 0 <= x0 < x1 <= width, 0 <= y0 < y1 <= height."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    score: float
+
+
+def build_prompt(nouns: list[str]) -> tuple[str, list[tuple[int, int]]]:
+    """"man . bike ." and each noun's (start, end) character span in it. Nouns are lower-cased, whitespace-normalised."""
+    parts, spans, pos = [], [], 0
+    for noun in nouns:
+        clean = " ".join(str(noun).lower().split()) or "object"
+        spans.append((pos, pos + len(clean)))
+        parts.append(clean + " .")
+        pos += len(clean) + 3
+    return " ".join(parts), spans
+
+
+def _clip_box(cx: float, cy: float, w: float, h: float, width: int, height: int, score: float) -> Box:
+    x0 = min(max((cx - w / 2) * width, 0.0), width)
+    x1 = min(max((cx + w / 2) * width, 0.0), width)
+    y0 = min(max((cy - h / 2) * height, 0.0), height)
+    y1 = min(max((cy + h / 2) * height, 0.0), height)
+    # A box squeezed to nothing by clipping still has to be a region: widen it to one pixel inside the image.
+    if x1 - x0 < 1.0:
+        x0 = min(x0, width - 1.0)
+        x1 = x0 + 1.0
+    if y1 - y0 < 1.0:
+        y0 = min(y0, height - 1.0)
+        y1 = y0 + 1.0
+    return Box(float(x0), float(y0), float(x1), float(y1), float(score))
+
+
+class Grounder:
+    """Grounding DINO, batched: one forward pass per `ground` call.
+
+    info: JSON-able: id, revision or weights_sha256 where known, random_weights, thresholds.
+    """
+
+    def __init__(self, model, processor, info: dict, device: str, box_threshold: float, text_threshold: float):
+        self.model = model
+        self.processor = processor
+        self.info = info
+        self.device = device
+        self.box_threshold = float(box_threshold)
+        self.text_threshold = float(text_threshold)
+        self.max_text_len = int(getattr(model.config, "max_text_len", 256))
+
+    def ground(self, images, nouns: list[list[str]]) -> list[list[Box | None]]:
+        """PIL images and each image's nouns -> for each image, one Box (or None: ungrounded) per noun."""
+        import torch
+
+        if len(images) != len(nouns):
+            raise InputError(f"ground got {len(images)} images but {len(nouns)} noun lists")
+        result: list[list[Box | None]] = [[None] * len(n) for n in nouns]
+        todo = [i for i, n in enumerate(nouns) if n]
+        if not todo:
+            return result
+        rgb = [images[i].convert("RGB") for i in todo]
+        prompts, spans = zip(*(build_prompt(nouns[i]) for i in todo))
+
+        tok = self.processor.tokenizer(
+            list(prompts), padding="longest", truncation=True, max_length=self.max_text_len,
+            return_offsets_mapping=True, return_tensors="pt",
+        )
+        offsets = tok.pop("offset_mapping")
+        pix = self.processor.image_processor(images=rgb, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in {**tok, **pix}.items()}
+        with torch.inference_mode(), autocast_for(self.device):
+            out = self.model(**inputs)
+        probs = out.logits.float().sigmoid().cpu()  # (batch, n_queries, max_text_len)
+        boxes = out.pred_boxes.float().cpu()  # (batch, n_queries, 4) cx, cy, w, h relative to the image
+
+        special = tok["attention_mask"].new_zeros(tok["attention_mask"].shape, dtype=torch.bool)
+        special_ids = set(self.processor.tokenizer.all_special_ids)
+        for t_id in special_ids:
+            special |= tok["input_ids"] == t_id
+        for b, i in enumerate(todo):
+            width, height = rgb[b].size
+            n_tok = min(probs.shape[-1], offsets.shape[1])
+            starts, ends = offsets[b, :n_tok, 0], offsets[b, :n_tok, 1]
+            real = ~special[b, :n_tok] & (ends > starts)
+            masks = []
+            for s, e in spans[b]:
+                masks.append(real & (starts >= s) & (ends <= e))
+            span_mask = torch.stack(masks)  # (n_nouns, n_tok) bool
+            p = probs[b, :, :n_tok]  # (n_queries, n_tok)
+            neg = torch.tensor(-1.0)
+            noun_score = torch.where(span_mask[None], p[:, None, :], neg).amax(-1)  # (n_queries, n_nouns)
+            any_noun = span_mask.any(0)
+            query_score = torch.where(any_noun[None], p, neg).amax(-1)  # (n_queries,)
+            ok = (query_score[:, None] >= self.box_threshold) & (noun_score >= self.text_threshold)
+            ok &= span_mask.any(1)[None]  # a noun truncated out of the prompt stays ungrounded
+            cand = torch.where(ok, noun_score, torch.tensor(-2.0))
+            best_score, best_q = cand.max(0)  # (n_nouns,)
+            for j in range(len(spans[b])):
+                if best_score[j] < -1.5:
+                    continue
+                cx, cy, w, h = boxes[b, best_q[j]].tolist()
+                result[i][j] = _clip_box(cx, cy, w, h, width, height, float(noun_score[best_q[j], j]))
+        return result
+
+
+def load_grounder(
+    name_or_path: str, device: str = "cpu", box_threshold: float = 0.35, text_threshold: float = 0.25
+) -> Grounder:
+    """Grounding DINO from a hub id, a local `save_pretrained` folder, or a random builder name.
+
+    Random names ('tiny-random', 'small-random', 'default-random') build seeded random weights offline; the
+    thresholds are used as given (the random presets pass 0.0 so every noun is grounded).
+    Raises ModelLoadError (one line) when weights cannot be loaded; InputError for 'none'.
+    """
+    from transformers import AutoProcessor, GroundingDinoForObjectDetection
+
+    from item.featurize import tiny
+
+    if name_or_path in ("", "none"):
+        raise InputError("grounder is 'none': there is nothing to load")
+    if name_or_path in tiny.RANDOM_NAMES:
+        model, processor = tiny.build_grounding_dino(name_or_path)
+        source = {"id": name_or_path, "seed": tiny.SEED}
+        random_weights = True
+    else:
+        model, processor, source = load_hf_pretrained(
+            "grounder", name_or_path, GroundingDinoForObjectDetection, AutoProcessor, "--grounder"
+        )
+        random_weights = bool(getattr(model.config, "item_random_weights", False))
+    model.to(device)
+    info = {
+        **source, "class": type(model).__name__, "random_weights": random_weights,
+        "box_threshold": float(box_threshold), "text_threshold": float(text_threshold),
+        "prompt": "noun . noun . (lower-case)", "noun_score": "max token probability over the noun's span",
+    }
+    return Grounder(model, processor, info, str(device), box_threshold, text_threshold)
