@@ -207,7 +207,6 @@ def _is_noun_at(tokens: list[str], i: int) -> bool:
 
 
 def _phrase_nouns(tokens: list[str]) -> list[str]:
-    singles, _ = lexicon()
     out: list[str] = []
     prev_noun = False
     i = 0
