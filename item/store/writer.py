@@ -178,7 +178,7 @@ class StoreWriter:
             atomic_write_json(manifest_path, self.manifest)
         self._recover(shard_dir)
         self._done: set[str] = set()
-        self._alias_paths: set[str] = set()
+        self._paths: set[str] = set()
         for entry in self.manifest["shards"]:
             self._load_ids(shard_dir / entry["name"])
 
@@ -218,7 +218,8 @@ class StoreWriter:
 
         with h5py.File(path, "r") as f:
             self._done.update(s.decode("utf-8") for s in f[schema.G_IMAGES][schema.ID][()])
-            self._alias_paths.update(s.decode("utf-8") for s in f[schema.G_ALIASES][schema.ALIAS_PATH][()])
+            self._paths.update(s.decode("utf-8") for s in f[schema.G_IMAGES][schema.PATH][()])
+            self._paths.update(s.decode("utf-8") for s in f[schema.G_ALIASES][schema.ALIAS_PATH][()])
 
     # -- public API ------------------------------------------------------------------------
     @property
@@ -227,9 +228,9 @@ class StoreWriter:
         return self._done
 
     @property
-    def alias_paths(self) -> set[str]:
-        """Paths already recorded as aliases of a stored image."""
-        return self._alias_paths
+    def known_paths(self) -> set[str]:
+        """Paths already recorded, as an image row or as an alias of one."""
+        return self._paths
 
     def add(self, record: ImageRecord) -> None:
         """Buffer one image row; closes a shard when ``shard_size`` rows are buffered."""
@@ -238,14 +239,17 @@ class StoreWriter:
         self._check_record(record)
         self._images.append(record)
         self._done.add(record.id)
+        self._paths.add(record.path)
         if len(self._images) >= self.shard_size:
             self.flush()
 
     def add_alias(self, alias: AliasRecord) -> None:
-        if alias.path in self._alias_paths:
+        if alias.path in self._paths:
             return
+        if alias.id not in self._done:
+            raise StoreError(f"alias {alias.path} names image {alias.id}, which is not in the store")
         self._aliases.append(alias)
-        self._alias_paths.add(alias.path)
+        self._paths.add(alias.path)
 
     def record_run(self, summary: dict) -> None:
         """Append a run summary (JSON-able) to the manifest; written with the next commit."""

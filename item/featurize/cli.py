@@ -1,0 +1,107 @@
+"""``item featurize``: image files -> captions -> nouns -> grounded crops -> CLIP embeddings -> store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from item.cli import emit_json, guarded, info, progress_bar, table, warn
+
+
+def featurize_cmd(
+    sources: List[str] = typer.Argument(..., help="Folders (layout detected) or manifests (.csv / .jsonl).",
+                                        show_default=False),
+    store: Path = typer.Option(..., "--store", "-s", help="Store directory (created, or resumed when it exists)."),
+    label: Optional[str] = typer.Option(None, help="Label for folders without label sub-folders: real|fake|unknown."),
+    generator: Optional[str] = typer.Option(None, help="Generator name for rows whose layout gives none."),
+    split: Optional[str] = typer.Option(None, help="Split name (train|val|test) for rows whose layout gives none."),
+    models: str = typer.Option("default", help="Model preset: default, small, tiny-random, small-random, "
+                               "default-random."),
+    clip: Optional[str] = typer.Option(None, help="open_clip model name (overrides the preset), e.g. ViT-L-14."),
+    pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or a local checkpoint path."),
+    captioner: Optional[str] = typer.Option(None, help="Captioner: HF id, local folder, or 'none' (then every "
+                                            "row needs a caption from its manifest)."),
+    grounder: Optional[str] = typer.Option(None, help="Grounder: HF id, local folder, or 'none' (global "
+                                           "features only)."),
+    box_threshold: Optional[float] = typer.Option(None, help="Grounding DINO box threshold (preset default 0.35)."),
+    text_threshold: Optional[float] = typer.Option(None, help="Grounding DINO text threshold (preset default 0.25)."),
+    max_objects: int = typer.Option(8, help="At most this many nouns per caption are grounded."),
+    perturb: Optional[List[str]] = typer.Option(None, help="Robustness perturbation applied after decoding: "
+                                                "jpeg:75, blur:1.0, resize:0.5; repeat or join with '+'."),
+    batch_size: int = typer.Option(16, help="Images per batch through captioner and grounder."),
+    clip_batch_size: int = typer.Option(64, help="Images or texts per CLIP forward pass."),
+    workers: int = typer.Option(-1, help="Decoding processes (-1: auto, 0: in the main process)."),
+    shard_size: int = typer.Option(1000, help="Image rows per store shard (at most this many are redone "
+                                   "after a crash)."),
+    max_pixels: Optional[int] = typer.Option(None, help="Decompression-bomb limit in pixels (default: "
+                                             "Pillow's, 89,478,485); 0 removes the limit."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete what the store holds and start afresh."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+):
+    """Featurize images into a store. Re-running the same command resumes where it stopped."""
+    import dataclasses
+
+    from item.featurize.decode import DEFAULT_MAX_PIXELS
+    from item.featurize.inputs import discover
+    from item.featurize.models import resolve_models
+    from item.featurize.perturb import parse_perturb
+    from item.featurize.pipeline import FeaturizeConfig, compat_for, featurize_rows, load_models, models_info
+    from item.store.writer import StoreWriter
+
+    perturbation = parse_perturb(perturb or None)
+    disc = discover(list(sources), label=label, generator=generator, split=split)
+    for src, layout in disc.layouts.items():
+        info(f"{src}: {layout}")
+    for p in disc.problems[:20]:
+        warn(p)
+    if len(disc.problems) > 20:
+        warn(f"... and {len(disc.problems) - 20} more problems")
+    if not disc.rows:
+        from item.errors import InputError
+
+        raise InputError("no image found in the given sources")
+    counts = disc.counts()
+    table([{"generator": g or "-", "label": lab, "images": n} for (g, lab), n in sorted(counts.items())],
+          ["generator", "label", "images"], title=f"{len(disc.rows)} inputs:")
+    given = {r.label for r in disc.rows if r.caption}
+    missing = {r.label for r in disc.rows if not r.caption}
+    if given and missing and given != missing and len(given | missing) > 1:
+        warn("captions are given for some labels only: real and fake rows will be captioned by different "
+             "sources, which a head can learn instead of misalignment")
+    spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder)
+    if box_threshold is not None or text_threshold is not None:
+        spec = dataclasses.replace(spec, box_threshold=spec.box_threshold if box_threshold is None else box_threshold,
+                                   text_threshold=spec.text_threshold if text_threshold is None else text_threshold)
+    config = FeaturizeConfig(
+        batch_size=batch_size, clip_batch_size=clip_batch_size, max_objects=max_objects, workers=workers,
+        shard_size=shard_size, perturb=str(perturbation), device=device,
+        max_pixels=(None if max_pixels == 0 else (max_pixels or DEFAULT_MAX_PIXELS)))
+    info(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''}) ...")
+    loaded = load_models(spec, device)
+    compat = compat_for(loaded, config)
+    command = "item featurize " + " ".join(sources)
+    with StoreWriter(store, compat=compat, models=models_info(loaded), recipe=config.recipe,
+                     shard_size=shard_size, overwrite=overwrite, command=command) as writer:
+        with progress_bar(len(disc.rows), "featurizing") as advance:
+            summary = featurize_rows(disc.rows, writer, loaded, config, progress=advance)
+    if as_json:
+        emit_json(summary.to_json())
+        return
+    info(f"done in {summary.seconds:.1f} s on {summary.device}: {summary.n_written} images written, "
+         f"{summary.n_skipped} skipped, {summary.n_already_done} already in the store, "
+         f"{summary.n_duplicates} duplicate paths ({summary.images_per_second:.2f} img/s)")
+    for reason, n in sorted(summary.skipped_by_reason.items()):
+        info(f"  skipped {n:>6}  {reason}")
+    for path, reason in summary.skipped_examples[:5]:
+        info(f"    e.g. {path}: {reason}")
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.stage_seconds.items())
+    info(f"time per stage: {stages}")
+    info(f"text cache: {summary.text_cache_hits} hits, {summary.text_cache_misses} misses "
+         f"({100 * summary.text_cache_hit_rate:.0f}% hit rate)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("featurize")(guarded(featurize_cmd))
