@@ -31,7 +31,8 @@ def load_hf_pretrained(kind: str, name_or_path: str, model_cls, processor_cls, f
     from item.featurize.encoder import hf_cache_dir, hub_offline
 
     local = Path(name_or_path).expanduser()
-    looks_local = local.exists() or name_or_path.startswith((".", "/", "~")) or os.sep * 2 in name_or_path
+    # Hub ids are 'name' or 'org/name'; anything else that looks like a path is treated as one.
+    looks_local = local.exists() or name_or_path.startswith((".", os.sep, "~")) or name_or_path.count("/") > 1
     if looks_local and not local.is_dir():
         raise ModelLoadError(
             f"{kind} {name_or_path!r}: no such folder; pass a folder written by save_pretrained with {flag}"

@@ -17,8 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from item.errors import InputError
-
-TINY_CLIP_MODEL = "item-tiny-clip"  # same name as item.featurize.tiny.TINY_CLIP_MODEL (kept import-free here)
+from item.featurize.tiny import RANDOM_NAMES, TINY_CLIP_MODEL  # stdlib-only module: no heavy imports
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ PRESETS: dict[str, ModelSpec] = {
     ),
 }
 
-RANDOM_MODEL_NAMES = ("tiny-random", "small-random", "default-random")
+RANDOM_MODEL_NAMES = RANDOM_NAMES
 
 
 def is_random(name: str) -> bool:
