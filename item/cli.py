@@ -106,8 +106,10 @@ def progress_bar(total: int | None, description: str, unit: str = "img"):
         yield advance
 
 
-def table(rows: list[dict], columns: list[str], title: str | None = None) -> None:
-    """Print rows as an aligned text table on stdout."""
+def table(rows: list[dict], columns: list[str], title: str | None = None, stderr: bool = False) -> None:
+    """Print rows as an aligned text table on stdout (on stderr when it is a message, not a result)."""
+    out = info if stderr else emit
+
     def fmt(v):
         if isinstance(v, float):
             return "nan" if v != v else f"{v:.4f}"
@@ -116,10 +118,10 @@ def table(rows: list[dict], columns: list[str], title: str | None = None) -> Non
     cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     if title:
-        emit(title)
-    emit("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+        out(title)
+    out("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
     for row in cells:
-        emit("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        out("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
 def version_callback(value: bool):

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from item.errors import InputError
 from item.featurize.captioner import autocast_for, load_hf_pretrained
 
@@ -43,11 +45,36 @@ def build_prompt(nouns: list[str]) -> tuple[str, list[tuple[int, int]]]:
     return " ".join(parts), spans
 
 
-def _clip_box(cx: float, cy: float, w: float, h: float, width: int, height: int, score: float) -> Box:
-    x0 = min(max((cx - w / 2) * width, 0.0), width)
-    x1 = min(max((cx + w / 2) * width, 0.0), width)
-    y0 = min(max((cy - h / 2) * height, 0.0), height)
-    y1 = min(max((cy + h / 2) * height, 0.0), height)
+#: Images more elongated than this are padded (right or bottom, grey) before grounding: the detector's
+#: resize caps the long side, and a 10000x10 image would otherwise shrink to feature maps of zero or
+#: one cell, which Grounding DINO's group norms cannot take. Boxes are mapped back and clipped to the image.
+MAX_ASPECT = 3.0
+#: Images are also padded to at least this many pixels a side (very small images, same reason).
+MIN_SIDE = 32
+
+
+def letterbox(image):
+    """(padded RGB image, (padded width, padded height)); the original sits at the top-left corner."""
+    from PIL import Image
+
+    w, h = image.size
+    pw = max(w, MIN_SIDE, int(np.ceil(h / MAX_ASPECT)))
+    ph = max(h, MIN_SIDE, int(np.ceil(w / MAX_ASPECT)))
+    if (pw, ph) == (w, h):
+        return image, (w, h)
+    canvas = Image.new("RGB", (pw, ph), (124, 116, 104))
+    canvas.paste(image, (0, 0))
+    return canvas, (pw, ph)
+
+
+def _clip_box(cx: float, cy: float, w: float, h: float, width: int, height: int, score: float,
+              pad_w: int | None = None, pad_h: int | None = None) -> Box:
+    """Relative (cx, cy, w, h) in a (pad_w, pad_h) image -> pixel Box clipped inside (width, height)."""
+    pad_w, pad_h = pad_w or width, pad_h or height
+    x0 = min(max((cx - w / 2) * pad_w, 0.0), width)
+    x1 = min(max((cx + w / 2) * pad_w, 0.0), width)
+    y0 = min(max((cy - h / 2) * pad_h, 0.0), height)
+    y1 = min(max((cy + h / 2) * pad_h, 0.0), height)
     # A box squeezed to nothing by clipping still has to be a region: widen it to one pixel inside the image.
     if x1 - x0 < 1.0:
         x0 = min(x0, width - 1.0)
@@ -83,7 +110,9 @@ class Grounder:
         todo = [i for i, n in enumerate(nouns) if n]
         if not todo:
             return result
-        rgb = [images[i].convert("RGB") for i in todo]
+        originals = [images[i].convert("RGB") for i in todo]
+        padded = [letterbox(im) for im in originals]
+        rgb = [p[0] for p in padded]
         prompts, spans = zip(*(build_prompt(nouns[i]) for i in todo))
 
         tok = self.processor.tokenizer(
@@ -103,7 +132,8 @@ class Grounder:
         for t_id in special_ids:
             special |= tok["input_ids"] == t_id
         for b, i in enumerate(todo):
-            width, height = rgb[b].size
+            width, height = originals[b].size
+            pad_w, pad_h = padded[b][1]
             n_tok = min(probs.shape[-1], offsets.shape[1])
             starts, ends = offsets[b, :n_tok, 0], offsets[b, :n_tok, 1]
             real = ~special[b, :n_tok] & (ends > starts)
@@ -124,7 +154,8 @@ class Grounder:
                 if best_score[j] < -1.5:
                     continue
                 cx, cy, w, h = boxes[b, best_q[j]].tolist()
-                result[i][j] = _clip_box(cx, cy, w, h, width, height, float(noun_score[best_q[j], j]))
+                result[i][j] = _clip_box(cx, cy, w, h, width, height, float(noun_score[best_q[j], j]),
+                                           pad_w, pad_h)
         return result
 
 

@@ -272,7 +272,7 @@ def build_grounding_dino(name: str):
     with seeded():
         model = GroundingDinoForObjectDetection(config).eval()
     if name == "tiny-random":
-        image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+        image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 192})
     else:
         image_processor = GroundingDinoImageProcessor()  # the real processor's 800 / 1333 sizes
     tokenizer = build_tokenizer(None if name == "tiny-random" else config.text_config.vocab_size)

@@ -1,0 +1,178 @@
+"""Train a head on a store; evaluate heads per generator. Test labels never choose anything."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from item import __version__
+from item.classify.features import store_features
+from item.classify.heads import HeadConfig, load_head, make_head, save_head
+from item.classify.metrics import binary_metrics, per_generator_table, threshold_at_best_acc
+from item.errors import HeadError, IncompatibleError, InputError
+from item.misalignment import RECIPES, feature_size
+from item.store import StoreReader
+from item.store import schema
+
+# What a head must share with any store it scores (and with the models that featurize for it).
+HEAD_COMPAT_KEYS = ("clip_model", "clip_pretrained", "embed_dim", "preprocess_hash", "captioner", "grounder",
+                    "random_weights", "max_objects")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    recipe: str = "hierarchical"
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train_split: str = "train"
+    val_split: str | None = "val"
+    val_fraction: float = 0.2  # used when the store has no rows in val_split
+    train_generators: tuple[str, ...] = ()  # empty: all generators; reals are always used
+    seed: int = 0
+
+
+def _labels(meta_labels: np.ndarray) -> np.ndarray:
+    return (np.asarray(meta_labels).astype(str) == "fake").astype(np.int64)
+
+
+def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in (0, 1):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        val.extend(idx[:max(1, int(round(fraction * idx.size)))] if idx.size > 1 else [])
+    mask = np.zeros(y.size, bool)
+    mask[np.array(val, np.int64)] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def select_training_rows(reader: StoreReader, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train rows, validation rows, how validation was chosen)."""
+    meta = reader.metadata([schema.LABEL, schema.GENERATOR])
+    labelled = reader.select(label=["real", "fake"])
+    train = np.intersect1d(labelled, reader.select(split=cfg.train_split)) if cfg.train_split else labelled
+    if cfg.train_generators:
+        keep = (meta[schema.LABEL][train] == "real") | np.isin(meta[schema.GENERATOR][train],
+                                                                list(cfg.train_generators))
+        unknown = set(cfg.train_generators) - set(meta[schema.GENERATOR][labelled])
+        if unknown:
+            raise InputError(f"--train-generators: no rows of {', '.join(sorted(unknown))} in the store; "
+                             f"generators: {', '.join(sorted(set(meta[schema.GENERATOR][labelled])))}")
+        train = train[keep]
+    if train.size == 0:
+        raise InputError(f"no labelled rows in split {cfg.train_split!r}; splits in the store: "
+                         f"{', '.join(sorted(set(reader.metadata([schema.SPLIT])[schema.SPLIT]))) or '-'}")
+    val = np.array([], np.int64)
+    if cfg.val_split:
+        val = np.intersect1d(labelled, reader.select(split=cfg.val_split))
+        if cfg.train_generators and val.size:
+            keep = (meta[schema.LABEL][val] == "real") | np.isin(meta[schema.GENERATOR][val],
+                                                                  list(cfg.train_generators))
+            val = val[keep]
+    how = f"split {cfg.val_split!r}"
+    if val.size == 0:
+        y = _labels(meta[schema.LABEL][train])
+        tr, va = _stratified_split(y, cfg.val_fraction, cfg.seed)
+        train, val = train[tr], train[va]
+        how = f"{cfg.val_fraction:.0%} of the training rows (stratified, seed {cfg.seed})"
+    y_train = _labels(meta[schema.LABEL][train])
+    if len(set(y_train.tolist())) < 2:
+        raise InputError("the training rows need both real and fake images")
+    return train, val, how
+
+
+def train_head(store, out, cfg: TrainConfig) -> dict:
+    """Fit a head on the store's training rows, fix its threshold on validation rows, save it to ``out``.
+
+    Returns the head's JSON metadata.
+    """
+    if cfg.recipe not in RECIPES:
+        raise InputError(f"unknown recipe {cfg.recipe!r}. Available: {', '.join(RECIPES)}")
+    with StoreReader(store) as reader:
+        train, val, how = select_training_rows(reader, cfg)
+        meta = reader.metadata([schema.LABEL])
+        X = store_features(reader, cfg.recipe, train)
+        y = _labels(meta[schema.LABEL][train])
+        Xv = store_features(reader, cfg.recipe, val)
+        yv = _labels(meta[schema.LABEL][val])
+        head_cfg = HeadConfig(**{**asdict(cfg.head), "random_state": cfg.seed,
+                                 "hidden": tuple(cfg.head.hidden)})
+        head = make_head(head_cfg)
+        has_both = len(set(yv.tolist())) == 2
+        head.fit(X, y, X_val=Xv if has_both else None, y_val=yv if has_both else None)
+        val_scores = head.predict_proba(Xv)[:, 1] if val.size else np.array([])
+        threshold = threshold_at_best_acc(val_scores, yv) if has_both else 0.5
+        info = {
+            "recipe": cfg.recipe,
+            "threshold": float(threshold),
+            "threshold_from": how if has_both else "default 0.5 (validation rows lack one class)",
+            "validation": binary_metrics(val_scores, yv, threshold) if val.size else {},
+            "n_train": int(train.size), "n_val": int(val.size),
+            "train_split": cfg.train_split, "val_split": cfg.val_split,
+            "train_generators": list(cfg.train_generators) or "all",
+            "compat": {k: reader.compat.get(k) for k in HEAD_COMPAT_KEYS},
+            "models": reader.models,
+            "store_fingerprint": reader.fingerprint,
+            "store": str(Path(store).resolve()),
+            "random_weights": reader.random_weights,
+            "item_version": __version__,
+        }
+    save_head(head, out, info)
+    return load_head(out)[1]
+
+
+def check_head_fits(head_info: dict, compat: dict, where: str) -> None:
+    """Refuse a head trained on embeddings of other models / preprocessing than ``compat`` describes."""
+    want = head_info.get("compat", {})
+    diff = [f"{k}: head {want.get(k)!r}, {where} {compat.get(k)!r}" for k in HEAD_COMPAT_KEYS
+            if k in want and want.get(k) != compat.get(k)]
+    if diff:
+        raise IncompatibleError(f"the head was trained on other models than {where}: " + "; ".join(diff))
+    fs = feature_size(head_info["recipe"], int(compat["embed_dim"]))
+    if fs != int(head_info["feature_size"]):
+        raise HeadError(f"recipe {head_info['recipe']} gives {fs} features here, the head expects "
+                        f"{head_info['feature_size']}")
+
+
+def score_rows(store, head_dir, rows=None):
+    """(scores P(fake) (n,), rows) for the store's rows (default: every labelled ok row)."""
+    head, info = load_head(head_dir)
+    with StoreReader(store) as reader:
+        check_head_fits(info, reader.compat, f"store {store}")
+        if rows is None:
+            rows = reader.select(label=["real", "fake"])
+        X = store_features(reader, info["recipe"], rows)
+    return head.predict_proba(X)[:, 1].astype(np.float64), np.asarray(rows), info
+
+
+def evaluate(store, heads: list, split: str | None = "test") -> dict:
+    """Per-generator tables for each head on the store's ``split`` rows (None: every labelled row).
+
+    Returns {head name: {'table': rows, 'scores', 'labels', 'generators', 'threshold', 'info'}}.
+    Each head's own threshold (fixed on validation data at training time) is used as is.
+    """
+    with StoreReader(store) as reader:
+        rows = reader.select(label=["real", "fake"], split=split) if split else reader.select(label=["real", "fake"])
+        if rows.size == 0:
+            splits = sorted(set(reader.metadata([schema.SPLIT])[schema.SPLIT]))
+            raise InputError(f"no labelled rows in split {split!r}; splits in the store: {', '.join(splits) or '-'}")
+        meta = reader.metadata([schema.LABEL, schema.GENERATOR])
+        labels = _labels(meta[schema.LABEL][rows])
+        gens = meta[schema.GENERATOR][rows].astype(str)
+    out = {}
+    names = _head_names(heads)
+    for name, head_dir in zip(names, heads):
+        scores, _, info = score_rows(store, head_dir, rows)
+        table = per_generator_table(scores, labels, gens, info["threshold"])
+        out[name] = {"table": table, "scores": scores, "labels": labels, "generators": gens,
+                     "threshold": info["threshold"], "info": info, "rows": rows}
+    return out
+
+
+def _head_names(heads: list) -> list[str]:
+    names = [Path(h).name or str(h) for h in heads]
+    if len(set(names)) < len(names):
+        names = [str(h) for h in heads]
+    return names
