@@ -20,6 +20,7 @@ import numpy as np
 
 from item import __version__
 from item.errors import InputError
+from item.faults import fault
 from item.featurize.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, file_id
 from item.featurize.inputs import InputRow
 from item.featurize.models import ModelSpec
@@ -405,6 +406,7 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
         for batch in iter_decoded(todo, models, config):
             feat.seconds["decode"] += time.perf_counter() - t_dec
             records = feat.process(batch)
+            fault("batch")
             t = time.perf_counter()
             for rec in records:
                 writer.add(rec)

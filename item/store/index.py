@@ -19,6 +19,7 @@ import numpy as np
 
 from item import __version__
 from item.errors import InputError, StoreError
+from item.faults import fault
 from item.store import schema
 from item.store.manifest import atomic_write_json, check_version, now
 from item.store.reader import StoreReader
@@ -134,6 +135,7 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
         with open(tmp_rows, "wb") as fh:
             np.save(fh, rows.astype(np.int64), allow_pickle=False)
         os.replace(tmp_rows, paths["rows"])
+        fault("index-written")
         sidecar = {
             "format": "item-index", "schema_version": schema.SCHEMA_VERSION, "package_version": __version__,
             "created": now(), "kind": kind, "on": on, "column": column, "metric": "cosine", "dim": dim,

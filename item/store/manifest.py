@@ -10,6 +10,7 @@ from pathlib import Path
 
 from item import __version__
 from item.errors import SchemaError, StoreError
+from item.faults import fault
 from item.store import schema
 
 
@@ -26,6 +27,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if path.name == schema.MANIFEST:
+            fault("manifest-tmp")
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -26,6 +26,7 @@ import numpy as np
 
 from item import __version__
 from item.errors import IncompatibleError, LockedError, StoreError
+from item.faults import fault
 from item.store import schema
 from item.store.manifest import atomic_write_json, fsync_dir, new_manifest, now, read_manifest
 
@@ -358,6 +359,7 @@ class StoreWriter:
                 f.flush()
             with open(partial, "rb+") as fh:
                 os.fsync(fh.fileno())
+            fault("shard-written")
             os.replace(partial, final)
             fsync_dir(final.parent)
         except BaseException:
@@ -366,6 +368,7 @@ class StoreWriter:
             except FileNotFoundError:
                 pass
             raise
+        fault("shard-renamed")
         with h5py.File(final, "r") as f:
             return {"name": name, **shard_stats(f)}
 
