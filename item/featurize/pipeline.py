@@ -84,6 +84,12 @@ def load_models(spec: ModelSpec, device: str = "auto") -> Models:
     return Models(spec, clip, captioner, grounder, device)
 
 
+def any_random_weights(models: Models) -> bool:
+    """True when any loaded model has random weights (a preset's, or a local copy of random ones)."""
+    parts = [models.clip, models.captioner, models.grounder]
+    return bool(models.spec.random_weights or any(p is not None and p.info.get("random_weights") for p in parts))
+
+
 def compat_for(models: Models, config: FeaturizeConfig) -> dict:
     """What every row of one store shares (see item.store.schema.COMPAT_KEYS)."""
     from item.misalignment import feature_size
@@ -98,7 +104,7 @@ def compat_for(models: Models, config: FeaturizeConfig) -> dict:
         "grounder": models.spec.grounder,
         "recipe": config.recipe,
         "misalignment_dim": feature_size(config.recipe, int(clip["embed_dim"])),
-        "random_weights": bool(models.spec.random_weights),
+        "random_weights": any_random_weights(models),
         "perturbation": str(parse_perturb(config.perturb or None)),
         "max_objects": int(config.max_objects),
     }
@@ -111,7 +117,7 @@ def models_info(models: Models) -> dict:
         "grounder": (dict(models.grounder.info, box_threshold=models.grounder.box_threshold,
                           text_threshold=models.grounder.text_threshold) if models.grounder else {"id": "none"}),
         "nouns": {"extractor": NOUNS_VERSION},
-        "random_weights": bool(models.spec.random_weights),
+        "random_weights": any_random_weights(models),
     }
 
 
