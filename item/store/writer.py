@@ -156,6 +156,10 @@ class StoreWriter:
     def _open(self, *, models: dict, recipe: str, overwrite: bool) -> None:
         shard_dir = self.root / schema.SHARD_DIR
         manifest_path = self.root / schema.MANIFEST
+        # A writer killed between writing the manifest's temporary file and its os.replace leaves
+        # the temporary file behind; under the lock nobody else can be writing one, so drop it.
+        for p in self.root.glob("." + schema.MANIFEST + ".*.tmp"):
+            p.unlink()
         if overwrite and manifest_path.exists():
             read_manifest(self.root)  # refuse to wipe something that is not an ITEM store
             for p in shard_dir.glob("*") if shard_dir.is_dir() else []:
