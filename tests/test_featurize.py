@@ -256,3 +256,39 @@ def test_extreme_sizes_are_featurized(tmp_path, models):
             if g:
                 assert 0 <= box[0] < box[2] <= meta["width"][img] and 0 <= box[1] < box[3] <= meta["height"][img]
     assert validate(tmp_path / "s").ok
+
+
+def test_models_saved_to_disk_load_through_the_cli(tmp_path, models):
+    """A checkpoint saved by the test goes through the same loading path pretrained weights take."""
+    from item.featurize.tiny import save_tiny_models
+
+    paths = save_tiny_models(tmp_path / "weights")
+    make_image(tmp_path / "data" / "real" / "a.png", 5)
+    make_image(tmp_path / "data" / "fake" / "b.png", 6)
+    store = tmp_path / "s"
+    r = CliRunner().invoke(app, ["featurize", str(tmp_path / "data"), "--store", str(store), "--workers", "0",
+                                 "--clip", paths["clip_model"], "--pretrained", paths["clip_pretrained"],
+                                 "--captioner", paths["captioner"], "--grounder", paths["grounder"],
+                                 "--box-threshold", "0", "--text-threshold", "0"])
+    assert r.exit_code == 0, r.output
+    run(discover([str(tmp_path / "data")]).rows, tmp_path / "ref", models)
+    with StoreReader(store) as a, StoreReader(tmp_path / "ref") as b:
+        assert a.random_weights  # the saved weights are the random tiny ones, and the store says so
+        assert a.models["clip"]["weights"].startswith("sha256:")
+        np.testing.assert_allclose(a.read("image_emb"), b.read("image_emb"), atol=1e-3)
+        assert list(a.metadata()["caption"]) == list(b.metadata()["caption"])
+
+
+def test_decoding_workers_give_the_same_rows(tmp_path, models):
+    src = tmp_path / "fake"
+    for i in range(6):
+        make_image(src / f"{i}.jpg", i)
+    rows = discover([str(src)]).rows
+    config = FeaturizeConfig(workers=1, batch_size=4)
+    with StoreWriter(tmp_path / "w1", compat=compat_for(models, config), models=models_info(models),
+                     recipe=config.recipe) as w:
+        featurize_rows(rows, w, models, config)
+    run(rows, tmp_path / "w0", models)
+    with StoreReader(tmp_path / "w1") as a, StoreReader(tmp_path / "w0") as b:
+        assert list(a.metadata()["id"]) == list(b.metadata()["id"])
+        assert np.array_equal(a.read("misalignment"), b.read("misalignment"))
