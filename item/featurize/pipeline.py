@@ -26,7 +26,7 @@ from item.featurize.inputs import InputRow
 from item.featurize.models import ModelSpec
 from item.featurize.nouns import extract_nouns
 from item.featurize.perturb import Perturbation, parse_perturb
-from item.store.writer import AliasRecord, ImageRecord, ObjectRecord
+from item.store.writer import AliasRecord, ImageRecord, ObjectRecord, storable_text
 
 STAGES = ("decode", "caption", "ground", "clip_image", "clip_text", "write")
 NOUNS_VERSION = "rules-1"  # bump when extract_nouns changes its output
@@ -377,9 +377,10 @@ def plan(rows: list[InputRow], ids: list[tuple[str, str]], done: set[str], known
     for row, (fid, reason) in zip(rows, ids):
         if fid in done or fid in seen:
             n_done += fid in done
-            if row.path not in known and row.path != seen.get(fid):
+            stored = storable_text(row.path)  # the store keeps non-UTF-8 names escaped
+            if stored not in known and row.path != seen.get(fid):
                 aliases.append(AliasRecord(fid, row.path, row.label, row.generator, row.split))
-                known.add(row.path)
+                known.add(stored)
             continue
         seen[fid] = row.path
         todo.append(Item(fid, row, reason=reason))

@@ -78,6 +78,26 @@ class AliasRecord:
     split: str = ""
 
 
+def storable_text(text: str) -> str:
+    """``text`` as the store keeps it (HDF5 strings are UTF-8): unchanged when it encodes as UTF-8.
+
+    A file name whose bytes are not UTF-8 reaches Python as lone surrogates (PEP 383,
+    ``os.fsdecode``), which UTF-8 cannot encode; such text is stored with every byte that is not
+    UTF-8 written as the four characters ``\\xNN`` (e.g. ``caf\\xe9.png`` for the bytes
+    ``b"caf\\xe9.png"``), and any other lone surrogate as ``\\udNNN``. Compare paths through this
+    function when matching them with stored ones.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def compat_mismatch(have: dict, want: dict) -> list[str]:
     """Human-readable differences between two compat dicts, over schema.COMPAT_KEYS."""
     return [f"{k}: store has {have.get(k)!r}, new rows have {want.get(k)!r}"
@@ -234,7 +254,7 @@ class StoreWriter:
 
     @property
     def known_paths(self) -> set[str]:
-        """Paths already recorded, as an image row or as an alias of one."""
+        """Paths already recorded, as an image row or as an alias of one (as :func:`storable_text`)."""
         return self._paths
 
     def add(self, record: ImageRecord) -> None:
@@ -244,17 +264,17 @@ class StoreWriter:
         self._check_record(record)
         self._images.append(record)
         self._done.add(record.id)
-        self._paths.add(record.path)
+        self._paths.add(storable_text(record.path))
         if len(self._images) >= self.shard_size:
             self.flush()
 
     def add_alias(self, alias: AliasRecord) -> None:
-        if alias.path in self._paths:
+        if storable_text(alias.path) in self._paths:
             return
         if alias.id not in self._done:
             raise StoreError(f"alias {alias.path} names image {alias.id}, which is not in the store")
         self._aliases.append(alias)
-        self._paths.add(alias.path)
+        self._paths.add(storable_text(alias.path))
 
     def record_run(self, summary: dict) -> None:
         """Append a run summary (JSON-able) to the manifest; written with the next commit."""
@@ -352,7 +372,8 @@ class StoreWriter:
                     for col in columns:
                         data = cols[group][col.name]
                         if col.kind == "str":
-                            g.create_dataset(col.name, data=np.array(data, dtype=object),
+                            g.create_dataset(col.name, data=np.array([storable_text(s) for s in data],
+                                                                     dtype=object),
                                              dtype=schema.column_dtype("str"))
                         else:
                             g.create_dataset(col.name, data=data, dtype=schema.column_dtype(col.kind))
