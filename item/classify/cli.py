@@ -9,9 +9,20 @@ from typing import List, Optional
 
 import typer
 
-from item.cli import emit, emit_json, guarded, info, progress_bar, table
+from item.cli import emit, emit_json, guarded, info, progress_bar, table, warn
 
 METRIC_COLUMNS = ["generator", "reals", "n_real", "n_fake", "acc", "real_acc", "fake_acc", "ap", "auroc"]
+
+
+def _strict_json(obj):
+    """NaN / infinity -> null, so --json output parses with any JSON reader (jq, JavaScript)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict_json(v) for v in obj]
+    return obj
 
 
 def train_cmd(
@@ -54,7 +65,7 @@ def train_cmd(
                       seed=seed)
     meta = train_head(store, out, cfg)
     if as_json:
-        emit_json(meta)
+        emit_json(_strict_json(meta))
         return
     if meta.get("random_weights"):
         emit("RANDOM WEIGHTS: features come from randomly initialised models; these numbers are not detection accuracy")
@@ -79,8 +90,14 @@ def eval_cmd(
     results = evaluate(store, [str(h) for h in heads], None if split == "all" else split)
     random_weights = any(r["info"].get("random_weights") for r in results.values())
     flat = [{"head": name, **row} for name, r in results.items() for row in r["table"]]
+    warnings = [w for r in results.values() for w in r["warnings"]]
+    for w in warnings:
+        warn(w)
+    doc = _strict_json({"random_weights": random_weights, "split": split,
+                        "thresholds": {name: r["threshold"] for name, r in results.items()},
+                        "warnings": warnings, "rows": flat})
     if as_json and str(as_json) == "-":
-        emit_json({"random_weights": random_weights, "split": split, "rows": flat})
+        emit_json(doc)
         return
     if random_weights:
         emit("RANDOM WEIGHTS: features come from randomly initialised models; these numbers are not detection accuracy")
@@ -91,7 +108,7 @@ def eval_cmd(
     if as_json:
         import json
 
-        as_json.write_text(json.dumps({"random_weights": random_weights, "split": split, "rows": flat}, indent=2))
+        as_json.write_text(json.dumps(doc, indent=2))
     if as_csv:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=["head"] + METRIC_COLUMNS)
@@ -112,7 +129,7 @@ def predict_cmd(
 
     rows = predict(list(inputs), head, device=device, batch_size=batch_size)
     if as_json:
-        emit_json(rows)
+        emit_json(_strict_json(rows))
         return
     table([{"path": r["path"], "p_fake": r.get("p_fake", float("nan")),
             "label": r.get("label", f"skipped: {r['reason']}"), "caption": r.get("caption", "")} for r in rows],
@@ -136,7 +153,7 @@ def neighbors_cmd(
     if generator:
         prof = generator_profile(store, generator, k=k, on=on)
         if as_json:
-            emit_json(prof)
+            emit_json(_strict_json(prof))
             return
         table(prof["table"], ["neighbour", "share", "mean_similarity", "top1"],
               title=f"{generator}: {prof['n_queries']} rows, {k} nearest neighbours each among other "
@@ -146,7 +163,7 @@ def neighbors_cmd(
         raise InputError("give a QUERY (image file, row number or id) or --generator NAME")
     res = neighbors(store, query, k=k, on=on, device=device)
     if as_json:
-        emit_json(res)
+        emit_json(_strict_json(res))
         return
     info(f"query {query} ({res['kind']}), {res['method']} search on {on}")
     table(res["hits"], ["row", "similarity", "label", "generator", "path"])
@@ -161,7 +178,10 @@ def report_cmd(
     """One self-contained HTML report: tables, ROC/PR curves, histograms, a 2-D feature map, provenance."""
     from item.classify.reporting import write_report
 
-    write_report(store, [str(h) for h in heads], out, None if split == "all" else split)
+    results = write_report(store, [str(h) for h in heads], out, None if split == "all" else split)
+    for r in results.values():
+        for w in r["warnings"]:
+            warn(w)
     info(f"wrote {out}")
 
 

@@ -50,6 +50,12 @@ def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nda
 
 def select_training_rows(reader: StoreReader, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, str]:
     """(train rows, validation rows, how validation was chosen)."""
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise InputError(f"--val-fraction must be between 0 and 1 (exclusive), got {cfg.val_fraction}")
+    if cfg.val_split and cfg.val_split == cfg.train_split:
+        # The threshold would be chosen on the very rows the head was fitted to.
+        raise InputError(f"--val-split {cfg.val_split!r} is also the training split; give another split, or "
+                         "--val-split '' to hold out --val-fraction of the training rows")
     meta = reader.metadata([schema.LABEL, schema.GENERATOR])
     labelled = reader.select(label=["real", "fake"])
     train = np.intersect1d(labelled, reader.select(split=cfg.train_split)) if cfg.train_split else labelled
@@ -90,6 +96,7 @@ def train_head(store, out, cfg: TrainConfig) -> dict:
     """
     if cfg.recipe not in RECIPES:
         raise InputError(f"unknown recipe {cfg.recipe!r}. Available: {', '.join(RECIPES)}")
+    make_head(cfg.head)._cfg()  # an unknown head kind or a bad hyperparameter fails before any data is read
     with StoreReader(store) as reader:
         train, val, how = select_training_rows(reader, cfg)
         meta = reader.metadata([schema.LABEL])
@@ -158,17 +165,39 @@ def evaluate(store, heads: list, split: str | None = "test") -> dict:
         if rows.size == 0:
             splits = sorted(set(reader.metadata([schema.SPLIT])[schema.SPLIT]))
             raise InputError(f"no labelled rows in split {split!r}; splits in the store: {', '.join(splits) or '-'}")
-        meta = reader.metadata([schema.LABEL, schema.GENERATOR])
+        meta = reader.metadata([schema.LABEL, schema.GENERATOR, schema.SPLIT])
         labels = _labels(meta[schema.LABEL][rows])
         gens = meta[schema.GENERATOR][rows].astype(str)
+        splits = meta[schema.SPLIT][rows].astype(str)
+        fingerprint = reader.fingerprint
     out = {}
     names = _head_names(heads)
     for name, head_dir in zip(names, heads):
         scores, _, info = score_rows(store, head_dir, rows)
         table = per_generator_table(scores, labels, gens, info["threshold"])
         out[name] = {"table": table, "scores": scores, "labels": labels, "generators": gens,
-                     "threshold": info["threshold"], "info": info, "rows": rows}
+                     "threshold": info["threshold"], "info": info, "rows": rows,
+                     "warnings": _seen_rows_warnings(name, info, store, fingerprint, splits)}
     return out
+
+
+def _seen_rows_warnings(name: str, info: dict, store, fingerprint: str, splits: np.ndarray) -> list[str]:
+    """Say so when the evaluated rows include rows the head was fitted or thresholded on."""
+    same_store = info.get("store_fingerprint") == fingerprint or info.get("store") == str(Path(store).resolve())
+    if not same_store:
+        return []
+    if not info.get("train_split"):
+        seen, n_seen = {"(every split)"}, splits.size  # trained on every labelled row
+    else:
+        seen = {info["train_split"]}
+        if info.get("val_split") and str(info.get("threshold_from", "")).startswith("split"):
+            seen.add(info["val_split"])
+        n_seen = int(np.isin(splits, list(seen)).sum())
+    if n_seen == 0:
+        return []
+    return [f"{name}: {n_seen} of the {splits.size} evaluated rows are in split(s) "
+            f"{', '.join(repr(s) for s in sorted(seen))} that this head was trained or thresholded on; "
+            "their numbers are optimistic"]
 
 
 def _head_names(heads: list) -> list[str]:
