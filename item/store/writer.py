@@ -165,6 +165,9 @@ class StoreWriter:
         self._lock.acquire(command)
         try:
             self._open(models=models, recipe=recipe, overwrite=overwrite)
+        except OSError as exc:
+            self._lock.release()
+            raise StoreError(f"{self.root}: cannot open the store for writing: {exc}") from None
         except BaseException:
             self._lock.release()
             raise
@@ -285,9 +288,12 @@ class StoreWriter:
         if not self._images and not self._aliases:
             return
         images, aliases = self._images, self._aliases
-        entry = self._write_shard(images, aliases)
-        self._images, self._aliases = [], []
-        self._commit(entry)
+        try:
+            entry = self._write_shard(images, aliases)
+            self._images, self._aliases = [], []
+            self._commit(entry)
+        except OSError as exc:  # a full disk, an I/O error: one clear line, not a traceback
+            raise self._write_error(exc) from None
 
     def close(self) -> None:
         if self._closed:
@@ -295,7 +301,10 @@ class StoreWriter:
         try:
             self.flush()
             self.manifest["updated"] = now()
-            atomic_write_json(self.root / schema.MANIFEST, self.manifest)
+            try:
+                atomic_write_json(self.root / schema.MANIFEST, self.manifest)
+            except OSError as exc:
+                raise self._write_error(exc) from None
         finally:
             self._closed = True
             self._lock.release()
@@ -322,6 +331,14 @@ class StoreWriter:
         return False
 
     # -- internals -------------------------------------------------------------------------
+    def _write_error(self, exc: OSError) -> StoreError:
+        try:
+            on_disk = read_manifest(self.root)["counts"]["n_images"]
+        except StoreError:
+            on_disk = "?"
+        return StoreError(f"{self.root}: cannot write the store ({exc}); it holds its {on_disk} committed image "
+                          "rows and is valid; fix the cause and run the same command again to resume")
+
     def _check_record(self, r: ImageRecord) -> None:
         if r.label not in schema.LABELS:
             raise StoreError(f"{r.path}: label {r.label!r} is not one of {', '.join(schema.LABELS)}")
