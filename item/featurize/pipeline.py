@@ -30,6 +30,9 @@ from item.store.writer import AliasRecord, ImageRecord, ObjectRecord, storable_t
 
 STAGES = ("decode", "caption", "ground", "clip_image", "clip_text", "write")
 NOUNS_VERSION = "rules-1"  # bump when extract_nouns changes its output
+#: Skip reason of an image whose embeddings or misalignment came out NaN or infinite (a model
+#: overflow, e.g. in fp16): the image is skipped with this reason and the run goes on.
+NON_FINITE = "non-finite"
 
 
 @dataclass(frozen=True)
@@ -302,6 +305,11 @@ class Featurizer:
                                             score=0.0 if b is None else float(b.score),
                                             crop_emb=None if b is None else crop_of[(i, j)]))
                 k += 1
+            vectors = [image_emb[i], caption_emb[i], mis[i]] + [o.noun_emb for o in objects] + \
+                [o.crop_emb for o in objects if o.crop_emb is not None]
+            if not all(np.isfinite(v).all() for v in vectors):
+                records.append(ImageRecord(**base, status="skipped", reason=NON_FINITE))
+                continue
             records.append(ImageRecord(
                 **base, caption=captions[i], caption_source=sources[i], caption_truncated=bool(truncated[i]),
                 nouns=list(nouns[i]), width=it.width, height=it.height, format=it.format,
