@@ -100,6 +100,23 @@ class Captioner:
         return [" ".join(t.split()) for t in texts]
 
 
+def load_model_or_random(kind: str, name_or_path: str, builder, model_cls, processor_cls, flag: str, hint: str = ""):
+    """(model, processor, source info, random_weights) for a random builder name or a real checkpoint.
+
+    Shared by the captioner and the grounder: random names ('tiny-random', 'small-random',
+    'default-random') call ``builder(name)``; anything else goes through ``load_hf_pretrained``.
+    """
+    from item.featurize import tiny
+
+    if name_or_path in ("", "none"):
+        raise InputError(f"{kind} is 'none': there is nothing to load{hint}")
+    if name_or_path in tiny.RANDOM_NAMES:
+        model, processor = builder(name_or_path)
+        return model, processor, {"id": name_or_path, "seed": tiny.SEED}, True
+    model, processor, source = load_hf_pretrained(kind, name_or_path, model_cls, processor_cls, flag)
+    return model, processor, source, bool(getattr(model.config, "item_random_weights", False))
+
+
 def load_captioner(name_or_path: str, device: str = "cpu") -> Captioner:
     """A BLIP captioner from a hub id, a local `save_pretrained` folder, or a random builder name.
 
@@ -110,17 +127,9 @@ def load_captioner(name_or_path: str, device: str = "cpu") -> Captioner:
 
     from item.featurize import tiny
 
-    if name_or_path in ("", "none"):
-        raise InputError("captioner is 'none': there is nothing to load; give captions in the manifest instead")
-    if name_or_path in tiny.RANDOM_NAMES:
-        model, processor = tiny.build_blip(name_or_path)
-        source = {"id": name_or_path, "seed": tiny.SEED}
-        random_weights = True
-    else:
-        model, processor, source = load_hf_pretrained(
-            "captioner", name_or_path, BlipForConditionalGeneration, BlipProcessor, "--captioner"
-        )
-        random_weights = bool(getattr(model.config, "item_random_weights", False))
+    model, processor, source, random_weights = load_model_or_random(
+        "captioner", name_or_path, tiny.build_blip, BlipForConditionalGeneration, BlipProcessor, "--captioner",
+        "; give captions in the manifest instead")
     generation = dict(GENERATION)
     generation["max_new_tokens"] = int(getattr(model.config, "item_max_new_tokens", generation["max_new_tokens"]))
     model.to(device)

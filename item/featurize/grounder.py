@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from item.errors import InputError
-from item.featurize.captioner import autocast_for, load_hf_pretrained
+from item.featurize.captioner import autocast_for, load_model_or_random
 
 
 @dataclass(frozen=True)
@@ -172,17 +172,9 @@ def load_grounder(
 
     from item.featurize import tiny
 
-    if name_or_path in ("", "none"):
-        raise InputError("grounder is 'none': there is nothing to load")
-    if name_or_path in tiny.RANDOM_NAMES:
-        model, processor = tiny.build_grounding_dino(name_or_path)
-        source = {"id": name_or_path, "seed": tiny.SEED}
-        random_weights = True
-    else:
-        model, processor, source = load_hf_pretrained(
-            "grounder", name_or_path, GroundingDinoForObjectDetection, AutoProcessor, "--grounder"
-        )
-        random_weights = bool(getattr(model.config, "item_random_weights", False))
+    model, processor, source, random_weights = load_model_or_random(
+        "grounder", name_or_path, tiny.build_grounding_dino, GroundingDinoForObjectDetection, AutoProcessor,
+        "--grounder")
     model.to(device)
     info = {
         **source, "class": type(model).__name__, "random_weights": random_weights,
