@@ -22,7 +22,7 @@ from item.store.synthetic import synthetic_compat, synthetic_records, write_synt
 
 D = 32
 N = 600
-FAST_MLP = ["--hidden", "32", "--batch-size", "64", "--max-epochs", "60"]
+FAST_MLP = ["--hidden", "32", "--batch-size", "64", "--lr", "0.01", "--max-epochs", "100"]
 
 
 def cli(*args):
@@ -183,3 +183,138 @@ def test_featurize_misalignment_column_is_exact(feat):
         rows = reader.select()
         np.testing.assert_allclose(reader.read("misalignment", rows),
                                    store_features(reader, "hierarchical", rows), rtol=0, atol=1e-6)
+
+
+# -- heads learn a planted signal, not noise -------------------------------------------------------
+@pytest.mark.parametrize("kind", ["mlp", "logistic"])
+def test_heads_learn_signal_and_not_noise(kind, signal_store, noise_store, tmp_path):
+    extra = FAST_MLP if kind == "mlp" else []
+    for store, good in ((signal_store, True), (noise_store, False)):
+        head = tmp_path / f"{kind}-{good}"
+        ok("train", store, "--out", head, "--head", kind, *extra)
+        doc = json.loads(ok("eval", store, "--head", head, "--json", "-").stdout)
+        assert doc["split"] == "test" and doc["random_weights"] is True and doc["warnings"] == []
+        rows = {r["generator"]: r for r in doc["rows"]}
+        assert set(rows) == {"gen_a", "gen_b", "mean"}
+        for g, r in rows.items():
+            assert r["reals"] == "own" and r["n_real"] > 20 and r["n_fake"] > 20
+            if good:
+                assert r["auroc"] > 0.95, (g, r)
+            else:
+                assert r["auroc"] < 0.7, (g, r)
+
+
+def _own_and_pooled_store(root):
+    """gen_a's reals carry its name (UniversalFakeDetect layout); every other real is unpaired ('')."""
+    recs = []
+    for rec in hier_records(N, D, generators=("gen_a", "gen_b", "gen_c"), seed=5, signal=0.4):
+        if rec.label == "real" and rec.generator != "gen_a":
+            rec = dataclasses.replace(rec, generator="")
+        recs.append(rec)
+    return write_records(root, recs)
+
+
+def test_eval_equals_sklearn_per_generator_own_and_pooled(tmp_path):
+    store = _own_and_pooled_store(tmp_path / "s")
+    head = tmp_path / "h"
+    ok("train", store, "--out", head, "--head", "logistic")
+    model, info = load_head(head)
+    threshold = info["threshold"]
+    for split in ("test", "all"):
+        doc = json.loads(ok("eval", store, "--head", head, "--split", split, "--json", "-").stdout)
+        assert doc["thresholds"] == {"h": threshold}
+        with StoreReader(store) as reader:
+            meta = reader.metadata(["label", "generator", "split"])
+            rows = np.flatnonzero(np.isin(meta["label"].astype(str), ["real", "fake"])
+                                  & ((meta["split"] == split) if split != "all" else True))
+            p = model.predict_proba(store_features(reader, info["recipe"], rows))[:, 1]
+        y = (meta["label"][rows] == "fake").astype(int)
+        g = meta["generator"][rows].astype(str)
+        got = {r["generator"]: r for r in doc["rows"]}
+        assert list(got) == ["gen_a", "gen_b", "gen_c", "mean"]
+        for gen in ("gen_a", "gen_b", "gen_c"):
+            reals = (y == 0) & (g == gen) if gen == "gen_a" else (y == 0)
+            assert got[gen]["reals"] == ("own" if gen == "gen_a" else "pooled")
+            m = reals | ((y == 1) & (g == gen))
+            assert got[gen]["n_real"] == int(reals.sum()) and got[gen]["n_fake"] == int(((y == 1) & (g == gen)).sum())
+            assert got[gen]["auroc"] == pytest.approx(roc_auc_score(y[m], p[m]), abs=1e-12)
+            assert got[gen]["ap"] == pytest.approx(average_precision_score(y[m], p[m]), abs=1e-12)
+            pred = p[m] >= threshold
+            assert got[gen]["acc"] == pytest.approx(np.mean(pred == (y[m] == 1)), abs=1e-12)
+            assert got[gen]["real_acc"] == pytest.approx(np.mean(~pred[y[m] == 0]), abs=1e-12)
+            assert got[gen]["fake_acc"] == pytest.approx(np.mean(pred[y[m] == 1]), abs=1e-12)
+        assert got["mean"]["reals"] == "mixed"
+        assert got["mean"]["auroc"] == pytest.approx(np.mean([got[x]["auroc"] for x in ("gen_a", "gen_b", "gen_c")]))
+        # --split all holds the rows the head was fitted and thresholded on: said on stderr and in the JSON
+        if split == "all":
+            assert len(doc["warnings"]) == 1 and "optimistic" in doc["warnings"][0]
+        else:
+            assert doc["warnings"] == []
+
+
+def test_test_labels_choose_nothing(tmp_path):
+    """Two stores that differ only in the labels of their test rows give identical heads."""
+    recs = list(hier_records(300, D, seed=7, signal=0.5))
+    test_idx = [i for i, r in enumerate(recs) if r.split == "test"]
+    labels = np.array([recs[i].label for i in test_idx])
+    shuffled = list(recs)
+    for i, lab in zip(test_idx, np.random.default_rng(0).permutation(labels[::-1])):
+        shuffled[i] = dataclasses.replace(recs[i], label=str(lab))
+    assert any(shuffled[i].label != recs[i].label for i in test_idx)
+    a, b = write_records(tmp_path / "a", recs), write_records(tmp_path / "b", shuffled)
+    for kind, extra in (("mlp", FAST_MLP), ("logistic", [])):
+        ok("train", a, "--out", tmp_path / f"ha-{kind}", "--head", kind, *extra)
+        ok("train", b, "--out", tmp_path / f"hb-{kind}", "--head", kind, *extra)
+        ja = json.loads((tmp_path / f"ha-{kind}" / "head.json").read_text())
+        jb = json.loads((tmp_path / f"hb-{kind}" / "head.json").read_text())
+        assert ja["threshold"] == jb["threshold"] and ja["validation"] == jb["validation"]
+        assert (tmp_path / f"ha-{kind}" / "head.safetensors").read_bytes() == \
+            (tmp_path / f"hb-{kind}" / "head.safetensors").read_bytes()
+
+
+def test_head_round_trip_train_generators_and_val_fraction(signal_store, logistic_head, tmp_path):
+    from item.classify.metrics import binary_metrics
+
+    model, info = load_head(logistic_head)
+    assert info["threshold_from"] == "split 'val'" and info["store_fingerprint"]
+    with StoreReader(signal_store) as reader:
+        meta = reader.metadata(["label", "generator", "split"])
+        val = reader.select(split="val")
+        p = model.predict_proba(store_features(reader, "hierarchical", val))[:, 1]
+        # the reloaded head reproduces the validation numbers computed in memory at training time
+        assert binary_metrics(p, (meta["label"][val] == "fake").astype(int), info["threshold"]) == \
+            pytest.approx(info["validation"])
+        assert info["n_val"] == val.size and info["n_train"] == reader.select(split="train").size
+
+        # --train-generators: gen_a's fakes and every real train the head; validation likewise
+        out = tmp_path / "only-a"
+        ok("train", signal_store, "--out", out, "--head", "logistic", "--train-generators", "gen_a")
+        ia = load_head(out)[1]
+        train = reader.select(split="train")
+        want = ((meta["label"][train] == "real") | (meta["generator"][train] == "gen_a")).sum()
+        assert ia["n_train"] == want < train.size and ia["train_generators"] == ["gen_a"]
+        assert ia["n_val"] == ((meta["label"][val] == "real") | (meta["generator"][val] == "gen_a")).sum()
+    one_error_line(cli("train", signal_store, "--out", tmp_path / "x", "--train-generators", "gen_z"), "gen_z", "gen_a")
+
+    # no validation split: --val-fraction of the training rows, and head.json says so
+    recs = [dataclasses.replace(r, split="train" if r.split == "val" else r.split) for r in hier_records(200, D)]
+    nov = write_records(tmp_path / "noval", recs)
+    out = tmp_path / "frac"
+    ok("train", nov, "--out", out, "--head", "logistic", "--val-fraction", "0.25")
+    fi = load_head(out)[1]
+    n_train_split = sum(r.split == "train" for r in recs)
+    assert "25% of the training rows" in fi["threshold_from"]
+    assert fi["n_train"] + fi["n_val"] == n_train_split and abs(fi["n_val"] - 0.25 * n_train_split) <= 2
+    # the validation rows must never be the training rows
+    one_error_line(cli("train", nov, "--out", tmp_path / "y", "--val-split", "train"), "--val-split")
+    one_error_line(cli("train", nov, "--out", tmp_path / "y", "--val-split", "", "--val-fraction", "1"),
+                   "--val-fraction")
+
+
+def test_head_from_other_models_refused(signal_store, logistic_head, tmp_path):
+    small = synth_store(tmp_path / "d16", n=40, d=16)
+    one_error_line(cli("eval", small, "--head", logistic_head), "embed_dim", "32", "16")
+    compat = dict(synthetic_compat(D, feature_size("hierarchical", D)), clip_model="ViT-B-32")
+    other = write_records(tmp_path / "b32", hier_records(40, D), compat=compat)
+    one_error_line(cli("eval", other, "--head", logistic_head), "clip_model", "ViT-B-32", "synthetic")
+    one_error_line(cli("report", other, "--head", logistic_head, "--out", tmp_path / "r.html"), "clip_model")

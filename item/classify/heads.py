@@ -453,7 +453,9 @@ def save_head(head, out_dir, meta: dict) -> None:
     weights_tmp = out_dir / (WEIGHTS_FILE + suffix)
     config_tmp = out_dir / (CONFIG_FILE + suffix)
     try:
-        save_file(tensors, str(weights_tmp), metadata={"format": "np", "item_schema_version": str(SCHEMA_VERSION)})
+        # One metadata key only: safetensors writes its metadata map in hash order, so with two keys
+        # the same head gave different bytes from run to run. The schema version lives in head.json.
+        save_file(tensors, str(weights_tmp), metadata={"format": "np"})
         config_tmp.write_text(text + "\n", encoding="utf-8")
         os.replace(weights_tmp, out_dir / WEIGHTS_FILE)
         os.replace(config_tmp, out_dir / CONFIG_FILE)
