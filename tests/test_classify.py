@@ -318,3 +318,156 @@ def test_head_from_other_models_refused(signal_store, logistic_head, tmp_path):
     other = write_records(tmp_path / "b32", hier_records(40, D), compat=compat)
     one_error_line(cli("eval", other, "--head", logistic_head), "clip_model", "ViT-B-32", "synthetic")
     one_error_line(cli("report", other, "--head", logistic_head, "--out", tmp_path / "r.html"), "clip_model")
+
+
+# -- predict ----------------------------------------------------------------------------------------
+def test_predict_matches_the_store_and_skips_unreadable_files(feat, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    picks = [0, 5, 11]
+    for i in picks:
+        (folder / f"{i}.png").write_bytes(Path(feat["rows"][i]["path"]).read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    out = json.loads(ok("predict", folder, "--head", feat["head"], "--json").stdout)
+    by_name = {Path(r["path"]).name: r for r in out}
+    assert set(by_name) == {"0.png", "5.png", "11.png", "broken.png"}
+    bad = by_name["broken.png"]
+    assert bad["status"] == "skipped" and bad["reason"] and "p_fake" not in bad
+
+    model, info = load_head(feat["head"])
+    with StoreReader(feat["store"]) as reader:
+        meta = reader.metadata(["path", "caption"])
+        row_of = {Path(p).name: i for i, p in enumerate(meta["path"])}
+        rows = [row_of[f"{i}.png"] for i in picks]
+        want = model.predict_proba(store_features(reader, info["recipe"], rows))[:, 1]
+        objs = reader.objects(rows)
+        img, cap = reader.read("image_emb", rows), reader.read("caption_emb", rows)
+    for k, (i, row) in enumerate(zip(picks, rows)):
+        r = by_name[f"{i}.png"]
+        # a new file scores exactly as the same image does from the store
+        assert r["p_fake"] == pytest.approx(float(want[k]), abs=1e-6)
+        assert r["label"] == ("fake" if r["p_fake"] >= info["threshold"] else "real")
+        assert r["caption"] == meta["caption"][row] and r["threshold"] == info["threshold"]
+        assert r["global_alignment"] == pytest.approx(float(_unit(img[k]) @ _unit(cap[k])), abs=2e-3)
+        mine = objs["image"] == row
+        assert [o["noun"] for o in r["objects"]] == list(objs["noun"][mine])
+        for o, box, grounded, crop, noun in zip(r["objects"], objs["box"][mine], objs["grounded"][mine],
+                                                objs["crop_emb"][mine], objs["noun_emb"][mine]):
+            assert o["grounded"] == bool(grounded)
+            if grounded:
+                assert o["box"] == pytest.approx(list(box), abs=0.051)
+                assert o["alignment"] == pytest.approx(float(_unit(crop) @ _unit(noun)), abs=2e-3)
+            else:
+                assert o["box"] is None and o["alignment"] is None
+    # the table form shows the skipped file with its reason rather than failing
+    text = ok("predict", folder, "--head", feat["head"]).stdout
+    assert "broken.png" in text and "skipped" in text
+
+
+# -- neighbours -------------------------------------------------------------------------------------
+def _brute_force(store, query_vec, k, exclude=()):
+    with StoreReader(store) as reader:
+        rows = np.setdiff1d(reader.select(), np.array(list(exclude), np.int64))
+        emb = reader.read("image_emb", rows).astype(np.float64)
+    sims = (emb / np.linalg.norm(emb, axis=1, keepdims=True)) @ _unit(query_vec)
+    order = np.argsort(-sims, kind="stable")[:k]
+    return rows[order].tolist(), sims[order]
+
+
+def test_neighbors_equal_brute_force_exact_and_indexed(tmp_path):
+    store = synth_store(tmp_path / "s", n=300)
+    with StoreReader(store) as reader:
+        q = reader.read("image_emb", [17])[0]
+    want_rows, want_sims = _brute_force(store, q, 5, exclude=[17])
+    exact = json.loads(ok("neighbors", store, "17", "-k", "5", "--json").stdout)
+    assert exact["method"] == "exact" and exact["row"] == 17
+    assert [h["row"] for h in exact["hits"]] == want_rows
+    np.testing.assert_allclose([h["similarity"] for h in exact["hits"]], want_sims, atol=1e-5)
+    ok("store", "index", store, "--kind", "flat")
+    indexed = json.loads(ok("neighbors", store, "17", "-k", "5", "--json").stdout)
+    assert indexed["method"] == "index flat"
+    assert [h["row"] for h in indexed["hits"]] == want_rows
+    np.testing.assert_allclose([h["similarity"] for h in indexed["hits"]], want_sims, atol=1e-5)
+    one_error_line(cli("neighbors", store, "300"), "out of range")
+    one_error_line(cli("neighbors", store, "17", "--on", "pixels"), "pixels", "image")
+
+
+def test_neighbors_of_an_image_file(feat):
+    row = 6
+    path = feat["rows"][row]["path"]
+    res = json.loads(ok("neighbors", feat["store"], path, "-k", "4", "--json").stdout)
+    assert res["kind"] == "file" and res["method"] == "exact"
+    with StoreReader(feat["store"]) as reader:
+        q = reader.read("image_emb", [row])[0]
+    want_rows, want_sims = _brute_force(feat["store"], q, 4)
+    # the file is in the store: its own row comes first, at cosine ~1
+    assert res["hits"][0]["row"] == row and res["hits"][0]["similarity"] == pytest.approx(1.0, abs=2e-3)
+    assert [h["row"] for h in res["hits"]] == want_rows
+    np.testing.assert_allclose([h["similarity"] for h in res["hits"]], want_sims, atol=2e-3)
+
+
+def test_generator_profile_finds_the_planted_neighbour(tmp_path):
+    rng = np.random.default_rng(3)
+    centers = {g: _unit(rng.normal(size=D)).astype(np.float32) for g in ("A", "B")}
+    recs = []
+    for i in range(90):
+        gen = ("A", "B", "C")[i % 3]
+        center = centers["A" if gen == "C" else gen]  # C is drawn around A's cluster
+        emb = _unit(center + 0.3 * rng.normal(size=D) / np.sqrt(D)).astype(np.float32)
+        real = i % 2 == 0 and gen != "C"
+        if real:
+            emb = _unit(rng.normal(size=D)).astype(np.float32)
+        recs.append(ImageRecord(id=f"{i:064x}", path=f"/p/{i}.png", label="real" if real else "fake",
+                                generator=gen, split="train", image_emb=emb, caption_emb=emb,
+                                misalignment=np.zeros(feature_size("hierarchical", D), np.float32)))
+    store = write_records(tmp_path / "s", recs)
+    prof = json.loads(ok("neighbors", store, "--generator", "C", "-k", "5", "--json").stdout)
+    assert prof["n_queries"] == 30 and prof["k"] == 5
+    assert sum(r["share"] for r in prof["table"]) == pytest.approx(1.0)
+    assert sum(r["top1"] for r in prof["table"]) == 30
+    assert prof["table"][0]["neighbour"] == "A" and prof["table"][0]["share"] > 0.9
+    text = ok("neighbors", store, "--generator", "C", "-k", "5").stdout
+    assert "A" in text and "share" in text
+    one_error_line(cli("neighbors", store, "--generator", "Z"), "Z", "A, B, C")
+
+
+# -- report and demo --------------------------------------------------------------------------------
+def test_report_html(signal_store, logistic_head, tmp_path):
+    out = tmp_path / "r.html"
+    r = ok("report", signal_store, "--head", logistic_head, "--out", out)
+    assert out.is_file() and str(out) in r.stderr
+    html = out.read_text()
+    title = html[html.index("<title>") + 7:html.index("</title>")]
+    assert title.startswith("RANDOM WEIGHTS")
+    body = html[html.index("<body"):]
+    assert "RANDOM WEIGHTS" in body[:400]
+    for g in ("gen_a", "gen_b", "logistic"):
+        assert g in html
+
+
+def test_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    r = ok("demo", "--models", "tiny-random", "--out", out, "--device", "cpu")
+    assert r.stdout.splitlines()[0].startswith("RANDOM WEIGHTS")
+    assert (out / "report.html").is_file() and (out / "store" / "manifest.json").is_file()
+    for recipe in ("hierarchical", "visual"):
+        assert load_head(out / f"head-{recipe}")[1]["recipe"] == recipe
+    assert "FLUX.1-dev" in r.stdout and "mean" in r.stdout
+    with StoreReader(out / "store") as reader:
+        # 38 sample files, two of them byte-identical (kept as an alias of one row)
+        assert reader.counts["n_ok"] + reader.counts["n_aliases"] == 38 and reader.random_weights
+
+
+# -- CLI errors -------------------------------------------------------------------------------------
+def test_cli_errors_are_one_line(signal_store, logistic_head, tmp_path):
+    one_error_line(cli("eval", signal_store, "--head", logistic_head, "--split", "holdout"), "holdout", "train")
+    one_error_line(cli("train", signal_store, "--out", tmp_path / "h", "--recipe", "pixels"),
+                   "pixels", "hierarchical", "visual")
+    one_error_line(cli("train", signal_store, "--out", tmp_path / "h", "--head", "forest"), "forest", "mlp")
+    one_error_line(cli("train", signal_store, "--out", tmp_path / "h", "--hidden", "a,b"), "--hidden")
+    one_error_line(cli("eval", signal_store, "--head", tmp_path / "nohead"), "nohead")
+    one_error_line(cli("predict", tmp_path, "--head", tmp_path / "nohead"), "nohead")
+    one_error_line(cli("report", signal_store, "--head", tmp_path / "nohead"), "nohead")
+    one_error_line(cli("eval", tmp_path / "nostore", "--head", logistic_head), "nostore")
+    one_error_line(cli("train", signal_store, "--out", tmp_path / "h", "--train-split", "holdout"), "holdout")
+    assert not (tmp_path / "h").exists()
