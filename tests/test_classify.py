@@ -296,6 +296,16 @@ def test_head_round_trip_train_generators_and_val_fraction(signal_store, logisti
         assert ia["n_val"] == ((meta["label"][val] == "real") | (meta["generator"][val] == "gen_a")).sum()
     one_error_line(cli("train", signal_store, "--out", tmp_path / "x", "--train-generators", "gen_z"), "gen_z", "gen_a")
 
+    # --train-split '' trains on every labelled row, yet never on the validation rows
+    out = tmp_path / "every"
+    ok("train", signal_store, "--out", out, "--head", "logistic", "--train-split", "")
+    ie = load_head(out)[1]
+    with StoreReader(signal_store) as reader:
+        assert ie["n_val"] == val.size and ie["n_train"] == reader.select(label=["real", "fake"]).size - val.size
+    assert ie["train_config"]["train_split"] == "" and ie["train_config"]["seed"] == 0
+    r = ok("eval", signal_store, "--head", out)
+    assert "optimistic" in r.stderr
+
     # no validation split: --val-fraction of the training rows, and head.json says so
     recs = [dataclasses.replace(r, split="train" if r.split == "val" else r.split) for r in hier_records(200, D)]
     nov = write_records(tmp_path / "noval", recs)
@@ -390,6 +400,7 @@ def test_neighbors_equal_brute_force_exact_and_indexed(tmp_path):
     np.testing.assert_allclose([h["similarity"] for h in indexed["hits"]], want_sims, atol=1e-5)
     one_error_line(cli("neighbors", store, "300"), "out of range")
     one_error_line(cli("neighbors", store, "17", "--on", "pixels"), "pixels", "image")
+    one_error_line(cli("neighbors", store, "17", "-k", "0"), "-k")
 
 
 def test_neighbors_of_an_image_file(feat):
@@ -420,12 +431,17 @@ def test_generator_profile_finds_the_planted_neighbour(tmp_path):
         recs.append(ImageRecord(id=f"{i:064x}", path=f"/p/{i}.png", label="real" if real else "fake",
                                 generator=gen, split="train", image_emb=emb, caption_emb=emb,
                                 misalignment=np.zeros(feature_size("hierarchical", D), np.float32)))
+    for i in range(90, 93):  # unlabelled images of no known generator, also near A
+        emb = _unit(centers["A"] + 0.3 * rng.normal(size=D) / np.sqrt(D)).astype(np.float32)
+        recs.append(ImageRecord(id=f"{i:064x}", path=f"/p/{i}.png", image_emb=emb, caption_emb=emb,
+                                misalignment=np.zeros(feature_size("hierarchical", D), np.float32)))
     store = write_records(tmp_path / "s", recs)
     prof = json.loads(ok("neighbors", store, "--generator", "C", "-k", "5", "--json").stdout)
     assert prof["n_queries"] == 30 and prof["k"] == 5
     assert sum(r["share"] for r in prof["table"]) == pytest.approx(1.0)
     assert sum(r["top1"] for r in prof["table"]) == 30
-    assert prof["table"][0]["neighbour"] == "A" and prof["table"][0]["share"] > 0.9
+    assert prof["table"][0]["neighbour"] == "A" and prof["table"][0]["share"] > 0.7
+    assert {r["neighbour"] for r in prof["table"]} <= {"A", "B", "real", "(no generator)"}
     text = ok("neighbors", store, "--generator", "C", "-k", "5").stdout
     assert "A" in text and "share" in text
     one_error_line(cli("neighbors", store, "--generator", "Z"), "Z", "A, B, C")

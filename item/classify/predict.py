@@ -123,6 +123,11 @@ def _fresh_index(store, on: str):
     return None
 
 
+def _check_k(k: int) -> None:
+    if int(k) < 1:
+        raise InputError(f"-k must be at least 1, got {k}")
+
+
 def resolve_query(store, query: str, on: str, *, device: str = "auto") -> tuple[np.ndarray, dict]:
     """A query vector (1, dim) and a description: a stored row (number or id) or an image file."""
     if on not in INDEX_ON:
@@ -152,6 +157,7 @@ def neighbors(store, query: str, k: int = 10, on: str = "image", *, device: str 
 
     Uses a fresh FAISS index on ``on`` when the store has one, else exact search over the store.
     """
+    _check_k(k)
     vec, desc = resolve_query(store, query, on, device=device)
     exclude = {desc["row"]} if desc.get("kind") == "row" else set()
     ix = _fresh_index(store, on)
@@ -178,6 +184,7 @@ def generator_profile(store, generator: str, k: int = 10, on: str = "image") -> 
     search). Returns per neighbour group: share of all neighbours, mean similarity, and how many
     of the generator's rows have their top-1 neighbour there.
     """
+    _check_k(k)
     if on not in INDEX_ON:
         raise InputError(f"unknown --on {on!r}; choose {', '.join(INDEX_ON)}")
     column = INDEX_ON[on]
@@ -192,7 +199,8 @@ def generator_profile(store, generator: str, k: int = 10, on: str = "image") -> 
         others = np.setdiff1d(reader.select(), mine)
         if others.size == 0:
             raise StoreError("the store holds no rows of any other generator to compare with")
-        group = np.where(meta[schema.LABEL] == "real", "real", meta[schema.GENERATOR]).astype(str)
+        group = np.where(meta[schema.LABEL] == "real", "real", meta[schema.GENERATOR]).astype(str).astype(object)
+        group[group == ""] = "(no generator)"  # unlabelled rows, or fakes of unknown origin
         totals, sims, top1 = defaultdict(int), defaultdict(float), defaultdict(int)
         for s in range(0, queries_rows.size, 1024):
             q = reader.read(column, queries_rows[s:s + 1024])

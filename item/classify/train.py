@@ -78,6 +78,11 @@ def select_training_rows(reader: StoreReader, cfg: TrainConfig) -> tuple[np.ndar
                                                                   list(cfg.train_generators))
             val = val[keep]
     how = f"split {cfg.val_split!r}"
+    if val.size:
+        # Never fit on the rows that choose the threshold (e.g. --train-split '' takes every labelled row).
+        train = np.setdiff1d(train, val)
+        if train.size == 0:
+            raise InputError(f"every training row is in the validation split {cfg.val_split!r}")
     if val.size == 0:
         y = _labels(meta[schema.LABEL][train])
         tr, va = _stratified_split(y, cfg.val_fraction, cfg.seed)
@@ -119,6 +124,7 @@ def train_head(store, out, cfg: TrainConfig) -> dict:
             "n_train": int(train.size), "n_val": int(val.size),
             "train_split": cfg.train_split, "val_split": cfg.val_split,
             "train_generators": list(cfg.train_generators) or "all",
+            "train_config": {k: v for k, v in asdict(cfg).items() if k != "head"},
             "compat": {k: reader.compat.get(k) for k in HEAD_COMPAT_KEYS},
             "models": reader.models,
             "store_fingerprint": reader.fingerprint,
