@@ -42,8 +42,9 @@ def train_cmd(
     val_split: str = typer.Option("val", help="Rows that fix early stopping and the threshold."),
     val_fraction: float = typer.Option(0.2, help="Held out of the training rows when the store has no "
                                        "validation split."),
-    train_generators: Optional[str] = typer.Option(None, help="Comma-separated generators whose fakes train "
-                                                   "the head (reals always do); default all."),
+    train_generators: Optional[str] = typer.Option(None, help="Comma-separated generators that train the "
+                                                   "head: their fakes and their own reals, plus reals of no "
+                                                   "generator; default all."),
     seed: int = typer.Option(0, help="Random seed."),
     as_json: bool = typer.Option(False, "--json", help="Print the head's metadata as JSON."),
 ):

@@ -28,7 +28,7 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str | None = "val"
     val_fraction: float = 0.2  # used when the store has no rows in val_split
-    train_generators: tuple[str, ...] = ()  # empty: all generators; reals are always used
+    train_generators: tuple[str, ...] = ()  # empty: all; else only these generators' fakes and paired reals
     seed: int = 0
 
 
@@ -59,9 +59,17 @@ def select_training_rows(reader: StoreReader, cfg: TrainConfig) -> tuple[np.ndar
     meta = reader.metadata([schema.LABEL, schema.GENERATOR])
     labelled = reader.select(label=["real", "fake"])
     train = np.intersect1d(labelled, reader.select(split=cfg.train_split)) if cfg.train_split else labelled
+    # With --train-generators, a held-out generator contributes nothing: neither its fakes nor the reals
+    # paired with it (UniversalFakeDetect keeps each generator's reals in its own folder). Reals whose
+    # generator has no fake row (a shared pool of camera images) always train.
+    fake_gens = set(meta[schema.GENERATOR][labelled][meta[schema.LABEL][labelled] == "fake"])
+    held_out = sorted(fake_gens - set(cfg.train_generators))
+
+    def chosen(rows):
+        return ~np.isin(meta[schema.GENERATOR][rows], held_out)
+
     if cfg.train_generators:
-        keep = (meta[schema.LABEL][train] == "real") | np.isin(meta[schema.GENERATOR][train],
-                                                                list(cfg.train_generators))
+        keep = chosen(train)
         unknown = set(cfg.train_generators) - set(meta[schema.GENERATOR][labelled])
         if unknown:
             raise InputError(f"--train-generators: no rows of {', '.join(sorted(unknown))} in the store; "
@@ -74,9 +82,7 @@ def select_training_rows(reader: StoreReader, cfg: TrainConfig) -> tuple[np.ndar
     if cfg.val_split:
         val = np.intersect1d(labelled, reader.select(split=cfg.val_split))
         if cfg.train_generators and val.size:
-            keep = (meta[schema.LABEL][val] == "real") | np.isin(meta[schema.GENERATOR][val],
-                                                                  list(cfg.train_generators))
-            val = val[keep]
+            val = val[chosen(val)]
     how = f"split {cfg.val_split!r}"
     if val.size:
         # Never fit on the rows that choose the threshold (e.g. --train-split '' takes every labelled row).

@@ -286,7 +286,13 @@ class Featurizer:
                 if (i, j) in crop_of:
                     crops_full[k] = crop_of[(i, j)]
                 k += 1
-        mis = compute(self.config.recipe, image_emb, caption_emb, crops_full, noun_emb, obj_image, grounded)
+        # The store keeps embeddings as float16: compute the vector from what is stored, so that the
+        # misalignment column equals the recipe recomputed from the store, bit for bit.
+        def stored(x):
+            return x.astype(np.float16).astype(np.float32)
+
+        mis = compute(self.config.recipe, stored(image_emb), stored(caption_emb), stored(crops_full),
+                      stored(noun_emb), obj_image, grounded)
         records = []
         k = 0
         by_item = {id(it): i for i, it in enumerate(good)}
