@@ -13,6 +13,23 @@ from item.store import StoreReader
 from item.store import schema
 
 
+def describe_model(spec: dict) -> str:
+    """One readable line for a model record of the store manifest."""
+    if "model" in spec:  # CLIP
+        text = f"{spec['model']} / {spec.get('pretrained') or 'no pretrained tag'}, {spec.get('embed_dim')}-d, " \
+               f"weights {spec.get('weights')}"
+    elif "id" in spec:
+        text = str(spec["id"]) + (f" @ {spec['revision']}" if spec.get("revision") else "") + \
+            (f", weights sha256 {spec['weights_sha256'][:12]}" if spec.get("weights_sha256") else "")
+        if "box_threshold" in spec:
+            text += f", thresholds box {spec['box_threshold']} / text {spec['text_threshold']}"
+    else:
+        text = ", ".join(f"{k} {v}" for k, v in spec.items() if not isinstance(v, (dict, list)))
+    if spec.get("random_weights"):
+        text += " (RANDOM WEIGHTS)"
+    return text
+
+
 def write_report(store, heads: list, out, split: str | None = "test", map_points: int = 5000) -> dict:
     """Evaluate ``heads`` on ``split`` and write one self-contained HTML file to ``out``."""
     results = evaluate(store, heads, split)
@@ -28,10 +45,15 @@ def write_report(store, heads: list, out, split: str | None = "test", map_points
         provenance = {
             "store": str(Path(store).resolve()), "store fingerprint": reader.fingerprint,
             "split": split or "all labelled rows",
-            "models": {k: v for k, v in reader.models.items()},
-            "heads": {name: {"path": str(h), "recipe": r["info"]["recipe"], "kind": r["info"]["kind"],
-                             "threshold": r["threshold"], "threshold from": r["info"].get("threshold_from")}
-                      for (name, r), h in zip(results.items(), heads)},
+            **{f"model: {role}": describe_model(spec) for role, spec in reader.models.items()
+               if isinstance(spec, dict)},
+            "rows in the store": f"{reader.counts['n_ok']} ok, {reader.n_skipped} skipped, "
+                                 f"{reader.n_objects} objects",
+            **{f"head: {name}": (f"{h}: {r['info']['kind']} on {r['info']['recipe']} "
+                                 f"({r['info']['feature_size']} features), threshold {r['threshold']:.4f} "
+                                 f"fixed on {r['info'].get('threshold_from')}, trained on "
+                                 f"{r['info'].get('n_train')} rows")
+               for (name, r), h in zip(results.items(), heads)},
         }
         random_weights = reader.random_weights
     curves = {}
