@@ -278,3 +278,120 @@ def test_non_finite_embedding_skips_that_image(tmp_path, monkeypatch):
         assert (meta["status"][i], meta["reason"][i]) == ("skipped", "non-finite")
         assert np.isfinite(rd.read("image_emb")).all() and np.isfinite(rd.read("misalignment")).all()
         assert rd.counts["skipped_by_reason"] == {"non-finite": 1}
+
+
+# -- 6. loading is safe ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small store with train/val/test splits, a flat index and a logistic head."""
+    base = tmp_path_factory.mktemp("trained")
+    for split in ("train", "val", "test"):
+        make_folder(base / "in" / split, 12, seed={"train": 0, "val": 100, "test": 200}[split])
+    store, head = base / "s", base / "head"
+    r = cli("featurize", base / "in", "--store", store, *TINY)
+    assert r.exit_code == 0, r.output
+    assert cli("store", "index", store).exit_code == 0
+    r = cli("train", store, "--out", head, "--head", "logistic", "--recipe", "global")
+    assert r.exit_code == 0, r.output
+    return store, head
+
+
+def test_loading_never_unpickles(trained, monkeypatch):
+    import pickle
+
+    import torch
+
+    from item.classify.heads import load_head
+    from item.store import StoreIndex, store_info
+
+    store, head = trained
+
+    def refuse(*a, **k):
+        raise AssertionError("something tried to unpickle while loading")
+
+    for mod, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")):
+        monkeypatch.setattr(mod, name, refuse)
+    with StoreReader(store) as rd:
+        rd.metadata(), rd.read("image_emb"), rd.objects(), rd.aliases()
+    assert validate(store).ok and store_info(store)["n_images"] == 36
+    ix = StoreIndex(store, on="image")
+    ix.search(np.ones((1, ix.dim), np.float32), k=3)
+    ix.close()
+    h, info = load_head(head)
+    assert h.predict_proba(np.zeros((2, info["feature_size"]), np.float32)).shape == (2, 2)
+    r = cli("eval", store, "--head", head, "--split", "test")
+    assert r.exit_code == 0, r.output
+
+
+def _edit_json(path: Path, **changes):
+    d = json.loads(path.read_text())
+    for k, v in changes.items():
+        if isinstance(v, dict):
+            d[k] = {**d[k], **v}
+        else:
+            d[k] = v
+    path.write_text(json.dumps(d))
+
+
+def test_refusals_say_which_and_why(trained, tmp_path):
+    import shutil
+
+    import h5py
+    from safetensors.numpy import load_file, save_file
+
+    from item.classify.heads import load_head
+    from item.errors import HeadError, IncompatibleError, SchemaError
+    from item.store import StoreIndex, StoreWriter
+
+    src_store, src_head = trained
+    store, head = tmp_path / "s", tmp_path / "h"
+
+    def fresh():
+        for p in (store, head):
+            shutil.rmtree(p, ignore_errors=True)
+        shutil.copytree(src_store, store)
+        shutil.copytree(src_head, head)
+
+    # a store manifest from a newer schema: refused, by every reader and by the CLI in one line
+    fresh()
+    _edit_json(store / "manifest.json", schema_version=99)
+    with pytest.raises(SchemaError, match="schema 99, newer than the 1.*upgrade"):
+        StoreReader(store)
+    r = cli("store", "info", store)
+    assert r.exit_code == 1 and "newer" in r.output and "Traceback" not in r.output
+    # a shard from a newer schema
+    fresh()
+    shard = sorted((store / "shards").glob("shard-*.h5"))[0]
+    with h5py.File(shard, "r+") as f:
+        f.attrs["schema_version"] = 7
+    with StoreReader(store) as rd, pytest.raises(SchemaError, match=f"{shard.name}.*schema 7"):
+        rd.read("image_emb")
+    assert any("schema 7" in p for p in validate(store).problems)
+    # an index sidecar from a newer schema
+    fresh()
+    _edit_json(store / "index" / "image-flat.json", schema_version=3)
+    with pytest.raises(SchemaError, match="image-flat.json.*schema 3"):
+        StoreIndex(store, on="image")
+    # new rows from another CLIP model are refused by the store, naming the difference
+    fresh()
+    compat = dict(json.loads((store / "manifest.json").read_text())["compat"], clip_model="ViT-L-14")
+    with pytest.raises(IncompatibleError, match="clip_model: store has 'item-tiny-clip'.*'ViT-L-14'"):
+        StoreWriter(store, compat=compat, models={}, recipe="global")
+    # a head from a newer schema
+    _edit_json(head / "head.json", schema_version=42)
+    with pytest.raises(SchemaError, match="newer ITEM.*head schema 42"):
+        load_head(head)
+    # weights that do not match head.json: the tensor and both shapes are named
+    fresh()
+    tensors = load_file(str(head / "head.safetensors"))
+    name = sorted(tensors)[0]
+    tensors[name] = np.zeros(tuple(s + 1 for s in tensors[name].shape), tensors[name].dtype)
+    save_file(tensors, str(head / "head.safetensors"))
+    with pytest.raises(HeadError, match=f"tensor '{name}' has shape"):
+        load_head(head)
+    # a head trained on another CLIP model is refused for this store, saying which model
+    fresh()
+    _edit_json(head / "head.json", compat={"clip_model": "ViT-L-14"})
+    r = cli("eval", store, "--head", head, "--split", "test")
+    assert r.exit_code == 1 and "clip_model" in r.output and "ViT-L-14" in r.output, r.output
+    assert "Traceback" not in r.output
