@@ -105,24 +105,22 @@ def _pseudo_words(n: int, taken: set[str]) -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def _wordpiece_vocab(vocab_size: int | None) -> tuple[tuple[str, int], ...]:
-    """Train a WordPiece vocabulary on `caption_corpus()` and put it in canonical order.
+    """A WordPiece vocabulary built from `caption_corpus()`, the same in every process.
 
-    Returns ((token, id), ...): special tokens first (ids 0..6, [PAD]=0), then whole words sorted, then
-    single-character '##' pieces sorted; padded with pseudo-words up to `vocab_size` when given. Longer
-    '##' pieces are dropped so that a random decoder emits whole words, not word fragments glued together.
+    Returns ((token, id), ...): special tokens first (ids 0..6, [PAD]=0), then every word and every
+    single character of the corpus sorted, then single-character '##' pieces sorted; padded with
+    pseudo-words up to `vocab_size` when given. It is built by rule, not by `tokenizers`' trainer,
+    whose output varied from process to process (435 to 441 tokens), which made tiny-random captions,
+    and so every stored row, differ between a run and its resumption.
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    import re
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=2000, special_tokens=_SPECIAL_TOKENS, show_progress=False)
-    tok.train_from_iterator(caption_corpus(), trainer=trainer)
-    learned = set(tok.get_vocab()) - set(_SPECIAL_TOKENS)
-    # The trainer's order among equal counts is not guaranteed: sort, so ids are the same on every build.
-    words = sorted(t for t in learned if not t.startswith("##"))
-    pieces = sorted(t for t in learned if t.startswith("##") and len(t) == 3)
-    tokens = _SPECIAL_TOKENS + words + pieces
+    words, chars = set(), set()
+    for line in caption_corpus():
+        for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9]", line.lower()):
+            words.add(w)
+            chars.update(w)
+    tokens = list(_SPECIAL_TOKENS) + sorted(words | chars) + sorted("##" + c for c in chars)
     if vocab_size is not None and vocab_size > len(tokens):
         tokens += _pseudo_words(vocab_size - len(tokens), set(tokens))
     return tuple((t, i) for i, t in enumerate(tokens))
