@@ -304,3 +304,29 @@ def test_cli_as_subprocess(tmp_path):
     assert out.returncode == 0 and (root / "index" / "image-flat.faiss").is_file()
     out = subprocess.run(["item", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "store" in out.stdout
+
+
+def test_lock_taken_before_the_writer_is_handed_over(tmp_path):
+    from item.store.writer import WriterLock
+
+    root = tmp_path / "s"
+    root.mkdir()
+    lock = WriterLock(root)
+    lock.acquire("item featurize (loading models)")
+    with pytest.raises(LockedError, match="loading models"):
+        StoreWriter(root, compat=synthetic_compat(D, 8), models={}, recipe="hierarchical")
+    w = StoreWriter(root, compat=synthetic_compat(D, 8), models={}, recipe="hierarchical", lock=lock,
+                    auto_flush=False, shard_size=2)
+    for rec in synthetic_records(5, D):
+        w.add(rec)
+    assert w.pending == 5  # no shard closed behind the caller's back
+    w.flush_if_full()
+    assert w.pending == 0
+    w.close()
+    with StoreReader(root) as r:
+        assert r.n_images == 5 and len(r.shards) == 1
+    other = WriterLock(tmp_path)
+    other.acquire()
+    with pytest.raises(StoreError, match="not held on this store"):
+        StoreWriter(root, compat=synthetic_compat(D, 8), models={}, recipe="hierarchical", lock=other)
+    other.release()

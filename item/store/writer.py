@@ -149,7 +149,8 @@ class StoreWriter:
     """
 
     def __init__(self, root, *, compat: dict, models: dict, recipe: str, shard_size: int = 1024,
-                 overwrite: bool = False, command: str = ""):
+                 overwrite: bool = False, command: str = "", lock: "WriterLock | None" = None,
+                 auto_flush: bool = True):
         self.root = Path(root)
         self.shard_size = int(shard_size)
         if self.shard_size < 1:
@@ -161,8 +162,14 @@ class StoreWriter:
         self.embed_dim = int(compat["embed_dim"])
         self.misalignment_dim = int(compat["misalignment_dim"])
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = WriterLock(self.root)
-        self._lock.acquire(command)
+        # A caller may take the lock first (before loading models for minutes) and hand it over.
+        if lock is not None and (lock.fd is None or Path(lock.path).parent.resolve() != self.root.resolve()):
+            raise StoreError("the lock handed to StoreWriter is not held on this store")
+        self._lock = lock or WriterLock(self.root)
+        if lock is None:
+            self._lock.acquire(command)
+        # auto_flush=False: the caller decides where shards end (flush_if_full), e.g. only between batches.
+        self.auto_flush = auto_flush
         try:
             self._open(models=models, recipe=recipe, overwrite=overwrite)
         except OSError as exc:
@@ -268,6 +275,16 @@ class StoreWriter:
         self._images.append(record)
         self._done.add(record.id)
         self._paths.add(storable_text(record.path))
+        if self.auto_flush and len(self._images) >= self.shard_size:
+            self.flush()
+
+    @property
+    def pending(self) -> int:
+        """Image rows buffered and not yet committed."""
+        return len(self._images)
+
+    def flush_if_full(self) -> None:
+        """Close a shard when at least ``shard_size`` rows are buffered (for callers with auto_flush=False)."""
         if len(self._images) >= self.shard_size:
             self.flush()
 
