@@ -49,7 +49,7 @@ def featurize_cmd(
     from item.featurize.models import resolve_models
     from item.featurize.perturb import parse_perturb
     from item.featurize.pipeline import FeaturizeConfig, compat_for, featurize_rows, load_models, models_info
-    from item.store.writer import StoreWriter
+    from item.store.writer import StoreWriter, WriterLock
 
     perturbation = parse_perturb(perturb or None)
     disc = discover(list(sources), label=label, generator=generator, split=split)
@@ -79,14 +79,27 @@ def featurize_cmd(
         batch_size=batch_size, clip_batch_size=clip_batch_size, max_objects=max_objects, workers=workers,
         shard_size=shard_size, perturb=str(perturbation), device=device,
         max_pixels=(None if max_pixels == 0 else (max_pixels or DEFAULT_MAX_PIXELS)))
-    info(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''}) ...")
-    loaded = load_models(spec, device)
-    compat = compat_for(loaded, config)
     command = "item featurize " + " ".join(sources)
-    with StoreWriter(store, compat=compat, models=models_info(loaded), recipe=config.recipe,
-                     shard_size=shard_size, overwrite=overwrite, command=command) as writer:
-        with progress_bar(len(disc.rows), "featurizing") as advance:
-            summary = featurize_rows(disc.rows, writer, loaded, config, progress=advance)
+    # Take the store's writer lock before loading models (minutes with real weights): a second writer
+    # is refused at once, not after its models have loaded.
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from item.errors import StoreError
+
+        raise StoreError(f"{store}: cannot create the store folder ({exc.strerror or exc})") from None
+    lock = WriterLock(store)
+    lock.acquire(command)
+    try:
+        info(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''}) ...")
+        loaded = load_models(spec, device)
+        compat = compat_for(loaded, config)
+        with StoreWriter(store, compat=compat, models=models_info(loaded), recipe=config.recipe,
+                         shard_size=shard_size, overwrite=overwrite, command=command, lock=lock) as writer:
+            with progress_bar(len(disc.rows), "featurizing") as advance:
+                summary = featurize_rows(disc.rows, writer, loaded, config, progress=advance)
+    finally:
+        lock.release()
     if as_json:
         emit_json(summary.to_json())
         return
