@@ -49,6 +49,9 @@ class FeaturizeConfig:
     device: str = "auto"
     recipe: str = "hierarchical"
     clip_batch_size: int = 64  # images or texts per CLIP forward
+    # Images per Grounding DINO forward; 0 = auto: 4 on CUDA, 1 on CPU. It pads a batch to its largest
+    # image, and batching gains little: on an H200 27 ms an image at batch 4, 34 ms at 16 (BENCHMARKS.md).
+    ground_batch_size: int = 0
 
 
 def resolve_device(device: str) -> str:
@@ -249,12 +252,17 @@ class Featurizer:
         nouns = [extract_nouns(c, max_objects=self.config.max_objects) for c in captions]
         # grounding: one best box per noun, or None
         if self.models.grounder is not None and any(nouns):
-            with_nouns = [i for i, n in enumerate(nouns) if n]
-            found = self._timed("ground", self.models.grounder.ground, [good[i].image for i in with_nouns],
-                                [nouns[i] for i in with_nouns])
+            # Like-shaped images share a forward, so little of it is padding.
+            with_nouns = sorted((i for i, n in enumerate(nouns) if n),
+                                key=lambda i: (good[i].image.width / good[i].image.height, i))
+            gbs = self.config.ground_batch_size or (4 if str(self.models.device).startswith("cuda") else 1)
             boxes = [[None] * len(n) for n in nouns]
-            for i, b in zip(with_nouns, found):
-                boxes[i] = list(b)
+            for s in range(0, len(with_nouns), gbs):
+                part = with_nouns[s:s + gbs]
+                found = self._timed("ground", self.models.grounder.ground, [good[i].image for i in part],
+                                    [nouns[i] for i in part])
+                for i, b in zip(part, found):
+                    boxes[i] = list(b)
         else:
             boxes = [[None] * len(n) for n in nouns]
         # CLIP: whole images and crops in one stream of batches
