@@ -283,7 +283,7 @@ def bench_size(size: str, args, log) -> dict:
 
     # warm-up: one image through both (first forwards allocate / autotune)
     naive_featurize(rows[:1], models, config.max_objects, use_given, Counter())
-    pipeline_featurize(rows[:2], models, config)
+    pipeline_featurize(rows[:2] if models.device.startswith("cuda") else rows[:1], models, config)
 
     base_s, pipe_s, base_cap, pipe_cap = [], [], [], []
     base_stages, pipe_stages, pipe_summary = Counter(), Counter(), {}
