@@ -217,12 +217,20 @@ class Featurizer:
         for s in range(0, len(todo), bs):
             chunk = todo[s:s + bs]
             emb, trunc = self._timed("clip_text", self.models.clip.encode_texts, chunk)
-            for t, e, tr in zip(chunk, emb, trunc):
+            # Cached as float16, the precision the store keeps: half the memory, and a resumed run that
+            # seeds its cache from the store (seed_text_cache) uses exactly the values this run used.
+            for t, e, tr in zip(chunk, emb.astype(np.float16), trunc):
                 self.text_cache[t] = (e, bool(tr))
         if not texts:
             return np.zeros((0, self.embed_dim), np.float32), np.zeros(0, bool)
-        return (np.stack([self.text_cache[t][0] for t in texts]),
+        return (np.stack([self.text_cache[t][0] for t in texts]).astype(np.float32),
                 np.array([self.text_cache[t][1] for t in texts], bool))
+
+    def seed_text_cache(self, texts, emb: np.ndarray, truncated) -> None:
+        """Put already-encoded texts in the cache: (n,) str, (n, d) float16/32, (n,) bool."""
+        emb = np.asarray(emb).astype(np.float16)
+        for t, e, tr in zip(texts, emb, truncated):
+            self.text_cache.setdefault(str(t), (e, bool(tr)))
 
     def images(self, pixels: list) -> np.ndarray:
         import torch
@@ -409,6 +417,21 @@ def plan(rows: list[InputRow], ids: list[tuple[str, str]], done: set[str], known
     return todo, aliases, n_done
 
 
+def seed_from_store(feat: Featurizer, root) -> None:
+    """Fill the run's text cache with the captions and nouns the store already holds."""
+    from item.store import StoreReader
+    from item.store import schema
+
+    with StoreReader(root) as reader:
+        rows = reader.select()
+        meta = reader.metadata([schema.CAPTION, schema.CAPTION_TRUNCATED])
+        for chunk, emb in reader.iter_chunks(schema.CAPTION_EMB, rows, dtype=np.float16):
+            feat.seed_text_cache(meta[schema.CAPTION][chunk], emb, meta[schema.CAPTION_TRUNCATED][chunk])
+        for s in range(0, rows.size, 65536):
+            objs = reader.objects(rows[s:s + 65536], columns=[schema.NOUN, schema.NOUN_EMB])
+            feat.seed_text_cache(objs[schema.NOUN], objs[schema.NOUN_EMB], np.zeros(len(objs[schema.NOUN]), bool))
+
+
 def featurize_rows(rows: list[InputRow], writer, models: Models, config: FeaturizeConfig, *,
                    progress: Callable[[int], None] | None = None,
                    hash_progress: Callable[[int], None] | None = None,
@@ -427,9 +450,14 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
     summary.n_already_done = n_done
     summary.n_duplicates = len(aliases)
     feat = Featurizer(models, config)
+    if writer.done_ids and todo:
+        seed_from_store(feat, writer.root)
     reasons: Counter = Counter()
     last_flush = time.perf_counter()
     n_batches = 0
+    # Shards end between batches only: a resumed run then re-forms exactly the batches of an
+    # uninterrupted one, and with its text cache seeded from the store it computes the same bits.
+    auto_flush, writer.auto_flush = writer.auto_flush, False
     try:
         t_dec = time.perf_counter()
         for batch in iter_decoded(todo, models, config):
@@ -445,6 +473,9 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
                         summary.skipped_examples.append((rec.path, rec.reason))
             if time.perf_counter() - last_flush > config.flush_seconds:
                 writer.flush()
+            else:
+                writer.flush_if_full()
+            if writer.pending == 0:
                 last_flush = time.perf_counter()
             feat.seconds["write"] += time.perf_counter() - t
             summary.n_written += sum(r.status == "ok" for r in records)
@@ -461,6 +492,7 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
         summary.interrupted = True
         raise
     finally:
+        writer.auto_flush = auto_flush
         summary.n_skipped = sum(reasons.values())
         summary.skipped_by_reason = dict(reasons)
         summary.stage_seconds = {k: round(v, 3) for k, v in feat.seconds.items()}
