@@ -124,7 +124,7 @@ def test_recipes_equal_hand_computed_numpy(tmp_path):
     with StoreReader(root) as reader:
         assert len(reader.shards) == 2
         for recipe in ("global", "local", "hierarchical", "visual"):
-            got = store_features(reader, recipe, rows)
+            got = store_features(reader, recipe, rows, recompute=True)
             assert got.dtype == np.float32 and got.shape == (rows.size, feature_size(recipe, d))
             want = np.array([expected(recs[r], recipe) for r in rows])
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=recipe)
@@ -170,7 +170,7 @@ def test_featurize_misalignment_column_matches_recipe(feat):
         rows = reader.select()
         assert rows.size == 16 and reader.compat["recipe"] == "hierarchical"
         stored = reader.read("misalignment", rows)
-        recomputed = store_features(reader, "hierarchical", rows)
+        recomputed = store_features(reader, "hierarchical", rows, recompute=True)
     # Same recipe, same layout; the only gap is float16 rounding of the stored embeddings (see below).
     np.testing.assert_allclose(stored, recomputed, rtol=0, atol=2e-3)
 
@@ -179,7 +179,7 @@ def test_featurize_misalignment_column_is_exact(feat):
     with StoreReader(feat["store"]) as reader:
         rows = reader.select()
         np.testing.assert_allclose(reader.read("misalignment", rows),
-                                   store_features(reader, "hierarchical", rows), rtol=0, atol=1e-6)
+                                   store_features(reader, "hierarchical", rows, recompute=True), rtol=0, atol=1e-6)
 
 
 # -- heads learn a planted signal, not noise -------------------------------------------------------

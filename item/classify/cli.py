@@ -36,7 +36,7 @@ def train_cmd(
     lr: float = typer.Option(1e-3, help="MLP learning rate."),
     max_epochs: int = typer.Option(200, help="MLP epochs at most (early stopping on validation loss)."),
     patience: int = typer.Option(10, help="MLP early-stopping patience in epochs."),
-    batch_size: int = typer.Option(512, help="MLP batch size."),
+    batch_size: int = typer.Option(256, help="MLP batch size."),
     c: float = typer.Option(1.0, "--C", help="Logistic regression inverse regularisation."),
     train_split: str = typer.Option("train", help="Rows to train on."),
     val_split: str = typer.Option("val", help="Rows that fix early stopping and the threshold."),

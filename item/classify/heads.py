@@ -41,7 +41,7 @@ class HeadConfig:
     weight_decay: float = 1e-4
     lr: float = 1e-3
     max_epochs: int = 200
-    batch_size: int = 512
+    batch_size: int = 256
     patience: int = 10
     C: float = 1.0
     random_state: int = 0
