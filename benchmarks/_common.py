@@ -1,4 +1,4 @@
-"""Shared by the benchmark scripts: a description of the machine they ran on."""
+"""Shared by the benchmark scripts: a description of the machine they ran on, and the JSON result file."""
 
 from __future__ import annotations
 
@@ -30,3 +30,18 @@ def machine_info(device: str = "cpu") -> dict:
     except ImportError:
         pass
     return info
+
+
+def write_result(out, benchmark: str, note: str, results, device: str = "cpu", **extra) -> None:
+    """Write one benchmark's JSON result (what ran, where, when) to ``out``; nothing when out is falsy."""
+    import json
+    import sys
+    import time
+    from pathlib import Path
+
+    if not out:
+        return
+    doc = {"benchmark": benchmark, "note": note, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+           "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "machine": machine_info(device),
+           **extra, "results": results}
+    Path(out).write_text(json.dumps(doc, indent=1, default=str))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import statistics
 import sys
@@ -41,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _common import machine_info  # noqa: E402
+from _common import write_result  # noqa: E402
 
 SIZES = {"tiny": "tiny-random", "small": "small-random", "default": "default-random"}
 BANNER = ("RANDOM WEIGHTS: real full-size architectures with seeded random weights (speed does not depend on "
@@ -415,12 +414,8 @@ def main(argv=None) -> int:
             log(f"unknown size {size!r}; valid: {', '.join(SIZES)}")
             return 2
         results.append(bench_size(size, args, log))
-    doc = {"benchmark": "featurize", "note": BANNER, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-           "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "machine": machine_info(args.device),
-           "results": results}
     print(table(results))
-    if args.out:
-        Path(args.out).write_text(json.dumps(doc, indent=1, default=str))
+    write_result(args.out, "featurize", BANNER, results, device=args.device)
     return 0
 
 

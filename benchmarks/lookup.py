@@ -14,7 +14,6 @@ setting with recall@10 >= --target-recall is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_info  # noqa: E402
+from _common import write_result  # noqa: E402
 
 NOTE = "synthetic seeded clustered embeddings (64 clusters on the sphere), not real CLIP embeddings"
 
@@ -200,11 +199,8 @@ def main(argv=None) -> int:
               f"{args.target_recall}: met)")
     else:
         print(f"\nno kind met single query p50 < {args.target_ms} ms at recall@10 >= {args.target_recall}")
-    if args.out:
-        doc = {"benchmark": "lookup", "note": NOTE, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "machine": machine_info("cpu"),
-               "index_defaults": {k: v.defaults for k, v in INDEX_KINDS.items()}, "results": results}
-        Path(args.out).write_text(json.dumps(doc, indent=1, default=str))
+    write_result(args.out, "lookup", NOTE, results,
+                 index_defaults={k: v.defaults for k, v in INDEX_KINDS.items()})
     return 0
 
 

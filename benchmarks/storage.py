@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import shutil
 import sys
 import tempfile
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_info  # noqa: E402
+from _common import write_result  # noqa: E402
 
 NOTE = "synthetic seeded embeddings (no model): sizes and speeds depend on shapes only"
 
@@ -110,11 +109,7 @@ def main(argv=None) -> int:
           f"{res['write_images_per_s']} | {res['write_mb_per_s']} | {res['read_image_and_caption_emb_images_per_s']} | "
           f"{res['read_objects_per_s']} | {res['features_rows_per_s']} |")
     log(f"dtypes: {dtypes}")
-    if args.out:
-        doc = {"benchmark": "storage", "note": NOTE, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "machine": machine_info("cpu"),
-               "results": res}
-        Path(args.out).write_text(json.dumps(doc, indent=1))
+    write_result(args.out, "storage", NOTE, res)
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import resource
 import statistics
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_info  # noqa: E402
+from _common import write_result  # noqa: E402
 
 NOTE = "synthetic seeded embeddings (no model): timings depend on shapes only"
 
@@ -118,11 +117,7 @@ def main(argv=None) -> int:
     print(f"| {results['rows']} | {results['n_features']} | {args.threads} | {results['read_rows_per_s']} | "
           f"{m['fit_seconds']} ({m['epochs']}) | {m['seconds_per_epoch']} | {lg['fit_seconds']} | "
           f"{'met' if m['fit_seconds'] < 60 else 'MISSED'} |")
-    if args.out:
-        doc = {"benchmark": "train", "note": NOTE, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "machine": machine_info("cpu"),
-               "results": results}
-        Path(args.out).write_text(json.dumps(doc, indent=1))
+    write_result(args.out, "train", NOTE, results)
     return 0
 
 

@@ -18,7 +18,7 @@ from item.classify.train import HEAD_COMPAT_KEYS, check_head_fits
 from item.errors import IncompatibleError, InputError, StoreError
 from item.store import StoreIndex, StoreReader
 from item.store import schema
-from item.store.index import INDEX_ON, index_paths, list_indexes
+from item.store.index import INDEX_ON, list_indexes
 
 
 def _spec(compat: dict, models: dict):

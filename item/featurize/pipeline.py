@@ -18,7 +18,6 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from item import __version__
 from item.errors import InputError
 from item.faults import fault
 from item.featurize.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, file_id
