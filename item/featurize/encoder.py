@@ -221,6 +221,11 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
     if model not in open_clip.list_models():
         raise InputError(f"unknown CLIP model {model!r}; valid names: open_clip.list_models() (e.g. ViT-B-32, ViT-L-14)")
 
+    # open_clip logs its own failures and its "initialized randomly" notice on the root logger; what
+    # went wrong reaches the user as one ModelLoadError line below, and random weights are recorded.
+    import logging
+
+    logging.disable(logging.ERROR)
     try:
         if pretrained:
             model_obj, _, transform = open_clip.create_model_and_transforms(
@@ -248,6 +253,8 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
             f"and {why}; allow network access, set HF_HOME to a cache that holds them, "
             f"or pass a local checkpoint file with --pretrained"
         ) from None
+    finally:
+        logging.disable(logging.NOTSET)
     model_obj.eval()
     tokenizer = open_clip.get_tokenizer(model)
 
