@@ -113,8 +113,8 @@ def _balanced_weights(y: np.ndarray) -> np.ndarray:
     return (y.size / (2.0 * counts))[y]
 
 
-def _stratified_holdout(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split row indices into (train, val) with ~10% of each class in val, seeded."""
+def stratified_holdout(y: np.ndarray, seed: int, fraction: float = _VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """Split row indices into (train, val) with ~``fraction`` of each class in val (at least one row, never all), seeded."""
     rng = np.random.default_rng(seed)
     train, val = [], []
     for c in (0, 1):
@@ -124,7 +124,7 @@ def _stratified_holdout(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarra
                 "cannot hold out validation rows: each class needs at least 2 training rows; pass X_val/y_val"
             )
         idx = rng.permutation(idx)
-        k = min(idx.size - 1, max(1, int(round(_VAL_FRACTION * idx.size))))
+        k = min(idx.size - 1, max(1, int(round(fraction * idx.size))))
         val.append(idx[:k])
         train.append(idx[k:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
@@ -197,7 +197,7 @@ class MLPHead(_Head):
         if (X_val is None) != (y_val is None):
             raise InputError("give both X_val and y_val, or neither")
         if X_val is None:
-            tr, va = _stratified_holdout(y, cfg.random_state)
+            tr, va = stratified_holdout(y, cfg.random_state)
             X, X_val, y, y_val, w = X[tr], X[va], y[tr], y[va], w[tr]
         else:
             X_val = _check_X(X_val, X.shape[1], "X_val")

@@ -9,7 +9,7 @@ import numpy as np
 
 from item import __version__
 from item.classify.features import store_features
-from item.classify.heads import HeadConfig, load_head, make_head, save_head
+from item.classify.heads import HeadConfig, load_head, make_head, save_head, stratified_holdout
 from item.classify.metrics import binary_metrics, per_generator_table, threshold_at_best_acc
 from item.errors import HeadError, IncompatibleError, InputError
 from item.misalignment import RECIPES, feature_size
@@ -34,18 +34,6 @@ class TrainConfig:
 
 def _labels(meta_labels: np.ndarray) -> np.ndarray:
     return (np.asarray(meta_labels).astype(str) == "fake").astype(np.int64)
-
-
-def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in (0, 1):
-        idx = np.flatnonzero(y == c)
-        rng.shuffle(idx)
-        val.extend(idx[:max(1, int(round(fraction * idx.size)))] if idx.size > 1 else [])
-    mask = np.zeros(y.size, bool)
-    mask[np.array(val, np.int64)] = True
-    return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
 def select_training_rows(reader: StoreReader, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, str]:
@@ -91,7 +79,7 @@ def select_training_rows(reader: StoreReader, cfg: TrainConfig) -> tuple[np.ndar
             raise InputError(f"every training row is in the validation split {cfg.val_split!r}")
     if val.size == 0:
         y = _labels(meta[schema.LABEL][train])
-        tr, va = _stratified_split(y, cfg.val_fraction, cfg.seed)
+        tr, va = stratified_holdout(y, cfg.seed, cfg.val_fraction)
         train, val = train[tr], train[va]
         how = f"{cfg.val_fraction:.0%} of the training rows (stratified, seed {cfg.seed})"
     y_train = _labels(meta[schema.LABEL][train])
