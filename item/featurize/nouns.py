@@ -43,6 +43,28 @@ from importlib import resources
 
 _MAX_COMPOUND = 4
 
+#: Bump when extract_nouns changes its output (part of a store's identity, compat key ``nouns_version``).
+NOUNS_VERSION = "rules-2"
+
+#: How a noun becomes the text CLIP encodes (noun_emb); the name is recorded (compat key ``noun_prompt``).
+#: DESIGN.md, "Identity of a store and noun prompts", says why the default is the photo template.
+NOUN_PROMPTS = {"photo": "a photo of a {}.", "bare": "{}"}
+DEFAULT_NOUN_PROMPT = "photo"
+
+
+def noun_prompt_template(name: str) -> str:
+    """The template of a noun prompt name; InputError listing the valid names for an unknown one."""
+    if name not in NOUN_PROMPTS:
+        from item.errors import InputError
+
+        raise InputError(f"unknown noun prompt {name!r}; valid: {', '.join(NOUN_PROMPTS)}")
+    return NOUN_PROMPTS[name]
+
+
+def noun_text(noun: str, prompt: str = DEFAULT_NOUN_PROMPT) -> str:
+    """The text CLIP encodes for ``noun`` under the noun prompt ``prompt``: 'dog' -> 'a photo of a dog.'."""
+    return noun_prompt_template(prompt).format(noun)
+
 IRREGULAR = {
     "men": "man", "women": "woman", "people": "person", "persons": "person", "children": "child",
     "kids": "kid", "mice": "mouse", "teeth": "tooth", "geese": "goose", "feet": "foot", "knives": "knife",

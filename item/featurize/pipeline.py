@@ -23,12 +23,11 @@ from item.faults import fault
 from item.featurize.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, file_id
 from item.featurize.inputs import InputRow
 from item.featurize.models import ModelSpec
-from item.featurize.nouns import extract_nouns
+from item.featurize.nouns import DEFAULT_NOUN_PROMPT, NOUNS_VERSION, extract_nouns, noun_text
 from item.featurize.perturb import Perturbation, parse_perturb
 from item.store.writer import AliasRecord, ImageRecord, ObjectRecord, storable_text
 
 STAGES = ("decode", "caption", "ground", "clip_image", "clip_text", "write")
-NOUNS_VERSION = "rules-1"  # bump when extract_nouns changes its output
 #: Skip reason of an image whose embeddings or misalignment came out NaN or infinite (a model
 #: overflow, e.g. in fp16): the image is skipped with this reason and the run goes on.
 NON_FINITE = "non-finite"
@@ -51,6 +50,7 @@ class FeaturizeConfig:
     # Images per Grounding DINO forward; 0 = auto: 4 on CUDA, 1 on CPU. It pads a batch to its largest
     # image, and batching gains little: on an H200 27 ms an image at batch 4, 34 ms at 16 (BENCHMARKS.md).
     ground_batch_size: int = 0
+    noun_prompt: str = DEFAULT_NOUN_PROMPT  # a name in nouns.NOUN_PROMPTS: the text each noun is encoded as
 
 
 def resolve_device(device: str) -> str:
@@ -97,10 +97,12 @@ def any_random_weights(models: Models) -> bool:
 
 def compat_for(models: Models, config: FeaturizeConfig) -> dict:
     """What every row of one store shares (see item.store.schema.COMPAT_KEYS)."""
+    from item.featurize.identity import identity_fields
     from item.misalignment import feature_size
 
     clip = models.clip.info
     return {
+        **identity_fields(models, config.noun_prompt),
         "clip_model": clip["model"],
         "clip_pretrained": clip["pretrained"],
         "embed_dim": int(clip["embed_dim"]),
@@ -121,7 +123,7 @@ def models_info(models: Models) -> dict:
         "captioner": models.captioner.info if models.captioner else {"id": "none"},
         "grounder": (dict(models.grounder.info, box_threshold=models.grounder.box_threshold,
                           text_threshold=models.grounder.text_threshold) if models.grounder else {"id": "none"}),
-        "nouns": {"extractor": NOUNS_VERSION},
+        "nouns": {"extractor": NOUNS_VERSION},  # the noun prompt is in compat (noun_prompt)
         "random_weights": any_random_weights(models),
     }
 
@@ -242,6 +244,9 @@ class Featurizer:
 
     def process(self, batch: list[Item]) -> list[ImageRecord]:
         """Featurize one batch. Skipped Items become rows with status 'skipped' and their reason."""
+        from item.featurize.captioner import clean_caption
+        from item.featurize.crops import square_crop
+        from item.featurize.grounder import not_groundable
         from item.misalignment import compute
 
         good = [it for it in batch if not it.reason]
@@ -251,12 +256,16 @@ class Featurizer:
             raise InputError(f"{need[0].row.path}: no caption given and --captioner none")
         generated = self._timed("caption", self.models.captioner.caption, [it.image for it in need]) if need else []
         caption_of = {id(it): (c, self.models.spec.captioner) for it, c in zip(need, generated)}
-        captions, sources = [], []
+        raw_captions, captions, sources = [], [], []
         for it in good:
             c, src = caption_of.get(id(it), (it.row.caption, "given"))
-            captions.append(c or "")
+            raw_captions.append(c or "")
+            # BLIP's artefacts never reach CLIP; a caption the user gave is encoded as given
+            captions.append(c or "" if src == "given" else clean_caption(c or ""))
             sources.append(src)
         nouns = [extract_nouns(c, max_objects=self.config.max_objects) for c in captions]
+        ground_note = {i: not_groundable(it.image.width, it.image.height) for i, it in enumerate(good)
+                       if self.models.grounder is not None and nouns[i]}
         # grounding: one best box per noun, or None
         if self.models.grounder is not None and any(nouns):
             # Like-shaped images share a forward, so little of it is padding.
@@ -279,9 +288,7 @@ class Featurizer:
         for i, (it, bx) in enumerate(zip(good, boxes)):
             for j, b in enumerate(bx):
                 if b is not None:
-                    crop = it.image.crop((int(np.floor(b.x0)), int(np.floor(b.y0)),
-                                          max(int(np.ceil(b.x1)), int(np.floor(b.x0)) + 1),
-                                          max(int(np.ceil(b.y1)), int(np.floor(b.y0)) + 1)))
+                    crop = square_crop(it.image, (b.x0, b.y0, b.x1, b.y1))
                     pixels.append(self.models.clip.preprocess(crop))
                     crop_owner.append((i, j))
         self.seconds["crop"] += time.perf_counter() - t
@@ -289,7 +296,7 @@ class Featurizer:
         image_emb, crop_emb = img_emb[:len(good)], img_emb[len(good):]
         caption_emb, truncated = self.texts(captions)
         flat_nouns = [n for ns in nouns for n in ns]
-        noun_emb, _ = self.texts(flat_nouns)
+        noun_emb, _ = self.texts([noun_text(n, self.config.noun_prompt) for n in flat_nouns])
         # misalignment under the store's recipe
         crop_of = {(i, j): crop_emb[k] for k, (i, j) in enumerate(crop_owner)}
         obj_image = np.array([i for i, ns in enumerate(nouns) for _ in ns], np.int64)
@@ -332,7 +339,8 @@ class Featurizer:
                 records.append(ImageRecord(**base, status="skipped", reason=NON_FINITE))
                 continue
             records.append(ImageRecord(
-                **base, caption=captions[i], caption_source=sources[i], caption_truncated=bool(truncated[i]),
+                **base, caption=raw_captions[i], caption_encoded=captions[i], reason=ground_note.get(i, ""),
+                caption_source=sources[i], caption_truncated=bool(truncated[i]),
                 nouns=list(nouns[i]), width=it.width, height=it.height, format=it.format,
                 image_emb=image_emb[i], caption_emb=caption_emb[i], misalignment=mis[i], objects=objects))
         return records
@@ -423,12 +431,14 @@ def seed_from_store(feat: Featurizer, root) -> None:
 
     with StoreReader(root) as reader:
         rows = reader.select()
-        meta = reader.metadata([schema.CAPTION, schema.CAPTION_TRUNCATED])
+        meta = reader.metadata([schema.CAPTION_ENCODED, schema.CAPTION_TRUNCATED])
         for chunk, emb in reader.iter_chunks(schema.CAPTION_EMB, rows, dtype=np.float16):
-            feat.seed_text_cache(meta[schema.CAPTION][chunk], emb, meta[schema.CAPTION_TRUNCATED][chunk])
+            feat.seed_text_cache(meta[schema.CAPTION_ENCODED][chunk], emb, meta[schema.CAPTION_TRUNCATED][chunk])
+        prompt = feat.config.noun_prompt  # the store's (compat noun_prompt equals this run's)
         for s in range(0, rows.size, 65536):
             objs = reader.objects(rows[s:s + 65536], columns=[schema.NOUN, schema.NOUN_EMB])
-            feat.seed_text_cache(objs[schema.NOUN], objs[schema.NOUN_EMB], np.zeros(len(objs[schema.NOUN]), bool))
+            feat.seed_text_cache([noun_text(n, prompt) for n in objs[schema.NOUN]], objs[schema.NOUN_EMB],
+                                 np.zeros(len(objs[schema.NOUN]), bool))
 
 
 def featurize_rows(rows: list[InputRow], writer, models: Models, config: FeaturizeConfig, *,

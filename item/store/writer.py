@@ -56,6 +56,7 @@ class ImageRecord:
     caption: str = ""
     caption_source: str = ""
     caption_truncated: bool = False
+    caption_encoded: str = ""  # the text CLIP encoded (the caption after clean-up)
     nouns: list[str] = field(default_factory=list)
     width: int = 0
     height: int = 0
@@ -451,6 +452,7 @@ class StoreWriter:
             img[schema.CAPTION].append(r.caption)
             img[schema.CAPTION_SOURCE].append(r.caption_source)
             img[schema.CAPTION_TRUNCATED].append(bool(r.caption_truncated))
+            img[schema.CAPTION_ENCODED].append(r.caption_encoded)
             img[schema.NOUNS].append(json.dumps(list(r.nouns), ensure_ascii=False))
             img[schema.WIDTH].append(int(r.width))
             img[schema.HEIGHT].append(int(r.height))

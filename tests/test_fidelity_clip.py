@@ -1,0 +1,109 @@
+"""Fidelity of CLIP: the stored embeddings are what the pretrained network really computes.
+
+A hub-layout cache holds seeded random weights of the real ViT-B-32 under the repo open_clip names for
+``pretrained='openai'``; ``item featurize`` runs in a fresh process with ``HF_HOME`` pointing at it and
+``HF_HUB_OFFLINE=1`` (the code a user runs: hub id -> cache -> weights). Its stored embeddings are compared
+with an independent reference built from the same file (open_clip's explicit ``ViT-B-32-quickgelu``
+config, which the OpenAI weights were trained as) and with a GELU build, which must differ visibly.
+All weights are random: the numbers mean nothing beyond this comparison.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from item.store import StoreReader
+from item.store import schema
+from tests.fidelity_hub import VIT_B_32_OPENAI_REPO, save_random_open_clip
+
+CAPTIONS = ["a man riding a bike on the road", "two dogs playing in the snow next to a red car"]
+#: float16 storage of unit vectors of width 512 moves them by about 2e-4 in L2 (measured); the reference
+#: must sit within a few times that, the GELU build far outside it.
+SAME = 1e-3
+DIFFERENT = 4e-3
+
+
+@pytest.fixture(scope="session")
+def vit_b_32_hub(tmp_path_factory):
+    """(HF_HOME, checkpoint file) of a hub cache holding random ViT-B-32 weights as 'openai'."""
+    hf_home = tmp_path_factory.mktemp("hf-home")
+    return hf_home, save_random_open_clip(hf_home, "ViT-B-32", VIT_B_32_OPENAI_REPO)
+
+
+def _images(folder: Path) -> list[Path]:
+    rng = np.random.default_rng(7)
+    paths = []
+    for i, size in enumerate([(80, 60), (40, 120)]):
+        p = folder / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def _featurize_in_new_process(hf_home: Path, manifest: Path, store: Path, *extra: str):
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1")
+    env.pop("HF_HUB_CACHE", None)
+    env.pop("HUGGINGFACE_HUB_CACHE", None)
+    cmd = [sys.executable, "-m", "item", "featurize", str(manifest), "--store", str(store), "--clip", "ViT-B-32",
+           "--pretrained", "openai", "--captioner", "none", "--grounder", "none", "--workers", "0", *extra]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _reference(model_name: str, checkpoint: Path, images: list[Path], texts: list[str]):
+    """(image_emb, caption_emb) float32 L2-normalised, computed by open_clip alone from the same file."""
+    import open_clip
+    import torch
+
+    model, _, transform = open_clip.create_model_and_transforms(model_name, pretrained=str(checkpoint))
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(model_name)
+    with torch.inference_mode():
+        pix = torch.stack([transform(Image.open(p).convert("RGB")) for p in images])
+        img = torch.nn.functional.normalize(model.encode_image(pix), dim=-1)
+        txt = torch.nn.functional.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+    return img.numpy(), txt.numpy()
+
+
+def test_openai_tag_from_hub_cache_stores_quickgelu_embeddings(vit_b_32_hub, tmp_path):
+    hf_home, checkpoint = vit_b_32_hub
+    images = _images(tmp_path)
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "caption"])
+        for p, c in zip(images, CAPTIONS):
+            w.writerow([str(p), "real", c])
+    store = tmp_path / "store"
+
+    res = _featurize_in_new_process(hf_home, manifest, store)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+    with StoreReader(store) as r:
+        meta = r.metadata([schema.PATH, schema.CAPTION])
+        order = [list(meta[schema.PATH]).index(str(p)) for p in images]
+        image_emb = r.read(schema.IMAGE_EMB, order)
+        caption_emb = r.read(schema.CAPTION_EMB, order)
+        compat, models = r.compat, r.models
+    assert [meta[schema.CAPTION][i] for i in order] == CAPTIONS
+    assert models["clip"]["activation"] == "quick_gelu"
+    assert compat["clip_activation"] == "quick_gelu"
+    # the weights came from the hub cache, not from anywhere else
+    assert "tag:openai" == models["clip"]["weights"]
+
+    ref_img, ref_txt = _reference("ViT-B-32-quickgelu", checkpoint, images, CAPTIONS)
+    gelu_img, gelu_txt = _reference("ViT-B-32", checkpoint, images, CAPTIONS)
+    d_ref = max(np.linalg.norm(image_emb - ref_img, axis=1).max(), np.linalg.norm(caption_emb - ref_txt, axis=1).max())
+    d_gelu = min(np.linalg.norm(image_emb - gelu_img, axis=1).min(),
+                 np.linalg.norm(caption_emb - gelu_txt, axis=1).min())
+    # the fixture makes the activation matter: the two references differ far beyond float16 rounding
+    assert np.linalg.norm(ref_img - gelu_img, axis=1).min() > DIFFERENT
+    assert d_ref < SAME, f"stored embeddings differ from the QuickGELU reference by {d_ref:.2e}"
+    assert d_gelu > DIFFERENT, f"stored embeddings are within {d_gelu:.2e} of a GELU build"
