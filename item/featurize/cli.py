@@ -39,6 +39,11 @@ def featurize_cmd(
                                              "Pillow's, 89,478,485); 0 removes the limit."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete what the store holds and start afresh."),
+    noun_prompt: str = typer.Option("photo", help="Text each noun is encoded as: photo ('a photo of a "
+                                    "{noun}.') or bare ('{noun}'); recorded in the store."),
+    allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Resume a store made under another library "
+                                     "version, device class or precision (rounding-level differences only; "
+                                     "the run records its own values)."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
 ):
     """Featurize images into a store. Re-running the same command resumes where it stopped."""
@@ -77,7 +82,7 @@ def featurize_cmd(
                                    text_threshold=spec.text_threshold if text_threshold is None else text_threshold)
     config = FeaturizeConfig(
         batch_size=batch_size, clip_batch_size=clip_batch_size, max_objects=max_objects, workers=workers,
-        shard_size=shard_size, perturb=str(perturbation), device=device,
+        shard_size=shard_size, perturb=str(perturbation), device=device, noun_prompt=noun_prompt,
         max_pixels=(None if max_pixels == 0 else (max_pixels or DEFAULT_MAX_PIXELS)))
     command = "item featurize " + " ".join(sources)
     # Take the store's writer lock before loading models (minutes with real weights): a second writer
@@ -94,10 +99,18 @@ def featurize_cmd(
         info(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''}) ...")
         loaded = load_models(spec, device)
         compat = compat_for(loaded, config)
+        mixed: dict = {}
+        if allow_mixed and not overwrite and (store / "manifest.json").is_file():
+            from item.featurize.identity import adopt_mixable
+            from item.store.manifest import read_manifest
+
+            compat, mixed = adopt_mixable(read_manifest(store)["compat"], compat)
+            for k, v in mixed.items():
+                warn(f"--allow-mixed: {k} is {v['run']!r} here, the store's is {v['store']!r}")
         with StoreWriter(store, compat=compat, models=models_info(loaded), recipe=config.recipe,
                          shard_size=shard_size, overwrite=overwrite, command=command, lock=lock) as writer:
             with progress_bar(len(disc.rows), "featurizing") as advance:
-                summary = featurize_rows(disc.rows, writer, loaded, config, progress=advance)
+                summary = featurize_rows(disc.rows, writer, loaded, config, progress=advance, mixed_identity=mixed)
     finally:
         lock.release()
     if as_json:

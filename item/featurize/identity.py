@@ -61,3 +61,14 @@ def identity_fields(models, noun_prompt: str) -> dict:
         "device_class": "cuda" if str(models.device).startswith("cuda") else "cpu",
         "precision": precision_for(models.device),
     }
+
+
+def adopt_mixable(store_compat: dict, compat: dict) -> tuple[dict, dict]:
+    """``--allow-mixed``: (``compat`` with the store's values for the keys of schema.ALLOW_MIXED_KEYS that
+    differ, {key: {'store': ..., 'run': ...}} for those keys). Every other key is left for the writer to
+    compare (and refuse)."""
+    from item.store import schema
+
+    mixed = {k: {"store": store_compat.get(k), "run": compat.get(k)} for k in schema.ALLOW_MIXED_KEYS
+             if k in store_compat and store_compat.get(k) != compat.get(k)}
+    return {**compat, **{k: store_compat[k] for k in mixed}}, mixed

@@ -366,6 +366,7 @@ class RunSummary:
     images_per_second: float = 0.0
     device: str = ""
     interrupted: bool = False
+    mixed_identity: dict = field(default_factory=dict)  # --allow-mixed: {key: {'store': v, 'run': v}}
 
     @property
     def text_cache_hit_rate(self) -> float:
@@ -444,7 +445,8 @@ def seed_from_store(feat: Featurizer, root) -> None:
 def featurize_rows(rows: list[InputRow], writer, models: Models, config: FeaturizeConfig, *,
                    progress: Callable[[int], None] | None = None,
                    hash_progress: Callable[[int], None] | None = None,
-                   after_batch: Callable[[int], None] | None = None) -> RunSummary:
+                   after_batch: Callable[[int], None] | None = None,
+                   mixed_identity: dict | None = None) -> RunSummary:
     """Featurize ``rows`` into an open StoreWriter; rows whose content is already stored are skipped.
 
     ``after_batch(n_batches_done)`` is called after each batch has been handed to the writer (tests use
@@ -452,7 +454,8 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
     """
     from item.store.manifest import now
 
-    summary = RunSummary(started=now(), n_inputs=len(rows), device=models.device)
+    summary = RunSummary(started=now(), n_inputs=len(rows), device=models.device,
+                         mixed_identity=dict(mixed_identity or {}))
     t0 = time.perf_counter()
     ids = hash_inputs(rows, hash_progress)
     todo, aliases, n_done = plan(rows, ids, writer.done_ids, writer.known_paths)

@@ -69,6 +69,7 @@ def synthetic_records(n_images: int, embed_dim: int, *, generators=("gen_a", "ge
         yield ImageRecord(
             id=f"{seed:08x}{i:056x}", path=f"/synthetic/{gen}/{'fake' if fake else 'real'}/{i:07d}.png",
             label="fake" if fake else "real", generator=gen, split=split, caption=f"synthetic caption {i}",
+            caption_encoded=f"synthetic caption {i}",
             caption_source="synthetic", nouns=[o.noun for o in objects], width=256, height=256, format="PNG",
             image_emb=img, caption_emb=cap, misalignment=mis, objects=objects)
 

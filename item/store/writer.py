@@ -203,9 +203,12 @@ class StoreWriter:
             self.manifest = read_manifest(self.root)
             diff = compat_mismatch(self.manifest["compat"], self.compat)
             if diff:
+                mixable = all(k in schema.ALLOW_MIXED_KEYS for k in schema.COMPAT_KEYS
+                              if self.manifest["compat"].get(k) != self.compat.get(k))
                 raise IncompatibleError(
-                    f"{self.root}: refusing to mix rows from different models or preprocessing into one store ("
-                    + "; ".join(diff) + "); use another --store or --overwrite")
+                    f"{self.root}: refusing to mix rows from different models or settings into one store ("
+                    + "; ".join(diff) + "); use another --store or --overwrite"
+                    + (", or --allow-mixed (rounding-level differences only)" if mixable else ""))
         else:
             others = [p for p in self.root.iterdir() if p.name not in (schema.LOCK_FILE, schema.SHARD_DIR)]
             if others:
