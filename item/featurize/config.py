@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from item.featurize.decode import DEFAULT_MAX_PIXELS
 
+#: How a run is executed: "local" (this process, decoding in worker processes) or "ray" (a Ray Data job).
+ENGINES = ("local", "ray")
 STAGES = ("decode", "caption", "ground", "clip_image", "clip_text", "write")
 
 
@@ -26,3 +28,8 @@ class FeaturizeConfig:
     # Images per Grounding DINO forward; 0 = auto: 4 on CUDA, 1 on CPU. It pads a batch to its largest
     # image, and batching gains little: on an H200 27 ms an image at batch 4, 34 ms at 16 (BENCHMARKS.md).
     ground_batch_size: int = 0
+    engine: str = "local"  # one of ENGINES
+    ray_address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); None starts a local one
+    ray_actors: int = 2  # model actors in the pool (each loads the models once)
+    gpus_per_actor: float = 0.0  # GPUs per model actor (0 on CPU; 1 or a fraction on GPU clusters)
+    cpus_per_actor: float = 0.5  # below 1 so that actors and the decode tasks fit a small machine

@@ -34,17 +34,31 @@ class _DecodeDataset:
         return len(self.items)
 
     def __getitem__(self, i):
-        it = self.items[i]
-        out = Item(it.id, it.row)
+        return decode_item(self.items[i], self.preprocess, self.perturbation, self.max_pixels)
+
+
+def decode_item(it: Item, preprocess, perturbation: Perturbation, max_pixels) -> Item:
+    """``it`` decoded (or with its skip reason): the image, after perturbation, and its CLIP pixels.
+
+    An Item that already carries an image (a PIL image handed to ``featurize_images``) is not read from
+    disk; it is converted to RGB as files are.
+    """
+    from item.featurize.decode import _to_rgb
+
+    out = Item(it.id, it.row)
+    if it.image is not None:
+        img, fmt = _to_rgb(it.image), it.format or (getattr(it.image, "format", None) or "")
+    else:
         try:
-            dec = decode_image(it.row.path, max_pixels=self.max_pixels)
+            dec = decode_image(it.row.path, max_pixels=max_pixels)
         except DecodeError as exc:
             out.reason = exc.reason
             return out
-        img = self.perturbation.apply(dec.image) if self.perturbation.steps else dec.image
-        out.image, out.width, out.height, out.format = img, img.width, img.height, dec.format
-        out.pixels = self.preprocess(img)
-        return out
+        img, fmt = dec.image, dec.format
+    img = perturbation.apply(img) if perturbation.steps else img
+    out.image, out.width, out.height, out.format = img, img.width, img.height, fmt
+    out.pixels = preprocess(img)
+    return out
 
 
 def _as_list(batch):

@@ -75,7 +75,9 @@ def compat_for(models: Models, config: FeaturizeConfig) -> dict:
 
 
 def models_info(models: Models) -> dict:
+    """What a store records about its models; ``spec`` is what ``ModelSpec.from_store`` rebuilds them from."""
     return {
+        "spec": models.spec.to_json(),
         "clip": models.clip.info,
         "captioner": models.captioner.info if models.captioner else {"id": "none"},
         "grounder": (dict(models.grounder.info, box_threshold=models.grounder.box_threshold,
@@ -83,3 +85,16 @@ def models_info(models: Models) -> dict:
         "nouns": {"extractor": NOUNS_VERSION},
         "random_weights": any_random_weights(models),
     }
+
+
+def as_models(models, device: str = "auto") -> Models:
+    """Loaded Models from a preset name, a ModelSpec, or Models already loaded (returned as they are)."""
+    from item.featurize.models import resolve_models
+
+    if isinstance(models, Models):
+        return models
+    if isinstance(models, str):
+        models = resolve_models(models)
+    if not isinstance(models, ModelSpec):
+        raise InputError(f"models must be a preset name, a ModelSpec or loaded Models, not {type(models).__name__}")
+    return load_models(models, device)

@@ -12,7 +12,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 from item.faults import fault
 from item.featurize.config import FeaturizeConfig
@@ -127,20 +127,122 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
     return summary
 
 
-def featurize_images(paths: Iterable[str], models: Models, config: FeaturizeConfig | None = None,
-                     captions: dict[str, str] | None = None) -> list[ImageRecord]:
-    """Featurize image files in memory (no store): the public entry point prediction uses.
+def input_rows(sources) -> list[InputRow]:
+    """InputRows from folders / manifests / image files (discovered), or InputRows as they are."""
+    from item.errors import InputError
+    from item.featurize.inputs import discover
 
-    Returns one ImageRecord per path, in order; unreadable files come back with status 'skipped'.
+    sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    if all(isinstance(s, InputRow) for s in sources):
+        rows = sources
+    else:
+        rows = discover([os.fspath(s) for s in sources]).rows
+    if not rows:
+        raise InputError("no image found in the given sources")
+    return rows
+
+
+def featurize_store(sources, store, *, models="default", config: FeaturizeConfig = FeaturizeConfig(),
+                    progress: Callable[[int], None] | None = None, overwrite: bool = False,
+                    command: str = "") -> RunSummary:
+    """Featurize ``sources`` into the store at ``store`` (created, or resumed where a run stopped).
+
+    sources: folders, manifests (.csv / .jsonl) or image files (discovered with their layouts), or a list
+        of InputRows already discovered.
+    models: a preset name, a ModelSpec, or Models already loaded (a caller featurizing often loads once).
+    config: how the run works; ``config.engine`` picks the single-process loop or a Ray Data job.
+    progress: called with the number of inputs each batch finished.
+    overwrite: delete what the store holds first. command: recorded in the lock note and manifest.
+
+    Rows whose content the store already holds are not computed again. Raises InputError,
+    IncompatibleError (the store holds other models' rows), LockedError, StoreError.
     """
+    from item.featurize.config import ENGINES
+    from item.featurize.loading import as_models, compat_for, models_info
+    from item.errors import InputError, StoreError
+    from item.store.writer import StoreWriter, WriterLock
+
+    if config.engine not in ENGINES:
+        raise InputError(f"unknown engine {config.engine!r}; valid engines: {', '.join(ENGINES)}")
+    rows = input_rows(sources)
+    root = os.fspath(store)
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"{root}: cannot create the store folder ({exc.strerror or exc})") from None
+    # The store's writer lock is taken before models load (minutes with real weights): a second writer
+    # is refused at once, not after its models have loaded.
+    lock = WriterLock(root)
+    lock.acquire(command)
+    try:
+        if config.engine == "ray":
+            from item.featurize.ray_engine import featurize_store_ray
+
+            return featurize_store_ray(rows, root, models=models, config=config, progress=progress,
+                                       overwrite=overwrite, command=command, lock=lock)
+        loaded = as_models(models, config.device)
+        with StoreWriter(root, compat=compat_for(loaded, config), models=models_info(loaded), recipe=config.recipe,
+                         shard_size=config.shard_size, overwrite=overwrite, command=command, lock=lock) as writer:
+            return featurize_rows(rows, writer, loaded, config, progress=progress)
+    finally:
+        lock.release()
+
+
+def _image_id(image) -> str:
+    """Content id of an in-memory PIL image: sha256 over its mode, size and pixel bytes."""
+    import hashlib
+
+    h = hashlib.sha256(f"pil:{image.mode}:{image.width}x{image.height}:".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def featurize_images(images_or_paths, *, models, captions=None,
+                     config: FeaturizeConfig | None = None) -> list[ImageRecord]:
+    """Featurize images in memory (no store): what prediction and a server call.
+
+    images_or_paths: image file paths and/or PIL images, in any mix.
+    models: a preset name, a ModelSpec, or loaded Models (load once with ``load_models`` to call often).
+    captions: None (the captioner writes them), a sequence aligned with the inputs (None entries are
+        captioned), or a dict from the path as given to its caption.
+    config: defaults to decoding in this process (``workers=0``).
+
+    Returns one ImageRecord per input, in order; unreadable files come back with status 'skipped' and
+    their reason. A PIL image's record has the path ``<image N>`` (N its position) unless it has a
+    ``filename``, and an id hashed from its pixels.
+    """
+    from item.featurize.loading import as_models
+
     config = config or FeaturizeConfig(workers=0)
-    captions = captions or {}
-    rows = [InputRow(path=os.path.abspath(p), label="unknown", generator="", split="",
-                     caption=captions.get(p), origin="predict") for p in paths]
-    ids = hash_inputs(rows)
-    items = [Item(fid, row, reason=reason) for row, (fid, reason) in zip(rows, ids)]
-    feat = Featurizer(models, config)
+    loaded = as_models(models, config.device)
+    inputs = list(images_or_paths)
+    if captions is None:
+        given = [None] * len(inputs)
+    elif isinstance(captions, dict):
+        given = [captions.get(x) if isinstance(x, (str, os.PathLike)) else None for x in inputs]
+    else:
+        given = list(captions)
+        if len(given) != len(inputs):
+            from item.errors import InputError
+
+            raise InputError(f"{len(given)} captions for {len(inputs)} images")
+    items: list[Item] = []
+    file_rows, file_at = [], []
+    for n, (x, cap) in enumerate(zip(inputs, given)):
+        if isinstance(x, (str, os.PathLike)):
+            row = InputRow(path=os.path.abspath(os.fspath(x)), label="unknown", generator="", split="",
+                           caption=cap, origin="predict")
+            file_rows.append(row)
+            file_at.append(n)
+            items.append(Item("", row))
+        else:
+            path = getattr(x, "filename", "") or f"<image {n}>"
+            row = InputRow(path=path, label="unknown", generator="", split="", caption=cap, origin="predict")
+            items.append(Item(_image_id(x), row, image=x, format=getattr(x, "format", None) or ""))
+    for n, (fid, reason) in zip(file_at, hash_inputs(file_rows)):
+        items[n].id, items[n].reason = fid, reason
+    feat = Featurizer(loaded, config)
     out: list[ImageRecord] = []
-    for batch in iter_decoded(items, models, config):
+    for batch in iter_decoded(items, loaded, config):
         out.extend(feat.process(batch))
     return out
