@@ -60,7 +60,7 @@ def test_encoded_caption_is_the_clean_one_and_both_are_kept(tmp_path):
         Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(p)
         paths.append(str(p))
     given = "arafed cat on a mat"  # a caption the user gave is theirs: encoded as given
-    recs = featurize_images(paths, models, FeaturizeConfig(workers=0), captions={paths[1]: given})
+    recs = featurize_images(paths, models=models, config=FeaturizeConfig(workers=0), captions={paths[1]: given})
     blip, user = recs
     assert blip.caption == "there is a arafed man that is riding a bike on the road"
     assert blip.caption_encoded == "a man riding a bike on the road"

@@ -75,7 +75,7 @@ def test_stored_crops_are_square_crops_through_clip(tmp_path, tiny):
         p = tmp_path / f"{i}.png"
         Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(p)
         paths.append(str(p))
-    recs = featurize_images(paths, tiny, FeaturizeConfig(workers=0),
+    recs = featurize_images(paths, models=tiny, config=FeaturizeConfig(workers=0),
                             captions={p: "a dog next to a car and a tree" for p in paths})
     checked = 0
     for p, r in zip(paths, recs):
