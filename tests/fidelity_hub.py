@@ -47,3 +47,11 @@ def save_random_open_clip(hf_home: Path, model: str, repo: str, seed: int = 0,
     path = snapshot_dir(hf_home, repo) / "open_clip_model.safetensors"
     save_file(state, str(path))
     return path
+
+
+def save_transformers(hf_home: Path, repo: str, model, processor) -> Path:
+    """``save_pretrained`` of a model and its processor as the snapshot of hub repo ``repo``; returns the folder."""
+    snap = snapshot_dir(hf_home, repo)
+    model.save_pretrained(snap)
+    processor.save_pretrained(snap)
+    return snap

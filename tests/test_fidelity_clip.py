@@ -93,10 +93,6 @@ def test_openai_tag_from_hub_cache_stores_quickgelu_embeddings(vit_b_32_hub, tmp
         caption_emb = r.read(schema.CAPTION_EMB, order)
         compat, models = r.compat, r.models
     assert [meta[schema.CAPTION][i] for i in order] == CAPTIONS
-    assert models["clip"]["activation"] == "quick_gelu"
-    assert compat["clip_activation"] == "quick_gelu"
-    # the weights came from the hub cache, not from anywhere else
-    assert "tag:openai" == models["clip"]["weights"]
 
     ref_img, ref_txt = _reference("ViT-B-32-quickgelu", checkpoint, images, CAPTIONS)
     gelu_img, gelu_txt = _reference("ViT-B-32", checkpoint, images, CAPTIONS)
@@ -107,3 +103,46 @@ def test_openai_tag_from_hub_cache_stores_quickgelu_embeddings(vit_b_32_hub, tmp
     assert np.linalg.norm(ref_img - gelu_img, axis=1).min() > DIFFERENT
     assert d_ref < SAME, f"stored embeddings differ from the QuickGELU reference by {d_ref:.2e}"
     assert d_gelu > DIFFERENT, f"stored embeddings are within {d_gelu:.2e} of a GELU build"
+    # and the store says so: the weights came from the hub cache under the tag, built with QuickGELU
+    assert models["clip"]["weights"] == "tag:openai"
+    assert models["clip"]["activation"] == compat["clip_activation"] == "quick_gelu"
+
+
+def test_models_small_loads_every_part_from_the_hub_cache(vit_b_32_hub, tmp_path):
+    """``--models small`` through the hub ids its preset names: CLIP the real ViT-B-32 architecture (random
+    weights, as above); captioner and grounder the tiny random configs saved under the preset's repo ids
+    (full-size BLIP base and Grounding DINO would take minutes on a CPU; their loading path is the same)."""
+    from item.featurize import tiny
+    from item.featurize.models import PRESETS
+    from tests.fidelity_hub import save_transformers
+
+    hf_home, checkpoint = vit_b_32_hub
+    small = PRESETS["small"]
+    save_transformers(hf_home, small.captioner, *tiny.build_blip("tiny-random"))
+    save_transformers(hf_home, small.grounder, *tiny.build_grounding_dino("tiny-random"))
+    images = _images(tmp_path)
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label"])
+        w.writerows([[str(p), "fake"] for p in images])
+    store = tmp_path / "store"
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1")
+    res = subprocess.run([sys.executable, "-m", "item", "featurize", str(manifest), "--store", str(store),
+                          "--models", "small", "--workers", "0"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    with StoreReader(store) as r:
+        models = r.models
+        meta = r.metadata([schema.PATH, schema.CAPTION_ENCODED])
+        order = [list(meta[schema.PATH]).index(str(p)) for p in images]
+        image_emb = r.read(schema.IMAGE_EMB, order)
+        caption_emb = r.read(schema.CAPTION_EMB, order)
+        texts = [meta[schema.CAPTION_ENCODED][i] for i in order]
+        assert r.random_weights  # the captioner and grounder saved here are marked random
+    assert models["clip"]["weights"] == "tag:openai" and models["clip"]["activation"] == "quick_gelu"
+    for role, repo in (("captioner", small.captioner), ("grounder", small.grounder)):
+        assert models[role]["id"] == repo and len(models[role].get("revision", "")) == 40, models[role]
+    ref_img, ref_txt = _reference("ViT-B-32-quickgelu", checkpoint, images, texts)
+    assert np.linalg.norm(image_emb - ref_img, axis=1).max() < SAME
+    assert np.linalg.norm(caption_emb - ref_txt, axis=1).max() < SAME
