@@ -104,7 +104,8 @@ def test_openai_tag_from_hub_cache_stores_quickgelu_embeddings(vit_b_32_hub, tmp
     assert d_ref < SAME, f"stored embeddings differ from the QuickGELU reference by {d_ref:.2e}"
     assert d_gelu > DIFFERENT, f"stored embeddings are within {d_gelu:.2e} of a GELU build"
     # and the store says so: the weights came from the hub cache under the tag, built with QuickGELU
-    assert models["clip"]["weights"] == "tag:openai"
+    assert models["clip"]["weights"] == "tag:openai" and models["clip"]["hub"] == VIT_B_32_OPENAI_REPO
+    assert len(models["clip"]["revision"]) == 40  # the cached snapshot's commit
     assert models["clip"]["activation"] == compat["clip_activation"] == "quick_gelu"
 
 

@@ -75,6 +75,20 @@ def _weights_sha256(folder: Path) -> str | None:
     return None
 
 
+def hub_revision(repo: str, filename: str = "config.json") -> str | None:
+    """The commit of ``repo`` whose ``filename`` the local Hugging Face cache holds (what was loaded), or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(repo, filename)
+    except Exception:  # an odd repo name or cache layout: the revision is simply not recorded
+        return None
+    if not isinstance(path, str):
+        return None
+    commit = Path(path).parent.name
+    return commit if len(commit) == 40 and all(c in "0123456789abcdef" for c in commit) else None
+
+
 def load_hf_pretrained(kind: str, name_or_path: str, model_cls, processor_cls, flag: str):
     """`model_cls.from_pretrained` + `processor_cls.from_pretrained` (HF cache or local folder).
 
@@ -105,7 +119,7 @@ def load_hf_pretrained(kind: str, name_or_path: str, model_cls, processor_cls, f
             f"allow network access, set HF_HOME to a cache that holds it, or pass a local folder with {flag}"
         ) from None
     source = {"id": str(local.resolve()) if looks_local else name_or_path}
-    revision = getattr(model.config, "_commit_hash", None)
+    revision = getattr(model.config, "_commit_hash", None) or (None if looks_local else hub_revision(name_or_path))
     if revision:
         source["revision"] = revision
     if looks_local:

@@ -242,6 +242,19 @@ def built_activation(model_obj) -> str:
     return {(True, False): "quick_gelu", (False, True): "gelu", (True, True): "mixed"}.get((quick, gelu), "other")
 
 
+def _hub_source(model: str, tag: str) -> dict:
+    """{'hub': repo, 'revision': commit} of the cached hub files a pretrained tag loaded, where known."""
+    import open_clip
+
+    from item.featurize.captioner import hub_revision
+
+    hub = (open_clip.pretrained.get_pretrained_cfg(model, tag) or {}).get("hf_hub", "").strip("/") if tag else ""
+    if not hub:
+        return {}
+    revision = next(filter(None, (hub_revision(hub, f) for f in _CHECKPOINT_NAMES[:3])), None)
+    return {"hub": hub, **({"revision": revision} if revision else {})}
+
+
 def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
     """Load an open_clip model: `pretrained` is a tag ('openai'), a local checkpoint file / folder, or ''.
 
@@ -343,6 +356,7 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
         "preprocess": preprocess,
         "preprocess_hash": hashlib.sha256(_canonical_json(preprocess).encode()).hexdigest(),
         "weights": weights,
+        **_hub_source(model, pretrained if checkpoint is None else ""),
         "activation": activation,
         "activation_from": quick_gelu_from,
         "open_clip_version": open_clip.__version__,
