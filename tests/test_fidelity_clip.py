@@ -147,3 +147,81 @@ def test_models_small_loads_every_part_from_the_hub_cache(vit_b_32_hub, tmp_path
     ref_img, ref_txt = _reference("ViT-B-32-quickgelu", checkpoint, images, texts)
     assert np.linalg.norm(image_emb - ref_img, axis=1).max() < SAME
     assert np.linalg.norm(caption_emb - ref_txt, axis=1).max() < SAME
+
+
+def test_local_checkpoint_takes_the_activation_from_its_config(tmp_path):
+    """A local checkpoint carries its activation in the open_clip_config.json beside it (as open_clip's hub
+    repos do); without one, the model name decides (ViT-B-32-quickgelu for OpenAI weights in a bare file)."""
+    import json
+    import shutil
+
+    from item.featurize import tiny
+    from item.featurize.encoder import load_clip, trained_activation
+
+    paths = tiny.save_tiny_models(tmp_path / "m")
+    ckpt = Path(paths["clip_pretrained"])
+    gelu = load_clip(paths["clip_model"], str(ckpt))
+    quick_dir = tmp_path / "quick"
+    quick_dir.mkdir()
+    shutil.copy(ckpt, quick_dir / ckpt.name)
+    cfg = json.loads((ckpt.parent / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["quick_gelu"] = True
+    (quick_dir / "open_clip_config.json").write_text(json.dumps(cfg))
+    quick = load_clip(paths["clip_model"], str(quick_dir))
+    assert gelu.info["activation"] == "gelu" and quick.info["activation"] == "quick_gelu"
+    assert quick.info["activation_from"] == "open_clip_config.json beside the checkpoint"
+    emb_g, _ = gelu.encode_texts(["a dog"])
+    emb_q, _ = quick.encode_texts(["a dog"])
+    assert np.abs(emb_g - emb_q).max() > 1e-4  # same weights, other activation, other numbers
+
+    bare = tmp_path / "bare.safetensors"
+    shutil.copy(ckpt, bare)
+    assert trained_activation("ViT-B-32-quickgelu", str(bare), bare) == (True, "model config 'ViT-B-32-quickgelu'")
+    assert trained_activation("ViT-B-32", str(bare), bare) == (False, "model config 'ViT-B-32'")
+    assert trained_activation("ViT-L-14", "openai") == (True, "pretrained tag 'openai'")
+    assert trained_activation("ViT-B-32", "laion2b_s34b_b79k") == (False, "pretrained tag 'laion2b_s34b_b79k'")
+
+
+def test_open_clip_activation_mismatch_is_an_error(tmp_path, monkeypatch):
+    """open_clip only warns when a tag's activation differs from the config it builds; here it is an error.
+
+    open_clip's own table has such a pair (roberta-ViT-B-32 / laion2b_s12b_b32k) but its weights need a hub;
+    the same situation is made here with the tiny config declared QuickGELU and a tag declared GELU, whose
+    weights sit in a hub-layout cache."""
+    import json
+
+    import open_clip
+
+    from item.errors import ModelLoadError
+    from item.featurize import tiny
+    from item.featurize.encoder import load_clip
+    from tests.fidelity_hub import snapshot_dir
+
+    cfg_dir = tmp_path / "cfg"
+    cfg_dir.mkdir()
+    (cfg_dir / "item-tiny-quickgelu.json").write_text(json.dumps({**tiny.TINY_CLIP_CFG, "quick_gelu": True}))
+    open_clip.add_model_config(cfg_dir)
+    from safetensors.torch import save_file
+
+    net = open_clip.create_model("item-tiny-quickgelu", pretrained=None)
+    hf_home = tmp_path / "hf"
+    repo = "item-test/tiny-clip-gelu-tag"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()},
+              str(snapshot_dir(hf_home, repo) / "open_clip_model.safetensors"))
+    tag_cfg = {"hf_hub": repo + "/", "quick_gelu": False}
+    real = open_clip.pretrained.get_pretrained_cfg
+
+    def with_tag(model, tag):
+        return dict(tag_cfg) if (model, tag) == ("item-tiny-quickgelu", "gelutag") else real(model, tag)
+
+    monkeypatch.setattr(open_clip.pretrained, "get_pretrained_cfg", with_tag)
+    monkeypatch.setattr(open_clip.factory, "get_pretrained_cfg", with_tag)
+    monkeypatch.setattr(open_clip.pretrained, "list_pretrained_tags_by_model",
+                        lambda m: ["gelutag"] if m == "item-tiny-quickgelu" else [])
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    with pytest.raises(ModelLoadError) as err:
+        load_clip("item-tiny-quickgelu", "gelutag")
+    msg = str(err.value)
+    assert "QuickGELU mismatch" in msg and "\n" not in msg

@@ -306,7 +306,8 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
     except UserWarning as w:
         raise ModelLoadError(
             f"CLIP {model} with weights {pretrained!r} would be built with another activation than the weights "
-            f"were trained with ({str(w).splitlines()[0]}); use the model name without '-quickgelu'"
+            f"were trained with ({str(w).splitlines()[0]}); open_clip {open_clip.__version__} cannot build this "
+            f"combination as trained: pick a model name whose config matches the tag"
         ) from None
     except Exception as e:  # open_clip wraps hub / file errors in RuntimeError; keep the message to one line
         known = open_clip.list_pretrained_tags_by_model(model)
