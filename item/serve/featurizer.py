@@ -1,0 +1,43 @@
+"""The one place where ``item serve`` reaches the featurize stage.
+
+Models are loaded once, from what the store records, and reused for every request. Until the
+featurize library API (``ModelSpec.from_store`` / ``featurize_images(..., models=...)``) lands on
+main, this goes through the functions ``item.classify.predict`` uses; switching is a change here only.
+"""
+
+from __future__ import annotations
+
+from item.errors import IncompatibleError
+
+
+class LoadedModels:
+    """The store's models, loaded once. ``featurize(paths, captions)`` -> one ImageRecord per path."""
+
+    def __init__(self, compat: dict, models_record: dict, *, device: str = "auto", max_pixels=None):
+        from item.classify.predict import _spec
+        from item.classify.train import HEAD_COMPAT_KEYS
+        from item.featurize.pipeline import FeaturizeConfig, any_random_weights, compat_for, load_models
+
+        self.models = load_models(_spec(compat, models_record), device)
+        # Uploads are featurized one at a time in the request's thread: no decoding processes.
+        self.config = FeaturizeConfig(workers=0, batch_size=1, device=device, max_pixels=max_pixels,
+                                      max_objects=int(compat.get("max_objects", 8)),
+                                      recipe=compat.get("recipe", "hierarchical"))
+        self.compat = compat_for(self.models, self.config)
+        diff = [k for k in HEAD_COMPAT_KEYS if k in compat and compat[k] != self.compat.get(k)]
+        if diff:
+            raise IncompatibleError("the models that loaded differ from those the store records: "
+                                    + "; ".join(f"{k}: store {compat[k]!r}, loaded {self.compat.get(k)!r}"
+                                                for k in diff))
+        self.random_weights = any_random_weights(self.models)
+        self.device = self.models.device
+
+    def info(self) -> dict:
+        from item.featurize.pipeline import models_info
+
+        return models_info(self.models)
+
+    def featurize(self, paths: list[str], captions: dict[str, str] | None = None) -> list:
+        from item.featurize.pipeline import featurize_images
+
+        return featurize_images(paths, self.models, self.config, captions)
