@@ -26,7 +26,7 @@ def is_local_host(host: str) -> bool:
 def _require_extra() -> None:
     from item.errors import InputError
 
-    for module in ("fastapi", "uvicorn", "multipart"):
+    for module in ("fastapi", "uvicorn", "python_multipart"):
         try:
             __import__(module)
         except ImportError:

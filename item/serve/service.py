@@ -264,8 +264,8 @@ class Service:
 
         k = self._k(k)
         if len(data) > self.config.max_upload_bytes:
-            raise RequestError(f"the upload has {len(data)} bytes, more than the limit of "
-                               f"{self.config.max_upload_bytes}", status=413, reason="upload-too-large")
+            raise RequestError(f"the upload is larger than the limit of {self.config.max_upload_bytes} bytes",
+                               status=413, reason="upload-too-large")
         if caption is not None:
             caption = caption.strip() or None
             if caption and len(caption) > MAX_CAPTION_CHARS:
