@@ -342,3 +342,140 @@ def test_serve_command_loads_once_warns_off_localhost_and_answers(served, monkey
     r = CliRunner().invoke(cli_app, ["serve", str(served["store"]), "--head", str(served["base"] / "nope")])
     last = r.stderr.strip().splitlines()[-1]
     assert r.exit_code == 1 and last.startswith("error: ") and "nope" in last and "Traceback" not in r.stderr
+
+
+# -- the page in a real browser -------------------------------------------------------------------
+def _browser_paths():
+    """(chromium, chromedriver) from the OS packages, or None. No browser is ever downloaded."""
+    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
+    driver = shutil.which("chromedriver") or next(
+        (p for p in ("/usr/lib/chromium/chromedriver", "/usr/bin/chromedriver") if os.path.exists(p)), None)
+    return (browser, driver) if browser and driver else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser(served):
+    """A running server (uvicorn in a thread, 127.0.0.1, a free port) and headless Chromium on its page."""
+    paths = _browser_paths()
+    if paths is None:
+        msg = "Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("ITEM_REQUIRE_BROWSER"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    pytest.importorskip("selenium")
+    import uvicorn
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    os.environ["SE_OFFLINE"] = "true"  # selenium-manager must never reach the network
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(served["service"]), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline, "the server did not start"
+        time.sleep(0.05)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = paths[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1360,1180", "--force-device-scale-factor=1"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=DriverService(executable_path=paths[1]), options=opts)
+    try:
+        yield {"driver": driver, "url": f"http://127.0.0.1:{port}/"}
+    finally:
+        driver.quit()
+        server.should_exit = True
+        thread.join(10)
+
+
+def _wait(driver, predicate, what, timeout=90):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: predicate(d), message=what)
+
+
+def test_page_in_chromium_upload_verdict_boxes_neighbours_banner_rejection(served, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    d = browser["driver"]
+    d.get(browser["url"])
+    banner = _wait(d, lambda d: d.find_element(By.ID, "banner").is_displayed() and d.find_element(By.ID, "banner"),
+                   "the RANDOM WEIGHTS banner")
+    assert banner.text.startswith("RANDOM WEIGHTS")
+    _wait(d, lambda d: "images" in d.find_element(By.ID, "storeinfo").text, "store info")
+    # a sample image, with a caption given (so the nouns are known), and 8 neighbours asked for
+    sample = SAMPLES / "real/chelsea.png"
+    d.find_element(By.ID, "caption").send_keys("a cat lying on a blanket next to a basket")
+    k_box = d.find_element(By.ID, "k")
+    k_box.clear()
+    k_box.send_keys("6")
+    d.find_element(By.ID, "file").send_keys(str(sample))
+    card = _wait(d, lambda d: (d.find_elements(By.CSS_SELECTOR, ".card.done") or [None])[0], "the verdict")
+    want = served["client"].post("/api/predict", files={"file": ("chelsea.png", sample.read_bytes())},
+                                 data={"caption": "a cat lying on a blanket next to a basket", "k": "6"}).json()
+    assert card.find_element(By.CSS_SELECTOR, ".badge").text == want["label"].upper()
+    assert card.find_element(By.CSS_SELECTOR, ".pfake").text == f"P(fake) {want['p_fake']:.3f}"
+    assert f"threshold {want['threshold']:.3f}" in card.find_element(By.CSS_SELECTOR, ".verdict").text
+    assert want["caption"] in card.find_element(By.CSS_SELECTOR, ".caption").text
+    # every grounded noun has a drawn box labelled with its score; the worst ones are highlighted
+    boxes = card.find_elements(By.CSS_SELECTOR, ".figure .box")
+    grounded = [o for o in want["objects"] if o["grounded"]]
+    assert len(boxes) == len(grounded) == 3
+    labels = sorted(b.find_element(By.CSS_SELECTOR, ".box-label").text for b in boxes)
+    assert labels == sorted(f"{o['noun']} {o['score']:.2f}" for o in grounded)
+    assert len(card.find_elements(By.CSS_SELECTOR, ".box.worst")) == sum(o["worst"] for o in grounded) >= 1
+    img = card.find_element(By.CSS_SELECTOR, ".figure img")
+    assert d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) == 451
+    # the neighbours, with their thumbnails actually loaded, and both generator tables
+    nbs = card.find_elements(By.CSS_SELECTOR, ".nb")
+    assert len(nbs) == len(want["neighbors"]) == 6
+    assert [n.find_element(By.CSS_SELECTOR, ".path").text for n in nbs] == [Path(h["path"]).name for h in want["neighbors"]]
+    assert [n.get_attribute("title").split("\n")[0] for n in nbs] == [h["path"] for h in want["neighbors"]]
+    _wait(d, lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", n.find_element(
+        By.TAG_NAME, "img")) for n in nbs), "neighbour thumbnails")
+    gen_tables = card.find_elements(By.CSS_SELECTOR, ".gens table")
+    assert len(gen_tables) == 2
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    d.save_screenshot(str(ARTIFACTS / "serve.png"))
+    # a non-image is rejected with a visible message naming the reason
+    bad = tmp_path / "not-a-picture.png"
+    bad.write_bytes(b"just some text pretending to be a PNG")
+    d.find_element(By.ID, "file").send_keys(str(bad))
+    err = _wait(d, lambda d: (d.find_elements(By.CSS_SELECTOR, ".card.rejected .error") or [None])[0], "the rejection")
+    assert err.is_displayed() and "not-an-image" in err.text
+    d.save_screenshot(str(ARTIFACTS / "serve-rejected.png"))
+    # user strings are shown as text, never run as HTML
+    caption_box = d.find_element(By.ID, "caption")
+    caption_box.clear()
+    caption_box.send_keys('<img id="pwn" src="/x" onerror="document.title=1">a dog on a beach')
+    hostile = tmp_path / '<i id="pwn2">name.png'
+    hostile.write_bytes((SAMPLES / "fake/000004.42.png").read_bytes())
+    d.find_element(By.ID, "file").send_keys(str(hostile))
+    _wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card.done")) == 2, "the second verdict")
+    top = d.find_elements(By.CSS_SELECTOR, ".card")[0]
+    assert '<img id="pwn"' in top.find_element(By.CSS_SELECTOR, ".caption").text
+    assert top.find_element(By.TAG_NAME, "h2").text == '<i id="pwn2">name.png'
+    assert d.execute_script("return document.getElementById('pwn') === null && document.getElementById('pwn2') === null")
+    # the store tab: filter, click a row, the same view from stored embeddings
+    d.find_element(By.ID, "tab-browse").click()
+    from selenium.webdriver.support.ui import Select
+
+    Select(d.find_element(By.ID, "f-generator")).select_by_visible_text("SDXL-Turbo")
+    _wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#rows tbody tr")) == 1, "the filtered rows")
+    d.find_element(By.CSS_SELECTOR, "#rows tbody tr").click()
+    view = _wait(d, lambda d: (d.find_elements(By.CSS_SELECTOR, "#row-view .view") or [None])[0], "the stored view")
+    assert "SDXL-Turbo" in d.find_element(By.ID, "row-view").text
+    assert view.find_element(By.CSS_SELECTOR, ".badge").text in ("FAKE", "REAL")
+    _wait(d, lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", view.find_element(
+        By.CSS_SELECTOR, ".figure img")) == 512, "the stored image")
+    d.save_screenshot(str(ARTIFACTS / "serve-browse.png"))
+    assert Image.open(ARTIFACTS / "serve.png").size[0] >= 1000
