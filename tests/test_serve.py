@@ -208,6 +208,15 @@ def test_uploads_are_bounded_in_bytes_and_pixels(served):
     try:
         client = TestClient(create_app(small))
         _error(client.post("/api/predict", files={"file": ("big.png", _png((200, 200)))}), 413, "upload-too-large")
+        # far over the limit: refused from Content-Length, or while streaming when there is none
+        _error(client.post("/api/predict", files={"file": ("huge.png", b"\0" * 300_000)}), 413, "upload-too-large")
+
+        def chunks():
+            for _ in range(40):
+                yield b"\0" * 10_000
+
+        _error(client.post("/api/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"}),
+               413, "upload-too-large")
         body = _error(client.post("/api/predict", files={"file": ("wide.png", _png((100, 30), flat=True))}), 413, "too-large")
         assert "max_pixels" in body["error"] or "too-large" in body["error"]
         assert client.post("/api/predict", files={"file": ("ok.png", _png((40, 30), flat=True))}).status_code == 200

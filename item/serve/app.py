@@ -34,6 +34,49 @@ def _error(status: int, message: str, reason: str):
     return JSONResponse({"error": message, "reason": reason}, status_code=status, headers=_SECURITY_HEADERS)
 
 
+class _BodyLimit:
+    """ASGI middleware: a POST body larger than ``limit`` bytes is answered 413 before anything parses it.
+
+    The declared Content-Length is checked first; the body is then read (at most ``limit`` + 1 bytes are
+    ever held) and replayed to the app, so a chunked upload without a length is bounded too.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def _too_large(self, scope, receive, send):
+        await _error(413, f"the upload is larger than the limit of {self.limit} bytes", "upload-too-large")(
+            scope, receive, send)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await self._too_large(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self._too_large(scope, receive, send)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
 def create_app(service: Service):
     """A FastAPI app answering from ``service`` (already loaded; the app never reloads it)."""
     from fastapi import FastAPI, File, Form, Query, Request, UploadFile
@@ -47,6 +90,7 @@ def create_app(service: Service):
                   description="Score a suspicious image, see why (per-object misalignment) and which stored "
                               "images and known generators it resembles.")
     app.state.service = service
+    app.add_middleware(_BodyLimit, limit=service.config.max_upload_bytes + _MULTIPART_SLACK)
 
     @app.middleware("http")
     async def _headers(request: Request, call_next):
@@ -90,15 +134,11 @@ def create_app(service: Service):
         return service.health()
 
     @app.post("/api/predict", summary="Score one uploaded image (multipart field `file`)")
-    async def predict(request: Request, file: UploadFile = File(..., description="The image file."),
+    async def predict(file: UploadFile = File(..., description="The image file."),
                       caption: Optional[str] = Form(None, description="Use this caption instead of the captioner's."),
                       k: Optional[int] = Form(None, description="Neighbours to return (default: the server's).")):
-        limit = service.config.max_upload_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit + _MULTIPART_SLACK:
-            raise RequestError(f"the upload is larger than the limit of {limit} bytes", status=413,
-                               reason="upload-too-large")
-        data = await file.read(limit + 1)
+        # The whole request was bounded by _BodyLimit; the file itself is checked exactly here.
+        data = await file.read(service.config.max_upload_bytes + 1)
         return await run_in_threadpool(service.predict_upload, data, filename=file.filename or "",
                                        caption=caption, k=k)
 
