@@ -53,6 +53,8 @@ def serve_cmd(
         raise InputError(f"--port {port}: give 1..65535")
     if max_upload_mb <= 0:
         raise InputError("--max-upload-mb must be positive")
+    if max_pixels is not None and max_pixels < 0:
+        raise InputError("--max-pixels must be 0 (no limit) or positive")
     import uvicorn
 
     from item.serve.app import create_app

@@ -20,7 +20,7 @@ class LoadedModels:
 
         self.models = load_models(_spec(compat, models_record), device)
         # Uploads are featurized one at a time in the request's thread: no decoding processes.
-        self.config = FeaturizeConfig(workers=0, batch_size=1, device=device, max_pixels=max_pixels,
+        self.config = FeaturizeConfig(workers=0, batch_size=1, device=self.models.device, max_pixels=max_pixels,
                                       max_objects=int(compat.get("max_objects", 8)),
                                       recipe=compat.get("recipe", "hierarchical"))
         self.compat = compat_for(self.models, self.config)

@@ -89,8 +89,10 @@ def vote(hits: list[dict]) -> list[dict]:
 class Service:
     """The store, heads, models and indexes of one ``item serve``, loaded once.
 
-    ``log`` receives progress lines while loading. Raises ItemError subclasses (a missing store or
-    head, a head trained on other models, models that do not load).
+    ``log`` receives progress lines while loading. ``models``: already loaded models to share (an
+    object like :class:`item.serve.featurizer.LoadedModels`); by default the models the store records
+    are loaded. Raises ItemError subclasses (a missing store or head, a head trained on other models,
+    models that do not load).
     """
 
     def __init__(self, config: ServeConfig, *, log: Callable[[str], None] = lambda s: None,
@@ -111,6 +113,10 @@ class Service:
         self.reader = StoreReader(config.store)
         self.meta = self.reader.metadata()
         self.ok_rows = self.reader.select()
+        self._ok = np.zeros(self.reader.n_images, bool)
+        self._ok[self.ok_rows] = True
+        self.facets = {c: sorted(set(self.meta[c][self.ok_rows].astype(str).tolist()))
+                       for c in (schema.LABEL, schema.GENERATOR, schema.SPLIT)}
         self._row_of_id = {str(i): r for r, i in enumerate(self.meta[schema.ID])}
         self.heads = []
         names = set()
@@ -336,7 +342,7 @@ class Service:
 
         k, on = self._k(k), self._on(on)
         row = self.row_of(image_id)
-        if row not in set(self.ok_rows.tolist()):
+        if not self._ok[row]:
             raise RequestError("this image was skipped at featurize time", status=404, reason="skipped-row")
         with self.store_lock:
             vec = self.reader.read(INDEX_ON[on], [row])[0]
@@ -359,9 +365,7 @@ class Service:
                 mask &= m[col][self.ok_rows].astype(str) == want
         rows = self.ok_rows[mask]
         page = rows[offset:offset + limit]
-        facets = {c: sorted(set(m[c][self.ok_rows].astype(str).tolist()))
-                  for c in (schema.LABEL, schema.GENERATOR, schema.SPLIT)}
-        return {"total": int(rows.size), "offset": offset, "limit": limit, "facets": facets,
+        return {"total": int(rows.size), "offset": offset, "limit": limit, "facets": self.facets,
                 "rows": [{k: v for k, v in self._hit(int(r), 1.0).items() if k != "similarity"} for r in page]}
 
     def thumbnail(self, image_id: str, size: str = "small") -> bytes:
