@@ -1,8 +1,7 @@
-"""The one place where ``item serve`` reaches the featurize stage.
+"""The one place where ``item serve`` reaches the featurize stage, through its front door.
 
-Models are loaded once, from what the store records, and reused for every request. Until the
-featurize library API (``ModelSpec.from_store`` / ``featurize_images(..., models=...)``) lands on
-main, this goes through the functions ``item.classify.predict`` uses; switching is a change here only.
+Models are loaded once, from what the store records (``ModelSpec.from_store``), and reused for every
+request (``featurize_images(..., models=loaded)``).
 """
 
 from __future__ import annotations
@@ -13,12 +12,14 @@ from item.errors import IncompatibleError
 class LoadedModels:
     """The store's models, loaded once. ``featurize(paths, captions)`` -> one ImageRecord per path."""
 
-    def __init__(self, compat: dict, models_record: dict, *, device: str = "auto", max_pixels=None):
-        from item.classify.predict import _spec
+    def __init__(self, manifest: dict, *, device: str = "auto", max_pixels=None):
+        """manifest: the store's manifest (its ``compat`` and ``models`` say which models to load)."""
         from item.classify.train import HEAD_COMPAT_KEYS
-        from item.featurize.pipeline import FeaturizeConfig, any_random_weights, compat_for, load_models
+        from item.featurize import FeaturizeConfig, ModelSpec, load_models
+        from item.featurize.loading import any_random_weights, compat_for
 
-        self.models = load_models(_spec(compat, models_record), device)
+        compat = manifest.get("compat", {})
+        self.models = load_models(ModelSpec.from_store(manifest), device)
         # Uploads are featurized one at a time in the request's thread: no decoding processes.
         self.config = FeaturizeConfig(workers=0, batch_size=1, device=self.models.device, max_pixels=max_pixels,
                                       max_objects=int(compat.get("max_objects", 8)),
@@ -33,11 +34,11 @@ class LoadedModels:
         self.device = self.models.device
 
     def info(self) -> dict:
-        from item.featurize.pipeline import models_info
+        from item.featurize.loading import models_info
 
         return models_info(self.models)
 
     def featurize(self, paths: list[str], captions: dict[str, str] | None = None) -> list:
-        from item.featurize.pipeline import featurize_images
+        from item.featurize import featurize_images
 
-        return featurize_images(paths, self.models, self.config, captions)
+        return featurize_images(paths, models=self.models, captions=captions, config=self.config)

@@ -135,8 +135,7 @@ class Service:
             clip = self.reader.compat.get("clip_model")
             log(f"loading models ({clip}, {self.reader.compat.get('captioner')}, {self.reader.compat.get('grounder')}"
                 f"{', RANDOM WEIGHTS' if self.reader.random_weights else ''}) ...")
-            models = LoadedModels(self.reader.compat, self.reader.models, device=config.device,
-                                  max_pixels=self.max_pixels)
+            models = LoadedModels(self.reader.manifest, device=config.device, max_pixels=self.max_pixels)
         self.models = models
         self.indexes, self.index_status = {}, []
         from item.store import INDEX_ON, StoreIndex
