@@ -17,6 +17,7 @@ class LoadedModels:
         from item.classify.train import HEAD_COMPAT_KEYS, identity_diff
         from item.featurize import FeaturizeConfig, ModelSpec, load_models
         from item.featurize.loading import any_random_weights, compat_for
+        from item.featurize.nouns import NOUN_PROMPTS
 
         compat = manifest.get("compat", {})
         self.models = load_models(ModelSpec.from_store(manifest), device)
@@ -25,7 +26,7 @@ class LoadedModels:
                                       max_objects=int(compat.get("max_objects", 8)),
                                       recipe=compat.get("recipe", "hierarchical"),
                                       **({"noun_prompt": compat["noun_prompt"]} if compat.get("noun_prompt") in
-                                         ("photo", "bare") else {}))
+                                         NOUN_PROMPTS else {}))
         self.compat = compat_for(self.models, self.config)
         # Uploads may be featurized on another device class or precision than the store was (a CPU server for
         # a store made on a GPU): rounding-level differences, tolerated (schema.ALLOW_MIXED_KEYS); the rest not.
