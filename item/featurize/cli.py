@@ -89,7 +89,7 @@ def featurize_cmd(
 
         raise StoreError(f"{store}: cannot create the store folder ({exc.strerror or exc})") from None
     lock = WriterLock(store)
-    lock.acquire(command)
+    lock.acquire(command, exclusive=overwrite)
     try:
         info(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''}) ...")
         loaded = load_models(spec, device)

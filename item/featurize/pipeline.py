@@ -8,6 +8,7 @@ commits them shard by shard, so a killed run resumes at its last committed shard
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -166,6 +167,13 @@ def _as_list(batch):
     return batch
 
 
+def worker_init(parent: int, _worker_id: int) -> None:
+    """First thing in a decoding worker: never hold the store's locks, never outlive the run."""
+    from item.featurize.workers import detach_from_parent_run
+
+    detach_from_parent_run(parent)
+
+
 def iter_decoded(items: list[Item], models: Models, config: FeaturizeConfig):
     """Yield lists of decoded Items (batch_size each), decoding ahead in worker processes."""
     import torch
@@ -176,7 +184,7 @@ def iter_decoded(items: list[Item], models: Models, config: FeaturizeConfig):
     ds = _DecodeDataset(items, models.clip.preprocess, parse_perturb(config.perturb or None), config.max_pixels)
     loader = torch.utils.data.DataLoader(ds, batch_size=config.batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=_as_list, prefetch_factor=4 if workers else None,
-                                         persistent_workers=False)
+                                         persistent_workers=False, worker_init_fn=functools.partial(worker_init, os.getpid()) if workers else None)
     yield from loader
 
 
@@ -454,9 +462,8 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
     reasons: Counter = Counter()
     last_flush = time.perf_counter()
     n_batches = 0
-    # Shards end between batches only: a resumed run then re-forms exactly the batches of an
-    # uninterrupted one, and with its text cache seeded from the store it computes the same bits.
-    auto_flush, writer.auto_flush = writer.auto_flush, False
+    # Shards end between batches only (add_batch): a resumed run then re-forms exactly the batches of
+    # an uninterrupted one, and with its text cache seeded from the store it computes the same bits.
     try:
         t_dec = time.perf_counter()
         for batch in iter_decoded(todo, models, config):
@@ -464,16 +471,14 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
             records = feat.process(batch)
             fault("batch")
             t = time.perf_counter()
+            writer.add_batch(records)
             for rec in records:
-                writer.add(rec)
                 if rec.status != "ok":
                     reasons[rec.reason] += 1
                     if len(summary.skipped_examples) < 20:
                         summary.skipped_examples.append((rec.path, rec.reason))
             if time.perf_counter() - last_flush > config.flush_seconds:
                 writer.flush()
-            else:
-                writer.flush_if_full()
             if writer.pending == 0:
                 last_flush = time.perf_counter()
             feat.seconds["write"] += time.perf_counter() - t
@@ -491,7 +496,6 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
         summary.interrupted = True
         raise
     finally:
-        writer.auto_flush = auto_flush
         summary.n_skipped = sum(reasons.values())
         summary.skipped_by_reason = dict(reasons)
         summary.stage_seconds = {k: round(v, 3) for k, v in feat.seconds.items()}
