@@ -124,11 +124,14 @@ def predict_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     batch_size: int = typer.Option(16, help="Images per batch."),
     as_json: bool = typer.Option(False, "--json", help="JSON with per-object detail (noun, box, alignment)."),
+    model_path: Optional[List[Path]] = typer.Option(None, "--model-path", help="A local model file or folder the "
+                                                    "head may name (repeat); a head can name no other local path."),
 ):
     """Score image files: P(fake), the label at the head's threshold, the caption."""
     from item.classify.predict import predict
 
-    rows = predict(list(inputs), head, device=device, batch_size=batch_size)
+    rows = predict(list(inputs), head, device=device, batch_size=batch_size,
+                   model_paths=[str(p) for p in model_path or []])
     if as_json:
         emit_json(_strict_json(rows))
         return
@@ -166,6 +169,8 @@ def neighbors_cmd(
     if as_json:
         emit_json(_strict_json(res))
         return
+    if res.get("warning"):
+        warn(res["warning"])
     info(f"query {query} ({res['kind']}), {res['method']} search on {on}")
     table(res["hits"], ["row", "similarity", "label", "generator", "path"])
 

@@ -7,6 +7,7 @@ featurize's public entry point; a mismatch between what loads and what was recor
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,21 +16,70 @@ import numpy as np
 from item.classify.features import record_features
 from item.classify.heads import load_head
 from item.classify.train import HEAD_COMPAT_KEYS, check_head_fits
-from item.errors import IncompatibleError, InputError, StoreError
+from item.errors import HeadError, IncompatibleError, InputError, StoreError
 from item.store import StoreIndex, StoreReader
 from item.store import schema
 from item.store.index import INDEX_ON, list_indexes
+
+
+def _threshold(value, name: str) -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if isinstance(value, bool) or not np.isfinite(t) or not 0.0 <= t <= 1.0:
+        raise HeadError(f"the recorded grounder {name} {value!r} is not a number between 0 and 1")
+    return t
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def check_named_models(compat: dict, allowed_paths=()) -> None:
+    """Refuse (HeadError) a head or store that names a model other than: a preset's, an open_clip
+    model with one of its own pretrained tags, a hub id spelled ``ORG/NAME`` (loaded without remote
+    code, from safetensors or pickle-free torch.load), or a local path the user passed (``allowed_paths``).
+
+    A head.json is a file users exchange: it must not make ITEM open an arbitrary local file."""
+    import open_clip
+
+    from item.featurize.models import PRESETS, is_random
+
+    allowed = {os.path.realpath(p) for p in allowed_paths}
+    preset_values = {v for s in PRESETS.values() for v in (s.clip_model, s.clip_pretrained, s.captioner, s.grounder)}
+
+    def local_ok(value: str) -> bool:
+        return os.path.realpath(value) in allowed
+
+    clip_model, tag = str(compat.get("clip_model", "")), str(compat.get("clip_pretrained", ""))
+    if clip_model not in preset_values and clip_model not in open_clip.list_models() \
+            and not (clip_model.startswith("hf-hub:") and _HUB_ID.fullmatch(clip_model[7:])):
+        raise HeadError(f"the head names an unknown CLIP model {clip_model!r}")
+    if tag and tag not in preset_values and tag not in open_clip.list_pretrained_tags_by_model(clip_model) \
+            and not local_ok(tag):
+        raise HeadError(f"the head names CLIP weights {tag!r}, which are neither a known tag of {clip_model} nor a "
+                        "path you passed; pass --model-path PATH to allow a local checkpoint")
+    for role in ("captioner", "grounder"):
+        value = str(compat.get(role, ""))
+        if value in ("none", "") or is_random(value) or value in preset_values or local_ok(value):
+            continue
+        if _HUB_ID.fullmatch(value) and not os.path.exists(value):
+            continue
+        raise HeadError(f"the head names the {role} {value!r}, which is neither a preset's model, a hub id "
+                        "(ORG/NAME) nor a path you passed; pass --model-path PATH to allow a local folder")
 
 
 def _spec(compat: dict, models: dict):
     from item.featurize.models import ModelSpec
 
     grounder = models.get("grounder", {}) if isinstance(models, dict) else {}
+    if not isinstance(grounder, dict):
+        grounder = {}
     return ModelSpec(clip_model=compat["clip_model"], clip_pretrained=compat["clip_pretrained"],
                      captioner=compat["captioner"], grounder=compat["grounder"],
                      random_weights=bool(compat["random_weights"]),
-                     box_threshold=float(grounder.get("box_threshold", 0.35)),
-                     text_threshold=float(grounder.get("text_threshold", 0.25)))
+                     box_threshold=_threshold(grounder.get("box_threshold", 0.35), "box_threshold"),
+                     text_threshold=_threshold(grounder.get("text_threshold", 0.25), "text_threshold"))
 
 
 def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16):
@@ -66,14 +116,18 @@ def expand_paths(inputs: list[str]) -> list[str]:
     return out
 
 
-def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16) -> list[dict]:
-    """One dict per image: path, status, p_fake, label (at the head's threshold), caption, objects."""
+def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16,
+            model_paths=()) -> list[dict]:
+    """One dict per image: path, status, p_fake, label (at the head's threshold), caption, objects.
+
+    ``model_paths``: local model files or folders the head may name (see :func:`check_named_models`)."""
     from item.misalignment import pair_scores
 
     head, info = load_head(head_dir)
     compat = info.get("compat")
-    if not compat:
+    if not compat or not isinstance(compat, dict):
         raise InputError(f"{head_dir}: the head records no models; it cannot featurize new images")
+    check_named_models(compat, model_paths)
     paths = expand_paths(inputs)
     records, got = featurize_like(paths, compat, info.get("models", {}), device=device, batch_size=batch_size)
     check_head_fits(info, got, "the models loaded for prediction")
@@ -117,10 +171,21 @@ def _exact_search(reader: StoreReader, column: str, candidates: np.ndarray, quer
 
 
 def _fresh_index(store, on: str):
+    """(a usable index on ``on`` or None, a warning when an index exists but cannot be trusted)."""
+    problems = []
     for info in list_indexes(store):
-        if info.get("on") == on and info.get("fresh"):
-            return StoreIndex(store, on=on, kind=info["kind"])
-    return None
+        if info.get("on") != on:
+            continue
+        if not info.get("fresh"):
+            problems.append(f"{info['file']}: {info.get('problem')}")
+            continue
+        try:
+            return StoreIndex(store, on=on, kind=info["kind"]), ""
+        except StoreError as exc:
+            problems.append(str(exc))
+    if problems:
+        return None, "not using the index (" + "; ".join(problems) + "); searching exactly instead"
+    return None, ""
 
 
 def _check_k(k: int) -> None:
@@ -145,11 +210,11 @@ def resolve_query(store, query: str, on: str, *, device: str = "auto") -> tuple[
         row = int(query) if query.isdigit() else reader.find_id(query)
         if not 0 <= row < reader.n_images:
             raise InputError(f"row {row} is out of range 0..{reader.n_images - 1}")
-        meta = reader.metadata([schema.ID, schema.PATH, schema.STATUS])
-        if meta[schema.STATUS][row] != schema.STATUS_OK:
-            raise InputError(f"row {row} ({meta[schema.PATH][row]}) was skipped at featurize time")
+        meta = reader.metadata([schema.ID, schema.PATH, schema.STATUS], rows=[row])
+        if meta[schema.STATUS][0] != schema.STATUS_OK:
+            raise InputError(f"row {row} ({meta[schema.PATH][0]}) was skipped at featurize time")
         return reader.read(column, [row]), {"query": query, "kind": "row", "row": row,
-                                            "id": meta[schema.ID][row], "path": meta[schema.PATH][row]}
+                                            "id": meta[schema.ID][0], "path": meta[schema.PATH][0]}
 
 
 def neighbors(store, query: str, k: int = 10, on: str = "image", *, device: str = "auto") -> dict:
@@ -160,21 +225,23 @@ def neighbors(store, query: str, k: int = 10, on: str = "image", *, device: str 
     _check_k(k)
     vec, desc = resolve_query(store, query, on, device=device)
     exclude = {desc["row"]} if desc.get("kind") == "row" else set()
-    ix = _fresh_index(store, on)
+    ix, warning = _fresh_index(store, on)
     if ix is not None:
         hits = ix.search_rows(vec, k, exclude=exclude)[0]
         ix.close()
         method = f"index {ix.kind}"
     else:
+        from item.store.index import hit_rows
+
         with StoreReader(store) as reader:
             cand = np.setdiff1d(reader.select(), np.array(sorted(exclude), np.int64))
             scores, rows = _exact_search(reader, INDEX_ON[on], cand, vec, k)
-            meta = reader.metadata([schema.ID, schema.PATH, schema.LABEL, schema.GENERATOR, schema.SPLIT,
-                                    schema.CAPTION])
-            hits = [{"row": int(r), "similarity": float(s), **{c: str(v[r]) for c, v in meta.items()}}
-                    for s, r in zip(scores[0], rows[0])]
+            hits = hit_rows(reader, scores, rows, k)[0]
         method = "exact"
-    return {**desc, "on": on, "method": method, "hits": hits}
+    out = {**desc, "on": on, "method": method, "hits": hits}
+    if warning:
+        out["warning"] = warning
+    return out
 
 
 def generator_profile(store, generator: str, k: int = 10, on: str = "image") -> dict:
