@@ -140,6 +140,7 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
         # The sidecar goes last and records the checksums of both files: a kill or a failure part way
         # leaves no index, or an old one whose files no longer match its sidecar (refused), never a
         # torn one that is used. A failure leaves the temporary files removed.
+        made_dir = not paths["faiss"].parent.exists()
         try:
             paths["faiss"].parent.mkdir(exist_ok=True)
             faiss_sum = _write_index(index, paths["faiss"])
@@ -149,8 +150,13 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
             rows_bytes = buf.getvalue()
             files.atomic_write_bytes(paths["rows"], rows_bytes)
         except OSError as exc:
-            raise StoreError(f"{root}: cannot write the index ({exc.strerror or exc}); the store's rows are "
-                             "unchanged; fix the cause and build it again") from None
+            if made_dir:
+                try:
+                    paths["faiss"].parent.rmdir()
+                except OSError:
+                    pass
+            raise StoreError(f"{root}: cannot write the index ({exc.strerror or exc}); the store is unchanged; "
+                             "fix the cause and build it again") from None
         fault("index-written")
         sidecar = {
             "format": "item-index", "schema_version": schema.SCHEMA_VERSION, "package_version": __version__,
@@ -234,10 +240,9 @@ def _staleness(reader: StoreReader, info: dict) -> str:
     rebuild = f"rebuild with `item store index {reader.root} --on {info.get('on')} --kind {info.get('kind')}`"
     if info.get("store_fingerprint") != reader.fingerprint:
         shards = info.get("shards")
-        if shards != reader.shards:
-            n_have = len(shards) if isinstance(shards, list) else "?"
-            return f"stale: covers {n_have} shard(s), the store now has {len(reader.shards)}; {rebuild}"
-        return f"stale or foreign: built for another store content (fingerprint differs); {rebuild}"
+        if isinstance(shards, list) and set(shards) < set(reader.shards):
+            return f"stale: covers {len(shards)} of the store's {len(reader.shards)} shards; {rebuild}"
+        return f"stale or foreign: built for other store contents than these (fingerprint differs); {rebuild}"
     if info.get("on") not in INDEX_ON or info.get("kind") not in INDEX_KINDS:
         return f"unknown kind or target ({info.get('kind')!r} on {info.get('on')!r}); {rebuild}"
     return ""

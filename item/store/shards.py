@@ -218,13 +218,13 @@ def check_open_shard(f, entry: dict, embed_dim: int, misalignment_dim: int) -> s
             width = schema.column_width(col.kind, embed_dim, misalignment_dim)
             shape = g[col.name].shape
             if shape[0] != n or (width is not None and shape[1:] != (width,)):
-                return f"images/{col.name} has shape {shape}, the manifest says {n} rows" + (
-                    f" of {width}" if width else "")
+                return f"images/{col.name} has shape {shape}, the manifest says n_images={n}" + (
+                    f" of width {width}" if width else "")
         for col in schema.OBJECT_COLUMNS:
             width = schema.column_width(col.kind, embed_dim, misalignment_dim)
             shape = og[col.name].shape
             if shape[0] != entry["n_objects"] or (width is not None and shape[1:] != (width,)):
-                return f"objects/{col.name} has shape {shape}, the manifest says {entry['n_objects']} objects"
+                return f"objects/{col.name} has shape {shape}, the manifest says n_objects={entry['n_objects']}"
         if int(f.attrs.get(schema.A_N_IMAGES, -1)) != n:
             return f"its n_images attribute is {f.attrs.get(schema.A_N_IMAGES)}, the manifest says {n}"
     except (KeyError, ValueError, TypeError) as exc:
