@@ -409,7 +409,11 @@ def test_a_head_cannot_name_a_local_model_the_user_did_not_pass(head_and_images,
     assert "--model-path" in one_error(cli("predict", images, "--head", bad))
     bad2 = _edited_head(head, tmp_path / "h2", compat={"captioner": str(tmp_path)})
     assert "--model-path" in one_error(cli("predict", images, "--head", bad2))
-    bad3 = _edited_head(head, tmp_path / "h3", models={"grounder": {"box_threshold": "x"}})
+    bad3 = _edited_head(head, tmp_path / "h3")
+    info = json.loads((bad3 / "head.json").read_text())
+    target = info["models"]["spec"] if isinstance(info["models"].get("spec"), dict) else info["models"]["grounder"]
+    target["box_threshold"] = "x"
+    (bad3 / "head.json").write_text(json.dumps(info))
     assert "box_threshold" in one_error(cli("predict", images, "--head", bad3))
     # passing the path allows it: then the file itself is what fails, in one line
     one_error(cli("predict", images, "--head", bad, "--model-path", planted))

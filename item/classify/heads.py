@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -422,8 +421,6 @@ def save_head(head, out_dir, meta: dict) -> None:
     those reserved names). Each file is written under a temporary name and moved into place with
     ``os.replace``; the JSON goes last, so a head.json on disk means the weights beside it are complete.
     """
-    from safetensors.numpy import save_file
-
     import item
 
     if not isinstance(head, _Head):

@@ -22,16 +22,6 @@ from item.store import schema
 from item.store.index import INDEX_ON, list_indexes
 
 
-def _threshold(value, name: str) -> float:
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        t = float("nan")
-    if isinstance(value, bool) or not np.isfinite(t) or not 0.0 <= t <= 1.0:
-        raise HeadError(f"the recorded grounder {name} {value!r} is not a number between 0 and 1")
-    return t
-
-
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -69,24 +59,12 @@ def check_named_models(compat: dict, allowed_paths=()) -> None:
                         "(ORG/NAME) nor a path you passed; pass --model-path PATH to allow a local folder")
 
 
-def _spec(compat: dict, models: dict):
-    from item.featurize.models import ModelSpec
-
-    grounder = models.get("grounder", {}) if isinstance(models, dict) else {}
-    if not isinstance(grounder, dict):
-        grounder = {}
-    return ModelSpec(clip_model=compat["clip_model"], clip_pretrained=compat["clip_pretrained"],
-                     captioner=compat["captioner"], grounder=compat["grounder"],
-                     random_weights=bool(compat["random_weights"]),
-                     box_threshold=_threshold(grounder.get("box_threshold", 0.35), "box_threshold"),
-                     text_threshold=_threshold(grounder.get("text_threshold", 0.25), "text_threshold"))
-
-
 def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16):
     """Featurize files with the models ``compat``/``models`` record. Returns (records, loaded compat)."""
-    from item.featurize.pipeline import FeaturizeConfig, compat_for, featurize_images, load_models
+    from item.featurize import FeaturizeConfig, ModelSpec, featurize_images, load_models
+    from item.featurize.loading import compat_for
 
-    loaded = load_models(_spec(compat, models), device)
+    loaded = load_models(ModelSpec.from_head({"compat": compat, "models": models}), device)
     config = FeaturizeConfig(workers=0, batch_size=batch_size, device=device,
                              max_objects=int(compat.get("max_objects", 8)), recipe=compat.get("recipe", "hierarchical"))
     got = compat_for(loaded, config)
@@ -94,7 +72,7 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
     if diff:
         raise IncompatibleError("the models that loaded differ from those recorded: "
                                 + "; ".join(f"{k}: recorded {compat[k]!r}, loaded {got.get(k)!r}" for k in diff))
-    return featurize_images(paths, loaded, config), got
+    return featurize_images(paths, models=loaded, config=config), got
 
 
 def expand_paths(inputs: list[str]) -> list[str]:

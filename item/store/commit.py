@@ -43,6 +43,7 @@ class StagedShard:
     entry: dict
     ids: tuple
     paths: tuple
+    published: bool = False  # already renamed to its final name (see stage_shard's ``publish``)
 
     @property
     def partial(self) -> str:
@@ -56,13 +57,18 @@ def compat_mismatch(have: dict, want: dict) -> list[str]:
 
 
 def stage_shard(root, images: list[ImageRecord], aliases: list[AliasRecord], *, compat: dict, writer_id: str,
-                number: int | None = None) -> StagedShard:
+                number: int | None = None, publish: bool = False) -> StagedShard:
     """Encode rows and write them as a complete, fsynced partial shard of writer ``writer_id``.
 
     The name is ``shard-WRITER-NNNNNN.h5`` (``number``: the writer's own sequence; a random one when
     None, for writers that cannot count, e.g. parallel write tasks of one job). Nothing is committed:
     pass the result to :func:`commit_shards`. The writer must hold its ``writers/ID.lock`` (a
     :class:`~item.store.locks.WriterLock`) until then, or another writer's recovery removes the file.
+
+    ``publish=True`` (write tasks of a distributed job, which outlive nothing but whose work should):
+    the complete file is also renamed to its final name at once, unlisted. Should the job's driver die
+    before committing, the next writer adopts it instead of removing it; while the writer ``writer_id``
+    lives, nobody else touches it.
     """
     if number is None:
         number = int.from_bytes(secrets.token_bytes(4), "big")
@@ -77,7 +83,15 @@ def stage_shard(root, images: list[ImageRecord], aliases: list[AliasRecord], *, 
         raise
     entry = {"name": name, **shards.stats(images, aliases), "bytes": len(data), "sha256": shards.sha256_of(data),
              "writer": writer_id}
-    return StagedShard(entry, tuple(r.id for r in images), tuple(r.path for r in images) + tuple(a.path for a in aliases))
+    if publish:
+        final = path.with_name(name)
+        if final.exists() or final.is_symlink():
+            path.unlink()
+            raise StoreError(f"{final}: exists already; refusing to overwrite it")
+        os.replace(path, final)
+        files.fsync_dir(path.parent)
+    return StagedShard(entry, tuple(r.id for r in images), tuple(r.path for r in images) + tuple(a.path for a in aliases),
+                       published=publish)
 
 
 class Committed:
@@ -135,7 +149,7 @@ def commit_shards(root, staged: list[StagedShard], committed: Committed | None =
             if committed.ids.intersection(s.ids):
                 conflicts.append(s)
                 try:
-                    (root / schema.SHARD_DIR / s.partial).unlink()
+                    (root / schema.SHARD_DIR / (s.entry["name"] if s.published else s.partial)).unlink()
                 except FileNotFoundError:
                     pass
             else:
@@ -147,6 +161,10 @@ def commit_shards(root, staged: list[StagedShard], committed: Committed | None =
         try:
             for s in ok:
                 final = shard_dir / s.entry["name"]
+                if s.published:
+                    if not final.is_file():
+                        raise StoreError(f"{final}: the published shard is missing; refusing to list it")
+                    continue
                 if final.exists() or final.is_symlink():
                     raise StoreError(f"{final}: exists though the manifest does not list it; refusing to overwrite it")
                 os.replace(shard_dir / s.partial, final)
@@ -162,7 +180,7 @@ def commit_shards(root, staged: list[StagedShard], committed: Committed | None =
         except BaseException:
             # Not committed: leave the store as it was (what this writer had staged is dropped; its rows
             # are still buffered by the caller).
-            for p in renamed + [shard_dir / s.partial for s in ok]:
+            for p in renamed + [shard_dir / s.partial for s in ok if not s.published]:
                 try:
                     p.unlink()
                 except FileNotFoundError:
@@ -273,6 +291,9 @@ def recover(root: Path, manifest: dict, compat: dict) -> dict:
             if wid is None or not writer_alive(root, wid):
                 p.unlink()
         elif shards.is_shard_name(name) and name not in listed:
+            wid = schema.shard_writer(name)
+            if wid is not None and writer_alive(root, wid):
+                continue  # published by a live job that will commit it
             if committed is None:
                 committed = Committed(root)
                 committed.refresh(manifest)

@@ -109,8 +109,6 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
 
     Reads the store in chunks of ``chunk_rows`` (the index itself must fit in memory; the store need not).
     """
-    import faiss
-
     _check_choice(kind, INDEX_KINDS, "index kind")
     _check_choice(on, INDEX_ON, "index target (--on)")
     reader = StoreReader(root)
@@ -187,7 +185,6 @@ def _write_index(index, path: Path) -> dict:
     size = 0
 
     def write(fh):
-        nonlocal size
         failure: list[BaseException] = []
 
         def chunk(b) -> int:

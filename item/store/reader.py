@@ -10,7 +10,6 @@ when asked for, one column at a time, and filters run shard by shard.
 from __future__ import annotations
 
 import json
-from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
@@ -95,8 +94,6 @@ class StoreReader:
 
     # -- shard access ---------------------------------------------------------------------
     def _file(self, name: str):
-        import h5py
-
         f = self._files.get(name)
         if f is None:
             f = open_checked(self.root / schema.SHARD_DIR / name, self._entries[name], self.embed_dim,

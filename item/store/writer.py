@@ -186,6 +186,18 @@ class StoreWriter:
         except OSError as exc:  # a full disk, an I/O error: one clear line, not a traceback
             raise self._write_error(exc) from None
 
+    def commit_staged(self, staged: list[StagedShard]) -> list[StagedShard]:
+        """Commit shards staged (by :func:`stage_shard`, under this writer's id) elsewhere, e.g. by the
+        write tasks of a distributed job. Returns those not committed because another writer committed
+        some of their images meanwhile (their files are removed; a rerun featurizes what they missed)."""
+        try:
+            self.manifest, conflicts = commit_shards(self.root, list(staged), self._committed)
+        except OSError as exc:
+            raise self._write_error(exc) from None
+        for s in staged:
+            self._own.update(s.ids)
+        return conflicts
+
     def close(self) -> None:
         if self._closed:
             return
