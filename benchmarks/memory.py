@@ -41,6 +41,49 @@ def peak(cmd: list[str]) -> dict:
             "stderr_tail": p.stderr.strip().splitlines()[-1:] if int(rc) else []}
 
 
+def write_fast(store: Path, n: int, dim: int, shard_size: int, seed: int = 0) -> None:
+    """The same kind of store as write_synthetic_store (clustered unit vectors, one object a row, labels
+    alternating, three splits), built a shard at a time from numpy arrays instead of row by row: a
+    1M-row store in minutes. Written through the store's own shard encoding and commit."""
+    import numpy as np
+
+    from item.store.records import ImageRecord, ObjectRecord
+    from item.store.synthetic import synthetic_compat
+    from item.store.writer import StoreWriter
+
+    compat = synthetic_compat(dim, 8)
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(64, dim)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    with StoreWriter(store, compat=compat, models={"clip": {"model": "synthetic", "random_weights": True}},
+                     recipe="hierarchical", shard_size=shard_size) as w:
+        for start in range(0, n, shard_size):
+            m = min(shard_size, n - start)
+            img = unit(centers[rng.integers(64, size=m)] + 1.4 / np.sqrt(dim) * rng.normal(size=(m, dim)))
+            cap = unit(0.8 * img + 0.2 * unit(rng.normal(size=(m, dim))))
+            crop = unit(img + 0.8 * unit(rng.normal(size=(m, dim))))
+            noun = unit(0.8 * crop + 0.2 * unit(rng.normal(size=(m, dim))))
+            mis = rng.normal(size=(m, 8)).astype(np.float32)
+            split = np.array(["train", "val", "test"])[np.searchsorted([0.6, 0.8], rng.random(m), side="right")]
+            recs = []
+            for j in range(m):
+                i = start + j
+                fake = i % 2 == 1
+                gen = ("gen_a", "gen_b")[(i // 2) % 2]
+                recs.append(ImageRecord(
+                    id=f"{seed:08x}{i:056x}", path=f"/synthetic/{gen}/{'fake' if fake else 'real'}/{i:07d}.png",
+                    label="fake" if fake else "real", generator=gen, split=str(split[j]),
+                    caption=f"synthetic caption {i}", caption_source="synthetic", nouns=["thing0"], width=256,
+                    height=256, format="PNG", image_emb=img[j], caption_emb=cap[j], misalignment=mis[j],
+                    objects=[ObjectRecord(noun="thing0", noun_emb=noun[j], box=(0.0, 0.0, 10.0, 12.0), score=0.5,
+                                          crop_emb=crop[j])]))
+            w.add_batch(recs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000)
@@ -49,6 +92,8 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=4096)
     ap.add_argument("--work", default="/tmp/item-memory")
     ap.add_argument("--out", default="")
+    ap.add_argument("--fast", action="store_true", help="build the store a shard at a time from numpy arrays "
+                    "(one object a row) instead of row by row")
     args = ap.parse_args()
     work = Path(args.work)
     store = work / f"store-{args.n}-{args.dim}"
@@ -56,7 +101,10 @@ def main() -> None:
         from item.store.synthetic import write_synthetic_store
 
         t = time.time()
-        write_synthetic_store(store, args.n, args.dim, shard_size=args.shard_size, max_objects=args.max_objects)
+        if args.fast:
+            write_fast(store, args.n, args.dim, args.shard_size)
+        else:
+            write_synthetic_store(store, args.n, args.dim, shard_size=args.shard_size, max_objects=args.max_objects)
         print(f"wrote {args.n} rows in {time.time() - t:.0f} s", flush=True)
     item = [sys.executable, "-m", "item"]
     size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
@@ -76,7 +124,6 @@ def main() -> None:
         r.update(name=name, inherent=inherent)
         print(json.dumps(r), flush=True)
         results.append(r)
-    (work / "index").exists()
     import shutil
 
     shutil.rmtree(store / "index", ignore_errors=True)
