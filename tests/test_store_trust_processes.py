@@ -134,14 +134,15 @@ def small_fs(tmp_path):
 
 def fill(folder: Path) -> None:
     """Leave almost no free space on folder's file system."""
-    with open(folder / "filler", "wb") as fh:
-        try:
+    try:
+        with open(folder / "filler", "wb") as fh:
             while True:
                 fh.write(b"\0" * 4096)
                 fh.flush()
-        except OSError:
-            pass
-    os.truncate(folder / "filler", max(0, (folder / "filler").stat().st_size - 2048))
+    except OSError:
+        pass
+    if (folder / "filler").exists():
+        os.truncate(folder / "filler", max(0, (folder / "filler").stat().st_size - 2048))
 
 
 def test_featurize_on_a_full_disk_is_one_line_and_the_store_stays_valid(tmp_path, small_fs):
@@ -162,7 +163,7 @@ def test_featurize_on_a_full_disk_is_one_line_and_the_store_stays_valid(tmp_path
 def test_index_train_report_export_on_a_full_disk(tmp_path, small_fs):
     store = tmp_path / "s"
     write_synthetic_store(store, 400, 64, shard_size=200)
-    fs = small_fs("1m")
+    fs = small_fs("8m")
     # index: the store itself on the full file system
     shutil_copy(store, fs / "s")
     fill(fs)
