@@ -154,14 +154,23 @@ def score_rows(store, head_dir, rows=None):
     return head.predict_proba(X)[:, 1].astype(np.float64), np.asarray(rows), info
 
 
-def evaluate(store, heads: list, split: str | None = "test") -> dict:
+def evaluate(store, heads: list, split: str | None = "test", reals: dict | None = None) -> dict:
     """Per-generator tables for each head on the store's ``split`` rows (None: every labelled row).
 
-    Returns {head name: {'table': rows, 'scores', 'labels', 'generators', 'threshold', 'info'}}.
-    Each head's own threshold (fixed on validation data at training time) is used as is.
+    reals: {fake generator (or fnmatch pattern): generator of the reals it is scored against}, see
+    ``item.classify.pairing``; generators not named keep the automatic own / pooled choice.
+    Returns {head name: {'table': rows, 'scores', 'labels', 'generators', 'threshold', 'info',
+    'real_pool'}}. Each head's own threshold (fixed on validation data at training time) is used as is.
+    Rows that are training-time augmented copies (their perturbation differs from the store's) are
+    never evaluated.
     """
+    from item.classify.pairing import real_pools
+
     with StoreReader(store) as reader:
         rows = reader.select(label=["real", "fake"], split=split) if split else reader.select(label=["real", "fake"])
+        if rows.size:
+            pert = reader.metadata([schema.PERTURBATION])[schema.PERTURBATION]
+            rows = rows[pert[rows].astype(str) == str(reader.compat.get("perturbation", ""))]
         if rows.size == 0:
             splits = sorted(set(reader.metadata([schema.SPLIT])[schema.SPLIT]))
             raise InputError(f"no labelled rows in split {split!r}; splits in the store: {', '.join(splits) or '-'}")
@@ -170,13 +179,14 @@ def evaluate(store, heads: list, split: str | None = "test") -> dict:
         gens = meta[schema.GENERATOR][rows].astype(str)
         splits = meta[schema.SPLIT][rows].astype(str)
         fingerprint = reader.fingerprint
+    pool, kinds = real_pools(labels, gens, reals or {})
     out = {}
     names = _head_names(heads)
     for name, head_dir in zip(names, heads):
         scores, _, info = score_rows(store, head_dir, rows)
-        table = per_generator_table(scores, labels, gens, info["threshold"])
+        table = per_generator_table(scores, labels, gens, info["threshold"], real_pool=pool, real_kinds=kinds)
         out[name] = {"table": table, "scores": scores, "labels": labels, "generators": gens,
-                     "threshold": info["threshold"], "info": info, "rows": rows,
+                     "threshold": info["threshold"], "info": info, "rows": rows, "real_pool": pool,
                      "warnings": _seen_rows_warnings(name, info, store, fingerprint, splits)}
     return out
 
