@@ -31,13 +31,16 @@ def describe_model(spec: dict) -> str:
 
 
 def write_report(store, heads: list, out, split: str | None = "test", map_points: int = 5000, *,
-                 reals: dict | None = None, title: str | None = None, extra_sections=None) -> dict:
+                 reals: dict | None = None, title: str | None = None, extra_sections=None,
+                 results: dict | None = None) -> dict:
     """Evaluate ``heads`` on ``split`` and write one self-contained HTML file to ``out``.
 
     reals: the real pairing (see ``evaluate``); extra_sections: [(heading, trusted HTML)] placed
-    before the evaluation tables (a benchmark's comparison table, robustness plots).
+    before the evaluation tables (a benchmark's comparison table, robustness plots); results: the
+    output of that very ``evaluate`` call when the caller already has it.
     """
-    results = evaluate(store, heads, split, reals=reals)
+    if results is None:
+        results = evaluate(store, heads, split, reals=reals)
     first = next(iter(results.values()))
     with StoreReader(store) as reader:
         rows = first["rows"]

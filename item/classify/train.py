@@ -78,14 +78,34 @@ def select_training_rows(reader: StoreReader, cfg: TrainConfig) -> tuple[np.ndar
         if train.size == 0:
             raise InputError(f"every training row is in the validation split {cfg.val_split!r}")
     if val.size == 0:
-        y = _labels(meta[schema.LABEL][train])
+        # Augmented copies (item.featurize.augment) follow their original: the hold-out is drawn from
+        # original rows, and a copy of a held-out image neither trains nor validates.
+        copies = _augmented_rows(reader, train)
+        base = np.setdiff1d(train, copies)
+        y = _labels(meta[schema.LABEL][base])
         tr, va = stratified_holdout(y, cfg.seed, cfg.val_fraction)
-        train, val = train[tr], train[va]
+        train, val = base[tr], base[va]
+        if copies.size:
+            from item.featurize.augment import base_id
+
+            ids = reader.metadata([schema.ID])[schema.ID]
+            held = {str(i) for i in ids[val]}
+            train = np.union1d(train, copies[[base_id(i) not in held for i in ids[copies]]])
         how = f"{cfg.val_fraction:.0%} of the training rows (stratified, seed {cfg.seed})"
+    else:
+        val = np.setdiff1d(val, _augmented_rows(reader, val))
     y_train = _labels(meta[schema.LABEL][train])
     if len(set(y_train.tolist())) < 2:
         raise InputError("the training rows need both real and fake images")
     return train, val, how
+
+
+def _augmented_rows(reader: StoreReader, rows: np.ndarray) -> np.ndarray:
+    """Rows among ``rows`` that are training-time augmented copies (their perturbation is not the store's)."""
+    if rows.size == 0:
+        return rows
+    pert = reader.metadata([schema.PERTURBATION])[schema.PERTURBATION]
+    return rows[pert[rows].astype(str) != str(reader.compat.get("perturbation", ""))]
 
 
 def train_head(store, out, cfg: TrainConfig) -> dict:

@@ -30,6 +30,10 @@ def featurize_cmd(
     max_objects: int = typer.Option(8, help="At most this many nouns per caption are grounded."),
     perturb: Optional[List[str]] = typer.Option(None, help="Robustness perturbation applied after decoding: "
                                                 "jpeg:75, blur:1.0, resize:0.5; repeat or join with '+'."),
+    augment: Optional[List[str]] = typer.Option(None, help="Train-time augmentation: also store a perturbed copy "
+                                                "of every training-split image as a row of its own (id "
+                                                "<sha256>+SPEC, its perturbation recorded), e.g. --augment "
+                                                "jpeg:75 --augment blur:1.0. Never evaluated."),
     batch_size: int = typer.Option(16, help="Images per batch through captioner and grounder."),
     clip_batch_size: int = typer.Option(64, help="Images or texts per CLIP forward pass."),
     workers: int = typer.Option(-1, help="Decoding processes (-1: auto, 0: in the main process)."),
@@ -98,6 +102,13 @@ def featurize_cmd(
                          shard_size=shard_size, overwrite=overwrite, command=command, lock=lock) as writer:
             with progress_bar(len(disc.rows), "featurizing") as advance:
                 summary = featurize_rows(disc.rows, writer, loaded, config, progress=advance)
+            if augment:
+                from item.featurize.augment import add_augmented_rows
+
+                with progress_bar(None, "augmenting") as advance:
+                    augmented = add_augmented_rows(disc.rows, writer, loaded, config, augment, progress=advance)
+                for spec, n in augmented.items():
+                    info(f"augmentation {spec}: {n} training copies written")
     finally:
         lock.release()
     if as_json:
