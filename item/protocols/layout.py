@@ -233,15 +233,22 @@ def check_layout(protocol: Protocol, root, splits=SPLITS) -> LayoutReport:
     for top in tops:
         n = sum(v for r, v in stray.items() if r == top or r.startswith(top + "/") or top == "")
         rep.unexpected.append((top or ".", n))
-    # A misspelt folder is both missing and unexpected: offer the near names.
+    # A misspelt folder is both missing and unexpected: offer the near names. Every folder name on the
+    # way to a stray image folder is compared with the names the missing set's patterns spell out.
     for split, name in rep.missing_parts:
         part = next(p for p in protocol.parts(split) if p.name == name)
         wanted = {name.lower()} | {seg.lower() for pat in part.real + part.fake for seg in pat.split("/")
                                    if seg and not any(ch in seg for ch in "*?[")}
-        for folder, _ in rep.unexpected:
-            base = folder.rstrip("/").split("/")[-1].lower()
-            close = difflib.get_close_matches(base, sorted(wanted), n=1, cutoff=0.75)
-            if close and base not in wanted:
-                rep.hints.append(f"{split} set {name!r} is missing and {folder!r} is unexpected: "
-                                 f"is {folder!r} a misspelling of {close[0]!r}?")
+        offered = set()
+        for rel in stray:
+            segs = rel.split("/")
+            for k, seg in enumerate(segs):
+                if seg.lower() in wanted:
+                    continue
+                close = difflib.get_close_matches(seg.lower(), sorted(wanted), n=1, cutoff=0.75)
+                folder = "/".join(segs[:k + 1])
+                if close and folder not in offered:
+                    offered.add(folder)
+                    rep.hints.append(f"{split} set {name!r} is missing and {folder!r} is unexpected: "
+                                     f"is {folder!r} a misspelling of {close[0]!r}?")
     return rep
