@@ -92,6 +92,8 @@ def featurize_jobs(jobs: list[StoreJob], *, models="default", device: str = "aut
                 from item.featurize.augment import add_augmented_rows
 
                 res.augmented = add_augmented_rows(disc.rows, writer, loaded, config, job.augment, progress=progress)
+        log(f"{job.store}: {res.n_written} written, {res.n_already_done} already in the store, {res.n_skipped} skipped"
+            + "".join(f", {n} copies under {s}" for s, n in res.augmented.items()))
         out.append(res)
     return out
 
