@@ -92,11 +92,27 @@ class _Everything:
         return iter(())
 
 
+def augment_store(rows: list[InputRow], store, *, models, config, specs, progress=None,
+                  command: str = "item featurize --augment") -> dict[str, int]:
+    """Add augmented copies of ``rows``' training images to the store at ``store``; {spec: rows written}.
+
+    models: loaded Models (or a preset / ModelSpec, loaded here); config: the FeaturizeConfig of the
+    store's run (its perturbation is the store's). Takes the store's writer lock like any writer.
+    """
+    from item.featurize.loading import as_models, compat_for, models_info
+    from item.store.writer import StoreWriter
+
+    loaded = as_models(models, config.device)
+    with StoreWriter(store, compat=compat_for(loaded, config), models=models_info(loaded), recipe=config.recipe,
+                     shard_size=config.shard_size, command=command) as writer:
+        return add_augmented_rows(rows, writer, loaded, config, specs, progress=progress)
+
+
 def add_augmented_rows(rows: list[InputRow], writer, models, config, specs, *,
                        progress: Callable[[int], None] | None = None) -> dict[str, int]:
     """Featurize perturbed copies of the training rows into ``writer``'s store; {spec: rows written}."""
     from item.errors import InputError
-    from item.featurize.pipeline import featurize_rows
+    from item.featurize.run import featurize_rows
 
     train = [r for r in rows if r.split == AUGMENT_SPLIT]
     if specs and not train:

@@ -1,17 +1,14 @@
 """Featurizing for the benchmark runs: the one place that calls the featurize stage.
 
 ``featurize_jobs`` loads the models once and fills several stores (train and test of a benchmark,
-or one store per perturbation of a robustness sweep), each resumable: a store that holds some rows
-already gets only the missing ones.
-
-Issue 11 brings ``item.featurize.featurize_store`` as featurize's front door; until it is on main
-this module drives the stage's pieces itself (discover -> load_models -> StoreWriter ->
-featurize_rows), the same calls ``item featurize`` makes.
+or one store per perturbation of a robustness sweep) through featurize's front door
+(``item.featurize.featurize_store``), each resumable: a store that holds some rows already gets only
+the missing ones.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -40,17 +37,9 @@ class JobResult:
 
 def spec_from_head(info: dict):
     """The ModelSpec a head was trained with (from its recorded compat and models)."""
-    from item.featurize import models as featurize_models
+    from item.featurize import ModelSpec
 
-    from_head = getattr(featurize_models.ModelSpec, "from_head", None)
-    if from_head is not None:  # issue 11's front door, once merged
-        return from_head(info)
-    from item.classify.predict import _spec
-
-    compat = info.get("compat")
-    if not compat:
-        raise InputError("the head records no models; it cannot featurize new images")
-    return _spec(compat, info.get("models", {}))
+    return ModelSpec.from_head(info)
 
 
 def featurize_jobs(jobs: list[StoreJob], *, models="default", device: str = "auto", batch_size: int = 16,
@@ -60,11 +49,10 @@ def featurize_jobs(jobs: list[StoreJob], *, models="default", device: str = "aut
 
     models: a preset name or a ModelSpec. Returns one JobResult per job, in order.
     """
+    from item.featurize import FeaturizeConfig, ModelSpec, featurize_store, load_models, resolve_models
+    from item.featurize.augment import augment_store
     from item.featurize.inputs import discover
-    from item.featurize.models import ModelSpec, resolve_models
     from item.featurize.perturb import parse_perturb
-    from item.featurize.pipeline import FeaturizeConfig, compat_for, featurize_rows, load_models, models_info
-    from item.store.writer import StoreWriter
 
     spec = models if isinstance(models, ModelSpec) else resolve_models(models)
     loaded = None
@@ -80,23 +68,16 @@ def featurize_jobs(jobs: list[StoreJob], *, models="default", device: str = "aut
             loaded = load_models(spec, device)
         config = FeaturizeConfig(batch_size=batch_size, workers=workers, device=device, max_objects=max_objects,
                                  perturb=str(parse_perturb(job.perturb or None)))
-        res = JobResult(job.store, n_inputs=len(disc.rows))
         log(f"featurizing {len(disc.rows)} images into {job.store}"
             + (f" (perturbation {config.perturb})" if config.perturb else ""))
-        with StoreWriter(job.store, compat=compat_for(loaded, config), models=models_info(loaded),
-                         recipe=config.recipe, command=command) as writer:
-            summary = featurize_rows(disc.rows, writer, loaded, config, progress=progress)
-            res.n_written, res.n_already_done, res.n_skipped = summary.n_written, summary.n_already_done, \
-                summary.n_skipped
-            if job.augment:
-                from item.featurize.augment import add_augmented_rows
-
-                res.augmented = add_augmented_rows(disc.rows, writer, loaded, config, job.augment, progress=progress)
+        summary = featurize_store(disc.rows, job.store, models=loaded, config=config, progress=progress,
+                                  command=command)
+        res = JobResult(job.store, n_inputs=len(disc.rows), n_written=summary.n_written,
+                        n_already_done=summary.n_already_done, n_skipped=summary.n_skipped)
+        if job.augment:
+            res.augmented = augment_store(disc.rows, job.store, models=loaded, config=config, specs=job.augment,
+                                          progress=progress, command=command)
         log(f"{job.store}: {res.n_written} written, {res.n_already_done} already in the store, {res.n_skipped} skipped"
             + "".join(f", {n} copies under {s}" for s, n in res.augmented.items()))
         out.append(res)
     return out
-
-
-def with_perturb(job: StoreJob, perturb: str) -> StoreJob:
-    return replace(job, perturb=perturb)
