@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -81,7 +81,7 @@ def run_reproduce(protocol: Protocol, root, work, cfg: ReproduceConfig = Reprodu
                   progress: Callable[[int], None] | None = None) -> ReproduceResult:
     """Reproduce ``protocol``'s table on the data in ``root``, working in ``work``. See the module docstring."""
     from item.classify.heads import HeadConfig, load_head
-    from item.classify.reporting import write_report
+    from item.classify.reporting import describe_model, write_report
     from item.classify.train import TrainConfig, evaluate, train_head
     from item.protocols import tables
     from item.store import StoreReader
@@ -143,8 +143,11 @@ def run_reproduce(protocol: Protocol, root, work, cfg: ReproduceConfig = Reprodu
         results[name]["path"] = str(h)
     with StoreReader(stores["test"]) as r:
         random_weights = bool(r.random_weights)
+        models_used = {role: describe_model(spec) for role, spec in r.models.items() if isinstance(spec, dict)}
     table = tables.build_table(protocol, results, labels, random_weights=random_weights, missing=missing_tests,
                                layout=layout.summary())
+    table["config"] = {**asdict(cfg), "root": str(layout.root), "work": str(work)}
+    table["models"] = models_used
     files = {"json": work / "results.json", "markdown": work / "results.md", "html": work / "report.html"}
     tables.write_json(table, files["json"])
     files["markdown"].write_text(tables.markdown(table), encoding="utf-8")

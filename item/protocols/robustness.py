@@ -96,7 +96,7 @@ def run_robustness(source: str, head, work, cfg: RobustnessConfig = RobustnessCo
     for s in specs:
         evals[s] = evaluate(stores[s], [str(head)], None, reals=cfg.reals)
         r = next(iter(evals[s].values()))
-        results[s] = {row["generator"]: {k: row[k] for k in ("n_real", "n_fake", "reals", "acc", "acc_05", "real_acc",
+        results[s] = {(row["generator"] or "(no generator)"): {k: row[k] for k in ("n_real", "n_fake", "reals", "acc", "acc_05", "real_acc",
                                                              "fake_acc", "ap", "auroc")}
                       for row in r["table"]}
     with StoreReader(stores[""]) as reader:
@@ -107,7 +107,9 @@ def run_robustness(source: str, head, work, cfg: RobustnessConfig = RobustnessCo
            "threshold": first["threshold"], "random_weights": random_weights,
            "note": tables.RANDOM_LINE if random_weights else "",
            "perturbations": specs, "stores": {s or "none": str(p) for s, p in stores.items()},
-           "results": {s or "none": by for s, by in results.items()}}
+           "results": {s or "none": by for s, by in results.items()},
+           "config": {"perturbs": list(cfg.perturbs), "reals": dict(cfg.reals), "device": cfg.device,
+                      "batch_size": cfg.batch_size, "workers": cfg.workers, "work": str(work)}}
     files = {"json": work / "robustness.json", "markdown": work / "robustness.md", "html": work / "report.html"}
     out["files"] = {k: str(v) for k, v in files.items()}
     tables.write_json(out, files["json"])
