@@ -14,18 +14,23 @@ class LoadedModels:
 
     def __init__(self, manifest: dict, *, device: str = "auto", max_pixels=None):
         """manifest: the store's manifest (its ``compat`` and ``models`` say which models to load)."""
-        from item.classify.train import HEAD_COMPAT_KEYS
+        from item.classify.train import HEAD_COMPAT_KEYS, identity_diff
         from item.featurize import FeaturizeConfig, ModelSpec, load_models
         from item.featurize.loading import any_random_weights, compat_for
+        from item.featurize.nouns import NOUN_PROMPTS
 
         compat = manifest.get("compat", {})
         self.models = load_models(ModelSpec.from_store(manifest), device)
         # Uploads are featurized one at a time in the request's thread: no decoding processes.
         self.config = FeaturizeConfig(workers=0, batch_size=1, device=self.models.device, max_pixels=max_pixels,
                                       max_objects=int(compat.get("max_objects", 8)),
-                                      recipe=compat.get("recipe", "hierarchical"))
+                                      recipe=compat.get("recipe", "hierarchical"),
+                                      **({"noun_prompt": compat["noun_prompt"]} if compat.get("noun_prompt") in
+                                         NOUN_PROMPTS else {}))
         self.compat = compat_for(self.models, self.config)
-        diff = [k for k in HEAD_COMPAT_KEYS if k in compat and compat[k] != self.compat.get(k)]
+        # Uploads may be featurized on another device class or precision than the store was (a CPU server for
+        # a store made on a GPU): rounding-level differences, tolerated (schema.ALLOW_MIXED_KEYS); the rest not.
+        diff, _ = identity_diff(compat, self.compat, HEAD_COMPAT_KEYS, allow_mixed=True)
         if diff:
             raise IncompatibleError("the models that loaded differ from those the store records: "
                                     + "; ".join(f"{k}: store {compat[k]!r}, loaded {self.compat.get(k)!r}"
