@@ -96,6 +96,8 @@ def eval_cmd(
     as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the tables as JSON to this file "
                                            "('-' for stdout)."),
     as_csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the tables as CSV to this file."),
+    allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Apply a head made under another library "
+                                     "version, device class or precision (rounding-level differences only)."),
     reals: Optional[str] = typer.Option(None, "--reals", help="Real pairing GEN=REALGEN,... (GEN may be a pattern, "
                                         "e.g. 'ldm_*=laion,guided=imagenet'): score GEN's fakes against the reals "
                                         "of REALGEN."),
@@ -104,7 +106,8 @@ def eval_cmd(
     from item.classify.pairing import parse_reals
     from item.classify.train import evaluate
 
-    results = evaluate(store, [str(h) for h in heads], None if split == "all" else split, reals=parse_reals(reals))
+    results = evaluate(store, [str(h) for h in heads], None if split == "all" else split, allow_mixed=allow_mixed,
+                       reals=parse_reals(reals))
     random_weights = any(r["info"].get("random_weights") for r in results.values())
     flat = [{"head": name, **row} for name, r in results.items() for row in r["table"]]
     warnings = [w for r in results.values() for w in r["warnings"]]
@@ -142,11 +145,13 @@ def predict_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     batch_size: int = typer.Option(16, help="Images per batch."),
     as_json: bool = typer.Option(False, "--json", help="JSON with per-object detail (noun, box, alignment)."),
+    allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Apply a head made under another library "
+                                     "version, device class or precision (rounding-level differences only)."),
 ):
     """Score image files: P(fake), the label at the head's threshold, the caption."""
     from item.classify.predict import predict
 
-    rows = predict(list(inputs), head, device=device, batch_size=batch_size)
+    rows = predict(list(inputs), head, device=device, batch_size=batch_size, allow_mixed=allow_mixed)
     if as_json:
         emit_json(_strict_json(rows))
         return
