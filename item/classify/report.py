@@ -34,7 +34,10 @@ tr.mean td { font-weight: bold; border-top: 2px solid #888; }
 img { max-width: 100%; } .note { color: #666; font-size: 13px; }
 """.strip()
 
-_PERCENT_KEYS = {"acc", "real_acc", "fake_acc", "ap", "auroc"}
+_PERCENT_KEYS = {"acc", "real_acc", "fake_acc", "ap", "auroc", "acc_05", "real_acc_05", "fake_acc_05", "oracle_acc"}
+#: Column headings where the key alone would mislead: the oracle saw the test labels.
+_HEADINGS = {"acc": "acc (val. threshold)", "acc_05": "acc@0.5", "real_acc_05": "real_acc@0.5",
+             "fake_acc_05": "fake_acc@0.5", "oracle_acc": "oracle acc (test labels)"}
 
 
 def _e(value) -> str:
@@ -77,7 +80,8 @@ def _table(rows: list[dict]) -> str:
     for row in rows:
         columns += [k for k in row if k not in columns]
     head = "".join(
-        f'<th class="name">{_e(c)}</th>' if c in ("generator", "reals") else f"<th>{_e(c)}{' %' if c in _PERCENT_KEYS else ''}</th>"
+        f'<th class="name">{_e(c)}</th>' if c in ("generator", "reals")
+        else f"<th>{_e(_HEADINGS.get(c, c))}{' %' if c in _PERCENT_KEYS else ''}</th>"
         for c in columns
     )
     body = []
@@ -89,6 +93,21 @@ def _table(rows: list[dict]) -> str:
         )
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def html_table(rows: list[dict]) -> str:
+    """Rows as an HTML table (values escaped; floats of metric keys in percent): for extra_sections."""
+    return _table(rows)
+
+
+def html_img(fig, alt: str) -> str:
+    """A matplotlib Figure (from ``new_figure``) as an embedded PNG: for extra_sections."""
+    return _img(fig, alt)
+
+
+def new_figure(width=10.0, height=4.0):
+    """A matplotlib Figure on an Agg canvas (no pyplot): for extra_sections."""
+    return _figure(width, height)
 
 
 def _curves_img(head: str, per_generator: dict) -> str:
@@ -175,6 +194,7 @@ def render_report(
     histograms: dict,
     embedding_2d,
     provenance: dict,
+    extra_sections=None,
 ) -> None:
     """Write one self-contained HTML report to ``out_path`` (temporary name, then ``os.replace``).
 
@@ -183,6 +203,8 @@ def render_report(
     histograms: head name -> (scores (n,) float, labels (n,) 0/1).
     embedding_2d: None, or ((n, 2) float points, n generator/label names) for the 2-D map.
     provenance: what produced the numbers (models, store, head, date ...); 'date' defaults to now (UTC).
+    extra_sections: [(heading, HTML)] inserted before the evaluation; the HTML is the caller's, already
+    escaped (item.protocols builds it with ``html_table`` / ``html_img``).
     With random_weights, the <title> and the first line of the body say RANDOM_WEIGHTS_BANNER.
     """
     page_title = f"{RANDOM_WEIGHTS_BANNER} | {title}" if random_weights else str(title)
@@ -191,6 +213,9 @@ def render_report(
         body.append(f'<p class="banner">{_e(RANDOM_WEIGHTS_BANNER)}</p>')
     body.append(f"<h1>{_e(title)}</h1>")
     body.append("<h2>Provenance</h2>" + _provenance_table(provenance))
+
+    for heading, section in extra_sections or ():
+        body.append(f"<h2>{_e(heading)}</h2>" + section)
 
     body.append("<h2>Evaluation</h2>")
     body.append(

@@ -92,14 +92,34 @@ def select_training_rows(reader: StoreReader, cfg: TrainConfig) -> tuple[np.ndar
         if train.size == 0:
             raise InputError(f"every training row is in the validation split {cfg.val_split!r}")
     if val.size == 0:
-        y = _labels(meta[schema.LABEL][train])
+        # Augmented copies (item.featurize.augment) follow their original: the hold-out is drawn from
+        # original rows, and a copy of a held-out image neither trains nor validates.
+        copies = _augmented_rows(reader, train)
+        base = np.setdiff1d(train, copies)
+        y = _labels(meta[schema.LABEL][base])
         tr, va = stratified_holdout(y, cfg.seed, cfg.val_fraction)
-        train, val = train[tr], train[va]
+        train, val = base[tr], base[va]
+        if copies.size:
+            from item.featurize.augment import base_id
+
+            ids = reader.metadata([schema.ID])[schema.ID]
+            held = {str(i) for i in ids[val]}
+            train = np.union1d(train, copies[[base_id(i) not in held for i in ids[copies]]])
         how = f"{cfg.val_fraction:.0%} of the training rows (stratified, seed {cfg.seed})"
+    else:
+        val = np.setdiff1d(val, _augmented_rows(reader, val))
     y_train = _labels(meta[schema.LABEL][train])
     if len(set(y_train.tolist())) < 2:
         raise InputError("the training rows need both real and fake images")
     return train, val, how
+
+
+def _augmented_rows(reader: StoreReader, rows: np.ndarray) -> np.ndarray:
+    """Rows among ``rows`` that are training-time augmented copies (their perturbation is not the store's)."""
+    if rows.size == 0:
+        return rows
+    pert = reader.metadata([schema.PERTURBATION])[schema.PERTURBATION]
+    return rows[pert[rows].astype(str) != str(reader.compat.get("perturbation", ""))]
 
 
 def train_head(store, out, cfg: TrainConfig) -> dict:
@@ -172,14 +192,24 @@ def score_rows(store, head_dir, rows=None, allow_mixed: bool = False):
     return head.predict_proba(X)[:, 1].astype(np.float64), np.asarray(rows), info
 
 
-def evaluate(store, heads: list, split: str | None = "test", allow_mixed: bool = False) -> dict:
+def evaluate(store, heads: list, split: str | None = "test", allow_mixed: bool = False,
+             reals: dict | None = None) -> dict:
     """Per-generator tables for each head on the store's ``split`` rows (None: every labelled row).
 
-    Returns {head name: {'table': rows, 'scores', 'labels', 'generators', 'threshold', 'info'}}.
-    Each head's own threshold (fixed on validation data at training time) is used as is.
+    reals: {fake generator (or fnmatch pattern): generator of the reals it is scored against}, see
+    ``item.classify.pairing``; generators not named keep the automatic own / pooled choice.
+    Returns {head name: {'table': rows, 'scores', 'labels', 'generators', 'threshold', 'info',
+    'real_pool'}}. Each head's own threshold (fixed on validation data at training time) is used as is.
+    Rows that are training-time augmented copies (their perturbation differs from the store's) are
+    never evaluated.
     """
+    from item.classify.pairing import real_pools
+
     with StoreReader(store) as reader:
         rows = reader.select(label=["real", "fake"], split=split) if split else reader.select(label=["real", "fake"])
+        if rows.size:
+            pert = reader.metadata([schema.PERTURBATION])[schema.PERTURBATION]
+            rows = rows[pert[rows].astype(str) == str(reader.compat.get("perturbation", ""))]
         if rows.size == 0:
             splits = sorted(set(reader.metadata([schema.SPLIT])[schema.SPLIT]))
             raise InputError(f"no labelled rows in split {split!r}; splits in the store: {', '.join(splits) or '-'}")
@@ -188,13 +218,14 @@ def evaluate(store, heads: list, split: str | None = "test", allow_mixed: bool =
         gens = meta[schema.GENERATOR][rows].astype(str)
         splits = meta[schema.SPLIT][rows].astype(str)
         fingerprint = reader.fingerprint
+    pool, kinds = real_pools(labels, gens, reals or {})
     out = {}
     names = _head_names(heads)
     for name, head_dir in zip(names, heads):
         scores, _, info = score_rows(store, head_dir, rows, allow_mixed)
-        table = per_generator_table(scores, labels, gens, info["threshold"])
+        table = per_generator_table(scores, labels, gens, info["threshold"], real_pool=pool, real_kinds=kinds)
         out[name] = {"table": table, "scores": scores, "labels": labels, "generators": gens,
-                     "threshold": info["threshold"], "info": info, "rows": rows,
+                     "threshold": info["threshold"], "info": info, "rows": rows, "real_pool": pool,
                      "warnings": _seen_rows_warnings(name, info, store, fingerprint, splits)}
     return out
 

@@ -45,6 +45,10 @@ def featurize_cmd(
                                      "version, device class or precision (rounding-level differences only; "
                                      "the run records its own values)."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+    augment: Optional[List[str]] = typer.Option(None, help="Train-time augmentation: also store a perturbed copy "
+                                                "of every training-split image as a row of its own (id "
+                                                "<sha256>+SPEC, its perturbation recorded), e.g. --augment "
+                                                "jpeg:75 --augment blur:1.0. Never evaluated."),
     engine: str = typer.Option("local", help="local (this process) or ray (a Ray Data job; needs "
                                'pip install -e ".[ray]").'),
     ray_address: Optional[str] = typer.Option(None, help="With --engine ray: an existing cluster's address "
@@ -93,12 +97,29 @@ def featurize_cmd(
     command = "item featurize " + " ".join(sources)
     info(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''})"
          f"{' in ' + str(ray_actors) + ' Ray actors' if engine == 'ray' else ''} ...")
+    if augment and engine != "local":
+        from item.errors import InputError
+
+        raise InputError("--augment runs in this process: use it with --engine local")
+    run_models = spec
+    if augment:  # loaded once, for the run and its augmented copies
+        from item.featurize import load_models
+
+        run_models = load_models(spec, device)
     with progress_bar(len(disc.rows), "featurizing") as advance:
-        summary = featurize_store(disc.rows, store, models=spec, config=config, progress=advance,
+        summary = featurize_store(disc.rows, store, models=run_models, config=config, progress=advance,
                                   overwrite=overwrite, command=command,
                                   allow_mixed=allow_mixed)
     for k, v in summary.mixed_identity.items():
         warn(f"--allow-mixed: {k} was {v['run']!r} in this run, the store's is {v['store']!r}")
+    if augment:
+        from item.featurize.augment import augment_store
+
+        with progress_bar(None, "augmenting") as advance:
+            augmented = augment_store(disc.rows, store, models=run_models, config=config, specs=augment,
+                                      progress=advance, command=command)
+        for aug, n in augmented.items():
+            info(f"augmentation {aug}: {n} training copies written")
     if as_json:
         emit_json(summary.to_json())
         return
