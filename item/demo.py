@@ -11,7 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from item.errors import ModelLoadError
+
 SAMPLES_MANIFEST = Path(__file__).resolve().parent / "samples" / "manifest.csv"
+
+
+def demo_load_message(message: str) -> str:
+    """A model-loading error in the demo's own terms: the loaders' advice names featurize's flags
+    (--pretrained, --captioner, ...), which the demo does not take."""
+    kept = [part for part in message.split("; ") if "--" not in part]
+    return ("; ".join(kept) + "; the demo takes the pretrained weights from the Hugging Face cache (set HF_HOME to one "
+            "that holds them, or allow network access), or runs offline with `item demo --models tiny-random`")
 
 
 @dataclass
@@ -38,7 +48,10 @@ def run_demo(out_dir, *, models: str = "default", device: str = "auto", overwrit
     store = out / "store"
     spec = resolve_models(models)
     log(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''}) ...")
-    loaded = load_models(spec, device)
+    try:
+        loaded = load_models(spec, device)
+    except ModelLoadError as exc:
+        raise ModelLoadError(demo_load_message(str(exc))) from None
     config = FeaturizeConfig(device=device, batch_size=8, workers=0)
     rows = discover([str(SAMPLES_MANIFEST)]).rows
     log(f"featurizing {len(rows)} sample images into {store}")

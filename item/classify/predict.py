@@ -32,7 +32,8 @@ def _spec(compat: dict, models: dict):
                      text_threshold=float(grounder.get("text_threshold", 0.25)))
 
 
-def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16):
+def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16,
+                   captions: dict[str, str] | None = None):
     """Featurize files with the models ``compat``/``models`` record. Returns (records, loaded compat)."""
     from item.featurize.pipeline import FeaturizeConfig, compat_for, featurize_images, load_models
 
@@ -44,38 +45,84 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
     if diff:
         raise IncompatibleError("the models that loaded differ from those recorded: "
                                 + "; ".join(f"{k}: recorded {compat[k]!r}, loaded {got.get(k)!r}" for k in diff))
-    return featurize_images(paths, loaded, config), got
+    return featurize_images(paths, loaded, config, captions=captions), got
 
 
-def expand_paths(inputs: list[str]) -> list[str]:
-    """Files as given; folders walked recursively for image files (sorted)."""
-    from item.featurize.inputs import IMAGE_EXTENSIONS
+def expand_inputs(inputs: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(absolute paths, {path: given caption}): files as given, folders walked recursively for image
+    files (sorted), manifests (CSV / JSON Lines with ``path`` and optional ``caption``) read."""
+    from item.featurize.inputs import IMAGE_EXTENSIONS, MANIFEST_EXTENSIONS, read_manifest_records
 
-    out = []
+    out, captions = [], {}
     for p in inputs:
         path = Path(p)
         if path.is_dir():
-            found = sorted(str(f) for f in path.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            found = sorted(str(f.absolute()) for f in path.rglob("*")
+                           if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
             if not found:
                 raise InputError(f"{p}: no image files in this folder")
             out.extend(found)
+        elif path.suffix.lower() in MANIFEST_EXTENSIONS and path.is_file():
+            _, records = read_manifest_records(str(path))
+            for origin, rec in records:
+                if not rec.get("path"):
+                    raise InputError(f"{origin}: empty path")
+                out.append(rec["path"])
+                caption = str(rec.get("caption") or "").strip()
+                if caption:
+                    captions[rec["path"]] = caption
         elif path.exists() or path.is_symlink():
-            out.append(str(path))
+            out.append(os.path.abspath(path))
         else:
             raise InputError(f"{p}: no such file or folder")
-    return out
+    return out, captions
 
 
-def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16) -> list[dict]:
-    """One dict per image: path, status, p_fake, label (at the head's threshold), caption, objects."""
+def expand_paths(inputs: list[str]) -> list[str]:
+    """Image files of ``inputs`` (files, folders, manifests), as ``expand_inputs`` finds them."""
+    return expand_inputs(inputs)[0]
+
+
+def _caption_warnings(info: dict, records) -> list[str]:
+    """Warn when prediction captions differently from how the head's training rows were captioned."""
+    sources = info.get("caption_sources")
+    ok = [r for r in records if r.status == schema.STATUS_OK]
+    if not sources or not ok:
+        return []
+    given = sum(d.get("given", 0) for d in sources.values())
+    total = given + sum(d.get("model", 0) for d in sources.values())
+    by_model = sum(r.caption_source != "given" for r in ok)
+    by_user = len(ok) - by_model
+    if total and given / total >= 0.5 and by_model:
+        return [f"{by_model} of {len(ok)} images were captioned by the captioner, but {given} of the head's {total} "
+                "training rows had captions given by the user: scores can differ from eval's; give captions "
+                "(a manifest with a caption column)"]
+    if total and given / total < 0.5 and by_user:
+        return [f"{by_user} of {len(ok)} images have given captions, but the head's training rows were captioned "
+                f"by {info.get('compat', {}).get('captioner', 'the captioner')} ({total - given} of {total}): scores "
+                "can differ from eval's"]
+    return []
+
+
+def predict_files(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16,
+                  captions: dict[str, str] | None = None) -> dict:
+    """Score image files, folders and manifests with a head.
+
+    Returns {'random_weights': bool, 'warnings': [str], 'rows': [one dict per image: path, id, status,
+    reason, and for ok rows p_fake, label (at the head's threshold), threshold, caption,
+    caption_source, global_alignment, objects]}. Captions given in a manifest or ``captions``
+    ({path: caption}) are used instead of the captioner.
+    """
     from item.misalignment import pair_scores
 
     head, info = load_head(head_dir)
     compat = info.get("compat")
     if not compat:
         raise InputError(f"{head_dir}: the head records no models; it cannot featurize new images")
-    paths = expand_paths(inputs)
-    records, got = featurize_like(paths, compat, info.get("models", {}), device=device, batch_size=batch_size)
+    paths, given = expand_inputs(inputs)
+    given.update({os.path.abspath(k): v for k, v in (captions or {}).items()})
+    records, got = featurize_like(paths, compat, info.get("models", {}), device=device, batch_size=batch_size,
+                                  captions=given)
     check_head_fits(info, got, "the models loaded for prediction")
     ok = [r for r in records if r.status == schema.STATUS_OK]
     probs = head.predict_proba(record_features(info["recipe"], ok))[:, 1] if ok else np.zeros(0)
@@ -92,11 +139,18 @@ def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: in
                                 "box": [round(float(v), 1) for v in o.box] if o.box is not None else None,
                                 "detector_score": round(float(o.score), 4), "alignment": cos})
             row.update({"p_fake": p, "label": "fake" if p >= info["threshold"] else "real",
-                        "threshold": info["threshold"], "caption": r.caption,
+                        "threshold": info["threshold"], "caption": r.caption, "caption_source": r.caption_source,
                         "global_alignment": float(pair_scores(r.image_emb[None], r.caption_emb[None])[0]),
                         "objects": objects})
         out.append(row)
-    return out
+    return {"random_weights": bool(info.get("random_weights") or compat.get("random_weights")),
+            "warnings": _caption_warnings(info, records), "rows": out}
+
+
+def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16,
+            captions: dict[str, str] | None = None) -> list[dict]:
+    """One dict per image (see ``predict_files``; its warnings are dropped here)."""
+    return predict_files(inputs, head_dir, device=device, batch_size=batch_size, captions=captions)["rows"]
 
 
 # -- neighbours -----------------------------------------------------------------------------------
