@@ -180,7 +180,11 @@ def neighbors_cmd(
     if as_json:
         emit_json(_strict_json(res))
         return
-    info(f"query {query} ({res['kind']}), {res['method']} search on {on}")
+    how = ""
+    if res["kind"] == "file":
+        how = (f", stored row {res['stored_row']}, no model loaded" if "stored_row" in res
+               else f", featurized with {', '.join(res.get('models_loaded', []))}")
+    info(f"query {query} ({res['kind']}{how}), {res['method']} search on {on}")
     table(res["hits"], ["row", "similarity", "label", "generator", "path"])
 
 

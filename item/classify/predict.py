@@ -87,21 +87,24 @@ def _caption_warnings(info: dict, records) -> list[str]:
     """Warn when prediction captions differently from how the head's training rows were captioned."""
     sources = info.get("caption_sources")
     ok = [r for r in records if r.status == schema.STATUS_OK]
+    out = [f"the head: {info['caption_source_warning']}"] if info.get("caption_source_warning") else []
     if not sources or not ok:
-        return []
+        return out
     given = sum(d.get("given", 0) for d in sources.values())
     total = given + sum(d.get("model", 0) for d in sources.values())
     by_model = sum(r.caption_source != "given" for r in ok)
     by_user = len(ok) - by_model
-    if total and given / total >= 0.5 and by_model:
-        return [f"{by_model} of {len(ok)} images were captioned by the captioner, but {given} of the head's {total} "
-                "training rows had captions given by the user: scores can differ from eval's; give captions "
-                "(a manifest with a caption column)"]
-    if total and given / total < 0.5 and by_user:
-        return [f"{by_user} of {len(ok)} images have given captions, but the head's training rows were captioned "
-                f"by {info.get('compat', {}).get('captioner', 'the captioner')} ({total - given} of {total}): scores "
-                "can differ from eval's"]
-    return []
+    # Mixed training captions are the head's own warning above; here, a head of one caption source
+    # meeting the other one.
+    if total and given / total >= 0.9 and by_model:
+        out.append(f"{by_model} of {len(ok)} images were captioned by the captioner, but the head was trained on "
+                   f"captions given by the user ({given} of {total} rows): its scores need not match eval's; give "
+                   "captions (a manifest with path and caption columns)")
+    if total and given / total <= 0.1 and by_user:
+        out.append(f"{by_user} of {len(ok)} images have given captions, but the head was trained on captions by "
+                   f"{info.get('compat', {}).get('captioner', 'the captioner')} ({total - given} of {total} rows): "
+                   "its scores need not match eval's")
+    return out
 
 
 def predict_files(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16,
@@ -189,13 +192,7 @@ def resolve_query(store, query: str, on: str, *, device: str = "auto") -> tuple[
     column = INDEX_ON[on]
     with StoreReader(store) as reader:
         if os.path.exists(query) and not query.isdigit():
-            records, _ = featurize_like([query], reader.compat, reader.models, device=device)
-            rec = records[0]
-            if rec.status != schema.STATUS_OK:
-                raise InputError(f"{query}: cannot be featurized ({rec.reason})")
-            vec = rec.image_emb if on == "image" else rec.misalignment
-            return np.asarray(vec, np.float32)[None], {"query": query, "kind": "file", "caption": rec.caption,
-                                                       "id": rec.id}
+            return _file_query(reader, query, on, column, device)
         row = int(query) if query.isdigit() else reader.find_id(query)
         if not 0 <= row < reader.n_images:
             raise InputError(f"row {row} is out of range 0..{reader.n_images - 1}")
@@ -204,6 +201,44 @@ def resolve_query(store, query: str, on: str, *, device: str = "auto") -> tuple[
             raise InputError(f"row {row} ({meta[schema.PATH][row]}) was skipped at featurize time")
         return reader.read(column, [row]), {"query": query, "kind": "row", "row": row,
                                             "id": meta[schema.ID][row], "path": meta[schema.PATH][row]}
+
+
+def _file_query(reader: StoreReader, query: str, on: str, column: str, device: str) -> tuple[np.ndarray, dict]:
+    """An image file as a query vector, loading as little as it can.
+
+    A file whose content (sha256) is stored is answered from its stored row: no model loads. Otherwise
+    ``--on image`` loads CLIP's image tower only; ``--on misalignment`` needs the caption, the nouns and
+    the boxes, so it runs the whole featurize path.
+    """
+    from item.featurize.decode import DecodeError, file_id
+
+    try:
+        fid = file_id(query)
+    except DecodeError as exc:
+        raise InputError(f"{query}: cannot be read ({exc.reason})") from None
+    ids = reader.metadata([schema.ID])[schema.ID]
+    hit = np.flatnonzero(ids.astype(str) == fid)
+    status = reader.metadata([schema.STATUS, schema.CAPTION])
+    if hit.size and status[schema.STATUS][hit[0]] == schema.STATUS_OK:
+        row = int(hit[0])
+        return reader.read(column, [row]), {"query": query, "kind": "file", "id": fid, "stored_row": row,
+                                            "caption": str(status[schema.CAPTION][row]), "models_loaded": []}
+    if on == "image":
+        from item.featurize.lookup import embed_image_files
+
+        (_, reason, emb), = embed_image_files([query], _spec(reader.compat, reader.models), device=device,
+                                              expect=reader.compat)
+        if reason:
+            raise InputError(f"{query}: cannot be featurized ({reason})")
+        return np.asarray(emb, np.float32)[None], {"query": query, "kind": "file", "id": fid,
+                                                   "models_loaded": ["clip"]}
+    records, _ = featurize_like([query], reader.compat, reader.models, device=device)
+    rec = records[0]
+    if rec.status != schema.STATUS_OK:
+        raise InputError(f"{query}: cannot be featurized ({rec.reason})")
+    return np.asarray(rec.misalignment, np.float32)[None], {
+        "query": query, "kind": "file", "caption": rec.caption, "id": rec.id,
+        "models_loaded": ["clip"] + [m for m in ("captioner", "grounder") if reader.compat.get(m) != "none"]}
 
 
 def neighbors(store, query: str, k: int = 10, on: str = "image", *, device: str = "auto") -> dict:

@@ -48,10 +48,9 @@ def split_store(root, *, val: float = 0.2, test: float = 0.2, by: str = "generat
             raise InputError(f"{int((have != '').sum())} of {rows.size} rows already have a split ({found}); "
                              "add --overwrite to reassign every row")
         labels = meta[schema.LABEL][rows].astype(str)
-        strata = labels if by == "label" else np.char.add(np.char.add(
-            meta[schema.GENERATOR][rows].astype(str), "\x00"), labels)
+        groups = None if by == "label" else meta[schema.GENERATOR][rows].astype(str)
         ids = meta[schema.ID][rows].astype(str)
-        new = assign_splits(ids, strata, val=val, test=test, seed=seed)
+        new = assign_splits(ids, labels, groups, val=val, test=test, seed=seed)
         current = {i: {schema.SPLIT: s} for i, s in zip(ids, have)}
     res = write_changes(root, [Change(i, split=str(s)) for i, s in zip(ids, new)], current, command=command)
     counts = Counter(zip(new.tolist(), labels.tolist()))

@@ -38,7 +38,8 @@ def info_cmd(store: Path = StoreDir,
     for role, spec in d["models"].items():
         emit(f"model {role:<10} {_describe_model(spec)}")
     for role, spec in d["extractors"].items():
-        emit(f"extractor {role:<6} " + ", ".join(f"{k} {v}" for k, v in spec.items()))
+        emit(f"extractor {role:<6} " + ", ".join(str(v) if k in ("extractor", "version") else f"{k} {v}"
+                                                   for k, v in spec.items()))
     ov = d["overlay"]
     emit(f"metadata overlay " + (f"version {ov['version']} ({ov['n_rows']} rows annotated, digest {ov['digest']}, "
                                  f"{ov['updated']})" if ov["version"] else "none (labels and splits as featurized)"))

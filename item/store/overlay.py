@@ -201,35 +201,46 @@ def write_changes(root, changes: list[Change], current: dict[str, dict], command
     return OverlayResult(int(data["version"]), digest(data), len(changed), dict(by_field))
 
 
-def assign_splits(ids: np.ndarray, strata: np.ndarray, *, val: float, test: float, seed: int) -> np.ndarray:
-    """A split name per row ('train' / 'val' / 'test'), stratified by ``strata``, seeded.
+def assign_splits(ids, labels, groups=None, *, val: float, test: float, seed: int) -> np.ndarray:
+    """A split name per row ('train' / 'val' / 'test'), stratified by label (and ``groups``), seeded.
 
-    Within a stratum the rows are ordered by id and shuffled with ``seed``, so the result depends
-    on the store's content, not on the order files were featurized in. A stratum gets
-    ``round(val * n)`` validation and ``round(test * n)`` test rows, at least one of each when it
-    has three rows or more (and the fraction is above 0), and always keeps one training row.
+    Each label is split apart; with ``groups`` (e.g. generators) each group of a label is split
+    apart too, in a seeded order, with the rounding carried from group to group so that the label's
+    totals come out at ``round(val * n)`` and ``round(test * n)`` while a group too small for a
+    share of its own (one or two rows) lands wholly in one split. A group of three rows or more
+    gets at least one validation, one test (when the fraction is above 0) and one training row.
+    Within a group rows are ordered by id before the seeded shuffle, so the result depends on the
+    store's content, not on the order files were featurized in.
     """
     if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
         raise InputError(f"--val {val} and --test {test}: each in [0, 1) and together below 1")
     ids = np.asarray(ids).astype(str)
-    strata = np.asarray(strata).astype(str)
+    labels = np.asarray(labels).astype(str)
+    groups = np.full(ids.size, "", dtype=object) if groups is None else np.asarray(groups).astype(str)
     out = np.full(ids.size, "train", dtype=object)
     rng = np.random.default_rng(seed)
-    for s in sorted(set(strata.tolist())):
-        idx = np.flatnonzero(strata == s)
-        idx = idx[np.argsort(ids[idx], kind="stable")]
-        idx = idx[rng.permutation(idx.size)]
-        n = idx.size
-        n_test = int(round(test * n))
-        n_val = int(round(val * n))
-        if n >= 3:
-            n_test = max(n_test, 1 if test > 0 else 0)
-            n_val = max(n_val, 1 if val > 0 else 0)
-        while n_test + n_val > n - 1 and (n_test or n_val):
-            if n_val >= n_test and n_val:
-                n_val -= 1
-            else:
-                n_test -= 1
-        out[idx[:n_test]] = "test"
-        out[idx[n_test:n_test + n_val]] = "val"
+    for lab in sorted(set(labels.tolist())):
+        names = sorted(set(groups[labels == lab].tolist()))
+        names = [names[k] for k in rng.permutation(len(names))]
+        seen = n_test_done = n_val_done = 0
+        for g in names:
+            idx = np.flatnonzero((labels == lab) & (groups == g))
+            idx = idx[np.argsort(ids[idx], kind="stable")]
+            idx = idx[rng.permutation(idx.size)]
+            n = idx.size
+            seen += n
+            n_test = min(max(int(round(test * seen)) - n_test_done, 0), n)
+            n_val = min(max(int(round(val * seen)) - n_val_done, 0), n - n_test)
+            if n >= 3:
+                n_test = max(n_test, 1 if test > 0 else 0)
+                n_val = max(n_val, 1 if val > 0 else 0)
+                while n_test + n_val > n - 1:
+                    if n_val >= n_test:
+                        n_val -= 1
+                    else:
+                        n_test -= 1
+            n_test_done += n_test
+            n_val_done += n_val
+            out[idx[:n_test]] = "test"
+            out[idx[n_test:n_test + n_val]] = "val"
     return out
