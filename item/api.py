@@ -250,20 +250,13 @@ def predict(paths_or_images, head, *, captions=None, device: str = "auto", batch
 
     from item.classify.predict import predict_files
 
-    items = paths_or_images if isinstance(paths_or_images, (list, tuple)) else [paths_or_images]
+    items = list(paths_or_images) if isinstance(paths_or_images, (list, tuple)) else [paths_or_images]
+    for it in items:
+        if not isinstance(it, (str, os.PathLike)) and not (hasattr(it, "convert") and hasattr(it, "mode")):
+            raise InputError(f"cannot predict on a {type(it).__name__}: give paths or PIL images")
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        inputs, caps = [], dict(captions or {})
-        for k, it in enumerate(items):
-            if isinstance(it, (str, os.PathLike)):
-                inputs.append(str(it))
-            elif hasattr(it, "save") and hasattr(it, "mode"):  # a PIL image: lossless PNG, decoded as any file
-                p = tmp / f"image-{k:05d}.png"
-                it.save(p, format="PNG")
-                inputs.append(str(p))
-            else:
-                raise InputError(f"cannot predict on a {type(it).__name__}: give paths or PIL images")
-        result = predict_files(inputs, _head_dir(head, tmp), device=device, batch_size=batch_size, captions=caps)
+        result = predict_files(items, _head_dir(head, Path(tmp)), device=device, batch_size=batch_size,
+                               captions=captions)
     df = pd.DataFrame(result["rows"])
     df.attrs.update({"random_weights": result["random_weights"], "warnings": result["warnings"]})
     return df

@@ -60,13 +60,13 @@ def no_models(monkeypatch):
     import item.featurize.captioner as captioner
     import item.featurize.encoder as encoder
     import item.featurize.grounder as grounder
-    import item.featurize.pipeline as pipeline
+    import item.featurize.loading as loading
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded")
 
     for mod, name in ((encoder, "load_clip"), (captioner, "load_captioner"), (grounder, "load_grounder"),
-                      (pipeline, "load_models")):
+                      (loading, "load_models")):
         monkeypatch.setattr(mod, name, refuse)
 
 

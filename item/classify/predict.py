@@ -21,23 +21,13 @@ from item.store import schema
 from item.store.index import INDEX_ON, list_indexes
 
 
-def _spec(compat: dict, models: dict):
-    from item.featurize.models import ModelSpec
-
-    grounder = models.get("grounder", {}) if isinstance(models, dict) else {}
-    return ModelSpec(clip_model=compat["clip_model"], clip_pretrained=compat["clip_pretrained"],
-                     captioner=compat["captioner"], grounder=compat["grounder"],
-                     random_weights=bool(compat["random_weights"]),
-                     box_threshold=float(grounder.get("box_threshold", 0.35)),
-                     text_threshold=float(grounder.get("text_threshold", 0.25)))
-
-
 def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16,
                    captions: dict[str, str] | None = None):
     """Featurize files with the models ``compat``/``models`` record. Returns (records, loaded compat)."""
-    from item.featurize.pipeline import FeaturizeConfig, compat_for, featurize_images, load_models
+    from item.featurize import FeaturizeConfig, ModelSpec, featurize_images, load_models
+    from item.featurize.loading import compat_for
 
-    loaded = load_models(_spec(compat, models), device)
+    loaded = load_models(ModelSpec.from_head({"compat": compat, "models": models}), device)
     config = FeaturizeConfig(workers=0, batch_size=batch_size, device=device,
                              max_objects=int(compat.get("max_objects", 8)), recipe=compat.get("recipe", "hierarchical"))
     got = compat_for(loaded, config)
@@ -45,7 +35,7 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
     if diff:
         raise IncompatibleError("the models that loaded differ from those recorded: "
                                 + "; ".join(f"{k}: recorded {compat[k]!r}, loaded {got.get(k)!r}" for k in diff))
-    return featurize_images(paths, loaded, config, captions=captions), got
+    return featurize_images(paths, models=loaded, config=config, captions=captions), got
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -107,9 +97,9 @@ def _caption_warnings(info: dict, records) -> list[str]:
     return out
 
 
-def predict_files(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16,
+def predict_files(inputs: list, head_dir, *, device: str = "auto", batch_size: int = 16,
                   captions: dict[str, str] | None = None) -> dict:
-    """Score image files, folders and manifests with a head.
+    """Score image files, folders, manifests and PIL images with a head.
 
     Returns {'random_weights': bool, 'warnings': [str], 'rows': [one dict per image: path, id, status,
     reason, and for ok rows p_fake, label (at the head's threshold), threshold, caption,
@@ -122,7 +112,14 @@ def predict_files(inputs: list[str], head_dir, *, device: str = "auto", batch_si
     compat = info.get("compat")
     if not compat:
         raise InputError(f"{head_dir}: the head records no models; it cannot featurize new images")
-    paths, given = expand_inputs(inputs)
+    paths, given = [], {}
+    for x in inputs:
+        if isinstance(x, (str, os.PathLike)):
+            found, caps = expand_inputs([os.fspath(x)])
+            paths += found
+            given.update(caps)
+        else:  # a PIL image, featurized as it is
+            paths.append(x)
     given.update({os.path.abspath(k): v for k, v in (captions or {}).items()})
     records, got = featurize_like(paths, compat, info.get("models", {}), device=device, batch_size=batch_size,
                                   captions=given)
@@ -226,7 +223,9 @@ def _file_query(reader: StoreReader, query: str, on: str, column: str, device: s
     if on == "image":
         from item.featurize.lookup import embed_image_files
 
-        (_, reason, emb), = embed_image_files([query], _spec(reader.compat, reader.models), device=device,
+        from item.featurize import ModelSpec
+
+        (_, reason, emb), = embed_image_files([query], ModelSpec.from_store(reader.manifest), device=device,
                                               expect=reader.compat)
         if reason:
             raise InputError(f"{query}: cannot be featurized ({reason})")

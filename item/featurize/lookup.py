@@ -18,7 +18,7 @@ from item.featurize.models import ModelSpec
 
 def load_image_tower(spec: ModelSpec, device: str = "auto"):
     """The run's models with CLIP alone loaded (captioner and grounder switched off)."""
-    from item.featurize.pipeline import load_models
+    from item.featurize.loading import load_models
 
     return load_models(dataclasses.replace(spec, captioner="none", grounder="none"), device)
 
@@ -33,7 +33,10 @@ def embed_image_files(paths: list[str], spec: ModelSpec, *, device: str = "auto"
     import os
 
     from item.featurize.inputs import InputRow
-    from item.featurize.pipeline import FeaturizeConfig, Featurizer, Item, hash_inputs, iter_decoded
+    from item.featurize.config import FeaturizeConfig
+    from item.featurize.loader import Item, iter_decoded
+    from item.featurize.planning import hash_inputs
+    from item.featurize.steps import Featurizer
 
     models = load_image_tower(spec, device)
     if expect:
