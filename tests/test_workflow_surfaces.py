@@ -147,14 +147,20 @@ def test_captioner_none_without_captions_is_refused_before_models_load(tmp_path,
                                               for k, p in enumerate(paths)])
     refuse(monkeypatch, "clip", "captioner", "grounder")
     store = tmp_path / "store"
-    error_line(cli("featurize", manifest, "--store", store, "--models", "tiny-random", "--captioner", "none"),
-               "--captioner none", "1 of 3 inputs have no caption", "m.csv:2")
+    r = cli("featurize", manifest, "--store", store, "--models", "tiny-random", "--captioner", "none")
+    assert r.exit_code == 1 and r.exception is not None and not isinstance(r.exception, AssertionError)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error")]  # after the inputs table
+    assert len(errors) == 1 and "--captioner none: 1 of 3 inputs have no caption" in errors[0] and "m.csv:2" in errors[0]
     assert not store.exists()
 
 
 def test_demo_errors_name_the_demos_own_options(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    line = error_line(cli("demo", "--out", tmp_path / "d", "--device", "cpu"), "item demo --models tiny-random")
+    r = cli("demo", "--out", tmp_path / "d", "--device", "cpu")
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error")]  # after the progress lines
+    assert r.exit_code == 1 and len(errors) == 1, r.stderr
+    line = errors[0]
+    assert "item demo --models tiny-random" in line and "ViT-L-14" in line
     assert "--pretrained" not in line and "--clip" not in line and "--captioner" not in line
 
 
