@@ -198,6 +198,24 @@ def test_report_warns_first_and_uses_one_colour_per_class(feat, tmp_path):
     assert not ({pca["gen_a"], pca["gen_b"]} & {hist["real"], hist["fake"]})  # red never means real
 
 
+def test_predict_on_a_manifest_uses_its_captions_and_matches_eval(feat, tmp_path):
+    from item.classify.train import score_rows
+
+    picks = [0, 2, 14]  # a real with a given caption, a fake captioned by the model, a test real
+    manifest = write_csv(tmp_path / "p.csv", [{"path": feat["rows"][k]["path"], "caption": feat["rows"][k]["caption"]}
+                                              for k in picks])
+    doc = json.loads(ok("predict", manifest, "--head", feat["head"], "--json").stdout)
+    scores, _, _ = score_rows(feat["store"], feat["head"], picks)
+    with StoreReader(feat["store"]) as reader:
+        captions = reader.metadata(["caption"])["caption"]
+    assert [r["status"] for r in doc["rows"]] == ["ok"] * 3
+    assert [r["caption_source"] for r in doc["rows"]] == ["given", "tiny-random", "given"]
+    for r, k, s in zip(doc["rows"], picks, scores):
+        assert r["caption"] == captions[k] and r["p_fake"] == pytest.approx(float(s), abs=1e-6)
+    # the head's own caption-source warning travels into predict
+    assert any("different sources by label" in w for w in doc["warnings"])
+
+
 # -- heads remember the rows that fitted them ---------------------------------------------------------
 def test_eval_on_another_store_with_the_same_images_warns_with_the_count(feat, tmp_path):
     rows = feat["rows"]
