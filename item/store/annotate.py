@@ -10,7 +10,6 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from item.errors import InputError
 from item.store import schema

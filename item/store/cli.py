@@ -41,7 +41,7 @@ def info_cmd(store: Path = StoreDir,
         emit(f"extractor {role:<6} " + ", ".join(str(v) if k in ("extractor", "version") else f"{k} {v}"
                                                    for k, v in spec.items()))
     ov = d["overlay"]
-    emit(f"metadata overlay " + (f"version {ov['version']} ({ov['n_rows']} rows annotated, digest {ov['digest']}, "
+    emit("metadata overlay " + (f"version {ov['version']} ({ov['n_rows']} rows annotated, digest {ov['digest']}, "
                                  f"{ov['updated']})" if ov["version"] else "none (labels and splits as featurized)"))
     if d["groups"]:
         table(d["groups"], ["generator", "label", "split", "n"], title="rows with status ok:")
