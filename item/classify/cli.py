@@ -88,6 +88,8 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the tables to this file: .json "
                                        "or .csv by its extension."),
     as_csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the tables as CSV to this file."),
+    allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Apply a head made under another library "
+                                     "version, device class or precision (rounding-level differences only)."),
 ):
     """Per-generator ACC, real/fake ACC, AP, AUROC and their mean, at each head's validation threshold."""
     from item.classify.train import evaluate
@@ -96,7 +98,7 @@ def eval_cmd(
         from item.errors import InputError
 
         raise InputError(f"--out {out}: give a .json or .csv file")
-    results = evaluate(store, [str(h) for h in heads], None if split == "all" else split)
+    results = evaluate(store, [str(h) for h in heads], None if split == "all" else split, allow_mixed=allow_mixed)
     random_weights = any(r["info"].get("random_weights") for r in results.values())
     flat = [{"head": name, **row} for name, r in results.items() for row in r["table"]]
     warnings = [w for r in results.values() for w in r["warnings"]]
@@ -134,11 +136,13 @@ def predict_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     batch_size: int = typer.Option(16, help="Images per batch."),
     as_json: bool = typer.Option(False, "--json", help="JSON with per-object detail (noun, box, alignment)."),
+    allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Apply a head made under another library "
+                                     "version, device class or precision (rounding-level differences only)."),
 ):
     """Score images: P(fake), the label at the head's threshold, the caption (given ones are used)."""
     from item.classify.predict import predict_files  # what item.predict() calls
 
-    res = predict_files(list(inputs), head, device=device, batch_size=batch_size)
+    res = predict_files(list(inputs), head, device=device, batch_size=batch_size, allow_mixed=allow_mixed)
     for w in res["warnings"]:
         warn(w)
     if as_json:

@@ -43,6 +43,7 @@ def info_cmd(store: Path = StoreDir,
     ov = d["overlay"]
     emit("metadata overlay " + (f"version {ov['version']} ({ov['n_rows']} rows annotated, digest {ov['digest']}, "
                                  f"{ov['updated']})" if ov["version"] else "none (labels and splits as featurized)"))
+    emit("identity         " + ", ".join(f"{k}={v}" for k, v in d["identity"].items()))
     if d["groups"]:
         table(d["groups"], ["generator", "label", "split", "n"], title="rows with status ok:")
     for ix in d["indexes"]:

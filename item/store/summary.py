@@ -22,15 +22,16 @@ EXPORT_COLUMNS = ("row", schema.ID, schema.PATH, schema.LABEL, schema.GENERATOR,
 
 def split_models(models: dict) -> tuple[dict, dict]:
     """The manifest's ``models`` record split into models (entries naming weights: CLIP, captioner,
-    grounder) and extractors (rule-based steps with a version, e.g. nouns); flags such as
-    ``random_weights`` belong to neither (store info shows them apart)."""
+    grounder) and extractors (rule-based steps with a version, e.g. nouns). Flags such as
+    ``random_weights`` and the ``spec`` the models are rebuilt from are neither (store info shows
+    random weights on their own line)."""
     found, extractors = {}, {}
     for role, spec in (models or {}).items():
         if not isinstance(spec, dict):
             continue
         if any(k in spec for k in ("model", "id", "name", "path")):
             found[role] = spec
-        else:
+        elif "extractor" in spec or "version" in spec:
             extractors[role] = spec
     return found, extractors
 
@@ -65,6 +66,7 @@ def store_info(root) -> dict:
             "recipe": m["recipe"],
             "models": split_models(m["models"])[0],
             "extractors": split_models(m["models"])[1],
+            "identity": {k: m["compat"].get(k) for k in schema.IDENTITY_KEYS},
             "random_weights": r.random_weights,
             "overlay": {**overlay_version(r.overlay), "updated": r.overlay.get("updated")},
             "fingerprint": r.fingerprint,
