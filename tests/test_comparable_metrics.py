@@ -87,11 +87,11 @@ def shared_real_store(tmp_path_factory):
 
 def test_eval_reals_pairs_fakes_with_a_named_real_pool(shared_real_store, tmp_path):
     store, head = shared_real_store
-    plain = cli("eval", store, "--head", head, "--json", "-")
+    plain = cli("eval", store, "--head", head, "--json")
     assert plain.exit_code == 0, plain.stderr
     rows = {r["generator"]: r for r in json.loads(plain.stdout)["rows"]}
     assert rows["ldm_200"]["reals"] == "pooled"  # progan's and laion's reals together
-    paired = cli("eval", store, "--head", head, "--json", "-", "--reals", "ldm_*=laion")
+    paired = cli("eval", store, "--head", head, "--json", "--reals", "ldm_*=laion")
     assert paired.exit_code == 0, paired.stderr
     doc = json.loads(paired.stdout)
     rows2 = {r["generator"]: r for r in doc["rows"]}

@@ -69,10 +69,10 @@ def test_copies_train_but_never_validate_or_test(augmented, tmp_path):
     ok("train", store, "--out", h2, "--val-split", "", "--val-fraction", "0.25", "--hidden", "16", "--max-epochs", "10")
     info2 = json.loads((h2 / "head.json").read_text())
     assert info2["n_val"] == 2 and info2["n_train"] == 2 * (8 - 2)
-    doc = json.loads(ok("eval", store, "--head", head, "--json", "-").stdout)
+    doc = json.loads(ok("eval", store, "--head", head, "--json").stdout)
     mean = next(r for r in doc["rows"] if r["generator"] == "mean")
     assert mean["n_real"] + mean["n_fake"] == 8  # the test split, no copy
-    doc = json.loads(ok("eval", store, "--head", head, "--split", "all", "--json", "-").stdout)
+    doc = json.loads(ok("eval", store, "--head", head, "--split", "all", "--json").stdout)
     mean = next(r for r in doc["rows"] if r["generator"] == "mean")
     assert mean["n_real"] + mean["n_fake"] == 24  # every original row, still no copy
 

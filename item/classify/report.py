@@ -22,10 +22,13 @@ from item.classify import metrics
 from item.errors import InputError
 
 RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS: these numbers are not detection accuracy"
+#: One colour per class everywhere in the report (histograms, 2-D map): real blue, fake red.
+CLASS_COLOURS = {"real": "tab:blue", "fake": "tab:red"}
 MAX_MAP_POINTS = 20_000  # more points only slow the drawing; the subsample is seeded
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+.warning { background: #fff3cd; border-left: 4px solid #b26a00; padding: .4em 1em; margin: 0 0 .6em; }
 .banner { background: #b00020; color: #fff; font-weight: bold; padding: .6em 1em; margin: 0 0 1em; }
 table { border-collapse: collapse; margin: .5em 0 1.5em; font-size: 14px; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
@@ -139,7 +142,7 @@ def _histogram_img(head: str, scores, labels) -> str:
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     bins = np.linspace(lo, hi, 51)
-    for value, name, colour in ((0, "real", "tab:blue"), (1, "fake", "tab:red")):
+    for value, name, colour in ((0, "real", CLASS_COLOURS["real"]), (1, "fake", CLASS_COLOURS["fake"])):
         part = scores[labels == value]
         if part.size:
             ax.hist(part, bins=bins, density=True, alpha=0.55, color=colour, label=f"{name} (n={part.size})")
@@ -147,6 +150,33 @@ def _histogram_img(head: str, scores, labels) -> str:
     if scores.size:
         ax.legend(fontsize=8)
     return _img(fig, f"score histogram of {head}")
+
+
+def map_colours(names) -> dict[str, str]:
+    """Colour of each name on the 2-D map: 'real' in the real class colour; each generator (its fakes)
+    in a colour of its own that is neither class colour, so red on the map never means real."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    # tab10 first: its neighbours are distinct hues (tab20 pairs dark/light of one hue).
+    reserved = {to_hex(c) for c in CLASS_COLOURS.values()}
+    palette = [to_hex(c) for c in (*colormaps["tab10"].colors, *colormaps["tab20b"].colors,
+                                   *colormaps["tab20c"].colors)]
+    palette = [c for c in palette if c not in reserved]
+    out, k = {}, 0
+    for name in sorted(set(str(n) for n in names)):
+        if name in CLASS_COLOURS:
+            out[name] = to_hex(CLASS_COLOURS[name])
+        else:
+            out[name] = palette[k % len(palette)]
+            k += 1
+    return out
+
+
+def _colour_key(colours: dict[str, str]) -> str:
+    spans = " ".join(f'<span class="name" data-colour="{_e(c)}" style="color:{_e(c)}">&#9632; {_e(n)}</span>'
+                     for n, c in colours.items())
+    return f'<p class="note colours">Colours: {spans}</p>'
 
 
 def _map_img(points: np.ndarray, names: list[str]) -> str:
@@ -159,19 +189,16 @@ def _map_img(points: np.ndarray, names: list[str]) -> str:
         keep = np.sort(np.random.default_rng(0).choice(points.shape[0], MAX_MAP_POINTS, replace=False))
         note = f'<p class="note">A seeded random {MAX_MAP_POINTS} of {points.shape[0]} points are drawn.</p>'
         points, names = points[keep], names[keep]
-    from matplotlib import colormaps
-
-    # tab10 first: its neighbours are distinct hues (tab20 pairs dark/light of one hue).
-    palette = [*colormaps["tab10"].colors, *colormaps["tab20b"].colors, *colormaps["tab20c"].colors]
+    colours = map_colours(names.tolist())
     fig = _figure(8, 6)
     ax = fig.subplots()
-    for i, name in enumerate(sorted(set(names.tolist()))):
+    for name, colour in colours.items():
         sel = names == name
-        ax.scatter(points[sel, 0], points[sel, 1], s=4, alpha=0.6, color=palette[i % len(palette)], label=_mpl_text(name))
-    ax.set(xlabel="PC 1", ylabel="PC 2", title="Feature rows in 2-D (PCA), by generator")
+        ax.scatter(points[sel, 0], points[sel, 1], s=4, alpha=0.6, color=colour, label=_mpl_text(name))
+    ax.set(xlabel="PC 1", ylabel="PC 2", title="Feature rows in 2-D (PCA): reals, and fakes by generator")
     if names.size:
         ax.legend(fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return note + _img(fig, "2-D map of feature rows coloured by generator")
+    return note + _colour_key(colours) + _img(fig, "2-D map of feature rows coloured by generator")
 
 
 def _provenance_table(provenance: dict) -> str:
@@ -195,6 +222,7 @@ def render_report(
     embedding_2d,
     provenance: dict,
     extra_sections=None,
+    warnings: list[str] = (),
 ) -> None:
     """Write one self-contained HTML report to ``out_path`` (temporary name, then ``os.replace``).
 
@@ -205,12 +233,17 @@ def render_report(
     provenance: what produced the numbers (models, store, head, date ...); 'date' defaults to now (UTC).
     extra_sections: [(heading, HTML)] inserted before the evaluation; the HTML is the caller's, already
     escaped (item.protocols builds it with ``html_table`` / ``html_img``).
+    warnings: lines shown right below the banner (caption sources by label, rows seen in training).
     With random_weights, the <title> and the first line of the body say RANDOM_WEIGHTS_BANNER.
     """
+    from matplotlib.colors import to_hex
+
     page_title = f"{RANDOM_WEIGHTS_BANNER} | {title}" if random_weights else str(title)
     body = []
     if random_weights:
         body.append(f'<p class="banner">{_e(RANDOM_WEIGHTS_BANNER)}</p>')
+    for w in warnings:
+        body.append(f'<p class="warning">warning: {_e(w)}</p>')
     body.append(f"<h1>{_e(title)}</h1>")
     body.append("<h2>Provenance</h2>" + _provenance_table(provenance))
 
@@ -231,6 +264,7 @@ def render_report(
         body.append(f"<h3>{_e(head)}</h3>" + _curves_img(head, per_generator))
 
     body.append("<h2>Score histograms</h2>")
+    body.append(_colour_key({n: to_hex(c) for n, c in CLASS_COLOURS.items()}))
     for head, (scores, labels) in histograms.items():
         body.append(f"<h3>{_e(head)}</h3>" + _histogram_img(head, scores, labels))
 

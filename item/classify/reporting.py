@@ -80,5 +80,6 @@ def write_report(store, heads: list, out, split: str | None = "test", map_points
                   extra_sections=extra_sections,
                   eval_tables={n: r["table"] for n, r in results.items()}, curves=curves,
                   histograms={n: (r["scores"], r["labels"]) for n, r in results.items()},
-                  embedding_2d=(project_2d(feats), names) if len(rows) >= 3 else None, provenance=provenance)
+                  embedding_2d=(project_2d(feats), names) if len(rows) >= 3 else None, provenance=provenance,
+                  warnings=list(dict.fromkeys(w for r in results.values() for w in r["warnings"])))
     return results

@@ -86,6 +86,14 @@ def featurize_cmd(
         warn("captions are given for some labels only: real and fake rows will be captioned by different "
              "sources, which a head can learn instead of misalignment")
     spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder)
+    no_caption = [r for r in disc.rows if not r.caption]
+    if spec.captioner == "none" and no_caption:
+        from item.errors import InputError
+
+        # Refused before any model loads and before the store folder exists.
+        raise InputError(f"--captioner none: {len(no_caption)} of {len(disc.rows)} inputs have no caption "
+                         f"(first: {no_caption[0].origin}); give captions in a manifest's caption column, "
+                         "or choose a captioner")
     if box_threshold is not None or text_threshold is not None:
         spec = dataclasses.replace(spec, box_threshold=spec.box_threshold if box_threshold is None else box_threshold,
                                    text_threshold=spec.text_threshold if text_threshold is None else text_threshold)
@@ -120,6 +128,7 @@ def featurize_cmd(
                                       progress=advance, command=command)
         for aug, n in augmented.items():
             info(f"augmentation {aug}: {n} training copies written")
+    _after_run_warnings(store, disc.rows, sources)
     if as_json:
         emit_json(summary.to_json())
         return
@@ -134,6 +143,24 @@ def featurize_cmd(
     info(f"time per stage: {stages}")
     info(f"text cache: {summary.text_cache_hits} hits, {summary.text_cache_misses} misses "
          f"({100 * summary.text_cache_hit_rate:.0f}% hit rate)")
+
+
+def _after_run_warnings(store: Path, rows, sources) -> None:
+    """Rows without a label, and stored rows whose metadata this run's sources now contradict."""
+    from item.store.annotate import metadata_disagreements
+
+    unlabelled = sum(r.label == "unknown" for r in rows)
+    if unlabelled:
+        warn(f"{unlabelled} of {len(rows)} inputs have no label (no label column or value; stored as 'unknown', "
+             f"and no head trains on them): add labels and run `item store annotate {store} MANIFEST`")
+    diff = metadata_disagreements(store, [(r.path, r.label, r.generator, r.split) for r in rows])
+    if diff:
+        n = len({d[0] for d in diff})
+        path, field, have, given = diff[0]
+        fields = ", ".join(sorted({d[1] for d in diff}))
+        warn(f"{n} inputs already in the store are given other {fields} now (e.g. {path}: {field} {have!r} stored, "
+             f"{given!r} given); featurize never changes stored rows: run `item store annotate {store} "
+             f"{' '.join(sources)}` to apply them")
 
 
 def register(app: typer.Typer) -> None:

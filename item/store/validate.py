@@ -65,6 +65,11 @@ def validate(root, *, check_values: bool = True, chunk_rows: int = 65536) -> Rep
     if len(ids) != len(set(ids)):
         rep.problems.append(f"{len(ids) - len(set(ids))} image id(s) appear more than once")
     _check_indexes(root, rep)
+    from item.store.overlay import check_overlay
+
+    problems, warnings = check_overlay(root, ids)
+    rep.problems += problems
+    rep.warnings += warnings
     return rep
 
 

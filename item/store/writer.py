@@ -198,6 +198,10 @@ class StoreWriter:
             for p in (self.root / schema.INDEX_DIR).glob("*") if (self.root / schema.INDEX_DIR).is_dir() else []:
                 p.unlink()
             manifest_path.unlink()
+            from item.store.overlay import OVERLAY_LOCK, overlay_path
+
+            overlay_path(self.root).unlink(missing_ok=True)  # annotations of the rows just deleted
+            (self.root / OVERLAY_LOCK).unlink(missing_ok=True)
         shard_dir.mkdir(exist_ok=True)
         if manifest_path.exists():
             self.manifest = read_manifest(self.root)
