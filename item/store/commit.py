@@ -216,13 +216,16 @@ def open_store(root, *, compat: dict, models: dict, recipe: str, overwrite: bool
             manifest = read_manifest(root)
             diff = compat_mismatch(manifest["compat"], compat)
             if diff:
+                mixable = all(k in schema.ALLOW_MIXED_KEYS for k in schema.COMPAT_KEYS
+                              if manifest["compat"].get(k) != compat.get(k))
                 raise IncompatibleError(
-                    f"{root}: refusing to mix rows from different models or preprocessing into one store ("
-                    + "; ".join(diff) + "); use another --store or --overwrite")
+                    f"{root}: refusing to mix rows from different models or settings into one store ("
+                    + "; ".join(diff) + "); use another --store or --overwrite"
+                    + (", or --allow-mixed (rounding-level differences only)" if mixable else ""))
         else:
             others = [p for p in root.iterdir() if p.name not in (schema.LOCK_FILE, schema.COMMIT_LOCK,
                                                                    schema.INDEX_LOCK, schema.WRITERS_DIR,
-                                                                   schema.SHARD_DIR)]
+                                                                   schema.SHARD_DIR, "overlay.lock")]
             if others or not is_debris(root) and list((root / schema.SHARD_DIR).iterdir()):
                 raise StoreError(f"{root}: exists, is not empty and is not an ITEM store; choose an empty folder")
             manifest = new_manifest(compat=compat, models=models, recipe=recipe)
@@ -238,7 +241,7 @@ def _drop_manifest_tmp(root: Path) -> None:
 
 
 _STORE_ENTRIES = (schema.MANIFEST, schema.SHARD_DIR, schema.INDEX_DIR, schema.LOCK_FILE, schema.COMMIT_LOCK,
-                  schema.INDEX_LOCK, schema.WRITERS_DIR)
+                  schema.INDEX_LOCK, schema.WRITERS_DIR, "overlay.json", "overlay.lock")
 
 
 def _refuse_foreign(root: Path) -> None:
@@ -261,14 +264,20 @@ def _overwrite(root: Path) -> None:
     os.replace(root / schema.MANIFEST, trash / schema.MANIFEST)
     files.fsync_dir(root)
     fault("overwrite-moved")
+    from item.store.overlay import OVERLAY_FILE
+
+    if (root / OVERLAY_FILE).exists():  # annotations of the rows being removed
+        os.replace(root / OVERLAY_FILE, trash / OVERLAY_FILE)
 
 
 def _finish_overwrite(root: Path) -> None:
     trashes = [p for p in root.iterdir() if p.name.startswith(schema.OVERWRITE_PREFIX)]
     if not trashes:
         return
+    from item.store.overlay import OVERLAY_FILE
+
     if not (root / schema.MANIFEST).exists():
-        for name in (schema.INDEX_DIR, schema.SHARD_DIR):
+        for name in (OVERLAY_FILE, schema.INDEX_DIR, schema.SHARD_DIR):
             if (root / name).exists():
                 os.replace(root / name, trashes[0] / name)
         (root / schema.SHARD_DIR).mkdir()

@@ -61,8 +61,18 @@ def add_entry(manifest: dict, entry: dict) -> None:
 
 
 # Older schema versions are read by explicit, step-by-step migrations: MIGRATIONS[v] turns a
-# version-v manifest into version v+1. Version 1 is the first, so there is nothing to migrate yet.
-MIGRATIONS: dict = {}
+# version-v manifest into version v+1.
+def _v1_to_v2(manifest: dict) -> dict:
+    """Schema 2 records a store's identity keys: a schema-1 store never recorded them, so they read as
+    'unrecorded' (a writer or head with a known identity is then refused, naming them). Its shards lack the
+    caption_encoded column; readers take the caption for it (schema.COLUMN_FALLBACK)."""
+    m = dict(manifest)
+    m["compat"] = {**{k: schema.UNRECORDED for k in schema.IDENTITY_KEYS}, **manifest.get("compat", {})}
+    m["schema_version"] = 2
+    return m
+
+
+MIGRATIONS: dict = {1: _v1_to_v2}
 
 
 def check_version(version, what: str) -> None:
@@ -93,13 +103,14 @@ def is_debris(root: Path) -> bool:
     overwriting = any(p.name.startswith(schema.OVERWRITE_PREFIX) for p in entries)
     for p in entries:
         name = p.name
-        if name in (schema.LOCK_FILE, schema.COMMIT_LOCK, schema.INDEX_LOCK) and not p.is_symlink():
+        if name in (schema.LOCK_FILE, schema.COMMIT_LOCK, schema.INDEX_LOCK, "overlay.lock") and not p.is_symlink():
             continue
         if name == schema.WRITERS_DIR and p.is_dir() and not p.is_symlink():
             continue
         if name.startswith("." + schema.MANIFEST + ".") and name.endswith(".tmp"):
             continue
-        if name.startswith(schema.OVERWRITE_PREFIX) or (overwriting and name in (schema.SHARD_DIR, schema.INDEX_DIR)):
+        if name.startswith(schema.OVERWRITE_PREFIX) or (overwriting and name in (schema.SHARD_DIR, schema.INDEX_DIR,
+                                                                                "overlay.json")):
             continue
         if name == schema.SHARD_DIR and p.is_dir() and not p.is_symlink() and all(
                 q.name.endswith(schema.PARTIAL_SUFFIX) for q in p.iterdir()):

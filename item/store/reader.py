@@ -10,6 +10,7 @@ when asked for, one column at a time, and filters run shard by shard.
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +19,7 @@ import numpy as np
 from item.errors import StoreError
 from item.store import schema
 from item.store.manifest import read_manifest
+from item.store.overlay import apply_overlay, read_overlay
 from item.store.shards import open_checked
 
 
@@ -135,9 +137,19 @@ class StoreReader:
         return col
 
     def _read_column(self, k: int, name: str, local=None) -> np.ndarray:
-        ds = self._file(self.shards[k])[schema.G_IMAGES][name]
+        g = self._file(self.shards[k])[schema.G_IMAGES]
+        ds = g[name if name in g else schema.COLUMN_FALLBACK.get(name, name)]  # older shards: see COLUMN_SINCE
         raw = ds[()] if local is None else ds[()][local]
-        return _decode(raw) if raw.dtype.kind in "OS" else raw
+        col = _decode(raw) if raw.dtype.kind in "OS" else raw
+        if name in (schema.LABEL, schema.GENERATOR, schema.SPLIT) and self.overlay.get("rows"):
+            # label / generator / split as annotated since (overlay.py)
+            col = apply_overlay({schema.ID: self._read_column(k, schema.ID, local), name: col}, self.overlay)[name]
+        return col
+
+    @cached_property
+    def overlay(self) -> dict:
+        """The store's metadata overlay as read when first needed (version 0 when there is none)."""
+        return read_overlay(self.root)
 
     def metadata(self, columns=None, rows=None) -> dict[str, np.ndarray]:
         """Per-image metadata columns (all of them if None) for ``rows`` (all if None), as numpy arrays

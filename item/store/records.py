@@ -35,6 +35,7 @@ class ImageRecord:
     caption: str = ""
     caption_source: str = ""
     caption_truncated: bool = False
+    caption_encoded: str = ""  # the text CLIP encoded (the caption after clean-up)
     nouns: list[str] = field(default_factory=list)
     width: int = 0
     height: int = 0
@@ -83,8 +84,8 @@ def storable_text(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-_TEXT_FIELDS = ("path", "label", "generator", "split", "reason", "caption", "caption_source", "format",
-                "perturbation")
+_TEXT_FIELDS = ("path", "label", "generator", "split", "reason", "caption", "caption_source", "caption_encoded",
+                "format", "perturbation")
 
 
 def unstorable_fields(record: ImageRecord) -> list[str]:

@@ -58,6 +58,7 @@ def columns(images: list[ImageRecord], aliases: list[AliasRecord], embed_dim: in
         img[schema.CAPTION].append(r.caption)
         img[schema.CAPTION_SOURCE].append(r.caption_source)
         img[schema.CAPTION_TRUNCATED].append(bool(r.caption_truncated))
+        img[schema.CAPTION_ENCODED].append(r.caption_encoded)
         img[schema.NOUNS].append(json.dumps(list(r.nouns), ensure_ascii=False))
         img[schema.WIDTH].append(int(r.width))
         img[schema.HEIGHT].append(int(r.height))
@@ -214,7 +215,10 @@ def check_open_shard(f, entry: dict, embed_dim: int, misalignment_dim: int) -> s
                     f"{misalignment_dim} in the manifest")
         g, og = f[schema.G_IMAGES], f[schema.G_OBJECTS]
         n = entry["n_images"]
+        version = int(f.attrs.get(schema.A_SCHEMA, -1))
         for col in schema.IMAGE_COLUMNS:
+            if col.name not in g and schema.COLUMN_SINCE.get(col.name, 1) > version:
+                continue  # added after this shard's schema: readers use COLUMN_FALLBACK
             width = schema.column_width(col.kind, embed_dim, misalignment_dim)
             shape = g[col.name].shape
             if shape[0] != n or (width is not None and shape[1:] != (width,)):
