@@ -46,10 +46,14 @@ def train_cmd(
                                                    "head: their fakes and their own reals, plus reals of no "
                                                    "generator; default all."),
     seed: int = typer.Option(0, help="Random seed."),
+    max_memory: str = typer.Option("auto", help="Memory the feature rows may take (e.g. 8GB, 512MiB); more "
+                                   "rows than fit are streamed from the store shard by shard (mlp head). "
+                                   "auto: half of this machine's RAM."),
     as_json: bool = typer.Option(False, "--json", help="Print the head's metadata as JSON."),
 ):
     """Train a head on stored features; its decision threshold is fixed on validation rows."""
     from item.classify.heads import HeadConfig
+    from item.classify.streaming import parse_memory
     from item.classify.train import TrainConfig, train_head
 
     try:
@@ -63,7 +67,7 @@ def train_cmd(
                                                      batch_size=batch_size, patience=patience, C=c),
                       train_split=train_split, val_split=val_split, val_fraction=val_fraction,
                       train_generators=tuple(g.strip() for g in (train_generators or "").split(",") if g.strip()),
-                      seed=seed)
+                      seed=seed, max_memory=parse_memory(max_memory))
     meta = train_head(store, out, cfg)
     if as_json:
         emit_json(_strict_json(meta))
