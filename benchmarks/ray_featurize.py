@@ -75,7 +75,7 @@ def main() -> None:
                 t = time.perf_counter()
                 summary = featurize_store(rows, Path(d) / "s", models=spec, config=cfg)
                 times[side].append(time.perf_counter() - t)
-            assert summary.n_written + summary.n_skipped == len(rows), summary
+            assert summary.n_written + summary.n_skipped + summary.n_duplicates == len(rows), summary
             log(f"rep {rep}: {side} {times[side][-1]:.2f} s ({len(rows) / times[side][-1]:.2f} img/s)")
     ray.shutdown()
     results = {}
