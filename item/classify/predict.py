@@ -23,8 +23,7 @@ from item.store.index import INDEX_ON, list_indexes
 
 def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16):
     """Featurize files with the models ``compat``/``models`` record. Returns (records, loaded compat)."""
-    from item.featurize import FeaturizeConfig, ModelSpec, featurize_images, load_models
-    from item.featurize.loading import compat_for
+    from item.featurize import FeaturizeConfig, ModelSpec, compat_for, featurize_images, load_models
 
     loaded = load_models(ModelSpec.from_head({"compat": compat, "models": models}), device)
     config = FeaturizeConfig(workers=0, batch_size=batch_size, device=device,
