@@ -13,15 +13,51 @@ import sys
 from contextlib import contextmanager
 
 import typer
+from typer.core import TyperGroup, _click
 
 from item import __version__
 
+#: The first line of every result computed with random weights (text); JSON carries ``random_weights``.
+RANDOM_WEIGHTS_LINE = ("RANDOM WEIGHTS: features come from randomly initialised models; these numbers are not "
+                       "detection accuracy")
+
+
+class _Group(TyperGroup):
+    """The root command: a usage error (unknown option, missing argument, bad value) is one line on
+    stderr, ``error: ... (see `item CMD --help`)``, and exit status 2, instead of click's three-line
+    usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                              **extra)
+        except _click.exceptions.NoArgsIsHelpError as exc:
+            typer.echo(exc.ctx.get_help())  # a bare `item` or `item store`: the help, as asked
+            sys.exit(0)
+        except _click.exceptions.ClickException as exc:
+            # typer vendors click as typer._click: its exceptions are not the click package's.
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else (prog_name or "item")
+            message = " ".join(exc.format_message().split())
+            typer.echo(f"error: {message} (see `{where} --help`)", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
     name="item",
+    cls=_Group,
     help="ITEM: detect AI-generated images by how badly they agree with their own captions in CLIP space.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: flags show as flags (typer's rich panels print "--json <bool>").
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -141,7 +177,7 @@ def _attach() -> None:
     from item.store.cli import app as store_app
 
     app.add_typer(store_app, name="store", help="Inspect, validate, export and index an embedding store.")
-    for module in ("item.featurize.cli", "item.classify.cli"):
+    for module in ("item.featurize.cli", "item.classify.cli", "item.serve.cli", "item.protocols.cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -14,58 +14,123 @@ import numpy as np
 
 from item.classify.features import record_features
 from item.classify.heads import load_head
-from item.classify.train import HEAD_COMPAT_KEYS, check_head_fits
+from item.classify.train import HEAD_COMPAT_KEYS, check_head_fits, identity_diff
 from item.errors import IncompatibleError, InputError, StoreError
 from item.store import StoreIndex, StoreReader
 from item.store import schema
 from item.store.index import INDEX_ON, list_indexes
 
 
-def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16):
-    """Featurize files with the models ``compat``/``models`` record. Returns (records, loaded compat)."""
+def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16,
+                   captions: dict[str, str] | None = None, allow_mixed: bool = False):
+    """Featurize files with the models ``compat``/``models`` record. Returns (records, loaded compat).
+
+    ``captions``: {path: caption} used instead of the captioner. Refuses (IncompatibleError) when what
+    loaded here would compute other numbers than ``compat`` records; ``allow_mixed`` lets
+    schema.ALLOW_MIXED_KEYS (library versions, device class, precision) differ."""
     from item.featurize import FeaturizeConfig, ModelSpec, compat_for, featurize_images, load_models
+    from item.featurize.nouns import DEFAULT_NOUN_PROMPT
 
     loaded = load_models(ModelSpec.from_head({"compat": compat, "models": models}), device)
+    prompt = compat.get("noun_prompt", DEFAULT_NOUN_PROMPT)
     config = FeaturizeConfig(workers=0, batch_size=batch_size, device=device,
-                             max_objects=int(compat.get("max_objects", 8)), recipe=compat.get("recipe", "hierarchical"))
+                             max_objects=int(compat.get("max_objects", 8)), recipe=compat.get("recipe", "hierarchical"),
+                             noun_prompt=prompt if prompt != schema.UNRECORDED else DEFAULT_NOUN_PROMPT)
     got = compat_for(loaded, config)
-    diff = [k for k in HEAD_COMPAT_KEYS if k in compat and compat[k] != got.get(k)]
+    diff, mixable = identity_diff(compat, got, HEAD_COMPAT_KEYS, allow_mixed)
     if diff:
-        raise IncompatibleError("the models that loaded differ from those recorded: "
-                                + "; ".join(f"{k}: recorded {compat[k]!r}, loaded {got.get(k)!r}" for k in diff))
-    return featurize_images(paths, models=loaded, config=config), got
+        raise IncompatibleError("the models that loaded here differ from those recorded: "
+                                + "; ".join(f"{k}: recorded {compat[k]!r}, loaded {got.get(k)!r}" for k in diff)
+                                + ("; pass --allow-mixed to go on anyway" if mixable else ""))
+    return featurize_images(paths, models=loaded, config=config, captions=captions), got
 
 
-def expand_paths(inputs: list[str]) -> list[str]:
-    """Files as given; folders walked recursively for image files (sorted)."""
-    from item.featurize.inputs import IMAGE_EXTENSIONS
+def expand_inputs(inputs: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(absolute paths, {path: given caption}): files as given, folders walked recursively for image
+    files (sorted), manifests (CSV / JSON Lines with ``path`` and optional ``caption``) read."""
+    from item.featurize.inputs import IMAGE_EXTENSIONS, MANIFEST_EXTENSIONS, read_manifest_records
 
-    out = []
+    out, captions = [], {}
     for p in inputs:
         path = Path(p)
         if path.is_dir():
-            found = sorted(str(f) for f in path.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            found = sorted(str(f.absolute()) for f in path.rglob("*")
+                           if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
             if not found:
                 raise InputError(f"{p}: no image files in this folder")
             out.extend(found)
+        elif path.suffix.lower() in MANIFEST_EXTENSIONS and path.is_file():
+            _, records = read_manifest_records(str(path))
+            for origin, rec in records:
+                if not rec.get("path"):
+                    raise InputError(f"{origin}: empty path")
+                out.append(rec["path"])
+                caption = str(rec.get("caption") or "").strip()
+                if caption:
+                    captions[rec["path"]] = caption
         elif path.exists() or path.is_symlink():
-            out.append(str(path))
+            out.append(os.path.abspath(path))
         else:
             raise InputError(f"{p}: no such file or folder")
+    return out, captions
+
+
+def expand_paths(inputs: list[str]) -> list[str]:
+    """Image files of ``inputs`` (files, folders, manifests), as ``expand_inputs`` finds them."""
+    return expand_inputs(inputs)[0]
+
+
+def _caption_warnings(info: dict, records) -> list[str]:
+    """Warn when prediction captions differently from how the head's training rows were captioned."""
+    sources = info.get("caption_sources")
+    ok = [r for r in records if r.status == schema.STATUS_OK]
+    out = [f"the head: {info['caption_source_warning']}"] if info.get("caption_source_warning") else []
+    if not sources or not ok:
+        return out
+    given = sum(d.get("given", 0) for d in sources.values())
+    total = given + sum(d.get("model", 0) for d in sources.values())
+    by_model = sum(r.caption_source != "given" for r in ok)
+    by_user = len(ok) - by_model
+    # Mixed training captions are the head's own warning above; here, a head of one caption source
+    # meeting the other one.
+    if total and given / total >= 0.9 and by_model:
+        out.append(f"{by_model} of {len(ok)} images were captioned by the captioner, but the head was trained on "
+                   f"captions given by the user ({given} of {total} rows): its scores need not match eval's; give "
+                   "captions (a manifest with path and caption columns)")
+    if total and given / total <= 0.1 and by_user:
+        out.append(f"{by_user} of {len(ok)} images have given captions, but the head was trained on captions by "
+                   f"{info.get('compat', {}).get('captioner', 'the captioner')} ({total - given} of {total} rows): "
+                   "its scores need not match eval's")
     return out
 
 
-def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16) -> list[dict]:
-    """One dict per image: path, status, p_fake, label (at the head's threshold), caption, objects."""
+def predict_files(inputs: list, head_dir, *, device: str = "auto", batch_size: int = 16,
+                  captions: dict[str, str] | None = None, allow_mixed: bool = False) -> dict:
+    """Score image files, folders, manifests and PIL images with a head.
+
+    Returns {'random_weights': bool, 'warnings': [str], 'rows': [one dict per image: path, id, status,
+    reason, and for ok rows p_fake, label (at the head's threshold), threshold, caption,
+    caption_source, global_alignment, objects]}. Captions given in a manifest or ``captions``
+    ({path: caption}) are used instead of the captioner.
+    """
     from item.misalignment import pair_scores
 
     head, info = load_head(head_dir)
     compat = info.get("compat")
     if not compat:
         raise InputError(f"{head_dir}: the head records no models; it cannot featurize new images")
-    paths = expand_paths(inputs)
-    records, got = featurize_like(paths, compat, info.get("models", {}), device=device, batch_size=batch_size)
-    check_head_fits(info, got, "the models loaded for prediction")
+    paths, given = [], {}
+    for x in inputs:
+        if isinstance(x, (str, os.PathLike)):
+            found, caps = expand_inputs([os.fspath(x)])
+            paths += found
+            given.update(caps)
+        else:  # a PIL image, featurized as it is
+            paths.append(x)
+    given.update({os.path.abspath(k): v for k, v in (captions or {}).items()})
+    records, got = featurize_like(paths, compat, info.get("models", {}), device=device, batch_size=batch_size,
+                                  captions=given, allow_mixed=allow_mixed)
+    check_head_fits(info, got, "the models loaded for prediction", allow_mixed)
     ok = [r for r in records if r.status == schema.STATUS_OK]
     probs = head.predict_proba(record_features(info["recipe"], ok))[:, 1] if ok else np.zeros(0)
     p_of = {id(r): float(p) for r, p in zip(ok, probs)}
@@ -81,11 +146,19 @@ def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: in
                                 "box": [round(float(v), 1) for v in o.box] if o.box is not None else None,
                                 "detector_score": round(float(o.score), 4), "alignment": cos})
             row.update({"p_fake": p, "label": "fake" if p >= info["threshold"] else "real",
-                        "threshold": info["threshold"], "caption": r.caption,
+                        "threshold": info["threshold"], "caption": r.caption, "caption_source": r.caption_source,
                         "global_alignment": float(pair_scores(r.image_emb[None], r.caption_emb[None])[0]),
                         "objects": objects})
         out.append(row)
-    return out
+    return {"random_weights": bool(info.get("random_weights") or compat.get("random_weights")),
+            "warnings": _caption_warnings(info, records), "rows": out}
+
+
+def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16,
+            captions: dict[str, str] | None = None, allow_mixed: bool = False) -> list[dict]:
+    """One dict per image (see ``predict_files``; its warnings are dropped here)."""
+    return predict_files(inputs, head_dir, device=device, batch_size=batch_size, captions=captions,
+                         allow_mixed=allow_mixed)["rows"]
 
 
 # -- neighbours -----------------------------------------------------------------------------------
@@ -124,13 +197,7 @@ def resolve_query(store, query: str, on: str, *, device: str = "auto") -> tuple[
     column = INDEX_ON[on]
     with StoreReader(store) as reader:
         if os.path.exists(query) and not query.isdigit():
-            records, _ = featurize_like([query], reader.compat, reader.models, device=device)
-            rec = records[0]
-            if rec.status != schema.STATUS_OK:
-                raise InputError(f"{query}: cannot be featurized ({rec.reason})")
-            vec = rec.image_emb if on == "image" else rec.misalignment
-            return np.asarray(vec, np.float32)[None], {"query": query, "kind": "file", "caption": rec.caption,
-                                                       "id": rec.id}
+            return _file_query(reader, query, on, column, device)
         row = int(query) if query.isdigit() else reader.find_id(query)
         if not 0 <= row < reader.n_images:
             raise InputError(f"row {row} is out of range 0..{reader.n_images - 1}")
@@ -139,6 +206,47 @@ def resolve_query(store, query: str, on: str, *, device: str = "auto") -> tuple[
             raise InputError(f"row {row} ({meta[schema.PATH][row]}) was skipped at featurize time")
         return reader.read(column, [row]), {"query": query, "kind": "row", "row": row,
                                             "id": meta[schema.ID][row], "path": meta[schema.PATH][row]}
+
+
+def _file_query(reader: StoreReader, query: str, on: str, column: str, device: str) -> tuple[np.ndarray, dict]:
+    """An image file as a query vector, loading as little as it can.
+
+    A file whose content (sha256) is stored is answered from its stored row: no model loads. Otherwise
+    ``--on image`` loads CLIP's image tower only; ``--on misalignment`` needs the caption, the nouns and
+    the boxes, so it runs the whole featurize path.
+    """
+    from item.featurize.decode import DecodeError, file_id
+
+    try:
+        fid = file_id(query)
+    except DecodeError as exc:
+        raise InputError(f"{query}: cannot be read ({exc.reason})") from None
+    ids = reader.metadata([schema.ID])[schema.ID]
+    hit = np.flatnonzero(ids.astype(str) == fid)
+    status = reader.metadata([schema.STATUS, schema.CAPTION])
+    if hit.size and status[schema.STATUS][hit[0]] == schema.STATUS_OK:
+        row = int(hit[0])
+        return reader.read(column, [row]), {"query": query, "kind": "file", "id": fid, "stored_row": row,
+                                            "caption": str(status[schema.CAPTION][row]), "models_loaded": []}
+    if on == "image":
+        from item.featurize.lookup import embed_image_files
+
+        from item.featurize import ModelSpec
+
+        (_, reason, emb), = embed_image_files([query], ModelSpec.from_store(reader.manifest), device=device,
+                                              expect=reader.compat)
+        if reason:
+            raise InputError(f"{query}: cannot be featurized ({reason})")
+        return np.asarray(emb, np.float32)[None], {"query": query, "kind": "file", "id": fid,
+                                                   "models_loaded": ["clip"]}
+    # a lookup tolerates rounding-level differences (another device or precision than the store's)
+    records, _ = featurize_like([query], reader.compat, reader.models, device=device, allow_mixed=True)
+    rec = records[0]
+    if rec.status != schema.STATUS_OK:
+        raise InputError(f"{query}: cannot be featurized ({rec.reason})")
+    return np.asarray(rec.misalignment, np.float32)[None], {
+        "query": query, "kind": "file", "caption": rec.caption, "id": rec.id,
+        "models_loaded": ["clip"] + [m for m in ("captioner", "grounder") if reader.compat.get(m) != "none"]}
 
 
 def neighbors(store, query: str, k: int = 10, on: str = "image", *, device: str = "auto") -> dict:

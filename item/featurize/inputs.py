@@ -287,6 +287,40 @@ def _read_manifest(src: str, problems: list[str]):
     return layout, rows
 
 
+def read_manifest_records(src: str) -> tuple[list[str], list[tuple[str, dict]]]:
+    """A manifest's columns and raw records, for tools that update stored rows (``item store annotate``).
+
+    Returns (column names, lower case; [(origin 'file:line', {column: value})]); a relative ``path``
+    is resolved against the manifest's folder. Nothing is checked beyond the file's syntax: unlike
+    featurizing, a missing file or an empty value is the caller's business.
+    """
+    try:
+        with open(src, "rb") as f:
+            text = f.read().decode("utf-8-sig")
+    except OSError as e:
+        raise InputError(f"cannot read manifest {src!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"manifest {src!r} is not UTF-8 text (byte {e.start})") from None
+    if not src.lower().endswith(MANIFEST_EXTENSIONS):
+        raise InputError(f"{src!r} is not a manifest ({', '.join(MANIFEST_EXTENSIONS)})")
+    problems: list[str] = []
+    records = _csv_records(src, text) if src.lower().endswith(".csv") else _json_records(src, text, problems)
+    if problems:
+        raise InputError(problems[0])
+    base = os.path.dirname(os.path.abspath(src))
+    columns: list[str] = []
+    out = []
+    for lineno, rec in records:
+        for k in rec:
+            if k not in columns:
+                columns.append(k)
+        path = _text(rec.get("path"))
+        if path:
+            rec["path"] = os.path.abspath(path if os.path.isabs(path) else os.path.join(base, path))
+        out.append((f"{src}:{lineno}", rec))
+    return columns, out
+
+
 def _text(value) -> str:
     return "" if value is None else str(value).strip()
 

@@ -17,6 +17,7 @@ import numpy as np
 from item.errors import StoreError
 from item.store import schema
 from item.store.manifest import check_version, read_manifest
+from item.store.overlay import apply_overlay, read_overlay
 
 
 def _decode(arr) -> np.ndarray:
@@ -132,12 +133,17 @@ class StoreReader:
         for name in self.shards:
             g = self._file(name)[schema.G_IMAGES]
             for c in schema.METADATA_COLUMNS:
-                raw = g[c][()]
+                raw = g[c if c in g else schema.COLUMN_FALLBACK.get(c, c)][()]  # older shards: see COLUMN_SINCE
                 cols[c].append(_decode(raw) if raw.dtype.kind in "OS" else raw)
         out = {}
         for c in schema.METADATA_COLUMNS:
             out[c] = np.concatenate(cols[c]) if cols[c] else np.array([], dtype=object)
-        return out
+        return apply_overlay(out, self.overlay)  # label / generator / split as annotated since (overlay.py)
+
+    @cached_property
+    def overlay(self) -> dict:
+        """The store's metadata overlay as read when first needed (version 0 when there is none)."""
+        return read_overlay(self.root)
 
     def metadata(self, columns=None) -> dict[str, np.ndarray]:
         """Per-image metadata columns over all rows, as numpy arrays (strings as object arrays)."""

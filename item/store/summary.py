@@ -20,9 +20,26 @@ EXPORT_COLUMNS = ("row", schema.ID, schema.PATH, schema.LABEL, schema.GENERATOR,
                   "n_objects", "n_grounded", schema.WIDTH, schema.HEIGHT, schema.FORMAT, schema.PERTURBATION)
 
 
+def split_models(models: dict) -> tuple[dict, dict]:
+    """The manifest's ``models`` record split into models (entries naming weights: CLIP, captioner,
+    grounder) and extractors (rule-based steps with a version, e.g. nouns). Flags such as
+    ``random_weights`` and the ``spec`` the models are rebuilt from are neither (store info shows
+    random weights on their own line)."""
+    found, extractors = {}, {}
+    for role, spec in (models or {}).items():
+        if not isinstance(spec, dict):
+            continue
+        if any(k in spec for k in ("model", "id", "name", "path")):
+            found[role] = spec
+        elif "extractor" in spec or "version" in spec:
+            extractors[role] = spec
+    return found, extractors
+
+
 def store_info(root) -> dict:
     """What the store holds, as a JSON-able dict (the keys of ``item store info --json``)."""
     from item.store.index import list_indexes
+    from item.store.overlay import overlay_version
 
     with StoreReader(root) as r:
         m = r.manifest
@@ -47,8 +64,11 @@ def store_info(root) -> dict:
             "embed_dim": r.embed_dim,
             "misalignment_dim": r.misalignment_dim,
             "recipe": m["recipe"],
-            "models": m["models"],
+            "models": split_models(m["models"])[0],
+            "extractors": split_models(m["models"])[1],
+            "identity": {k: m["compat"].get(k) for k in schema.IDENTITY_KEYS},
             "random_weights": r.random_weights,
+            "overlay": {**overlay_version(r.overlay), "updated": r.overlay.get("updated")},
             "fingerprint": r.fingerprint,
             "groups": [{"generator": g, "label": lab, "split": s, "n": n}
                        for (g, lab, s), n in sorted(groups.items())],
@@ -87,6 +107,7 @@ def export_metadata(root, out) -> int:
             base.update({schema.PATH: al[schema.ALIAS_PATH][j], schema.LABEL: al[schema.ALIAS_LABEL][j],
                          schema.GENERATOR: al[schema.ALIAS_GENERATOR][j], schema.SPLIT: al[schema.ALIAS_SPLIT][j],
                          schema.STATUS: schema.STATUS_DUPLICATE})
+            base.update(r.overlay["rows"].get(al[schema.ALIAS_ID][j], {}))  # annotated: same content, same truth
             records.append(base)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name("." + out.name + ".tmp")
