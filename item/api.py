@@ -164,7 +164,7 @@ class Head:
         return Path(out_dir)
 
 
-def _train_config(recipe, kind, train_split, val_split, val_fraction, train_generators, seed, hyper):
+def _train_config(recipe, kind, train_split, val_split, val_fraction, train_generators, seed, hyper, max_memory=0):
     from dataclasses import fields
 
     from item.classify.heads import HeadConfig
@@ -178,20 +178,22 @@ def _train_config(recipe, kind, train_split, val_split, val_fraction, train_gene
         hyper = {**hyper, "hidden": tuple(int(h) for h in hyper["hidden"])}
     gens = (train_generators,) if isinstance(train_generators, str) else tuple(train_generators or ())
     return TrainConfig(recipe=recipe, head=HeadConfig(kind=kind, **hyper), train_split=train_split,
-                       val_split=val_split or None, val_fraction=val_fraction, train_generators=gens, seed=seed)
+                       val_split=val_split or None, val_fraction=val_fraction, train_generators=gens, seed=seed,
+                       max_memory=int(max_memory or 0))
 
 
 def train_head(store, *, recipe: str = "hierarchical", kind: str = "mlp", train_split: str = "train",
                val_split: str | None = "val", val_fraction: float = 0.2, train_generators=None, seed: int = 0,
-               **hyper) -> Head:
+               max_memory: int = 0, **hyper) -> Head:
     """Train a head on a store (``Store`` or path), as ``item train`` does; nothing is written.
 
     ``hyper``: head hyperparameters of ``item.classify.heads.HeadConfig`` (hidden, dropout, lr, C, ...).
+    ``max_memory``: bytes the feature rows may take (0: half the RAM); more are streamed from the store.
     ``train_split='all'``: every labelled row outside the validation split.
     """
     from item.classify.train import fit_head
 
-    cfg = _train_config(recipe, kind, train_split, val_split, val_fraction, train_generators, seed, hyper)
+    cfg = _train_config(recipe, kind, train_split, val_split, val_fraction, train_generators, seed, hyper, max_memory)
     estimator, info = fit_head(_path(store), cfg)
     # The same metadata a saved and reloaded head has (kind, config, feature size).
     import dataclasses

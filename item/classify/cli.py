@@ -59,11 +59,15 @@ def train_cmd(
                                                    "head: their fakes and their own reals, plus reals of no "
                                                    "generator; default all."),
     seed: int = typer.Option(0, help="Random seed."),
+    max_memory: str = typer.Option("auto", help="Memory the feature rows may take (e.g. 8GB, 512MiB); more "
+                                   "rows than fit are streamed from the store shard by shard (mlp head). "
+                                   "auto: half of this machine's RAM."),
     as_json: bool = typer.Option(False, "--json", help="Print the head's metadata as JSON."),
 ):
     """Train a head on stored features; its decision threshold is fixed on validation rows."""
     from item.api import train_head
     from item.classify.heads import load_head
+    from item.classify.streaming import parse_memory
 
     try:
         hidden_sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
@@ -75,7 +79,8 @@ def train_cmd(
                         val_fraction=val_fraction, seed=seed,
                         train_generators=tuple(g.strip() for g in (train_generators or "").split(",") if g.strip()),
                         hidden=hidden_sizes, dropout=dropout, weight_decay=weight_decay, lr=lr,
-                        max_epochs=max_epochs, batch_size=batch_size, patience=patience, C=c)
+                        max_epochs=max_epochs, batch_size=batch_size, patience=patience, C=c,
+                        max_memory=parse_memory(max_memory))
     fitted.save(out)
     meta = load_head(out)[1]
     if meta.get("caption_source_warning"):

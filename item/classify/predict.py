@@ -66,8 +66,7 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
     ``captions``: {path: caption} used instead of the captioner. Refuses (IncompatibleError) when what
     loaded here would compute other numbers than ``compat`` records; ``allow_mixed`` lets
     schema.ALLOW_MIXED_KEYS (library versions, device class, precision) differ."""
-    from item.featurize import FeaturizeConfig, ModelSpec, featurize_images, load_models
-    from item.featurize.loading import compat_for
+    from item.featurize import FeaturizeConfig, ModelSpec, compat_for, featurize_images, load_models
     from item.featurize.nouns import DEFAULT_NOUN_PROMPT
 
     loaded = load_models(ModelSpec.from_head({"compat": compat, "models": models}), device)

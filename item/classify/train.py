@@ -49,6 +49,7 @@ class TrainConfig:
     val_fraction: float = 0.2  # used when the store has no rows in val_split
     train_generators: tuple[str, ...] = ()  # empty: all; else only these generators' fakes and paired reals
     seed: int = 0
+    max_memory: int = 0  # bytes the feature rows may take in memory; more streams them (0: half the RAM)
 
 
 def no_rows_message(reader: StoreReader, split: str, option: str) -> str:
@@ -178,16 +179,20 @@ def fit_head(store, cfg: TrainConfig):
     with StoreReader(store) as reader:
         train, val, how = select_training_rows(reader, cfg)
         meta = reader.metadata([schema.LABEL, schema.ID])
-        X = store_features(reader, cfg.recipe, train)
         y = _labels(meta[schema.LABEL][train])
-        Xv = store_features(reader, cfg.recipe, val)
         yv = _labels(meta[schema.LABEL][val])
         head_cfg = HeadConfig(**{**asdict(cfg.head), "random_state": cfg.seed,
                                  "hidden": tuple(cfg.head.hidden)})
         head = make_head(head_cfg)
         has_both = len(set(yv.tolist())) == 2
-        head.fit(X, y, X_val=Xv if has_both else None, y_val=yv if has_both else None)
-        val_scores = head.predict_proba(Xv)[:, 1] if val.size else np.array([])
+        streamed = _fit_streamed_if_large(reader, cfg, head, train, y, val, yv, has_both)
+        if streamed is None:
+            X = store_features(reader, cfg.recipe, train)
+            Xv = store_features(reader, cfg.recipe, val)
+            head.fit(X, y, X_val=Xv if has_both else None, y_val=yv if has_both else None)
+            val_scores = head.predict_proba(Xv)[:, 1] if val.size else np.array([])
+        else:
+            val_scores = streamed
         threshold = threshold_at_best_acc(val_scores, yv) if has_both else 0.5
         sources = caption_sources(reader, np.r_[train, val])
         info = {
@@ -199,6 +204,7 @@ def fit_head(store, cfg: TrainConfig):
             "train_split": cfg.train_split, "val_split": cfg.val_split,
             "train_generators": list(cfg.train_generators) or "all",
             "train_config": {k: v for k, v in asdict(cfg).items() if k != "head"},
+            "streamed": streamed is not None,
             "compat": {k: reader.compat.get(k) for k in HEAD_COMPAT_KEYS},
             "models": reader.models,
             "store_fingerprint": reader.fingerprint,
@@ -219,6 +225,34 @@ def train_head(store, out, cfg: TrainConfig) -> dict:
     head, info = fit_head(store, cfg)
     save_head(head, out, info)
     return load_head(out)[1]
+
+
+def _fit_streamed_if_large(reader, cfg: TrainConfig, head, train, y, val, yv, has_both):
+    """Fit ``head`` streaming its features when the rows exceed ``cfg.max_memory`` (see classify.streaming).
+
+    Returns the validation scores (n_val,) when it streamed, None when the rows fit in memory.
+    """
+    from item.classify.heads import MLPHead
+    from item.classify.streaming import (StoreRows, default_memory_budget, fit_mlp_streaming, in_memory_bytes,
+                                         predict_streaming)
+
+    budget = cfg.max_memory or default_memory_budget()
+    n_features = feature_size(cfg.recipe, reader.embed_dim)
+    need = in_memory_bytes(train.size + val.size, n_features)
+    if need <= budget:
+        return None
+    if not isinstance(head, MLPHead):
+        raise InputError(f"{train.size + val.size} rows of {n_features} features need about {need / 1e9:.2f} GB in "
+                         f"memory, over --max-memory {budget / 1e9:.2f} GB, and the {cfg.head.kind} head trains "
+                         "in memory only; use --head mlp (it streams) or a larger --max-memory")
+    chunk_rows = max(1, budget // (4 * n_features * 4))  # a chunk, its standardised copy and slack: a quarter
+    fit_train, fit_val, y_fit, yv_fit = train, val, y, yv
+    if not has_both:  # as MLPHead.fit does without validation rows: hold out part of the training rows
+        tr, va = stratified_holdout(y, head._cfg().random_state)
+        fit_train, fit_val, y_fit, yv_fit = train[tr], train[va], y[tr], y[va]
+    fit_mlp_streaming(head, StoreRows(reader, cfg.recipe, fit_train, chunk_rows), y_fit,
+                      StoreRows(reader, cfg.recipe, fit_val, chunk_rows), yv_fit)
+    return predict_streaming(head, StoreRows(reader, cfg.recipe, val, chunk_rows)) if val.size else np.array([])
 
 
 def check_head_fits(head_info: dict, compat: dict, where: str, allow_mixed: bool = False) -> None:

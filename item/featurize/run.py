@@ -166,6 +166,10 @@ def featurize_store(sources, store, *, models="default", config: FeaturizeConfig
 
     if config.engine not in ENGINES:
         raise InputError(f"unknown engine {config.engine!r}; valid engines: {', '.join(ENGINES)}")
+    if config.engine == "ray":
+        from item.featurize.ray_engine import import_ray
+
+        import_ray()  # without the extra: one line saying how to install it, before anything is created
     rows = input_rows(sources)
     root = os.fspath(store)
     try:
