@@ -62,6 +62,21 @@ app = typer.Typer(
 )
 
 
+_CONTROL = None
+
+
+def safe_text(text, keep_newlines: bool = True) -> str:
+    """``text`` with every control character (C0, DEL, C1; newlines and tabs kept when asked) written as an
+    escape (``\\x1b``), so a file name cannot retitle, recolour or clear the terminal it is printed on."""
+    global _CONTROL
+    import re
+
+    if _CONTROL is None:
+        _CONTROL = (re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]"), re.compile(r"[\x00-\x1f\x7f-\x9f]"))
+    pattern = _CONTROL[0] if keep_newlines else _CONTROL[1]
+    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
 def _stderr():
     from rich.console import Console
 
@@ -70,16 +85,16 @@ def _stderr():
 
 def info(message: str) -> None:
     """A progress or status message: stderr, so stdout stays for results."""
-    _stderr().print(message, markup=False)
+    _stderr().print(safe_text(message), markup=False)
 
 
 def warn(message: str) -> None:
-    _stderr().print(f"warning: {message}", markup=False, style="yellow")
+    _stderr().print(f"warning: {safe_text(message)}", markup=False, style="yellow")
 
 
 def emit(text: str = "") -> None:
-    """A result line on stdout."""
-    typer.echo(text)
+    """A result line on stdout (control characters escaped)."""
+    typer.echo(safe_text(text))
 
 
 def emit_json(obj) -> None:
@@ -106,7 +121,7 @@ def guarded(fn):
         try:
             return fn(*args, **kwargs)
         except ItemError as exc:
-            _stderr().print(f"error: {exc}", markup=False, style="red")
+            _stderr().print(f"error: {safe_text(exc, keep_newlines=False)}", markup=False, style="red")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             _stderr().print("interrupted", markup=False)
@@ -149,7 +164,7 @@ def table(rows: list[dict], columns: list[str], title: str | None = None, stderr
     def fmt(v):
         if isinstance(v, float):
             return "nan" if v != v else f"{v:.4f}"
-        return str(v)
+        return safe_text(v, keep_newlines=False)
 
     cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]

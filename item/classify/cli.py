@@ -162,11 +162,14 @@ def predict_cmd(
     as_json: bool = typer.Option(False, "--json", help="JSON with per-object detail (noun, box, alignment)."),
     allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Apply a head made under another library "
                                      "version, device class or precision (rounding-level differences only)."),
+    model_path: Optional[List[Path]] = typer.Option(None, "--model-path", help="A local model file or folder the "
+                                                    "head may name (repeat); a head can name no other local path."),
 ):
     """Score images: P(fake), the label at the head's threshold, the caption (given ones are used)."""
     from item.classify.predict import predict_files  # what item.predict() calls
 
-    res = predict_files(list(inputs), head, device=device, batch_size=batch_size, allow_mixed=allow_mixed)
+    res = predict_files(list(inputs), head, device=device, batch_size=batch_size, allow_mixed=allow_mixed,
+                        model_paths=[str(p) for p in model_path or []])
     for w in res["warnings"]:
         warn(w)
     if as_json:
@@ -208,6 +211,8 @@ def neighbors_cmd(
     if as_json:
         emit_json(_strict_json(res))
         return
+    if res.get("warning"):
+        warn(res["warning"])
     how = ""
     if res["kind"] == "file":
         how = (f", stored row {res['stored_row']}, no model loaded" if "stored_row" in res

@@ -7,6 +7,7 @@ featurize's public entry point; a mismatch between what loads and what was recor
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,10 +16,47 @@ import numpy as np
 from item.classify.features import record_features
 from item.classify.heads import load_head
 from item.classify.train import HEAD_COMPAT_KEYS, check_head_fits, identity_diff
-from item.errors import IncompatibleError, InputError, StoreError
+from item.errors import HeadError, IncompatibleError, InputError, StoreError
 from item.store import StoreIndex, StoreReader
 from item.store import schema
 from item.store.index import INDEX_ON, list_indexes
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def check_named_models(compat: dict, allowed_paths=()) -> None:
+    """Refuse (HeadError) a head or store that names a model other than: a preset's, an open_clip
+    model with one of its own pretrained tags, a hub id spelled ``ORG/NAME`` (loaded without remote
+    code, from safetensors or pickle-free torch.load), or a local path the user passed (``allowed_paths``).
+
+    A head.json is a file users exchange: it must not make ITEM open an arbitrary local file."""
+    import open_clip
+
+    from item.featurize.models import PRESETS, is_random
+
+    allowed = {os.path.realpath(p) for p in allowed_paths}
+    preset_values = {v for s in PRESETS.values() for v in (s.clip_model, s.clip_pretrained, s.captioner, s.grounder)}
+
+    def local_ok(value: str) -> bool:
+        return os.path.realpath(value) in allowed
+
+    clip_model, tag = str(compat.get("clip_model", "")), str(compat.get("clip_pretrained", ""))
+    if clip_model not in preset_values and clip_model not in open_clip.list_models() \
+            and not (clip_model.startswith("hf-hub:") and _HUB_ID.fullmatch(clip_model[7:])):
+        raise HeadError(f"the head names an unknown CLIP model {clip_model!r}")
+    if tag and tag not in preset_values and tag not in open_clip.list_pretrained_tags_by_model(clip_model) \
+            and not local_ok(tag):
+        raise HeadError(f"the head names CLIP weights {tag!r}, which are neither a known tag of {clip_model} nor a "
+                        "path you passed; pass --model-path PATH to allow a local checkpoint")
+    for role in ("captioner", "grounder"):
+        value = str(compat.get(role, ""))
+        if value in ("none", "") or is_random(value) or value in preset_values or local_ok(value):
+            continue
+        if _HUB_ID.fullmatch(value) and not os.path.exists(value):
+            continue
+        raise HeadError(f"the head names the {role} {value!r}, which is neither a preset's model, a hub id "
+                        "(ORG/NAME) nor a path you passed; pass --model-path PATH to allow a local folder")
 
 
 def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16,
@@ -105,20 +143,22 @@ def _caption_warnings(info: dict, records) -> list[str]:
 
 
 def predict_files(inputs: list, head_dir, *, device: str = "auto", batch_size: int = 16,
-                  captions: dict[str, str] | None = None, allow_mixed: bool = False) -> dict:
+                  captions: dict[str, str] | None = None, allow_mixed: bool = False, model_paths=()) -> dict:
     """Score image files, folders, manifests and PIL images with a head.
 
     Returns {'random_weights': bool, 'warnings': [str], 'rows': [one dict per image: path, id, status,
     reason, and for ok rows p_fake, label (at the head's threshold), threshold, caption,
     caption_source, global_alignment, objects]}. Captions given in a manifest or ``captions``
-    ({path: caption}) are used instead of the captioner.
+    ({path: caption}) are used instead of the captioner. ``model_paths``: local model files or folders
+    the head may name (see :func:`check_named_models`).
     """
     from item.misalignment import pair_scores
 
     head, info = load_head(head_dir)
     compat = info.get("compat")
-    if not compat:
+    if not compat or not isinstance(compat, dict):
         raise InputError(f"{head_dir}: the head records no models; it cannot featurize new images")
+    check_named_models(compat, model_paths)
     paths, given = [], {}
     for x in inputs:
         if isinstance(x, (str, os.PathLike)):
@@ -155,10 +195,10 @@ def predict_files(inputs: list, head_dir, *, device: str = "auto", batch_size: i
 
 
 def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16,
-            captions: dict[str, str] | None = None, allow_mixed: bool = False) -> list[dict]:
+            captions: dict[str, str] | None = None, allow_mixed: bool = False, model_paths=()) -> list[dict]:
     """One dict per image (see ``predict_files``; its warnings are dropped here)."""
     return predict_files(inputs, head_dir, device=device, batch_size=batch_size, captions=captions,
-                         allow_mixed=allow_mixed)["rows"]
+                         allow_mixed=allow_mixed, model_paths=model_paths)["rows"]
 
 
 # -- neighbours -----------------------------------------------------------------------------------
@@ -179,10 +219,21 @@ def _exact_search(reader: StoreReader, column: str, candidates: np.ndarray, quer
 
 
 def _fresh_index(store, on: str):
+    """(a usable index on ``on`` or None, a warning when an index exists but cannot be trusted)."""
+    problems = []
     for info in list_indexes(store):
-        if info.get("on") == on and info.get("fresh"):
-            return StoreIndex(store, on=on, kind=info["kind"])
-    return None
+        if info.get("on") != on:
+            continue
+        if not info.get("fresh"):
+            problems.append(f"{info['file']}: {info.get('problem')}")
+            continue
+        try:
+            return StoreIndex(store, on=on, kind=info["kind"]), ""
+        except StoreError as exc:
+            problems.append(str(exc))
+    if problems:
+        return None, "not using the index (" + "; ".join(problems) + "); searching exactly instead"
+    return None, ""
 
 
 def _check_k(k: int) -> None:
@@ -201,11 +252,11 @@ def resolve_query(store, query: str, on: str, *, device: str = "auto") -> tuple[
         row = int(query) if query.isdigit() else reader.find_id(query)
         if not 0 <= row < reader.n_images:
             raise InputError(f"row {row} is out of range 0..{reader.n_images - 1}")
-        meta = reader.metadata([schema.ID, schema.PATH, schema.STATUS])
-        if meta[schema.STATUS][row] != schema.STATUS_OK:
-            raise InputError(f"row {row} ({meta[schema.PATH][row]}) was skipped at featurize time")
+        meta = reader.metadata([schema.ID, schema.PATH, schema.STATUS], rows=[row])
+        if meta[schema.STATUS][0] != schema.STATUS_OK:
+            raise InputError(f"row {row} ({meta[schema.PATH][0]}) was skipped at featurize time")
         return reader.read(column, [row]), {"query": query, "kind": "row", "row": row,
-                                            "id": meta[schema.ID][row], "path": meta[schema.PATH][row]}
+                                            "id": meta[schema.ID][0], "path": meta[schema.PATH][0]}
 
 
 def _file_query(reader: StoreReader, query: str, on: str, column: str, device: str) -> tuple[np.ndarray, dict]:
@@ -257,21 +308,23 @@ def neighbors(store, query: str, k: int = 10, on: str = "image", *, device: str 
     _check_k(k)
     vec, desc = resolve_query(store, query, on, device=device)
     exclude = {desc["row"]} if desc.get("kind") == "row" else set()
-    ix = _fresh_index(store, on)
+    ix, warning = _fresh_index(store, on)
     if ix is not None:
         hits = ix.search_rows(vec, k, exclude=exclude)[0]
         ix.close()
         method = f"index {ix.kind}"
     else:
+        from item.store.index import hit_rows
+
         with StoreReader(store) as reader:
             cand = np.setdiff1d(reader.select(), np.array(sorted(exclude), np.int64))
             scores, rows = _exact_search(reader, INDEX_ON[on], cand, vec, k)
-            meta = reader.metadata([schema.ID, schema.PATH, schema.LABEL, schema.GENERATOR, schema.SPLIT,
-                                    schema.CAPTION])
-            hits = [{"row": int(r), "similarity": float(s), **{c: str(v[r]) for c, v in meta.items()}}
-                    for s, r in zip(scores[0], rows[0])]
+            hits = hit_rows(reader, scores, rows, k)[0]
         method = "exact"
-    return {**desc, "on": on, "method": method, "hits": hits}
+    out = {**desc, "on": on, "method": method, "hits": hits}
+    if warning:
+        out["warning"] = warning
+    return out
 
 
 def generator_profile(store, generator: str, k: int = 10, on: str = "image") -> dict:

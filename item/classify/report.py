@@ -12,7 +12,6 @@ import html
 import io
 import json
 import math
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -281,15 +280,15 @@ def render_report(
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )
+    from item.errors import InputError
+    from item.store.files import atomic_write_bytes
+
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + f".tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out_path, text.encode("utf-8"))
+    except OSError as exc:
+        raise InputError(f"{out_path}: cannot write the report ({exc.strerror or exc}); nothing was written") from None
 
 
 def project_2d(features: np.ndarray, seed=0) -> np.ndarray:

@@ -68,6 +68,9 @@ class _CopyWriter:
     def add(self, record) -> None:
         self._w.add(replace(record, id=augmented_id(record.id, self._spec)))
 
+    def add_batch(self, records) -> None:
+        self._w.add_batch([replace(r, id=augmented_id(r.id, self._spec)) for r in records])
+
     def add_alias(self, alias) -> None:
         pass
 

@@ -24,6 +24,10 @@ def info_cmd(store: Path = StoreDir,
     if as_json:
         emit_json(d)
         return
+    if d["state"] != "ok":
+        emit(f"store            {d['store']}")
+        emit(f"state            {d['state']}")
+        return
     if d["random_weights"]:
         emit("RANDOM WEIGHTS: embeddings in this store come from randomly initialised models")
     emit(f"store            {d['store']}")
@@ -64,9 +68,11 @@ def _describe_model(spec) -> str:
 @app.command("validate")
 @guarded
 def validate_cmd(store: Path = StoreDir,
-                 quick: bool = typer.Option(False, help="Skip reading every vector (shapes and counts only)."),
+                 quick: bool = typer.Option(False, help="Skip reading every vector and the checksums (shapes, sizes "
+                                            "and counts only)."),
                  as_json: bool = typer.Option(False, "--json", help="Print JSON for other programs.")):
-    """Check shapes, dtypes, counts, manifest vs shards, non-finite values, norms, index freshness.
+    """Check shapes, dtypes, counts, sizes and checksums of the shards against the manifest, non-finite
+    values, norms, and every index (opened, its checksums, freshness).
 
     Exits 1 and lists the problems when the store is not valid.
     """
@@ -74,13 +80,14 @@ def validate_cmd(store: Path = StoreDir,
 
     rep = validate(store, check_values=not quick)
     if as_json:
-        emit_json({"ok": rep.ok, "problems": rep.problems, "warnings": rep.warnings})
+        emit_json({"ok": rep.ok, "problems": rep.problems, "warnings": rep.warnings, "state": rep.state or "ok"})
     else:
         for w in rep.warnings:
             warn(w)
         for p in rep.problems:
             emit(f"problem: {p}")
-        emit(f"{store}: {'valid' if rep.ok else f'{len(rep.problems)} problem(s)'}")
+        verdict = rep.state or "valid" if rep.ok else f"{len(rep.problems)} problem(s)"
+        emit(f"{store}: {verdict}")
     if not rep.ok:
         raise typer.Exit(1)
 
