@@ -29,7 +29,8 @@ def _spec(compat: dict, models: dict):
                      captioner=compat["captioner"], grounder=compat["grounder"],
                      random_weights=bool(compat["random_weights"]),
                      box_threshold=float(grounder.get("box_threshold", 0.35)),
-                     text_threshold=float(grounder.get("text_threshold", 0.25)))
+                     text_threshold=float(grounder.get("text_threshold", 0.25)),
+                     ground_size=int(compat.get("ground_size", 0) or 0))
 
 
 def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16):

@@ -18,7 +18,7 @@ from item.store import schema
 
 # What a head must share with any store it scores (and with the models that featurize for it).
 HEAD_COMPAT_KEYS = ("clip_model", "clip_pretrained", "embed_dim", "preprocess_hash", "captioner", "grounder",
-                    "random_weights", "max_objects")
+                    "random_weights", "max_objects", "ground_size")
 
 
 @dataclass(frozen=True)

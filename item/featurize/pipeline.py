@@ -38,7 +38,7 @@ NON_FINITE = "non-finite"
 class FeaturizeConfig:
     """How a run works (not what it computes, apart from max_objects, perturb and recipe)."""
 
-    batch_size: int = 16
+    batch_size: int = 0  # images per batch (decoded together, one shard boundary at most); 0 = auto: 64 on CUDA, 16 on CPU
     max_objects: int = 8
     workers: int = -1  # decoding processes; -1 = auto (cores - 1, at most 4), 0 = in the main process
     shard_size: int = 1000  # image rows per shard: at most this many rows are redone after a kill
@@ -47,10 +47,23 @@ class FeaturizeConfig:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     device: str = "auto"
     recipe: str = "hierarchical"
-    clip_batch_size: int = 64  # images or texts per CLIP forward
+    clip_batch_size: int = 256  # images or texts per CLIP forward
+    # Images per captioner generate(); the image batch caps it. BLIP on an H200: 21.7 ms an image at 16,
+    # 5.7 ms at 64 (BENCHMARKS.md).
+    caption_batch_size: int = 64
     # Images per Grounding DINO forward; 0 = auto: 4 on CUDA, 1 on CPU. It pads a batch to its largest
     # image, and batching gains little: on an H200 27 ms an image at batch 4, 34 ms at 16 (BENCHMARKS.md).
     ground_batch_size: int = 0
+    # Run the CLIP stage and the writes of batch i in a background thread while batch i+1 is captioned and
+    # grounded (a bounded pipeline: at most two batches in flight). None = auto: on CUDA only (on the CPU
+    # the two threads would share the same cores). The stored bits are the same either way.
+    overlap: bool | None = None
+
+    def resolved_batch_size(self, device: str) -> int:
+        return self.batch_size or (64 if str(device).startswith("cuda") else 16)
+
+    def resolved_overlap(self, device: str) -> bool:
+        return str(device).startswith("cuda") if self.overlap is None else bool(self.overlap)
 
 
 def resolve_device(device: str) -> str:
@@ -85,7 +98,8 @@ def load_models(spec: ModelSpec, device: str = "auto") -> Models:
     clip = load_clip(spec.clip_model, spec.clip_pretrained, device)
     captioner = None if spec.captioner == "none" else load_captioner(spec.captioner, device)
     grounder = None if spec.grounder == "none" else load_grounder(
-        spec.grounder, device, box_threshold=spec.box_threshold, text_threshold=spec.text_threshold)
+        spec.grounder, device, box_threshold=spec.box_threshold, text_threshold=spec.text_threshold,
+        ground_size=spec.ground_size or None)
     return Models(spec, clip, captioner, grounder, device)
 
 
@@ -112,6 +126,7 @@ def compat_for(models: Models, config: FeaturizeConfig) -> dict:
         "random_weights": any_random_weights(models),
         "perturbation": str(parse_perturb(config.perturb or None)),
         "max_objects": int(config.max_objects),
+        "ground_size": int(models.grounder.ground_size) if models.grounder else 0,
     }
 
 
@@ -139,11 +154,17 @@ class Item:
     height: int = 0
     format: str = ""
     reason: str = ""  # skip reason; '' when decoded
+    caption_pixels: object = None  # (3, h, w) captioner input, when the row has no caption
+    ground_input: object = None  # grounder input (GroundImage), when a grounder runs
 
 
 class _DecodeDataset:
-    def __init__(self, items: list[Item], preprocess, perturbation: Perturbation, max_pixels):
+    """Decoding and every model's image preparation, in the worker processes (all parts are picklable)."""
+
+    def __init__(self, items: list[Item], preprocess, perturbation: Perturbation, max_pixels,
+                 caption_prep=None, ground_prep=None):
         self.items, self.preprocess, self.perturbation, self.max_pixels = items, preprocess, perturbation, max_pixels
+        self.caption_prep, self.ground_prep = caption_prep, ground_prep
 
     def __len__(self):
         return len(self.items)
@@ -159,6 +180,10 @@ class _DecodeDataset:
         img = self.perturbation.apply(dec.image) if self.perturbation.steps else dec.image
         out.image, out.width, out.height, out.format = img, img.width, img.height, dec.format
         out.pixels = self.preprocess(img)
+        if self.caption_prep is not None and not it.row.caption:
+            out.caption_pixels = self.caption_prep(img)
+        if self.ground_prep is not None:
+            out.ground_input = self.ground_prep(img)
         return out
 
 
@@ -173,10 +198,15 @@ def iter_decoded(items: list[Item], models: Models, config: FeaturizeConfig):
     workers = config.workers
     if workers < 0:
         workers = min(4, max(0, (os.cpu_count() or 1) - 1))
-    ds = _DecodeDataset(items, models.clip.preprocess, parse_perturb(config.perturb or None), config.max_pixels)
-    loader = torch.utils.data.DataLoader(ds, batch_size=config.batch_size, shuffle=False, num_workers=workers,
-                                         collate_fn=_as_list, prefetch_factor=4 if workers else None,
-                                         persistent_workers=False)
+    ds = _DecodeDataset(items, models.clip.preprocess, parse_perturb(config.perturb or None), config.max_pixels,
+                        caption_prep=models.captioner.prepare if models.captioner else None,
+                        ground_prep=models.grounder.prepare if models.grounder else None)
+    # Prepared grounder inputs are large (800x1066 float32: 10 MB an image), so fewer batches wait ahead
+    # when they are made.
+    prefetch = 2 if models.grounder is not None else 4
+    loader = torch.utils.data.DataLoader(ds, batch_size=config.resolved_batch_size(models.device), shuffle=False,
+                                         num_workers=workers, collate_fn=_as_list,
+                                         prefetch_factor=prefetch if workers else None, persistent_workers=False)
     yield from loader
 
 
@@ -236,20 +266,37 @@ class Featurizer:
 
         out = []
         bs = self.config.clip_batch_size
+        cuda = str(self.models.device).startswith("cuda")
         for s in range(0, len(pixels), bs):
-            out.append(self._timed("clip_image", self.models.clip.encode_images, torch.stack(pixels[s:s + bs])))
+            chunk = torch.stack(pixels[s:s + bs])
+            if cuda:  # page-locked, so encode_images' non-blocking copy is asynchronous
+                chunk = chunk.pin_memory()
+            out.append(self._timed("clip_image", self.models.clip.encode_images, chunk))
         return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
 
     def process(self, batch: list[Item]) -> list[ImageRecord]:
         """Featurize one batch. Skipped Items become rows with status 'skipped' and their reason."""
-        from item.misalignment import compute
+        return self.back(self.front(batch))
 
+    def _captions(self, need: list[Item]) -> list[str]:
+        captioner = self.models.captioner
+        out: list[str] = []
+        bs = max(1, int(self.config.caption_batch_size))
+        for s in range(0, len(need), bs):
+            part = need[s:s + bs]
+            pixels = [it.caption_pixels if it.caption_pixels is not None else captioner.prepare(it.image)
+                      for it in part]
+            out.extend(self._timed("caption", captioner.caption_prepared, pixels))
+        return out
+
+    def front(self, batch: list[Item]) -> dict:
+        """Captions, nouns and boxes of one batch (the captioner's and grounder's forwards)."""
         good = [it for it in batch if not it.reason]
         # captions: given ones as is, the captioner for the rest
         need = [it for it in good if not it.row.caption]
         if need and self.models.captioner is None:
             raise InputError(f"{need[0].row.path}: no caption given and --captioner none")
-        generated = self._timed("caption", self.models.captioner.caption, [it.image for it in need]) if need else []
+        generated = self._captions(need) if need else []
         caption_of = {id(it): (c, self.models.spec.captioner) for it, c in zip(need, generated)}
         captions, sources = [], []
         for it in good:
@@ -264,14 +311,25 @@ class Featurizer:
                                 key=lambda i: (good[i].image.width / good[i].image.height, i))
             gbs = self.config.ground_batch_size or (4 if str(self.models.device).startswith("cuda") else 1)
             boxes = [[None] * len(n) for n in nouns]
+            grounder = self.models.grounder
             for s in range(0, len(with_nouns), gbs):
                 part = with_nouns[s:s + gbs]
-                found = self._timed("ground", self.models.grounder.ground, [good[i].image for i in part],
-                                    [nouns[i] for i in part])
+                prepared = [good[i].ground_input if good[i].ground_input is not None else
+                            grounder.prepare(good[i].image) for i in part]
+                found = self._timed("ground", grounder.ground_prepared, prepared, [nouns[i] for i in part])
                 for i, b in zip(part, found):
                     boxes[i] = list(b)
         else:
             boxes = [[None] * len(n) for n in nouns]
+        return {"batch": batch, "good": good, "captions": captions, "sources": sources, "nouns": nouns,
+                "boxes": boxes}
+
+    def back(self, front: dict) -> list[ImageRecord]:
+        """Crops, CLIP embeddings, misalignment and the records of a batch that went through `front`."""
+        from item.misalignment import compute
+
+        batch, good, captions, sources = front["batch"], front["good"], front["captions"], front["sources"]
+        nouns, boxes = front["nouns"], front["boxes"]
         # CLIP: whole images and crops in one stream of batches
         pixels = [it.pixels for it in good]
         crop_owner = []
@@ -431,6 +489,33 @@ def seed_from_store(feat: Featurizer, root) -> None:
             feat.seed_text_cache(objs[schema.NOUN], objs[schema.NOUN_EMB], np.zeros(len(objs[schema.NOUN]), bool))
 
 
+def _run_overlapped(batches, feat: Featurizer, write) -> None:
+    """Batch i's `back` (crops, CLIP) runs in one background thread while the main thread decodes and
+    runs batch i+1's `front` (captions, grounding) and writes batch i-1: a bounded pipeline, at most two
+    batches in flight, results written in order. Every batch meets the same computation as without the
+    overlap, so the stored bits are the same."""
+    from concurrent.futures import ThreadPoolExecutor as _Pool
+
+    pending = None
+    with _Pool(max_workers=1, thread_name_prefix="item-clip") as pool:
+        try:
+            t_dec = time.perf_counter()
+            for batch in batches:
+                feat.seconds["decode"] += time.perf_counter() - t_dec
+                front = feat.front(batch)
+                future = pool.submit(feat.back, front)
+                if pending is not None:
+                    write(pending[0], pending[1].result())
+                pending = (batch, future)
+                t_dec = time.perf_counter()
+            if pending is not None:
+                write(pending[0], pending[1].result())
+                pending = None
+        finally:
+            if pending is not None:
+                pending[1].cancel()
+
+
 def featurize_rows(rows: list[InputRow], writer, models: Models, config: FeaturizeConfig, *,
                    progress: Callable[[int], None] | None = None,
                    hash_progress: Callable[[int], None] | None = None,
@@ -457,33 +542,40 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
     # Shards end between batches only: a resumed run then re-forms exactly the batches of an
     # uninterrupted one, and with its text cache seeded from the store it computes the same bits.
     auto_flush, writer.auto_flush = writer.auto_flush, False
+
+    def write(batch, records):
+        nonlocal last_flush, n_batches
+        fault("batch")
+        t = time.perf_counter()
+        for rec in records:
+            writer.add(rec)
+            if rec.status != "ok":
+                reasons[rec.reason] += 1
+                if len(summary.skipped_examples) < 20:
+                    summary.skipped_examples.append((rec.path, rec.reason))
+        if time.perf_counter() - last_flush > config.flush_seconds:
+            writer.flush()
+        else:
+            writer.flush_if_full()
+        if writer.pending == 0:
+            last_flush = time.perf_counter()
+        feat.seconds["write"] += time.perf_counter() - t
+        summary.n_written += sum(r.status == "ok" for r in records)
+        n_batches += 1
+        if progress:
+            progress(len(batch))
+        if after_batch:
+            after_batch(n_batches)
+
     try:
-        t_dec = time.perf_counter()
-        for batch in iter_decoded(todo, models, config):
-            feat.seconds["decode"] += time.perf_counter() - t_dec
-            records = feat.process(batch)
-            fault("batch")
-            t = time.perf_counter()
-            for rec in records:
-                writer.add(rec)
-                if rec.status != "ok":
-                    reasons[rec.reason] += 1
-                    if len(summary.skipped_examples) < 20:
-                        summary.skipped_examples.append((rec.path, rec.reason))
-            if time.perf_counter() - last_flush > config.flush_seconds:
-                writer.flush()
-            else:
-                writer.flush_if_full()
-            if writer.pending == 0:
-                last_flush = time.perf_counter()
-            feat.seconds["write"] += time.perf_counter() - t
-            summary.n_written += sum(r.status == "ok" for r in records)
-            n_batches += 1
-            if progress:
-                progress(len(batch))
-            if after_batch:
-                after_batch(n_batches)
+        if config.resolved_overlap(models.device):
+            _run_overlapped(iter_decoded(todo, models, config), feat, write)
+        else:
             t_dec = time.perf_counter()
+            for batch in iter_decoded(todo, models, config):
+                feat.seconds["decode"] += time.perf_counter() - t_dec
+                write(batch, feat.process(batch))
+                t_dec = time.perf_counter()
         # Aliases last: each names an image row that is written by now (or was in an earlier run).
         for a in aliases:
             writer.add_alias(a)

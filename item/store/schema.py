@@ -149,7 +149,8 @@ VECTOR_COLUMNS = (IMAGE_EMB, CAPTION_EMB, MISALIGNMENT)
 
 # Keys of manifest['compat']: rows that differ in any of them never share a store.
 COMPAT_KEYS = ("clip_model", "clip_pretrained", "embed_dim", "preprocess_hash", "captioner", "grounder",
-               "recipe", "misalignment_dim", "random_weights", "perturbation", "max_objects")
+               "recipe", "misalignment_dim", "random_weights", "perturbation", "max_objects",
+               "ground_size")  # ground_size: the grounder's input size (shortest side; 0 = no grounder)
 
 # Index sidecar keys
 INDEX_ON = ("image", "misalignment")

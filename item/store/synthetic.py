@@ -23,7 +23,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def synthetic_compat(embed_dim: int, misalignment_dim: int, recipe: str = "hierarchical") -> dict:
     return {"clip_model": "synthetic", "clip_pretrained": "", "embed_dim": embed_dim, "preprocess_hash": "synthetic",
             "captioner": "synthetic", "grounder": "synthetic", "recipe": recipe,
-            "misalignment_dim": misalignment_dim, "random_weights": True, "perturbation": "", "max_objects": 8}
+            "misalignment_dim": misalignment_dim, "random_weights": True, "perturbation": "", "max_objects": 8,
+            "ground_size": 0}
 
 
 def synthetic_records(n_images: int, embed_dim: int, *, generators=("gen_a", "gen_b"), seed: int = 0,
