@@ -17,7 +17,7 @@ random weights of the real architecture (``owlv2-random``); ``owlv2-tiny-random`
 from __future__ import annotations
 
 from item.errors import InputError
-from item.featurize.captioner import autocast_for, load_model_or_random
+from item.featurize.captioner import autocast_for
 from item.featurize.grounder import Box, GroundImage, _clip_box, to_device
 
 #: Random builder names of the OWLv2 family (seeded random weights, built offline).
@@ -158,8 +158,16 @@ def load_owlv2(name_or_path: str, device: str = "cpu", box_threshold: float = DE
     """
     from transformers import AutoProcessor, Owlv2ForObjectDetection
 
-    model, processor, source, random_weights = load_model_or_random(
-        "grounder", name_or_path, build_owlv2, Owlv2ForObjectDetection, AutoProcessor, "--grounder")
+    from item.featurize.captioner import load_hf_pretrained
+    from item.featurize.tiny import SEED
+
+    if name_or_path in OWL_RANDOM_NAMES:
+        model, processor = build_owlv2(name_or_path)
+        source, random_weights = {"id": name_or_path, "seed": SEED}, True
+    else:
+        model, processor, source = load_hf_pretrained("grounder", name_or_path, Owlv2ForObjectDetection,
+                                                      AutoProcessor, "--grounder")
+        random_weights = bool(getattr(model.config, "item_random_weights", False))
     native = int(model.config.vision_config.image_size)
     if ground_size and int(ground_size) != native:
         raise InputError(f"--ground-size {ground_size}: OWLv2 runs at its own input size {native} here "
