@@ -5,7 +5,7 @@
 
 Both sides use the same loaded models (random weights of the real architectures: cost does not depend on
 the weights) on the same images, alternated baseline, pipeline, baseline, pipeline... The pipeline is
-`item.featurize.pipeline.featurize_rows` into a fresh temporary store (hashing, decoding workers, batching,
+`item.featurize.featurize_store` into a fresh temporary store (hashing, decoding workers, batching,
 text cache, shard writes: all of it is in the time). The baseline is what a single-image script would do:
 decode, caption, extract nouns, ground, then CLIP on the image, each crop, the caption and each noun, one
 forward per item, no cache, results kept in memory (no store).
@@ -128,14 +128,10 @@ def naive_featurize(rows, models, max_objects: int, use_given: bool, seconds: Co
 
 # -- the project's pipeline ------------------------------------------------------------------------
 def pipeline_featurize(rows, models, config) -> dict:
-    from item.featurize.pipeline import compat_for, featurize_rows, models_info
-    from item.store.writer import StoreWriter
+    from item.featurize import featurize_store
 
     with tempfile.TemporaryDirectory(prefix="item-bench-store-") as d:
-        store = Path(d) / "store"
-        with StoreWriter(store, compat=compat_for(models, config), models=models_info(models),
-                         recipe=config.recipe, shard_size=config.shard_size) as w:
-            summary = featurize_rows(rows, w, models, config)
+        summary = featurize_store(rows, Path(d) / "store", models=models, config=config)
     return summary.to_json()
 
 
@@ -428,8 +424,7 @@ def bench_size(size: str, args, log, save=None) -> dict:
     import torch
 
     from item.featurize.decode import decode_image
-    from item.featurize.models import resolve_models
-    from item.featurize.pipeline import FeaturizeConfig, load_models
+    from item.featurize import FeaturizeConfig, load_models, resolve_models
 
     t = time.perf_counter()
     models = load_models(resolve_models(SIZES[size]), args.device)

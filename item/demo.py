@@ -29,22 +29,18 @@ def run_demo(out_dir, *, models: str = "default", device: str = "auto", overwrit
     from item.classify.heads import HeadConfig
     from item.classify.reporting import write_report
     from item.classify.train import TrainConfig, train_head
+    from item.featurize import FeaturizeConfig, featurize_store, resolve_models
     from item.featurize.inputs import discover
-    from item.featurize.models import resolve_models
-    from item.featurize.pipeline import FeaturizeConfig, compat_for, featurize_rows, load_models, models_info
-    from item.store.writer import StoreWriter
 
     out = Path(out_dir)
     store = out / "store"
     spec = resolve_models(models)
     log(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''}) ...")
-    loaded = load_models(spec, device)
     config = FeaturizeConfig(device=device, batch_size=8, workers=0)
     rows = discover([str(SAMPLES_MANIFEST)]).rows
     log(f"featurizing {len(rows)} sample images into {store}")
-    with StoreWriter(store, compat=compat_for(loaded, config), models=models_info(loaded), recipe=config.recipe,
-                     overwrite=overwrite, command="item demo") as writer:
-        summary = featurize_rows(rows, writer, loaded, config, progress=progress)
+    summary = featurize_store(rows, store, models=spec, config=config, progress=progress, overwrite=overwrite,
+                              command="item demo")
     heads = {}
     # The demo set is tiny: a small MLP, few epochs, and the logistic baseline beside it.
     head_cfg = HeadConfig(kind="mlp", hidden=(64,), max_epochs=100, patience=10, batch_size=16)

@@ -9,10 +9,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from item.cli import app
+from item import faults
+from item.featurize import FeaturizeConfig, featurize_store, load_models, resolve_models
 from item.featurize.inputs import discover
-from item.featurize.models import resolve_models
-from item.featurize.pipeline import FeaturizeConfig, compat_for, featurize_rows, load_models, models_info
-from item.store import StoreReader, StoreWriter, validate
+from item.store import StoreReader, validate
 
 SAMPLES = Path(__file__).resolve().parents[1] / "item" / "samples"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "samples"
@@ -32,10 +32,8 @@ def make_image(path: Path, seed: int, size=(64, 48), fmt=None):
 
 
 def run(rows, root, models, **cfg):
-    config = FeaturizeConfig(workers=0, batch_size=4, **cfg)
-    with StoreWriter(root, compat=compat_for(models, config), models=models_info(models), recipe=config.recipe,
-                     shard_size=cfg.get("shard_size", 5)) as w:
-        return featurize_rows(rows, w, models, config)
+    config = FeaturizeConfig(**{"workers": 0, "batch_size": 4, "shard_size": 5, **cfg})
+    return featurize_store(rows, root, models=models, config=config)
 
 
 def test_samples_manifest_cli(tmp_path):
@@ -120,7 +118,7 @@ def test_folder_layouts(tmp_path, models, layout):
     assert got == expected
 
 
-def test_interrupted_run_resumes_to_the_same_rows(tmp_path, models):
+def test_interrupted_run_resumes_to_the_same_rows(tmp_path, models, monkeypatch):
     src = tmp_path / "imgs"
     for i in range(13):
         make_image(src / "real" / f"{i:02d}.png", i, size=(40 + i, 30 + 2 * i))
@@ -130,16 +128,12 @@ def test_interrupted_run_resumes_to_the_same_rows(tmp_path, models):
     run(rows, full, models)
 
     part = tmp_path / "part"
-    config = FeaturizeConfig(workers=0, batch_size=4)
-
-    def stop(n):
-        if n == 2:
-            raise RuntimeError("simulated crash")
-
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        with StoreWriter(part, compat=compat_for(models, config), models=models_info(models),
-                         recipe=config.recipe, shard_size=3) as w:
-            featurize_rows(rows, w, models, config, after_batch=stop)
+    # The second batch fails after the models ran (ITEM_FAULT's 'batch' point), before its rows are written.
+    monkeypatch.setattr(faults, "_hits", {})
+    monkeypatch.setenv("ITEM_FAULT", "batch:2:raise=EIO")
+    with pytest.raises(OSError, match="ITEM_FAULT"):
+        run(rows, part, models, shard_size=3)
+    monkeypatch.delenv("ITEM_FAULT")
     with StoreReader(part) as rd:
         assert 0 < rd.n_images < len(rows)
     summary = run(rows, part, models, shard_size=3)
@@ -284,10 +278,7 @@ def test_decoding_workers_give_the_same_rows(tmp_path, models):
     for i in range(6):
         make_image(src / f"{i}.jpg", i)
     rows = discover([str(src)]).rows
-    config = FeaturizeConfig(workers=1, batch_size=4)
-    with StoreWriter(tmp_path / "w1", compat=compat_for(models, config), models=models_info(models),
-                     recipe=config.recipe) as w:
-        featurize_rows(rows, w, models, config)
+    run(rows, tmp_path / "w1", models, workers=1)
     run(rows, tmp_path / "w0", models)
     with StoreReader(tmp_path / "w1") as a, StoreReader(tmp_path / "w0") as b:
         assert list(a.metadata()["id"]) == list(b.metadata()["id"])

@@ -21,23 +21,12 @@ from item.store import schema
 from item.store.index import INDEX_ON, list_indexes
 
 
-def _spec(compat: dict, models: dict):
-    from item.featurize.models import ModelSpec
-
-    grounder = models.get("grounder", {}) if isinstance(models, dict) else {}
-    return ModelSpec(clip_model=compat["clip_model"], clip_pretrained=compat["clip_pretrained"],
-                     captioner=compat["captioner"], grounder=compat["grounder"],
-                     random_weights=bool(compat["random_weights"]),
-                     box_threshold=float(grounder.get("box_threshold", 0.35)),
-                     text_threshold=float(grounder.get("text_threshold", 0.25)),
-                     ground_size=int(compat.get("ground_size", 0) or 0))
-
-
 def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16):
     """Featurize files with the models ``compat``/``models`` record. Returns (records, loaded compat)."""
-    from item.featurize.pipeline import FeaturizeConfig, compat_for, featurize_images, load_models
+    from item.featurize import FeaturizeConfig, ModelSpec, featurize_images, load_models
+    from item.featurize.loading import compat_for
 
-    loaded = load_models(_spec(compat, models), device)
+    loaded = load_models(ModelSpec.from_head({"compat": compat, "models": models}), device)
     config = FeaturizeConfig(workers=0, batch_size=batch_size, device=device,
                              max_objects=int(compat.get("max_objects", 8)), recipe=compat.get("recipe", "hierarchical"))
     got = compat_for(loaded, config)
@@ -45,7 +34,7 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
     if diff:
         raise IncompatibleError("the models that loaded differ from those recorded: "
                                 + "; ".join(f"{k}: recorded {compat[k]!r}, loaded {got.get(k)!r}" for k in diff))
-    return featurize_images(paths, loaded, config), got
+    return featurize_images(paths, models=loaded, config=config), got
 
 
 def expand_paths(inputs: list[str]) -> list[str]:

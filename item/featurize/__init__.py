@@ -1,0 +1,45 @@
+"""The featurize stage: image files -> captions -> nouns -> grounded crops -> CLIP embeddings -> store.
+
+Its front door (everything a caller needs; the modules behind it are the stage's insides):
+
+- ``featurize_store(sources, store, *, models="default", config=FeaturizeConfig(), progress=None)
+  -> RunSummary``: featurize folders / manifests into a store, resuming where a run stopped;
+- ``featurize_images(images_or_paths, *, models, captions=None) -> list[ImageRecord]``: featurize
+  files or PIL images in memory (prediction, a server);
+- ``ModelSpec`` (``from_store``, ``from_head``), ``resolve_models`` (presets), ``load_models``
+  (load once, pass the loaded ``Models`` to either call), ``FeaturizeConfig``, ``RunSummary``.
+
+Importing this package is cheap: the names resolve on first use (torch and the models load inside
+the functions that need them).
+"""
+
+from __future__ import annotations
+
+_EXPORTS = {
+    "featurize_store": "item.featurize.run",
+    "featurize_images": "item.featurize.run",
+    "RunSummary": "item.featurize.run",
+    "FeaturizeConfig": "item.featurize.config",
+    "ENGINES": "item.featurize.config",
+    "ModelSpec": "item.featurize.models",
+    "PRESETS": "item.featurize.models",
+    "resolve_models": "item.featurize.models",
+    "Models": "item.featurize.loading",
+    "load_models": "item.featurize.loading",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'item.featurize' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

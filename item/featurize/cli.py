@@ -46,16 +46,21 @@ def featurize_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete what the store holds and start afresh."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+    engine: str = typer.Option("local", help="local (this process) or ray (a Ray Data job; needs "
+                               'pip install -e ".[ray]").'),
+    ray_address: Optional[str] = typer.Option(None, help="With --engine ray: an existing cluster's address "
+                                              "(auto, ray://HOST:10001); default: start a local cluster."),
+    ray_actors: int = typer.Option(2, help="With --engine ray: model actors (each loads the models once)."),
+    gpus_per_actor: float = typer.Option(0.0, help="With --engine ray: GPUs per model actor (e.g. 1, or 0.5 "
+                                         "for two actors per GPU)."),
 ):
     """Featurize images into a store. Re-running the same command resumes where it stopped."""
     import dataclasses
 
+    from item.featurize import FeaturizeConfig, featurize_store, resolve_models
     from item.featurize.decode import DEFAULT_MAX_PIXELS
     from item.featurize.inputs import discover
-    from item.featurize.models import resolve_models
     from item.featurize.perturb import parse_perturb
-    from item.featurize.pipeline import FeaturizeConfig, compat_for, featurize_rows, load_models, models_info
-    from item.store.writer import StoreWriter, WriterLock
 
     perturbation = parse_perturb(perturb or None)
     disc = discover(list(sources), label=label, generator=generator, split=split)
@@ -86,28 +91,14 @@ def featurize_cmd(
         batch_size=batch_size, clip_batch_size=clip_batch_size, caption_batch_size=caption_batch_size,
         max_objects=max_objects, workers=workers,
         shard_size=shard_size, perturb=str(perturbation), device=device,
-        max_pixels=(None if max_pixels == 0 else (max_pixels or DEFAULT_MAX_PIXELS)))
+        max_pixels=(None if max_pixels == 0 else (max_pixels or DEFAULT_MAX_PIXELS)),
+        engine=engine, ray_address=ray_address, ray_actors=ray_actors, gpus_per_actor=gpus_per_actor)
     command = "item featurize " + " ".join(sources)
-    # Take the store's writer lock before loading models (minutes with real weights): a second writer
-    # is refused at once, not after its models have loaded.
-    try:
-        store.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        from item.errors import StoreError
-
-        raise StoreError(f"{store}: cannot create the store folder ({exc.strerror or exc})") from None
-    lock = WriterLock(store)
-    lock.acquire(command)
-    try:
-        info(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''}) ...")
-        loaded = load_models(spec, device)
-        compat = compat_for(loaded, config)
-        with StoreWriter(store, compat=compat, models=models_info(loaded), recipe=config.recipe,
-                         shard_size=shard_size, overwrite=overwrite, command=command, lock=lock) as writer:
-            with progress_bar(len(disc.rows), "featurizing") as advance:
-                summary = featurize_rows(disc.rows, writer, loaded, config, progress=advance)
-    finally:
-        lock.release()
+    info(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''})"
+         f"{' in ' + str(ray_actors) + ' Ray actors' if engine == 'ray' else ''} ...")
+    with progress_bar(len(disc.rows), "featurizing") as advance:
+        summary = featurize_store(disc.rows, store, models=spec, config=config, progress=advance,
+                                  overwrite=overwrite, command=command)
     if as_json:
         emit_json(summary.to_json())
         return

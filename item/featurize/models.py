@@ -43,6 +43,59 @@ class ModelSpec:
     text_threshold: float = 0.25
     ground_size: int = 0  # the grounder's input size (shortest side); 0 = the model's own (800 for Grounding DINO)
 
+    def to_json(self) -> dict:
+        """The spec as recorded in a store's manifest (``models.spec``) and so in a head's head.json."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ModelSpec":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise InputError(f"model spec has unknown fields {', '.join(unknown)}; it was written by a newer ITEM")
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise InputError(f"model spec is incomplete: {exc}") from None
+
+    @classmethod
+    def from_store(cls, store_or_manifest) -> "ModelSpec":
+        """The models a store was featurized with: a store folder, its manifest.json, or the manifest dict."""
+        from pathlib import Path
+
+        if isinstance(store_or_manifest, dict):
+            manifest = store_or_manifest
+        else:
+            from item.store.manifest import read_manifest
+
+            path = Path(store_or_manifest)
+            manifest = read_manifest(path.parent if path.is_file() else path)
+        return spec_from_record(manifest.get("compat", {}), manifest.get("models", {}), f"store {store_or_manifest}"
+                                if not isinstance(store_or_manifest, dict) else "the manifest")
+
+    @classmethod
+    def from_head(cls, head_or_json) -> "ModelSpec":
+        """The models a head's training store was featurized with: a head folder, its head.json, or that dict."""
+        import json
+        from pathlib import Path
+
+        where = "the head"
+        if isinstance(head_or_json, dict):
+            info = head_or_json
+        else:
+            from item.classify.heads import CONFIG_FILE  # light: heavy imports there live inside functions
+
+            path = Path(head_or_json)
+            path = path / CONFIG_FILE if path.is_dir() else path
+            where = f"head {head_or_json}"
+            try:
+                info = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise InputError(f"{path}: cannot read the head's config ({exc})") from None
+        if not info.get("compat"):
+            raise InputError(f"{where} records no models; it cannot featurize new images")
+        return spec_from_record(info["compat"], info.get("models", {}), where)
+
 
 PRESETS: dict[str, ModelSpec] = {
     "default": ModelSpec(
@@ -73,6 +126,32 @@ PRESETS: dict[str, ModelSpec] = {
 
 #: OWLv2 random builders (item.featurize.owl) count as random names too.
 RANDOM_MODEL_NAMES = RANDOM_NAMES + ("owlv2-tiny-random", "owlv2-random")
+
+
+def spec_from_record(compat: dict, models: dict, where: str = "the store") -> ModelSpec:
+    """Rebuild the ModelSpec a store (or a head) records: ``models["spec"]`` when present (stores written
+    since it was recorded), else from the compat keys and the grounder's recorded thresholds (older stores)."""
+    models = models if isinstance(models, dict) else {}
+    if isinstance(models.get("spec"), dict):
+        spec = ModelSpec.from_json(models["spec"])
+    else:
+        missing = [k for k in ("clip_model", "clip_pretrained", "captioner", "grounder") if k not in compat]
+        if missing:
+            raise InputError(f"{where} does not record its models ({', '.join(missing)} missing)")
+        grounder = models.get("grounder", {}) if isinstance(models.get("grounder"), dict) else {}
+        defaults = {f.name: f.default for f in dataclasses.fields(ModelSpec) if f.name.endswith("_threshold")}
+        spec = ModelSpec(clip_model=compat["clip_model"], clip_pretrained=compat["clip_pretrained"],
+                         captioner=compat["captioner"], grounder=compat["grounder"],
+                         random_weights=bool(compat.get("random_weights", False)),
+                         box_threshold=float(grounder.get("box_threshold", defaults["box_threshold"])),
+                         text_threshold=float(grounder.get("text_threshold", defaults["text_threshold"])))
+    # The compat keys are what the store checks rows against: a spec that disagrees with them is corrupt.
+    for key, value in (("clip_model", spec.clip_model), ("clip_pretrained", spec.clip_pretrained),
+                       ("captioner", spec.captioner), ("grounder", spec.grounder)):
+        if key in compat and compat[key] != value:
+            raise InputError(f"{where}: its recorded model spec says {key}={value!r} but its rows were made "
+                             f"with {compat[key]!r}")
+    return spec
 
 
 def is_random(name: str) -> bool:

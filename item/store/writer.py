@@ -381,11 +381,10 @@ class StoreWriter:
         if not np.all(np.isfinite(arr)):
             raise StoreError(f"{r.path}: {name} has non-finite values; refusing to write them")
 
-    def _write_shard(self, images: list[ImageRecord], aliases: list[AliasRecord]) -> dict:
+    def _write_shard(self, images: list[ImageRecord], aliases: list[AliasRecord], name: str | None = None) -> dict:
         import h5py
 
-        number = len(self.manifest["shards"])
-        name = schema.shard_name(number)
+        name = name or schema.shard_name(len(self.manifest["shards"]))
         final = self.root / schema.SHARD_DIR / name
         partial = final.with_name("." + name + schema.PARTIAL_SUFFIX)
         cols = self._columns(images, aliases)

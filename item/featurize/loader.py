@@ -1,0 +1,98 @@
+"""Decoding inputs ahead of the models, in DataLoader worker processes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from item.featurize.config import FeaturizeConfig
+from item.featurize.decode import DecodeError, decode_image
+from item.featurize.inputs import InputRow
+from item.featurize.loading import Models
+from item.featurize.perturb import Perturbation, parse_perturb
+
+
+@dataclass
+class Item:
+    """One input on its way through the pipeline."""
+
+    id: str
+    row: InputRow
+    image: object = None  # PIL RGB after perturbation
+    pixels: object = None  # (3, H, W) CLIP input of the whole image
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    reason: str = ""  # skip reason; '' when decoded
+    caption_pixels: object = None  # (3, h, w) captioner input, when the row has no caption
+    ground_input: object = None  # grounder input (GroundImage), when a grounder runs
+
+
+class _DecodeDataset:
+    """Decoding and every model's image preparation, in the worker processes (all parts are picklable)."""
+
+    def __init__(self, items: list[Item], preprocess, perturbation: Perturbation, max_pixels,
+                 caption_prep=None, ground_prep=None):
+        self.items, self.preprocess, self.perturbation, self.max_pixels = items, preprocess, perturbation, max_pixels
+        self.caption_prep, self.ground_prep = caption_prep, ground_prep
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return decode_item(self.items[i], self.preprocess, self.perturbation, self.max_pixels,
+                           self.caption_prep, self.ground_prep)
+
+
+def decode_item(it: Item, preprocess, perturbation: Perturbation, max_pixels, caption_prep=None,
+                ground_prep=None) -> Item:
+    """``it`` decoded (or with its skip reason): the image, after perturbation, and its CLIP pixels;
+    with ``caption_prep`` / ``ground_prep`` (the captioner's and grounder's picklable ``prepare``) also their
+    inputs, so that only forwards are left for the main process.
+
+    An Item that already carries an image (a PIL image handed to ``featurize_images``) is not read from
+    disk; it is converted to RGB as files are.
+    """
+    from item.featurize.decode import _to_rgb
+
+    out = Item(it.id, it.row)
+    if it.image is not None:
+        img, fmt = _to_rgb(it.image), it.format or (getattr(it.image, "format", None) or "")
+    else:
+        try:
+            dec = decode_image(it.row.path, max_pixels=max_pixels)
+        except DecodeError as exc:
+            out.reason = exc.reason
+            return out
+        img, fmt = dec.image, dec.format
+    img = perturbation.apply(img) if perturbation.steps else img
+    out.image, out.width, out.height, out.format = img, img.width, img.height, fmt
+    out.pixels = preprocess(img)
+    if caption_prep is not None and not it.row.caption:
+        out.caption_pixels = caption_prep(img)
+    if ground_prep is not None:
+        out.ground_input = ground_prep(img)
+    return out
+
+
+def _as_list(batch):
+    return batch
+
+
+def iter_decoded(items: list[Item], models: Models, config: FeaturizeConfig):
+    """Yield lists of decoded Items (batch_size each), decoding ahead in worker processes."""
+    import torch
+
+    workers = config.workers
+    if workers < 0:
+        workers = min(4, max(0, (os.cpu_count() or 1) - 1))
+    ds = _DecodeDataset(items, models.clip.preprocess, parse_perturb(config.perturb or None), config.max_pixels,
+                        caption_prep=models.captioner.prepare if models.captioner else None,
+                        ground_prep=models.grounder.prepare if models.grounder else None)
+    # Prepared grounder inputs are large (800x1066 float32: 10 MB an image), so fewer batches wait ahead
+    # when they are made.
+    prefetch = 2 if models.grounder is not None else 4
+    loader = torch.utils.data.DataLoader(ds, batch_size=config.resolved_batch_size(models.device), shuffle=False,
+                                         num_workers=workers, collate_fn=_as_list,
+                                         prefetch_factor=prefetch if workers else None, persistent_workers=False)
+    yield from loader

@@ -1,0 +1,102 @@
+"""Loading a run's models, and the identity they give a store (compat keys, models info)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from item.errors import InputError
+from item.featurize.config import FeaturizeConfig
+from item.featurize.models import ModelSpec
+from item.featurize.perturb import parse_perturb
+
+NOUNS_VERSION = "rules-1"  # bump when extract_nouns changes its output
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda[:N]")
+    return device
+
+
+@dataclass
+class Models:
+    """The loaded models of a run; captioner / grounder are None when switched off."""
+
+    spec: ModelSpec
+    clip: object
+    captioner: object | None
+    grounder: object | None
+    device: str
+
+
+def load_models(spec: ModelSpec, device: str = "auto") -> Models:
+    from item.featurize.captioner import load_captioner
+    from item.featurize.encoder import load_clip
+    from item.featurize.grounder import load_grounder
+
+    device = resolve_device(device)
+    clip = load_clip(spec.clip_model, spec.clip_pretrained, device)
+    captioner = None if spec.captioner == "none" else load_captioner(spec.captioner, device)
+    grounder = None if spec.grounder == "none" else load_grounder(
+        spec.grounder, device, box_threshold=spec.box_threshold, text_threshold=spec.text_threshold,
+        ground_size=spec.ground_size or None)
+    return Models(spec, clip, captioner, grounder, device)
+
+
+def any_random_weights(models: Models) -> bool:
+    """True when any loaded model has random weights (a preset's, or a local copy of random ones)."""
+    parts = [models.clip, models.captioner, models.grounder]
+    return bool(models.spec.random_weights or any(p is not None and p.info.get("random_weights") for p in parts))
+
+
+def compat_for(models: Models, config: FeaturizeConfig) -> dict:
+    """What every row of one store shares (see item.store.schema.COMPAT_KEYS)."""
+    from item.misalignment import feature_size
+
+    clip = models.clip.info
+    return {
+        "clip_model": clip["model"],
+        "clip_pretrained": clip["pretrained"],
+        "embed_dim": int(clip["embed_dim"]),
+        "preprocess_hash": clip["preprocess_hash"],
+        "captioner": models.spec.captioner,
+        "grounder": models.spec.grounder,
+        "recipe": config.recipe,
+        "misalignment_dim": feature_size(config.recipe, int(clip["embed_dim"])),
+        "random_weights": any_random_weights(models),
+        "perturbation": str(parse_perturb(config.perturb or None)),
+        "max_objects": int(config.max_objects),
+        "ground_size": int(models.grounder.ground_size) if models.grounder else 0,
+    }
+
+
+def models_info(models: Models) -> dict:
+    """What a store records about its models; ``spec`` is what ``ModelSpec.from_store`` rebuilds them from."""
+    return {
+        "spec": models.spec.to_json(),
+        "clip": models.clip.info,
+        "captioner": models.captioner.info if models.captioner else {"id": "none"},
+        "grounder": (dict(models.grounder.info, box_threshold=models.grounder.box_threshold,
+                          text_threshold=models.grounder.text_threshold) if models.grounder else {"id": "none"}),
+        "nouns": {"extractor": NOUNS_VERSION},
+        "random_weights": any_random_weights(models),
+    }
+
+
+def as_models(models, device: str = "auto") -> Models:
+    """Loaded Models from a preset name, a ModelSpec, or Models already loaded (returned as they are)."""
+    from item.featurize.models import resolve_models
+
+    if isinstance(models, Models):
+        return models
+    if isinstance(models, str):
+        models = resolve_models(models)
+    if not isinstance(models, ModelSpec):
+        raise InputError(f"models must be a preset name, a ModelSpec or loaded Models, not {type(models).__name__}")
+    return load_models(models, device)

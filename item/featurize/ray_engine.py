@@ -1,0 +1,294 @@
+"""``--engine ray``: the featurize run as a Ray Data job.
+
+    driver: plan (content ids, dedup, what the store holds) -> batches of Items, in the order a
+            single-process run forms them
+    tasks:  decode + CLIP preprocessing of one batch               (ds.map, fractional CPUs)
+    actors: the models on one batch -> ImageRecords                 (map_batches, ActorPoolStrategy,
+            each actor loads the models once, num_gpus per actor)
+    sink:   write tasks encode their batches' records as one complete shard file each, uncommitted;
+            on_write_complete (on the driver) commits them to the manifest
+
+One Ray row is one batch of ``batch_size`` images, so every model sees exactly the batches a
+single-process run sees (the same image and crop embeddings, bit for bit on the same device). Text
+embeddings go through each actor's own cache, so a caption or noun may be encoded in another
+company of texts than in one process: equal to float16 rounding, not always bit for bit.
+
+A driver killed mid-job leaves complete, uncommitted shard files (``ray-<uuid>.h5``); the next run
+adopts each one whose rows the store does not hold yet, so nothing is lost or written twice.
+
+The store must be on a filesystem every node of the cluster sees (write tasks write into it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from item.errors import InputError
+
+RAY_MISSING = 'the ray engine needs Ray Data: pip install -e ".[ray]"'
+#: Shards written by Ray write tasks are named ray-<uuid>.h5 (unique per task; the writer's own
+#: shard-NNNNNN.h5 names come from the manifest's count and cannot be chosen by many writers at once).
+RAY_SHARD_PREFIX = "ray-"
+
+
+def import_ray():
+    """The ``ray`` module, or InputError with the one line that says how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise InputError(RAY_MISSING) from None
+    return ray
+
+
+# -- the seam with the store's writer ---------------------------------------------------------------
+# Until the store's writer offers "write a complete shard without committing it" and "commit these
+# entries" itself (a writer split by role, many writers per store), these two functions do it through
+# the current StoreWriter's own shard encoding and commit; nothing else here touches the writer's insides.
+def write_uncommitted_shard(root, compat: dict, records: list) -> dict:
+    """Write ``records`` (ImageRecords) as one complete shard file, not listed in the manifest.
+
+    Returns its manifest entry. Records are checked as ``StoreWriter.add`` checks them.
+    """
+    from item.store import schema
+    from item.store.writer import StoreWriter
+
+    w = StoreWriter.__new__(StoreWriter)  # no lock, no manifest: only the shard encoding is used
+    w.root, w.compat = Path(root), dict(compat)
+    w.embed_dim, w.misalignment_dim = int(compat["embed_dim"]), int(compat["misalignment_dim"])
+    for r in records:
+        w._check_record(r)
+    name = f"{RAY_SHARD_PREFIX}{uuid.uuid4().hex}{schema.SHARD_SUFFIX}"
+    return w._write_shard(records, [], name=name)
+
+
+def commit_entries(writer, entries: list[dict]) -> None:
+    """Commit shard entries made by :func:`write_uncommitted_shard` to the open ``writer``'s manifest."""
+    from item.store import schema
+
+    for entry in entries:
+        writer._commit(entry)
+        writer._load_ids(writer.root / schema.SHARD_DIR / entry["name"])
+
+
+def adopt_uncommitted(writer) -> int:
+    """Commit the complete Ray shards a killed job left unlisted; drop incomplete or overlapping ones.
+
+    A shard is adopted when it is complete, was made with the store's models, and holds no id the
+    store already holds (a task that outlived its driver may have written rows a rerun wrote too).
+    Returns the number adopted.
+    """
+    import h5py
+
+    from item.store import schema
+    from item.store.writer import shard_stats
+
+    shard_dir = writer.root / schema.SHARD_DIR
+    listed = {e["name"] for e in writer.manifest["shards"]}
+    adopted = 0
+    for p in sorted(shard_dir.glob(f"{RAY_SHARD_PREFIX}*{schema.SHARD_SUFFIX}")):
+        if p.name in listed:
+            continue
+        entry = None
+        try:
+            with h5py.File(p, "r") as f:
+                ids = {s.decode("utf-8") for s in f[schema.G_IMAGES][schema.ID][()]}
+                if (bool(f.attrs.get(schema.A_COMPLETE, False))
+                        and json.loads(f.attrs[schema.A_COMPAT]) == writer.compat and not ids & writer.done_ids):
+                    entry = {"name": p.name, **shard_stats(f)}
+        except (OSError, KeyError, ValueError):
+            entry = None
+        if entry is None:
+            p.unlink()
+            continue
+        commit_entries(writer, [entry])
+        adopted += 1
+    return adopted
+
+
+# -- what runs on the cluster -------------------------------------------------------------------------
+def _identity(spec, config):
+    """(compat, models info, CLIP preprocess) of ``spec``: loaded once on a worker, on its CPU."""
+
+    from item.featurize.loading import compat_for, load_models, models_info
+
+    loaded = load_models(spec, "cpu")
+    return compat_for(loaded, config), models_info(loaded), loaded.clip.preprocess
+
+
+def _decode_batch(row: dict, preprocess, perturb: str, max_pixels) -> dict:
+    """One Ray row (a pickled batch of Items) decoded and preprocessed."""
+    from item.featurize.loader import decode_item
+    from item.featurize.perturb import parse_perturb
+
+    perturbation = parse_perturb(perturb or None)
+    t = time.perf_counter()
+    items = [decode_item(it, preprocess, perturbation, max_pixels) for it in pickle.loads(row["payload"])]
+    return {"n": row["n"], "payload": pickle.dumps(items), "decode_s": time.perf_counter() - t}
+
+
+class _ModelActor:
+    """Holds the loaded models (once per actor) and turns decoded batches into ImageRecords."""
+
+    def __init__(self, spec, config):
+        from item.featurize.loading import load_models
+        from item.featurize.steps import Featurizer
+
+        device = "cuda" if config.gpus_per_actor > 0 else config.device
+        self.feat = Featurizer(load_models(spec, device), config)
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        out = {"n": [], "payload": [], "seconds": [], "hits": [], "misses": []}
+        for n, payload, decode_s in zip(batch["n"], batch["payload"], batch["decode_s"]):
+            before = Counter(self.feat.seconds)
+            hits, misses = self.feat.text_hits, self.feat.text_misses
+            records = self.feat.process(pickle.loads(payload))
+            seconds = Counter(self.feat.seconds)
+            seconds.subtract(before)
+            seconds["decode"] += float(decode_s)
+            out["n"].append(int(n))
+            out["payload"].append(pickle.dumps(records))
+            out["seconds"].append(json.dumps(dict(seconds)))
+            out["hits"].append(self.feat.text_hits - hits)
+            out["misses"].append(self.feat.text_misses - misses)
+        return {k: np.array(v, dtype=object if k in ("payload", "seconds") else np.int64) for k, v in out.items()}
+
+
+def _make_sink(root: str, compat: dict, min_rows: int):
+    from ray.data import Datasink
+    from ray.data.block import BlockAccessor
+
+    class ShardSink(Datasink):
+        """Each write task writes its batches' rows as one shard; the driver commits them at the end."""
+
+        def __init__(self):
+            self.writer = None  # the driver's StoreWriter; never shipped to the write tasks
+            self.results: list[dict] = []
+
+        def __getstate__(self):
+            return {"results": []}
+
+        def __setstate__(self, state):
+            self.writer, self.results = None, []
+
+        @property
+        def min_rows_per_write(self):
+            return min_rows  # one row is one batch: about shard_size image rows a shard, ending between batches
+
+        def write(self, blocks, ctx) -> dict:
+            records, seconds, hits, misses, batches = [], Counter(), 0, 0, []
+            for block in blocks:
+                for row in BlockAccessor.for_block(block).iter_rows(public_row_format=True):
+                    batches.append((int(row["n"]), row))
+            for _, row in sorted(batches, key=lambda b: b[0]):
+                records.extend(pickle.loads(row["payload"]))
+                seconds.update(json.loads(row["seconds"]))
+                hits += int(row["hits"])
+                misses += int(row["misses"])
+            t = time.perf_counter()
+            entry = write_uncommitted_shard(root, compat, records) if records else None
+            seconds["write"] += time.perf_counter() - t
+            return {"entry": entry, "seconds": dict(seconds), "hits": hits, "misses": misses,
+                    "examples": [(r.path, r.reason) for r in records if r.status != "ok"][:20]}
+
+        def on_write_complete(self, write_result):
+            self.results = [r for r in write_result.write_returns if r]
+            if self.writer is not None:
+                commit_entries(self.writer, [r["entry"] for r in self.results if r["entry"]])
+
+    return ShardSink()
+
+
+# -- the driver -----------------------------------------------------------------------------------
+def featurize_store_ray(rows, root, *, models, config, progress=None, overwrite=False, command="", lock=None):
+    """Featurize InputRows into the store at ``root`` with a Ray Data job (see the module docstring).
+
+    ``lock``: the store's WriterLock, held by the caller. Returns the RunSummary.
+    """
+    ray = import_ray()
+    from ray.data import ActorPoolStrategy
+
+    from item.featurize.loading import Models
+    from item.featurize.models import ModelSpec, resolve_models
+    from item.featurize.planning import hash_inputs, plan
+    from item.featurize.run import RunSummary
+    from item.store.manifest import now
+    from item.store.writer import StoreWriter
+
+    if config.ray_actors < 1:
+        raise InputError(f"--ray-actors must be at least 1, got {config.ray_actors}")
+    if config.gpus_per_actor < 0:
+        raise InputError(f"--gpus-per-actor must be 0 or more, got {config.gpus_per_actor}")
+    spec = models.spec if isinstance(models, Models) else resolve_models(models) if isinstance(models, str) else models
+    if not isinstance(spec, ModelSpec):
+        raise InputError(f"models must be a preset name, a ModelSpec or loaded Models, not {type(models).__name__}")
+    summary = RunSummary(started=now(), n_inputs=len(rows), device=f"ray ({config.ray_actors} actors)")
+    t0 = time.perf_counter()
+    started_here = not ray.is_initialized()
+    if started_here:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        import logging
+
+        try:
+            ray.init(address=config.ray_address, include_dashboard=False, logging_level=logging.WARNING,
+                     configure_logging=False)
+        except ConnectionError as exc:
+            raise InputError(f"--ray-address {config.ray_address}: cannot connect to a Ray cluster ({exc})") from None
+    try:
+        cpus = config.cpus_per_actor
+        compat, info, preprocess = ray.get(ray.remote(_identity).options(num_cpus=cpus).remote(spec, config))
+        with StoreWriter(root, compat=compat, models=info, recipe=config.recipe, shard_size=config.shard_size,
+                         overwrite=overwrite, command=command, lock=lock) as writer:
+            adopt_uncommitted(writer)
+            ids = hash_inputs(rows)
+            todo, aliases, n_done = plan(rows, ids, writer.done_ids, writer.known_paths)
+            summary.n_already_done, summary.n_duplicates = n_done, len(aliases)
+            bs = config.resolved_batch_size("cuda" if config.gpus_per_actor > 0 else "cpu")
+            batches = [todo[s:s + bs] for s in range(0, len(todo), bs)]
+            sink = _make_sink(str(writer.root), compat, max(1, math.ceil(config.shard_size / bs)))
+            sink.writer = writer
+            if batches:
+                ds = ray.data.from_items([{"n": i, "payload": pickle.dumps(b)} for i, b in enumerate(batches)],
+                                         override_num_blocks=len(batches))
+                ds = ds.map(_decode_batch, fn_kwargs={"preprocess": preprocess, "perturb": config.perturb,
+                                                      "max_pixels": config.max_pixels}, num_cpus=cpus / 2)
+                ds = ds.map_batches(_ModelActor, fn_constructor_kwargs={"spec": spec, "config": config},
+                                    batch_size=1, batch_format="numpy",
+                                    compute=ActorPoolStrategy(size=config.ray_actors),
+                                    num_cpus=cpus, num_gpus=config.gpus_per_actor or None)
+                ds.write_datasink(sink, ray_remote_args={"num_cpus": cpus / 2})
+            reasons, seconds = Counter(), Counter()
+            for r in sink.results:
+                if r["entry"]:
+                    summary.n_written += r["entry"]["n_ok"]
+                    reasons.update(r["entry"]["skipped_by_reason"])
+                seconds.update(r["seconds"])
+                summary.text_cache_hits += r["hits"]
+                summary.text_cache_misses += r["misses"]
+                summary.skipped_examples.extend(r["examples"][:20 - len(summary.skipped_examples)])
+            # Aliases last: each names an image row that is committed by now (or was in an earlier run).
+            for a in aliases:
+                writer.add_alias(a)
+            summary.n_skipped = sum(reasons.values())
+            summary.skipped_by_reason = dict(reasons)
+            summary.stage_seconds = {k: round(v, 3) for k, v in seconds.items()}  # summed over actors and tasks
+            summary.seconds = round(time.perf_counter() - t0, 3)
+            processed = summary.n_written + summary.n_skipped
+            summary.images_per_second = round(processed / summary.seconds, 3) if summary.seconds else 0.0
+            writer.record_run({**summary.to_json(), "engine": "ray", "ray_actors": config.ray_actors,
+                               "gpus_per_actor": config.gpus_per_actor})
+        if progress:
+            progress(len(rows))
+        return summary
+    finally:
+        if started_here:
+            ray.shutdown()

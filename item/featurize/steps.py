@@ -1,0 +1,205 @@
+"""The model steps of one batch: caption -> nouns -> ground -> crops -> CLIP -> misalignment -> records."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+
+from item.errors import InputError
+from item.featurize.config import FeaturizeConfig
+from item.featurize.loader import Item
+from item.featurize.loading import Models
+from item.featurize.nouns import extract_nouns
+from item.featurize.perturb import parse_perturb
+from item.store.writer import ImageRecord, ObjectRecord
+
+#: Skip reason of an image whose embeddings or misalignment came out NaN or infinite (a model
+#: overflow, e.g. in fp16): the image is skipped with this reason and the run goes on.
+NON_FINITE = "non-finite"
+
+
+class Featurizer:
+    """Turns batches of decoded Items into ImageRecords. Keeps the run's text cache and stage timers."""
+
+    def __init__(self, models: Models, config: FeaturizeConfig):
+        from item.misalignment import feature_size
+
+        self.models, self.config = models, config
+        self.text_cache: dict[str, tuple[np.ndarray, bool]] = {}
+        self.text_hits = 0
+        self.text_misses = 0
+        self.seconds: Counter = Counter()
+        self.embed_dim = models.clip.embed_dim
+        self.misalignment_dim = feature_size(config.recipe, self.embed_dim)
+        self.perturbation = str(parse_perturb(config.perturb or None))
+
+    def _timed(self, stage: str, fn, *args):
+        t = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            if str(self.models.device).startswith("cuda"):
+                import torch
+
+                torch.cuda.synchronize()
+            self.seconds[stage] += time.perf_counter() - t
+
+    def texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings of texts through the run's cache: ((n, d) float32, (n,) bool truncated)."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self.text_cache))
+        self.text_misses += len(todo)
+        self.text_hits += len(texts) - len(todo)
+        bs = self.config.clip_batch_size
+        for s in range(0, len(todo), bs):
+            chunk = todo[s:s + bs]
+            emb, trunc = self._timed("clip_text", self.models.clip.encode_texts, chunk)
+            # Cached as float16, the precision the store keeps: half the memory, and a resumed run that
+            # seeds its cache from the store (seed_text_cache) uses exactly the values this run used.
+            for t, e, tr in zip(chunk, emb.astype(np.float16), trunc):
+                self.text_cache[t] = (e, bool(tr))
+        if not texts:
+            return np.zeros((0, self.embed_dim), np.float32), np.zeros(0, bool)
+        return (np.stack([self.text_cache[t][0] for t in texts]).astype(np.float32),
+                np.array([self.text_cache[t][1] for t in texts], bool))
+
+    def seed_text_cache(self, texts, emb: np.ndarray, truncated) -> None:
+        """Put already-encoded texts in the cache: (n,) str, (n, d) float16/32, (n,) bool."""
+        emb = np.asarray(emb).astype(np.float16)
+        for t, e, tr in zip(texts, emb, truncated):
+            self.text_cache.setdefault(str(t), (e, bool(tr)))
+
+    def images(self, pixels: list) -> np.ndarray:
+        import torch
+
+        out = []
+        bs = self.config.clip_batch_size
+        cuda = str(self.models.device).startswith("cuda")
+        for s in range(0, len(pixels), bs):
+            chunk = torch.stack(pixels[s:s + bs])
+            if cuda:  # page-locked, so encode_images' non-blocking copy is asynchronous
+                chunk = chunk.pin_memory()
+            out.append(self._timed("clip_image", self.models.clip.encode_images, chunk))
+        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+
+    def process(self, batch: list[Item]) -> list[ImageRecord]:
+        """Featurize one batch. Skipped Items become rows with status 'skipped' and their reason."""
+        return self.back(self.front(batch))
+
+    def _captions(self, need: list[Item]) -> list[str]:
+        captioner = self.models.captioner
+        out: list[str] = []
+        bs = max(1, int(self.config.caption_batch_size))
+        for s in range(0, len(need), bs):
+            part = need[s:s + bs]
+            pixels = [it.caption_pixels if it.caption_pixels is not None else captioner.prepare(it.image)
+                      for it in part]
+            out.extend(self._timed("caption", captioner.caption_prepared, pixels))
+        return out
+
+    def front(self, batch: list[Item]) -> dict:
+        """Captions, nouns and boxes of one batch (the captioner's and the grounder's forwards)."""
+        good = [it for it in batch if not it.reason]
+        # captions: given ones as is, the captioner for the rest
+        need = [it for it in good if not it.row.caption]
+        if need and self.models.captioner is None:
+            raise InputError(f"{need[0].row.path}: no caption given and --captioner none")
+        generated = self._captions(need) if need else []
+        caption_of = {id(it): (c, self.models.spec.captioner) for it, c in zip(need, generated)}
+        captions, sources = [], []
+        for it in good:
+            c, src = caption_of.get(id(it), (it.row.caption, "given"))
+            captions.append(c or "")
+            sources.append(src)
+        nouns = [extract_nouns(c, max_objects=self.config.max_objects) for c in captions]
+        # grounding: one best box per noun, or None
+        if self.models.grounder is not None and any(nouns):
+            # Like-shaped images share a forward, so little of it is padding.
+            with_nouns = sorted((i for i, n in enumerate(nouns) if n),
+                                key=lambda i: (good[i].image.width / good[i].image.height, i))
+            gbs = self.config.ground_batch_size or (4 if str(self.models.device).startswith("cuda") else 1)
+            boxes = [[None] * len(n) for n in nouns]
+            grounder = self.models.grounder
+            for s in range(0, len(with_nouns), gbs):
+                part = with_nouns[s:s + gbs]
+                prepared = [good[i].ground_input if good[i].ground_input is not None else
+                            grounder.prepare(good[i].image) for i in part]
+                found = self._timed("ground", grounder.ground_prepared, prepared, [nouns[i] for i in part])
+                for i, b in zip(part, found):
+                    boxes[i] = list(b)
+        else:
+            boxes = [[None] * len(n) for n in nouns]
+        return {"batch": batch, "good": good, "captions": captions, "sources": sources, "nouns": nouns,
+                "boxes": boxes}
+
+    def back(self, front: dict) -> list[ImageRecord]:
+        """Crops, CLIP embeddings, misalignment and the records of a batch that went through `front`."""
+        from item.misalignment import compute
+
+        batch, good, captions, sources = front["batch"], front["good"], front["captions"], front["sources"]
+        nouns, boxes = front["nouns"], front["boxes"]
+        # CLIP: whole images and crops in one stream of batches
+        pixels = [it.pixels for it in good]
+        crop_owner = []
+        t = time.perf_counter()
+        for i, (it, bx) in enumerate(zip(good, boxes)):
+            for j, b in enumerate(bx):
+                if b is not None:
+                    crop = it.image.crop((int(np.floor(b.x0)), int(np.floor(b.y0)),
+                                          max(int(np.ceil(b.x1)), int(np.floor(b.x0)) + 1),
+                                          max(int(np.ceil(b.y1)), int(np.floor(b.y0)) + 1)))
+                    pixels.append(self.models.clip.preprocess(crop))
+                    crop_owner.append((i, j))
+        self.seconds["crop"] += time.perf_counter() - t
+        img_emb = self.images(pixels)
+        image_emb, crop_emb = img_emb[:len(good)], img_emb[len(good):]
+        caption_emb, truncated = self.texts(captions)
+        flat_nouns = [n for ns in nouns for n in ns]
+        noun_emb, _ = self.texts(flat_nouns)
+        # misalignment under the store's recipe
+        crop_of = {(i, j): crop_emb[k] for k, (i, j) in enumerate(crop_owner)}
+        obj_image = np.array([i for i, ns in enumerate(nouns) for _ in ns], np.int64)
+        grounded = np.array([boxes[i][j] is not None for i, ns in enumerate(nouns) for j in range(len(ns))], bool)
+        crops_full = np.zeros((len(flat_nouns), self.embed_dim), np.float32)
+        k = 0
+        for i, ns in enumerate(nouns):
+            for j in range(len(ns)):
+                if (i, j) in crop_of:
+                    crops_full[k] = crop_of[(i, j)]
+                k += 1
+        # The store keeps embeddings as float16: compute the vector from what is stored, so that the
+        # misalignment column equals the recipe recomputed from the store, bit for bit.
+        def stored(x):
+            return x.astype(np.float16).astype(np.float32)
+
+        mis = compute(self.config.recipe, stored(image_emb), stored(caption_emb), stored(crops_full),
+                      stored(noun_emb), obj_image, grounded)
+        records = []
+        k = 0
+        by_item = {id(it): i for i, it in enumerate(good)}
+        for it in batch:
+            base = dict(id=it.id, path=it.row.path, label=it.row.label, generator=it.row.generator,
+                        split=it.row.split, perturbation=self.perturbation)
+            if it.reason:
+                records.append(ImageRecord(**base, status="skipped", reason=it.reason))
+                continue
+            i = by_item[id(it)]
+            objects = []
+            for j, noun in enumerate(nouns[i]):
+                b = boxes[i][j]
+                objects.append(ObjectRecord(noun=noun, noun_emb=noun_emb[k],
+                                            box=None if b is None else (b.x0, b.y0, b.x1, b.y1),
+                                            score=0.0 if b is None else float(b.score),
+                                            crop_emb=None if b is None else crop_of[(i, j)]))
+                k += 1
+            vectors = [image_emb[i], caption_emb[i], mis[i]] + [o.noun_emb for o in objects] + \
+                [o.crop_emb for o in objects if o.crop_emb is not None]
+            if not all(np.isfinite(v).all() for v in vectors):
+                records.append(ImageRecord(**base, status="skipped", reason=NON_FINITE))
+                continue
+            records.append(ImageRecord(
+                **base, caption=captions[i], caption_source=sources[i], caption_truncated=bool(truncated[i]),
+                nouns=list(nouns[i]), width=it.width, height=it.height, format=it.format,
+                image_emb=image_emb[i], caption_emb=caption_emb[i], misalignment=mis[i], objects=objects))
+        return records
