@@ -123,8 +123,9 @@ def owlv2_config(name: str):
                       image_size=64, patch_size=16)
         config = Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)
     elif name == "owlv2-random":  # google/owlv2-base-patch16-ensemble: ViT-B/16 at 960, CLIP text 512 wide
-        vocab_size = 30524
-        text = dict(vocab_size=vocab_size, max_position_embeddings=16)
+        vocab = dict(_wordpiece_vocab(30524))
+        text = dict(vocab_size=len(vocab), max_position_embeddings=16, pad_token_id=vocab["[PAD]"],
+                    bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"])
         vision = dict(image_size=960, patch_size=16)
         config = Owlv2Config(text_config=text, vision_config=vision)
     else:
@@ -145,7 +146,22 @@ def build_owlv2(name: str):
     side = config.vision_config.image_size
     image_processor = Owlv2ImageProcessor(size={"height": side, "width": side})
     tokenizer = build_tokenizer(None if name == "owlv2-tiny-random" else config.text_config.vocab_size)
-    return model, Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    try:
+        processor = Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    except (TypeError, ValueError):  # a transformers that insists on OWL's own (CLIP) tokenizer class
+        processor = _Processor(image_processor, tokenizer)
+    return model, processor
+
+
+class _Processor:
+    """The two parts OwlGrounder uses, for a transformers whose Owlv2Processor refuses the tiny tokenizer."""
+
+    def __init__(self, image_processor, tokenizer):
+        self.image_processor, self.tokenizer = image_processor, tokenizer
+
+    def save_pretrained(self, folder) -> None:
+        self.image_processor.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
 
 
 def load_owlv2(name_or_path: str, device: str = "cpu", box_threshold: float = DEFAULT_BOX_THRESHOLD,
