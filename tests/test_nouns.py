@@ -71,17 +71,17 @@ CASES = [
     ("A dog, a dog, and another dog.", ["dog"]),
     ("Sheep grazing in a meadow with cows.", ["sheep", "meadow", "cow"]),
     # prompts of generated images
-    ("woman (fennec ears fox ears:1.1), marble statue, museum", ["woman", "ear", "fox", "statue", "museum"]),
+    ("woman (fennec ears fox ears:1.1), marble statue, museum", ["woman", "ear", "statue", "museum"]),  # fox ears are ears
     ("beautiful landscape scenery glass bottle with a galaxy inside cute fennec fox snow HDR sunset",
      ["glass bottle", "galaxy", "fennec fox", "snow", "sunset"]),
     ("evening sunset scenery blue sky nature, glass bottle with a galaxy in it",
      ["sunset", "sky", "glass bottle", "galaxy"]),
-    ("banana sushi", ["banana", "sushi"]),
+    ("banana sushi", ["sushi"]),  # rules-2: the compound's head
     ("mulan standing in front of a rice paddy", ["rice paddy"]),
     ("a photo of an astronaut riding a horse on mars, highly detailed, 8k, trending on artstation",
      ["astronaut", "horse"]),
     ("portrait of a cat wearing a hat, oil painting, by greg rutkowski, masterpiece, best quality",
-     ["cat", "hat", "painting"]),
+     ["cat", "hat"]),  # rules-2: the medium is never an object
     ("A close-up view of a man kneading dough on a wooden countertop. The man's hands are covered in flour.",
      ["man", "dough", "countertop", "hand", "flour"]),
     # nothing to find

@@ -84,11 +84,13 @@ def eval_cmd(
     as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the tables as JSON to this file "
                                            "('-' for stdout)."),
     as_csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the tables as CSV to this file."),
+    allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Apply a head made under another library "
+                                     "version, device class or precision (rounding-level differences only)."),
 ):
     """Per-generator ACC, real/fake ACC, AP, AUROC and their mean, at each head's validation threshold."""
     from item.classify.train import evaluate
 
-    results = evaluate(store, [str(h) for h in heads], None if split == "all" else split)
+    results = evaluate(store, [str(h) for h in heads], None if split == "all" else split, allow_mixed=allow_mixed)
     random_weights = any(r["info"].get("random_weights") for r in results.values())
     flat = [{"head": name, **row} for name, r in results.items() for row in r["table"]]
     warnings = [w for r in results.values() for w in r["warnings"]]
@@ -124,11 +126,13 @@ def predict_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     batch_size: int = typer.Option(16, help="Images per batch."),
     as_json: bool = typer.Option(False, "--json", help="JSON with per-object detail (noun, box, alignment)."),
+    allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Apply a head made under another library "
+                                     "version, device class or precision (rounding-level differences only)."),
 ):
     """Score image files: P(fake), the label at the head's threshold, the caption."""
     from item.classify.predict import predict
 
-    rows = predict(list(inputs), head, device=device, batch_size=batch_size)
+    rows = predict(list(inputs), head, device=device, batch_size=batch_size, allow_mixed=allow_mixed)
     if as_json:
         emit_json(_strict_json(rows))
         return

@@ -14,26 +14,34 @@ import numpy as np
 
 from item.classify.features import record_features
 from item.classify.heads import load_head
-from item.classify.train import HEAD_COMPAT_KEYS, check_head_fits
+from item.classify.train import HEAD_COMPAT_KEYS, check_head_fits, identity_diff
 from item.errors import IncompatibleError, InputError, StoreError
 from item.store import StoreIndex, StoreReader
 from item.store import schema
 from item.store.index import INDEX_ON, list_indexes
 
 
-def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16):
-    """Featurize files with the models ``compat``/``models`` record. Returns (records, loaded compat)."""
+def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16,
+                   allow_mixed: bool = False):
+    """Featurize files with the models ``compat``/``models`` record. Returns (records, loaded compat).
+
+    Refuses (IncompatibleError) when what loaded here would compute other numbers than ``compat`` records;
+    ``allow_mixed`` lets schema.ALLOW_MIXED_KEYS (library versions, device class, precision) differ."""
     from item.featurize import FeaturizeConfig, ModelSpec, featurize_images, load_models
     from item.featurize.loading import compat_for
+    from item.featurize.nouns import DEFAULT_NOUN_PROMPT
 
     loaded = load_models(ModelSpec.from_head({"compat": compat, "models": models}), device)
+    prompt = compat.get("noun_prompt", DEFAULT_NOUN_PROMPT)
     config = FeaturizeConfig(workers=0, batch_size=batch_size, device=device,
-                             max_objects=int(compat.get("max_objects", 8)), recipe=compat.get("recipe", "hierarchical"))
+                             max_objects=int(compat.get("max_objects", 8)), recipe=compat.get("recipe", "hierarchical"),
+                             noun_prompt=prompt if prompt != schema.UNRECORDED else DEFAULT_NOUN_PROMPT)
     got = compat_for(loaded, config)
-    diff = [k for k in HEAD_COMPAT_KEYS if k in compat and compat[k] != got.get(k)]
+    diff, mixable = identity_diff(compat, got, HEAD_COMPAT_KEYS, allow_mixed)
     if diff:
-        raise IncompatibleError("the models that loaded differ from those recorded: "
-                                + "; ".join(f"{k}: recorded {compat[k]!r}, loaded {got.get(k)!r}" for k in diff))
+        raise IncompatibleError("the models that loaded here differ from those recorded: "
+                                + "; ".join(f"{k}: recorded {compat[k]!r}, loaded {got.get(k)!r}" for k in diff)
+                                + ("; pass --allow-mixed to go on anyway" if mixable else ""))
     return featurize_images(paths, models=loaded, config=config), got
 
 
@@ -56,7 +64,8 @@ def expand_paths(inputs: list[str]) -> list[str]:
     return out
 
 
-def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16) -> list[dict]:
+def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16,
+            allow_mixed: bool = False) -> list[dict]:
     """One dict per image: path, status, p_fake, label (at the head's threshold), caption, objects."""
     from item.misalignment import pair_scores
 
@@ -65,8 +74,9 @@ def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: in
     if not compat:
         raise InputError(f"{head_dir}: the head records no models; it cannot featurize new images")
     paths = expand_paths(inputs)
-    records, got = featurize_like(paths, compat, info.get("models", {}), device=device, batch_size=batch_size)
-    check_head_fits(info, got, "the models loaded for prediction")
+    records, got = featurize_like(paths, compat, info.get("models", {}), device=device, batch_size=batch_size,
+                                  allow_mixed=allow_mixed)
+    check_head_fits(info, got, "the models loaded for prediction", allow_mixed)
     ok = [r for r in records if r.status == schema.STATUS_OK]
     probs = head.predict_proba(record_features(info["recipe"], ok))[:, 1] if ok else np.zeros(0)
     p_of = {id(r): float(p) for r, p in zip(ok, probs)}
@@ -125,7 +135,8 @@ def resolve_query(store, query: str, on: str, *, device: str = "auto") -> tuple[
     column = INDEX_ON[on]
     with StoreReader(store) as reader:
         if os.path.exists(query) and not query.isdigit():
-            records, _ = featurize_like([query], reader.compat, reader.models, device=device)
+            # a lookup tolerates rounding-level differences (another device or precision than the store's)
+            records, _ = featurize_like([query], reader.compat, reader.models, device=device, allow_mixed=True)
             rec = records[0]
             if rec.status != schema.STATUS_OK:
                 raise InputError(f"{query}: cannot be featurized ({rec.reason})")

@@ -17,8 +17,22 @@ from item.store import StoreReader
 from item.store import schema
 
 # What a head must share with any store it scores (and with the models that featurize for it).
+# The store's identity keys are part of it: a head made on fp16 CUDA features, or on GELU-built CLIP ones, is
+# not applied to others unless --allow-mixed says so for the harmless ones (schema.ALLOW_MIXED_KEYS).
+# Heads saved before the identity keys existed record none of them and are checked on the rest.
 HEAD_COMPAT_KEYS = ("clip_model", "clip_pretrained", "embed_dim", "preprocess_hash", "captioner", "grounder",
-                    "random_weights", "max_objects", "ground_size")
+                    "random_weights", "max_objects") + schema.IDENTITY_KEYS
+
+
+def identity_diff(want: dict, have: dict, keys, allow_mixed: bool = False) -> tuple[list[str], bool]:
+    """(keys of ``keys`` that ``want`` records and ``have`` differs in, whether --allow-mixed would allow them all).
+
+    With ``allow_mixed`` the keys of schema.ALLOW_MIXED_KEYS are left out."""
+    diff = [k for k in keys if k in want and want.get(k) != have.get(k)]
+    mixable = bool(diff) and all(k in schema.ALLOW_MIXED_KEYS for k in diff)
+    if allow_mixed:
+        diff = [k for k in diff if k not in schema.ALLOW_MIXED_KEYS]
+    return diff, mixable
 
 
 @dataclass(frozen=True)
@@ -130,31 +144,35 @@ def train_head(store, out, cfg: TrainConfig) -> dict:
     return load_head(out)[1]
 
 
-def check_head_fits(head_info: dict, compat: dict, where: str) -> None:
-    """Refuse a head trained on embeddings of other models / preprocessing than ``compat`` describes."""
+def check_head_fits(head_info: dict, compat: dict, where: str, allow_mixed: bool = False) -> None:
+    """Refuse a head trained on embeddings of other models / preprocessing / identity than ``compat`` describes.
+
+    ``allow_mixed`` lets differences in schema.ALLOW_MIXED_KEYS (library versions, device class, precision) pass.
+    """
     want = head_info.get("compat", {})
-    diff = [f"{k}: head {want.get(k)!r}, {where} {compat.get(k)!r}" for k in HEAD_COMPAT_KEYS
-            if k in want and want.get(k) != compat.get(k)]
+    keys, mixable = identity_diff(want, compat, HEAD_COMPAT_KEYS, allow_mixed)
+    diff = [f"{k}: head {want.get(k)!r}, {where} {compat.get(k)!r}" for k in keys]
     if diff:
-        raise IncompatibleError(f"the head was trained on other models than {where}: " + "; ".join(diff))
+        raise IncompatibleError(f"the head was trained on other models or settings than {where}: " + "; ".join(diff)
+                                + ("; pass --allow-mixed to apply it anyway" if mixable else ""))
     fs = feature_size(head_info["recipe"], int(compat["embed_dim"]))
     if fs != int(head_info["feature_size"]):
         raise HeadError(f"recipe {head_info['recipe']} gives {fs} features here, the head expects "
                         f"{head_info['feature_size']}")
 
 
-def score_rows(store, head_dir, rows=None):
+def score_rows(store, head_dir, rows=None, allow_mixed: bool = False):
     """(scores P(fake) (n,), rows) for the store's rows (default: every labelled ok row)."""
     head, info = load_head(head_dir)
     with StoreReader(store) as reader:
-        check_head_fits(info, reader.compat, f"store {store}")
+        check_head_fits(info, reader.compat, f"store {store}", allow_mixed)
         if rows is None:
             rows = reader.select(label=["real", "fake"])
         X = store_features(reader, info["recipe"], rows)
     return head.predict_proba(X)[:, 1].astype(np.float64), np.asarray(rows), info
 
 
-def evaluate(store, heads: list, split: str | None = "test") -> dict:
+def evaluate(store, heads: list, split: str | None = "test", allow_mixed: bool = False) -> dict:
     """Per-generator tables for each head on the store's ``split`` rows (None: every labelled row).
 
     Returns {head name: {'table': rows, 'scores', 'labels', 'generators', 'threshold', 'info'}}.
@@ -173,7 +191,7 @@ def evaluate(store, heads: list, split: str | None = "test") -> dict:
     out = {}
     names = _head_names(heads)
     for name, head_dir in zip(names, heads):
-        scores, _, info = score_rows(store, head_dir, rows)
+        scores, _, info = score_rows(store, head_dir, rows, allow_mixed)
         table = per_generator_table(scores, labels, gens, info["threshold"])
         out[name] = {"table": table, "scores": scores, "labels": labels, "generators": gens,
                      "threshold": info["threshold"], "info": info, "rows": rows,

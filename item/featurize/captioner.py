@@ -1,9 +1,18 @@
-"""Captioner: BLIP (transformers) run on every image, real and fake alike, when no caption is given."""
+"""Captioner: BLIP (transformers) run on every image, real and fake alike, when no caption is given.
+
+BLIP-large's unconditional captions carry artefacts of its training text: a made-up leading word of the
+"arafed" family ("arafed man in a suit", "araffe giraffe", "arafly dressed woman") and a "there is a ...
+that is ..." frame ("there is a man that is riding a bike"). They say nothing about the image, but CLIP
+encodes every word, so `clean_caption` strips them from the text CLIP encodes; the store keeps the raw
+caption and the encoded one (columns ``caption`` and ``caption_encoded``). Captions given by the user are
+encoded as given. ``CLEANUP_VERSION`` names the rules and is part of a store's identity.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 
 from item.errors import InputError, ModelLoadError
@@ -13,6 +22,50 @@ from item.errors import InputError, ModelLoadError
 GENERATION = {"num_beams": 1, "do_sample": False, "max_new_tokens": 30}
 
 
+#: Bump when `clean_caption` changes what it returns.
+CLEANUP_VERSION = "blip-artefacts-1"
+
+# "arafed", "araffe", "arafly", "araffed", "arrafed", "arav...": never English words.
+_ARTEFACT = re.compile(r"^ar+a+f+[a-z]*$|^arav[a-z]*$")
+# A caption opening with "there is/are", "there's", "this is", "these are": the frame goes, and with it the
+# first relative "that is / who are / which is" that only carries the frame on ("that is riding" -> "riding").
+_FRAME = re.compile(r"^(?:there\s+(?:is|are)|there's|this\s+is|these\s+are)\s+(?=\S)")
+_RELATIVE = re.compile(r"\s(?:that|who|which)\s+(?:is|are)\s+")
+_VOWEL = re.compile(r"^[aeiou]")
+
+
+def clean_caption(caption: str) -> str:
+    """The text CLIP encodes for a BLIP caption: artefact words and the "there is ... that is" frame removed.
+
+    "arafed man in a suit and tie standing in front of a building" -> "man in a suit and tie standing in
+    front of a building"; "there is a dog that is sitting on the couch" -> "a dog sitting on the couch".
+    Whitespace is normalised; the article before a removed word is made to agree ("an arafed man" -> "a
+    man"). A caption that would become empty is returned unchanged (normalised).
+    """
+    text = " ".join(str(caption).split())
+    words = text.split(" ")
+    kept: list[str] = []
+    moved: set[int] = set()  # positions in `kept` of words that stood right before a removed word
+    for w in words:
+        if _ARTEFACT.match(w.lower().strip(",.;:!?'\"")):
+            if kept:
+                moved.add(len(kept) - 1)
+            continue
+        kept.append(w)
+    # articles that stood before a removed word now stand before the next one: make them agree
+    for i in sorted(moved):
+        if i + 1 < len(kept) and kept[i].lower() in ("a", "an"):
+            want = "an" if _VOWEL.match(kept[i + 1].lower()) else "a"
+            kept[i] = want if kept[i].islower() else want.capitalize()
+    out = " ".join(kept)
+    framed = _FRAME.match(out.lower())
+    if framed:
+        out = out[framed.end():]
+        out = _RELATIVE.sub(" ", out, count=1)
+    out = " ".join(out.split())
+    return out or text
+
+
 def _weights_sha256(folder: Path) -> str | None:
     from item.featurize.encoder import file_sha256
 
@@ -20,6 +73,20 @@ def _weights_sha256(folder: Path) -> str | None:
         if (folder / name).is_file():
             return file_sha256(folder / name)
     return None
+
+
+def hub_revision(repo: str, filename: str = "config.json") -> str | None:
+    """The commit of ``repo`` whose ``filename`` the local Hugging Face cache holds (what was loaded), or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(repo, filename)
+    except Exception:  # an odd repo name or cache layout: the revision is simply not recorded
+        return None
+    if not isinstance(path, str):
+        return None
+    commit = Path(path).parent.name
+    return commit if len(commit) == 40 and all(c in "0123456789abcdef" for c in commit) else None
 
 
 def load_hf_pretrained(kind: str, name_or_path: str, model_cls, processor_cls, flag: str):
@@ -52,7 +119,7 @@ def load_hf_pretrained(kind: str, name_or_path: str, model_cls, processor_cls, f
             f"allow network access, set HF_HOME to a cache that holds it, or pass a local folder with {flag}"
         ) from None
     source = {"id": str(local.resolve()) if looks_local else name_or_path}
-    revision = getattr(model.config, "_commit_hash", None)
+    revision = getattr(model.config, "_commit_hash", None) or (None if looks_local else hub_revision(name_or_path))
     if revision:
         source["revision"] = revision
     if looks_local:

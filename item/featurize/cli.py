@@ -45,6 +45,11 @@ def featurize_cmd(
                                              "Pillow's, 89,478,485); 0 removes the limit."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete what the store holds and start afresh."),
+    noun_prompt: str = typer.Option("photo", help="Text each noun is encoded as: photo ('a photo of a "
+                                    "{noun}.') or bare ('{noun}'); recorded in the store."),
+    allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Resume a store made under another library "
+                                     "version, device class or precision (rounding-level differences only; "
+                                     "the run records its own values)."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
     engine: str = typer.Option("local", help="local (this process) or ray (a Ray Data job; needs "
                                'pip install -e ".[ray]").'),
@@ -90,7 +95,7 @@ def featurize_cmd(
     config = FeaturizeConfig(
         batch_size=batch_size, clip_batch_size=clip_batch_size, caption_batch_size=caption_batch_size,
         max_objects=max_objects, workers=workers,
-        shard_size=shard_size, perturb=str(perturbation), device=device,
+        shard_size=shard_size, perturb=str(perturbation), device=device, noun_prompt=noun_prompt,
         max_pixels=(None if max_pixels == 0 else (max_pixels or DEFAULT_MAX_PIXELS)),
         engine=engine, ray_address=ray_address, ray_actors=ray_actors, gpus_per_actor=gpus_per_actor)
     command = "item featurize " + " ".join(sources)
@@ -98,7 +103,10 @@ def featurize_cmd(
          f"{' in ' + str(ray_actors) + ' Ray actors' if engine == 'ray' else ''} ...")
     with progress_bar(len(disc.rows), "featurizing") as advance:
         summary = featurize_store(disc.rows, store, models=spec, config=config, progress=advance,
-                                  overwrite=overwrite, command=command)
+                                  overwrite=overwrite, command=command,
+                                  allow_mixed=allow_mixed)
+    for k, v in summary.mixed_identity.items():
+        warn(f"--allow-mixed: {k} was {v['run']!r} in this run, the store's is {v['store']!r}")
     if as_json:
         emit_json(summary.to_json())
         return

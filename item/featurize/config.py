@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from item.featurize.decode import DEFAULT_MAX_PIXELS
+from item.featurize.nouns import DEFAULT_NOUN_PROMPT
 
 #: How a run is executed: "local" (this process, decoding in worker processes) or "ray" (a Ray Data job).
 ENGINES = ("local", "ray")
@@ -40,6 +41,7 @@ class FeaturizeConfig:
     ray_actors: int = 2  # model actors in the pool (each loads the models once)
     gpus_per_actor: float = 0.0  # GPUs per model actor (0 on CPU; 1 or a fraction on GPU clusters)
     cpus_per_actor: float = 0.5  # below 1 so that actors and the decode tasks fit a small machine
+    noun_prompt: str = DEFAULT_NOUN_PROMPT  # a name in nouns.NOUN_PROMPTS: the text each noun is encoded as
 
     def resolved_batch_size(self, device: str) -> int:
         return self.batch_size or (64 if str(device).startswith("cuda") else 16)

@@ -5,6 +5,15 @@ Pointing at local CLIP weights: pass the checkpoint file (``.safetensors``, ``.b
 also works. For an architecture open_clip does not ship, put open_clip's ``open_clip_config.json``
 (``{"model_cfg": ..., "preprocess_cfg": ...}``, as `item.featurize.tiny.save_tiny_models` writes it) beside
 the checkpoint: it is registered under the given model name before loading.
+
+Models are built as their weights were trained. The activation (QuickGELU or GELU) is an architecture
+switch the weights carry, not the model name: open_clip 3.x builds ``ViT-L-14`` with plain GELU even for
+``pretrained='openai'`` (whose weights were trained with QuickGELU) and only warns. Here it comes from,
+in order: the pretrained tag's config (``open_clip.pretrained.get_pretrained_cfg``); for a local
+checkpoint, ``model_cfg.quick_gelu`` of the ``open_clip_config.json`` beside it (the file open_clip's hub
+repos carry); else the named model config (so OpenAI weights in a bare local file need the
+``-quickgelu`` model name, e.g. ``--clip ViT-B-32-quickgelu``). open_clip's mismatch warning is an error
+here, and the built model is checked to hold the activation it was asked for.
 """
 
 from __future__ import annotations
@@ -89,7 +98,8 @@ class ClipEncoder:
         preprocess: the same as a picklable callable (hand it to DataLoader workers).
         info: JSON-able description: model, pretrained, embed_dim, image_size, preprocess (size, mean, std,
             interpolation, resize mode), preprocess_hash (sha256 of that dict's canonical JSON), weights
-            (sha256 of the checkpoint file, the pretrained tag, or 'random-init-seed-0'), random_weights.
+            (sha256 of the checkpoint file, the pretrained tag, or 'random-init-seed-0'), activation (what the
+            built MLPs use: 'quick_gelu' or 'gelu'), activation_from, open_clip_version, random_weights.
     """
 
     def __init__(self, model, transform, tokenizer, info: dict, device: str):
@@ -196,6 +206,55 @@ def _marked_random(checkpoint: Path | None) -> bool:
         return False
 
 
+def _config_beside(checkpoint: Path | None) -> dict | None:
+    """model_cfg of the open_clip_config.json beside a checkpoint, or None when there is none."""
+    cfg_file = checkpoint.parent / "open_clip_config.json" if checkpoint is not None else None
+    if cfg_file is None or not cfg_file.is_file():
+        return None
+    try:
+        cfg = json.loads(cfg_file.read_text())["model_cfg"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"cannot read CLIP config {cfg_file}: {e}") from None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def trained_activation(model: str, pretrained: str, checkpoint: Path | None = None) -> tuple[bool, str]:
+    """(quick_gelu, where that came from) for the weights `pretrained` of `model`; see the module docstring."""
+    import open_clip
+
+    if pretrained and checkpoint is None:
+        cfg = open_clip.pretrained.get_pretrained_cfg(model, pretrained)
+        if cfg:
+            return bool(cfg.get("quick_gelu", False)), f"pretrained tag {pretrained!r}"
+    beside = _config_beside(checkpoint)
+    if beside is not None:
+        return bool(beside.get("quick_gelu", False)), "open_clip_config.json beside the checkpoint"
+    return bool((open_clip.get_model_config(model) or {}).get("quick_gelu", False)), f"model config {model!r}"
+
+
+def built_activation(model_obj) -> str:
+    """What the built model's MLPs really use: 'quick_gelu', 'gelu', 'mixed' or 'other'."""
+    import torch
+    from open_clip.transformer import QuickGELU
+
+    quick = any(isinstance(m, QuickGELU) for m in model_obj.modules())
+    gelu = any(isinstance(m, torch.nn.GELU) for m in model_obj.modules())
+    return {(True, False): "quick_gelu", (False, True): "gelu", (True, True): "mixed"}.get((quick, gelu), "other")
+
+
+def _hub_source(model: str, tag: str) -> dict:
+    """{'hub': repo, 'revision': commit} of the cached hub files a pretrained tag loaded, where known."""
+    import open_clip
+
+    from item.featurize.captioner import hub_revision
+
+    hub = (open_clip.pretrained.get_pretrained_cfg(model, tag) or {}).get("hf_hub", "").strip("/") if tag else ""
+    if not hub:
+        return {}
+    revision = next(filter(None, (hub_revision(hub, f) for f in _CHECKPOINT_NAMES[:3])), None)
+    return {"hub": hub, **({"revision": revision} if revision else {})}
+
+
 def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
     """Load an open_clip model: `pretrained` is a tag ('openai'), a local checkpoint file / folder, or ''.
 
@@ -224,16 +283,32 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
     # open_clip logs its own failures and its "initialized randomly" notice on the root logger; what
     # went wrong reaches the user as one ModelLoadError line below, and random weights are recorded.
     import logging
+    import warnings
 
+    quick_gelu, quick_gelu_from = trained_activation(model, pretrained, checkpoint)
+    switches: dict = {"force_quick_gelu": quick_gelu}
+    if not quick_gelu and (open_clip.get_model_config(model) or {}).get("quick_gelu") and checkpoint is not None:
+        switches["quick_gelu"] = False  # a '-quickgelu' name with GELU weights: the config beside them decides
     logging.disable(logging.ERROR)
     try:
-        if pretrained:
-            model_obj, _, transform = open_clip.create_model_and_transforms(
-                model, pretrained=str(checkpoint) if checkpoint else pretrained, device=device
-            )
-        else:
-            with tiny.seeded(RANDOM_SEED):
-                model_obj, _, transform = open_clip.create_model_and_transforms(model, pretrained=None, device=device)
+        # open_clip only warns when the activation it builds differs from the one the tag was trained with;
+        # a model built that way computes other numbers than the pretrained one, so it is an error here.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*QuickGELU mismatch.*")
+            if pretrained:
+                model_obj, _, transform = open_clip.create_model_and_transforms(
+                    model, pretrained=str(checkpoint) if checkpoint else pretrained, device=device, **switches
+                )
+            else:
+                with tiny.seeded(RANDOM_SEED):
+                    model_obj, _, transform = open_clip.create_model_and_transforms(
+                        model, pretrained=None, device=device, **switches)
+    except UserWarning as w:
+        raise ModelLoadError(
+            f"CLIP {model} with weights {pretrained!r} would be built with another activation than the weights "
+            f"were trained with ({str(w).splitlines()[0]}); open_clip {open_clip.__version__} cannot build this "
+            f"combination as trained: pick a model name whose config matches the tag"
+        ) from None
     except Exception as e:  # open_clip wraps hub / file errors in RuntimeError; keep the message to one line
         known = open_clip.list_pretrained_tags_by_model(model)
         if checkpoint is not None:
@@ -256,6 +331,13 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
     finally:
         logging.disable(logging.NOTSET)
     model_obj.eval()
+    activation = built_activation(model_obj)
+    if activation != ("quick_gelu" if quick_gelu else "gelu") and activation != "other":
+        raise ModelLoadError(
+            f"CLIP {model}: built with {activation} but its weights were trained with "
+            f"{'quick_gelu' if quick_gelu else 'gelu'} (from {quick_gelu_from}); this open_clip "
+            f"{open_clip.__version__} ignores the switch for this architecture"
+        )
     tokenizer = open_clip.get_tokenizer(model)
 
     pp = dict(model_obj.visual.preprocess_cfg)
@@ -275,6 +357,10 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
         "preprocess": preprocess,
         "preprocess_hash": hashlib.sha256(_canonical_json(preprocess).encode()).hexdigest(),
         "weights": weights,
+        **_hub_source(model, pretrained if checkpoint is None else ""),
+        "activation": activation,
+        "activation_from": quick_gelu_from,
+        "open_clip_version": open_clip.__version__,
         "random_weights": not pretrained or _marked_random(checkpoint),
     }
     return ClipEncoder(model_obj, transform, tokenizer, info, device=str(device))

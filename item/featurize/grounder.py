@@ -8,9 +8,11 @@ the model's queries has a sigmoid probability per text token. For noun j and que
 - query score b[q] = max probability over the tokens of all noun spans (Grounding DINO's box score).
 
 Query q is a candidate for noun j when b[q] >= box_threshold and s[q, j] >= text_threshold (the same two
-thresholds Grounding DINO's own post-processing uses); noun j's box is its candidate with the highest s[q, j],
-and Box.score is that s[q, j]. A noun with no candidate is ungrounded (None). Nouns whose span falls past the
-text model's max_text_len tokens are ungrounded too.
+thresholds Grounding DINO's own post-processing uses) and its box covers at least MIN_BOX_AREA pixels of the
+real image (not of the padding added to small or elongated images); noun j's box is its candidate with the
+highest s[q, j], and Box.score is that s[q, j]. A noun with no candidate is ungrounded (None). Nouns whose
+span falls past the text model's max_text_len tokens are ungrounded too, and so are all nouns of an image
+`not_groundable` refuses (too elongated).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from item.featurize.captioner import autocast_for, load_model_or_random
 
 @dataclass(frozen=True)
 class Box:
-    """A box in pixels of the original image, clipped inside it: 0 <= x0 < x1 <= width, 0 <= y0 < y1 <= height."""
+    """A box in pixels of the original image, clipped inside it: 0 <= x0 < x1 <= width, 0 <= y0 < y1 <= height,
+    covering at least MIN_BOX_AREA pixels of it (or the whole of a smaller image)."""
 
     x0: float
     y0: float
@@ -47,14 +50,39 @@ def build_prompt(nouns: list[str]) -> tuple[str, list[tuple[int, int]]]:
 
 #: Images more elongated than this are padded (right or bottom, grey) before grounding: the detector's
 #: resize caps the long side, and a 10000x10 image would otherwise shrink to feature maps of zero or
-#: one cell, which Grounding DINO's group norms cannot take. Boxes are mapped back and clipped to the image.
+#: one cell, which Grounding DINO's group norms cannot take. Boxes are mapped back to the image.
 MAX_ASPECT = 3.0
 #: Images are also padded to at least this many pixels a side (very small images, same reason).
 MIN_SIDE = 32
+#: Beyond this aspect ratio an image is not grounded at all (its nouns are stored ungrounded, the row's
+#: reason says why): padded to MAX_ASPECT it would be mostly padding, and a 1x50000 image padded at full
+#: size took 16667x50000 pixels (gigabytes) before the detector's own resize.
+MAX_GROUND_ASPECT = 20.0
+#: The padded canvas is never larger than this many pixels: a padded image is shrunk first. The bound sits
+#: well above what the detector's resize keeps (800x1333 for Grounding DINO), so only the padding is saved.
+MAX_CANVAS_PIXELS = 2666 * 2666
+#: A box whose area inside the real image (not the padding) is below this many pixels is no box: its noun
+#: is ungrounded (for images smaller than this, the box must cover the whole image).
+MIN_BOX_AREA = 16.0
+
+
+def not_groundable(width: int, height: int) -> str:
+    """Why an image of this size is not grounded ('' when it is)."""
+    if width < 1 or height < 1:
+        return "not grounded: empty image"
+    aspect = max(width / height, height / width)
+    if aspect > MAX_GROUND_ASPECT:
+        return (f"not grounded: aspect ratio {aspect:.0f}:1 is beyond the grounder's "
+                f"{MAX_GROUND_ASPECT:.0f}:1")
+    return ""
 
 
 def letterbox(image):
-    """(padded RGB image, (padded width, padded height)); the original sits at the top-left corner."""
+    """(padded RGB image, (padded width, padded height) in the original image's pixels).
+
+    The original sits at the top-left corner. When padding is needed and the canvas would exceed
+    MAX_CANVAS_PIXELS, the image is shrunk first, so the canvas never does.
+    """
     from PIL import Image
 
     w, h = image.size
@@ -62,27 +90,30 @@ def letterbox(image):
     ph = max(h, MIN_SIDE, int(np.ceil(w / MAX_ASPECT)))
     if (pw, ph) == (w, h):
         return image, (w, h)
-    canvas = Image.new("RGB", (pw, ph), (124, 116, 104))
+    scale = min(1.0, float(np.sqrt(MAX_CANVAS_PIXELS / (pw * ph))))
+    sw, sh = w, h
+    if scale < 1.0:
+        sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
+        image = image.resize((sw, sh), Image.BICUBIC)
+    cw = max(sw, MIN_SIDE, int(np.ceil(sh / MAX_ASPECT)))
+    ch = max(sh, MIN_SIDE, int(np.ceil(sw / MAX_ASPECT)))
+    canvas = Image.new("RGB", (cw, ch), (124, 116, 104))
     canvas.paste(image, (0, 0))
-    return canvas, (pw, ph)
+    return canvas, (cw * w / sw, ch * h / sh)
 
 
-def _clip_box(cx: float, cy: float, w: float, h: float, width: int, height: int, score: float,
-              pad_w: int | None = None, pad_h: int | None = None) -> Box:
-    """Relative (cx, cy, w, h) in a (pad_w, pad_h) image -> pixel Box clipped inside (width, height)."""
-    pad_w, pad_h = pad_w or width, pad_h or height
-    x0 = min(max((cx - w / 2) * pad_w, 0.0), width)
-    x1 = min(max((cx + w / 2) * pad_w, 0.0), width)
-    y0 = min(max((cy - h / 2) * pad_h, 0.0), height)
-    y1 = min(max((cy + h / 2) * pad_h, 0.0), height)
-    # A box squeezed to nothing by clipping still has to be a region: widen it to one pixel inside the image.
-    if x1 - x0 < 1.0:
-        x0 = min(x0, width - 1.0)
-        x1 = x0 + 1.0
-    if y1 - y0 < 1.0:
-        y0 = min(y0, height - 1.0)
-        y1 = y0 + 1.0
-    return Box(float(x0), float(y0), float(x1), float(y1), float(score))
+def _pixel_boxes(rel, width: int, height: int, pad_w: float, pad_h: float):
+    """(n, 4) relative cx, cy, w, h in a (pad_w, pad_h) canvas -> ((n, 4) boxes clipped to the image,
+    (n,) area of each box inside the real image). A box in the padding has area 0."""
+    import torch
+
+    cx, cy, bw, bh = rel.unbind(-1)
+    x0 = ((cx - bw / 2) * pad_w).clamp(0, width)
+    x1 = ((cx + bw / 2) * pad_w).clamp(0, width)
+    y0 = ((cy - bh / 2) * pad_h).clamp(0, height)
+    y1 = ((cy + bh / 2) * pad_h).clamp(0, height)
+    area = (x1 - x0).clamp(min=0) * (y1 - y0).clamp(min=0)
+    return torch.stack([x0, y0, x1, y1], -1), area
 
 
 @dataclass
@@ -90,25 +121,28 @@ class GroundImage:
     """One image made ready for the detector (picklable: made in the decode workers).
 
     pixel_values: (3, h, w) float32 tensor, resized and normalised by the model's own image processor.
-    size: (width, height) of the original image; padded: (width, height) after `letterbox`.
+    size: (width, height) of the original image; padded: (width, height) of the canvas it was placed on,
+    in the original image's pixels (`letterbox`).
     """
 
     pixel_values: object
     size: tuple[int, int]
-    padded: tuple[int, int]
+    padded: tuple[float, float]
 
 
 class GroundPrep:
     """Picklable image preparation of a grounder (letterbox, resize, normalise): PIL image -> GroundImage.
 
     Runs in the decode worker processes, like CLIP's preprocessing, so the main process only tokenises,
-    runs the forward and selects boxes.
+    runs the forward and selects boxes. Images the grounder does not take (`not_groundable`) give None.
     """
 
     def __init__(self, image_processor):
         self.image_processor = image_processor
 
-    def __call__(self, image) -> GroundImage:
+    def __call__(self, image) -> GroundImage | None:
+        if not_groundable(*image.size):
+            return None
         original = image.convert("RGB")
         rgb, padded = letterbox(original)
         pix = self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"][0]
@@ -133,13 +167,16 @@ def collate_pixels(prepared: list[GroundImage]):
 
 def set_ground_size(image_processor, ground_size: int | None) -> int:
     """Set the detector's input size (shortest side; longest side capped at the same 1333/800 ratio as the
-    model's default) and return the shortest side in effect. None keeps the processor's own size."""
+    model's default) and return the shortest side in effect. None keeps the processor's own size. The new
+    size keeps the type of the old one, so that the recorded ``input_size`` has the same keys either way."""
+    size = image_processor.size
     if ground_size:
         if int(ground_size) < MIN_SIDE:
             raise InputError(f"--ground-size must be at least {MIN_SIDE} pixels, got {ground_size}")
         s = int(ground_size)
-        image_processor.size = {"shortest_edge": s, "longest_edge": int(round(s * 1333 / 800))}
-    size = image_processor.size
+        new = {"shortest_edge": s, "longest_edge": int(round(s * 1333 / 800))}
+        image_processor.size = new if isinstance(size, dict) else type(size)(**new)
+        size = image_processor.size
     shortest = size.get("shortest_edge") if hasattr(size, "get") else getattr(size, "shortest_edge", None)
     return int(shortest or 0)
 
@@ -152,9 +189,9 @@ def to_device(tensor, device: str):
 
 
 class Grounder:
-    """Grounding DINO, batched: one forward pass per `ground` call.
+    """Grounding DINO, batched: one forward pass per `ground_prepared` call.
 
-    info: JSON-able: id, revision or weights_sha256 where known, random_weights, thresholds, ground_size.
+    info: JSON-able: id, revision or weights_sha256 where known, random_weights, thresholds, input size.
     prepare: the picklable image preparation (`GroundPrep`); `ground_prepared` takes its outputs.
     """
 
@@ -181,13 +218,13 @@ class Grounder:
         return self.ground_prepared([self.prepare(im) if n else None for im, n in zip(images, nouns)], nouns)
 
     def ground_prepared(self, prepared: list[GroundImage | None], nouns: list[list[str]]) -> list[list[Box | None]]:
-        """`prepare` outputs (None allowed where an image has no nouns) and nouns -> boxes, as `ground`."""
+        """`prepare` outputs and nouns -> boxes, as `ground`; None (no nouns, or not groundable) grounds nothing."""
         import torch
 
         if len(prepared) != len(nouns):
             raise InputError(f"ground got {len(prepared)} images but {len(nouns)} noun lists")
         result: list[list[Box | None]] = [[None] * len(n) for n in nouns]
-        todo = [i for i, n in enumerate(nouns) if n]
+        todo = [i for i, n in enumerate(nouns) if n and prepared[i] is not None]
         if not todo:
             return result
         prompts, spans = zip(*(build_prompt(nouns[i]) for i in todo))
@@ -226,14 +263,15 @@ class Grounder:
             query_score = torch.where(any_noun[None], p, neg).amax(-1)  # (n_queries,)
             ok = (query_score[:, None] >= self.box_threshold) & (noun_score >= self.text_threshold)
             ok &= span_mask.any(1)[None]  # a noun truncated out of the prompt stays ungrounded
+            px, area = _pixel_boxes(boxes[b], width, height, pad_w, pad_h)
+            ok &= (area >= min(MIN_BOX_AREA, width * height))[:, None]  # boxes in the padding are no boxes
             cand = torch.where(ok, noun_score, torch.tensor(-2.0))
             best_score, best_q = cand.max(0)  # (n_nouns,)
             for j in range(len(spans[b])):
                 if best_score[j] < -1.5:
                     continue
-                cx, cy, w, h = boxes[b, best_q[j]].tolist()
-                result[i][j] = _clip_box(cx, cy, w, h, width, height, float(noun_score[best_q[j], j]),
-                                           pad_w, pad_h)
+                x0, y0, x1, y1 = px[best_q[j]].tolist()
+                result[i][j] = Box(x0, y0, x1, y1, float(noun_score[best_q[j], j]))
         return result
 
 
@@ -246,7 +284,7 @@ GROUNDER_FAMILIES = {
 
 
 def grounder_family(name_or_path: str) -> str:
-    """Which family a --grounder value names: random names by prefix, local folders by their config.json
+    """Which family a --grounder value names: random names by name, local folders by their config.json
     model_type, hub ids by name (an id containing 'owlv2' or 'owlvit' is OWLv2, anything else Grounding DINO)."""
     import json
     from pathlib import Path
@@ -288,11 +326,15 @@ def load_grounder(
     model, processor, source, random_weights = load_model_or_random(
         "grounder", name_or_path, tiny.build_grounding_dino, GroundingDinoForObjectDetection, AutoProcessor,
         "--grounder")
-    size = set_ground_size(processor.image_processor, ground_size)
+    shortest = set_ground_size(processor.image_processor, ground_size)
     model.to(device)
+    size = getattr(getattr(processor, "image_processor", None), "size", None)
     info = {
         **source, "class": type(model).__name__, "family": "grounding-dino", "random_weights": random_weights,
-        "box_threshold": float(box_threshold), "text_threshold": float(text_threshold), "ground_size": size,
+        "ground_size": shortest,
+        "input_size": dict(size) if size is not None else None,
+        "min_box_area": MIN_BOX_AREA, "max_ground_aspect": MAX_GROUND_ASPECT,
+        "box_threshold": float(box_threshold), "text_threshold": float(text_threshold),
         "prompt": "noun . noun . (lower-case)", "noun_score": "max token probability over the noun's span",
     }
     return Grounder(model, processor, info, str(device), box_threshold, text_threshold)

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from item.errors import InputError
 from item.featurize.config import FeaturizeConfig
 from item.featurize.models import ModelSpec
+from item.featurize.nouns import NOUNS_VERSION  # noqa: F401  (importable from here as before)
 from item.featurize.perturb import parse_perturb
-
-NOUNS_VERSION = "rules-1"  # bump when extract_nouns changes its output
 
 
 def resolve_device(device: str) -> str:
@@ -57,10 +56,12 @@ def any_random_weights(models: Models) -> bool:
 
 def compat_for(models: Models, config: FeaturizeConfig) -> dict:
     """What every row of one store shares (see item.store.schema.COMPAT_KEYS)."""
+    from item.featurize.identity import identity_fields
     from item.misalignment import feature_size
 
     clip = models.clip.info
     return {
+        **identity_fields(models, config.noun_prompt),
         "clip_model": clip["model"],
         "clip_pretrained": clip["pretrained"],
         "embed_dim": int(clip["embed_dim"]),
@@ -72,7 +73,6 @@ def compat_for(models: Models, config: FeaturizeConfig) -> dict:
         "random_weights": any_random_weights(models),
         "perturbation": str(parse_perturb(config.perturb or None)),
         "max_objects": int(config.max_objects),
-        "ground_size": int(models.grounder.ground_size) if models.grounder else 0,
     }
 
 
@@ -84,7 +84,7 @@ def models_info(models: Models) -> dict:
         "captioner": models.captioner.info if models.captioner else {"id": "none"},
         "grounder": (dict(models.grounder.info, box_threshold=models.grounder.box_threshold,
                           text_threshold=models.grounder.text_threshold) if models.grounder else {"id": "none"}),
-        "nouns": {"extractor": NOUNS_VERSION},
+        "nouns": {"extractor": NOUNS_VERSION},  # the noun prompt is in compat (noun_prompt)
         "random_weights": any_random_weights(models),
     }
 

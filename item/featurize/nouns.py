@@ -31,7 +31,16 @@ if it (after plural folding) is in the lexicon. The rules, in order:
    "they park"), and its -s form is dropped right after a noun
    ("a man rides", "a bird flies"). An -ing noun (building, painting) after
    an auxiliary or before a determiner is a verb ("is painting a fence").
-6. Duplicates removed, order of first mention kept, at most ``max_objects``.
+6. The image's medium is never an object. Media words (cartoon, anime, illustration, rendering, artwork,
+   watercolor, ...) and media compounds ("digital painting", "oil painting", "concept art", ...) never
+   are; a word that may be an object or the medium (painting, drawing, sketch, poster) is the medium
+   when "of" follows it ("a painting of a woman"), when it modifies a noun, or when its phrase names no
+   other object (a prompt's ", painting"), and an object otherwise ("a painting on the wall").
+7. A compound's head is the object: in a run of adjacent nouns a singular one-word noun modifies the
+   next ("kitchen counter" -> counter, "banana sushi" -> sushi, "laptop computer" -> computer); plurals
+   ("cups plates"), owners ("the dog's ball") and multi-word nouns ("fennec fox snow") stay apart, and a
+   lexicon compound is matched first ("flat screen tv" -> one object).
+8. Duplicates removed, order of first mention kept, at most ``max_objects``.
 """
 
 from __future__ import annotations
@@ -42,6 +51,28 @@ import unicodedata
 from importlib import resources
 
 _MAX_COMPOUND = 4
+
+#: Bump when extract_nouns changes its output (part of a store's identity, compat key ``nouns_version``).
+NOUNS_VERSION = "rules-2"
+
+#: How a noun becomes the text CLIP encodes (noun_emb); the name is recorded (compat key ``noun_prompt``).
+#: DESIGN.md, "Identity of a store and noun prompts", says why the default is the photo template.
+NOUN_PROMPTS = {"photo": "a photo of a {}.", "bare": "{}"}
+DEFAULT_NOUN_PROMPT = "photo"
+
+
+def noun_prompt_template(name: str) -> str:
+    """The template of a noun prompt name; InputError listing the valid names for an unknown one."""
+    if name not in NOUN_PROMPTS:
+        from item.errors import InputError
+
+        raise InputError(f"unknown noun prompt {name!r}; valid: {', '.join(NOUN_PROMPTS)}")
+    return NOUN_PROMPTS[name]
+
+
+def noun_text(noun: str, prompt: str = DEFAULT_NOUN_PROMPT) -> str:
+    """The text CLIP encodes for ``noun`` under the noun prompt ``prompt``: 'dog' -> 'a photo of a dog.'."""
+    return noun_prompt_template(prompt).format(noun)
 
 IRREGULAR = {
     "men": "man", "women": "woman", "people": "person", "persons": "person", "children": "child",
@@ -58,6 +89,17 @@ IRREGULAR = {
     "policewomen": "policewoman", "gentlemen": "gentleman", "ladies": "lady", "skis": "ski",
     "pants": "pants", "fries": "fries", "clothes": "clothes",
 }
+
+#: The image's medium: never an object (see rule 6). Multi-word ones are lexicon compounds, so that they are
+#: matched whole and their words consumed.
+MEDIA = frozenset("""
+cartoon cartoons anime manga illustration rendering render artwork art cgi clipart watercolor watercolour
+""".split()) | frozenset({
+    "digital painting", "digital art", "digital illustration", "oil painting", "acrylic painting",
+    "watercolor painting", "watercolour painting", "pencil drawing", "charcoal drawing", "line drawing",
+    "ink drawing", "concept art", "pixel art", "vector art", "clip art"})
+#: Words that are an object or the image's medium depending on context (rule 6).
+MEDIUM_OR_OBJECT = frozenset("painting drawing sketch poster".split())
 
 #: Nouns that are not objects a detector can box (or are quantifiers / framing words).
 NON_VISUAL = frozenset("""
@@ -122,6 +164,7 @@ zero one two three four five six seven eight nine ten eleven twelve dozen hundre
 third fourth fifth
 """.split())
 
+_POSSESSIVE = "'s"  # a token no rule takes for a noun: it keeps an owner apart from what it owns
 _JUNK = re.compile(r"^(?:ara+f+\w*|arafed|araffe|arafe|arav\w*)$")
 _PHRASE_BREAK = re.compile(r"[,.;:!?()\[\]{}\"/|\n\r\t]+")
 _WEIGHT = re.compile(r":\s*-?\d+(?:\.\d+)?")
@@ -139,6 +182,7 @@ def lexicon() -> tuple[frozenset, frozenset]:
             continue
         (compounds if " " in entry else singles).add(entry)
     singles -= NON_VISUAL
+    singles -= MEDIA
     return frozenset(singles), frozenset(compounds)
 
 
@@ -186,6 +230,7 @@ def _normalise(caption: str) -> list[list[str]]:
     for chunk in _PHRASE_BREAK.split(text):
         tokens = []
         for tok in _TOKEN.findall(chunk):
+            owner = tok.endswith("'s") or tok.endswith("s'")
             if tok.endswith("'s"):
                 tok = tok[:-2]
             elif tok.endswith("s'"):
@@ -194,6 +239,8 @@ def _normalise(caption: str) -> list[list[str]]:
             if not tok or _JUNK.match(tok):
                 continue
             tokens.append(tok)
+            if owner:  # "the dog's ball": the owner is an object of its own, not a modifier (rule 7)
+                tokens.append(_POSSESSIVE)
         if tokens:
             phrases.append(tokens)
     return phrases
@@ -207,7 +254,7 @@ def _is_noun_at(tokens: list[str], i: int) -> bool:
 
 
 def _phrase_nouns(tokens: list[str]) -> list[str]:
-    out: list[str] = []
+    found: list[tuple[str, int, int, bool]] = []  # (noun, first token, end token, may modify the next noun)
     prev_noun = False
     i = 0
     while i < len(tokens):
@@ -218,9 +265,13 @@ def _phrase_nouns(tokens: list[str]) -> list[str]:
             if hit:
                 break
         if hit:
-            out.append(hit)
-            prev_noun = True
-            i += len(hit.split())
+            n = len(hit.split())
+            if hit in MEDIA:  # "digital painting": the medium, not an object
+                prev_noun = False
+            else:
+                found.append((hit, i, i + n, False))  # multi-word nouns stay apart ("fennec fox snow")
+                prev_noun = True
+            i += n
             continue
         tok = tokens[i]
         nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
@@ -232,7 +283,7 @@ def _phrase_nouns(tokens: list[str]) -> list[str]:
                 parts = [p for p in tok.split("-") if p]
                 sub = _phrase_nouns(parts)
                 if sub:
-                    out.extend(sub)
+                    found.extend((x, i, i + 1, False) for x in sub)
                     prev_noun = True
                     i += 1
                     continue
@@ -242,11 +293,26 @@ def _phrase_nouns(tokens: list[str]) -> list[str]:
             noun = None
         if noun is not None:
             noun = _disambiguate(tok, noun, prv, nxt, prev_noun, tokens, i)
+        if noun is not None and noun in MEDIUM_OR_OBJECT and _is_medium(tokens, i):
+            noun = None
         if noun is not None:
-            out.append(noun)
+            found.append((noun, i, i + 1, tok == noun))
         prev_noun = noun is not None
         i += 1
-    return out
+    # rule 7: in a run of adjacent nouns, a singular one-word noun right before another one modifies it
+    return [noun for k, (noun, _, end, modifier) in enumerate(found)
+            if not (modifier and k + 1 < len(found) and found[k + 1][1] == end)]
+
+
+def _is_medium(tokens: list[str], i: int) -> bool:
+    """Whether tokens[i] (painting, drawing, ...) names the image's medium here rather than an object."""
+    nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+    in_style = nxt == "in" and tokens[i + 2:i + 4] == ["the", "style"]
+    if nxt in ("of", "by") or in_style or _is_noun_at(tokens, i + 1):
+        return True  # "a painting of a ship", "a drawing by", "painting in the style of", "painting style"
+    others = [j for j in range(len(tokens)) if j != i and _is_noun_at(tokens, j)
+              and singular(tokens[j]) not in NON_VISUAL]
+    return not others  # a phrase that names nothing else: a prompt's ", oil on canvas painting"
 
 
 def _disambiguate(tok, noun, prv, nxt, prev_noun, tokens, i):

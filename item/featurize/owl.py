@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from item.errors import InputError
 from item.featurize.captioner import autocast_for
-from item.featurize.grounder import Box, GroundImage, _clip_box, to_device
+from item.featurize.grounder import MIN_BOX_AREA, Box, GroundImage, _pixel_boxes, not_groundable, to_device
 
 #: Random builder names of the OWLv2 family (seeded random weights, built offline).
 OWL_RANDOM_NAMES = ("owlv2-tiny-random", "owlv2-random")
@@ -33,7 +33,9 @@ class OwlPrep:
     def __init__(self, image_processor):
         self.image_processor = image_processor
 
-    def __call__(self, image) -> GroundImage:
+    def __call__(self, image) -> GroundImage | None:
+        if not_groundable(*image.size):
+            return None
         rgb = image.convert("RGB")
         pix = self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"][0]
         side = max(rgb.size)
@@ -71,7 +73,7 @@ class OwlGrounder:
         if len(prepared) != len(nouns):
             raise InputError(f"ground got {len(prepared)} images but {len(nouns)} noun lists")
         result: list[list[Box | None]] = [[None] * len(n) for n in nouns]
-        todo = [i for i, n in enumerate(nouns) if n]
+        todo = [i for i, n in enumerate(nouns) if n and prepared[i] is not None]
         if not todo:
             return result
         n_q = max(len(nouns[i]) for i in todo)
@@ -93,12 +95,15 @@ class OwlGrounder:
         for b, i in enumerate(todo):
             width, height = prepared[i].size
             side_w, side_h = prepared[i].padded
-            best, patch = scores[b].max(0)  # (n_q,)
+            px, area = _pixel_boxes(boxes[b], width, height, side_w, side_h)
+            # boxes that lie in the square's padding are no boxes (as for Grounding DINO)
+            s = torch.where((area >= min(MIN_BOX_AREA, width * height))[:, None], scores[b], torch.tensor(-1.0))
+            best, patch = s.max(0)  # (n_q,)
             for j in range(len(nouns[i])):
-                if float(best[j]) < self.box_threshold:
+                if float(best[j]) < max(self.box_threshold, 0.0):
                     continue
-                cx, cy, w, h = boxes[b, patch[j]].tolist()
-                result[i][j] = _clip_box(cx, cy, w, h, width, height, float(best[j]), side_w, side_h)
+                x0, y0, x1, y1 = px[patch[j]].tolist()
+                result[i][j] = Box(x0, y0, x1, y1, float(best[j]))
         return result
 
 
@@ -193,6 +198,7 @@ def load_owlv2(name_or_path: str, device: str = "cpu", box_threshold: float = DE
     info = {
         **source, "class": type(model).__name__, "family": "owlv2", "random_weights": random_weights,
         "box_threshold": float(box_threshold), "ground_size": native,
+        "input_size": {"height": native, "width": native}, "min_box_area": MIN_BOX_AREA,
         "prompt": PROMPT.format("{noun}") + " (one query per noun)", "noun_score": "sigmoid of the query's logit",
         "quality": "not measured in this project (no real weights were reachable)",
     }

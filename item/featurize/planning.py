@@ -12,6 +12,7 @@ import numpy as np
 from item.featurize.decode import DecodeError, file_id
 from item.featurize.inputs import InputRow
 from item.featurize.loader import Item
+from item.featurize.nouns import noun_text
 from item.featurize.steps import Featurizer
 from item.store.writer import AliasRecord, storable_text
 
@@ -69,9 +70,11 @@ def seed_from_store(feat: Featurizer, root) -> None:
 
     with StoreReader(root) as reader:
         rows = reader.select()
-        meta = reader.metadata([schema.CAPTION, schema.CAPTION_TRUNCATED])
+        meta = reader.metadata([schema.CAPTION_ENCODED, schema.CAPTION_TRUNCATED])
         for chunk, emb in reader.iter_chunks(schema.CAPTION_EMB, rows, dtype=np.float16):
-            feat.seed_text_cache(meta[schema.CAPTION][chunk], emb, meta[schema.CAPTION_TRUNCATED][chunk])
+            feat.seed_text_cache(meta[schema.CAPTION_ENCODED][chunk], emb, meta[schema.CAPTION_TRUNCATED][chunk])
+        prompt = feat.config.noun_prompt  # the store's (compat noun_prompt equals this run's)
         for s in range(0, rows.size, 65536):
             objs = reader.objects(rows[s:s + 65536], columns=[schema.NOUN, schema.NOUN_EMB])
-            feat.seed_text_cache(objs[schema.NOUN], objs[schema.NOUN_EMB], np.zeros(len(objs[schema.NOUN]), bool))
+            feat.seed_text_cache([noun_text(n, prompt) for n in objs[schema.NOUN]], objs[schema.NOUN_EMB],
+                                 np.zeros(len(objs[schema.NOUN]), bool))

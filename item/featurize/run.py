@@ -43,6 +43,7 @@ class RunSummary:
     images_per_second: float = 0.0
     device: str = ""
     interrupted: bool = False
+    mixed_identity: dict = field(default_factory=dict)  # allow_mixed: {key: {'store': v, 'run': v}}
 
     @property
     def text_cache_hit_rate(self) -> float:
@@ -85,7 +86,8 @@ def run_overlapped(batches, feat: Featurizer, write) -> None:
 def featurize_rows(rows: list[InputRow], writer, models: Models, config: FeaturizeConfig, *,
                    progress: Callable[[int], None] | None = None,
                    hash_progress: Callable[[int], None] | None = None,
-                   after_batch: Callable[[int], None] | None = None) -> RunSummary:
+                   after_batch: Callable[[int], None] | None = None,
+                   mixed_identity: dict | None = None) -> RunSummary:
     """Featurize ``rows`` into an open StoreWriter; rows whose content is already stored are skipped.
 
     ``after_batch(n_batches_done)`` is called after each batch has been handed to the writer (tests use
@@ -93,7 +95,8 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
     """
     from item.store.manifest import now
 
-    summary = RunSummary(started=now(), n_inputs=len(rows), device=models.device)
+    summary = RunSummary(started=now(), n_inputs=len(rows), device=models.device,
+                         mixed_identity=dict(mixed_identity or {}))
     t0 = time.perf_counter()
     ids = hash_inputs(rows, hash_progress)
     todo, aliases, n_done = plan(rows, ids, writer.done_ids, writer.known_paths)
@@ -178,7 +181,7 @@ def input_rows(sources) -> list[InputRow]:
 
 def featurize_store(sources, store, *, models="default", config: FeaturizeConfig = FeaturizeConfig(),
                     progress: Callable[[int], None] | None = None, overwrite: bool = False,
-                    command: str = "") -> RunSummary:
+                    command: str = "", allow_mixed: bool = False) -> RunSummary:
     """Featurize ``sources`` into the store at ``store`` (created, or resumed where a run stopped).
 
     sources: folders, manifests (.csv / .jsonl) or image files (discovered with their layouts), or a list
@@ -187,6 +190,9 @@ def featurize_store(sources, store, *, models="default", config: FeaturizeConfig
     config: how the run works; ``config.engine`` picks the single-process loop or a Ray Data job.
     progress: called with the number of inputs each batch finished.
     overwrite: delete what the store holds first. command: recorded in the lock note and manifest.
+    allow_mixed: resume a store whose identity differs only in schema.ALLOW_MIXED_KEYS (library versions,
+        device class, precision: rounding-level differences); the run records its own values in the
+        manifest's run entry (``mixed_identity``). Local engine only.
 
     Rows whose content the store already holds are not computed again. Raises InputError,
     IncompatibleError (the store holds other models' rows), LockedError, StoreError.
@@ -212,12 +218,21 @@ def featurize_store(sources, store, *, models="default", config: FeaturizeConfig
         if config.engine == "ray":
             from item.featurize.ray_engine import featurize_store_ray
 
+            if allow_mixed:
+                raise InputError("--allow-mixed works with the local engine only; resume this store without --engine ray")
+
             return featurize_store_ray(rows, root, models=models, config=config, progress=progress,
                                        overwrite=overwrite, command=command, lock=lock)
         loaded = as_models(models, config.device)
-        with StoreWriter(root, compat=compat_for(loaded, config), models=models_info(loaded), recipe=config.recipe,
+        compat, mixed = compat_for(loaded, config), {}
+        if allow_mixed and not overwrite and os.path.isfile(os.path.join(root, "manifest.json")):
+            from item.featurize.identity import adopt_mixable
+            from item.store.manifest import read_manifest
+
+            compat, mixed = adopt_mixable(read_manifest(root)["compat"], compat)
+        with StoreWriter(root, compat=compat, models=models_info(loaded), recipe=config.recipe,
                          shard_size=config.shard_size, overwrite=overwrite, command=command, lock=lock) as writer:
-            return featurize_rows(rows, writer, loaded, config, progress=progress)
+            return featurize_rows(rows, writer, loaded, config, progress=progress, mixed_identity=mixed)
     finally:
         lock.release()
 

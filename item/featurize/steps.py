@@ -11,7 +11,7 @@ from item.errors import InputError
 from item.featurize.config import FeaturizeConfig
 from item.featurize.loader import Item
 from item.featurize.loading import Models
-from item.featurize.nouns import extract_nouns
+from item.featurize.nouns import extract_nouns, noun_text
 from item.featurize.perturb import parse_perturb
 from item.store.writer import ImageRecord, ObjectRecord
 
@@ -100,6 +100,9 @@ class Featurizer:
 
     def front(self, batch: list[Item]) -> dict:
         """Captions, nouns and boxes of one batch (the captioner's and the grounder's forwards)."""
+        from item.featurize.captioner import clean_caption
+        from item.featurize.grounder import not_groundable
+
         good = [it for it in batch if not it.reason]
         # captions: given ones as is, the captioner for the rest
         need = [it for it in good if not it.row.caption]
@@ -107,12 +110,16 @@ class Featurizer:
             raise InputError(f"{need[0].row.path}: no caption given and --captioner none")
         generated = self._captions(need) if need else []
         caption_of = {id(it): (c, self.models.spec.captioner) for it, c in zip(need, generated)}
-        captions, sources = [], []
+        raw_captions, captions, sources = [], [], []
         for it in good:
             c, src = caption_of.get(id(it), (it.row.caption, "given"))
-            captions.append(c or "")
+            raw_captions.append(c or "")
+            # BLIP's artefacts never reach CLIP; a caption the user gave is encoded as given
+            captions.append(c or "" if src == "given" else clean_caption(c or ""))
             sources.append(src)
         nouns = [extract_nouns(c, max_objects=self.config.max_objects) for c in captions]
+        ground_note = {i: not_groundable(it.image.width, it.image.height) for i, it in enumerate(good)
+                       if self.models.grounder is not None and nouns[i]}
         # grounding: one best box per noun, or None
         if self.models.grounder is not None and any(nouns):
             # Like-shaped images share a forward, so little of it is padding.
@@ -130,15 +137,17 @@ class Featurizer:
                     boxes[i] = list(b)
         else:
             boxes = [[None] * len(n) for n in nouns]
-        return {"batch": batch, "good": good, "captions": captions, "sources": sources, "nouns": nouns,
-                "boxes": boxes}
+        return {"batch": batch, "good": good, "raw_captions": raw_captions, "captions": captions,
+                "sources": sources, "nouns": nouns, "boxes": boxes, "ground_note": ground_note}
 
     def back(self, front: dict) -> list[ImageRecord]:
         """Crops, CLIP embeddings, misalignment and the records of a batch that went through `front`."""
+        from item.featurize.crops import square_crop
         from item.misalignment import compute
 
         batch, good, captions, sources = front["batch"], front["good"], front["captions"], front["sources"]
-        nouns, boxes = front["nouns"], front["boxes"]
+        nouns, boxes, raw_captions, ground_note = front["nouns"], front["boxes"], front["raw_captions"], \
+            front["ground_note"]
         # CLIP: whole images and crops in one stream of batches
         pixels = [it.pixels for it in good]
         crop_owner = []
@@ -146,9 +155,7 @@ class Featurizer:
         for i, (it, bx) in enumerate(zip(good, boxes)):
             for j, b in enumerate(bx):
                 if b is not None:
-                    crop = it.image.crop((int(np.floor(b.x0)), int(np.floor(b.y0)),
-                                          max(int(np.ceil(b.x1)), int(np.floor(b.x0)) + 1),
-                                          max(int(np.ceil(b.y1)), int(np.floor(b.y0)) + 1)))
+                    crop = square_crop(it.image, (b.x0, b.y0, b.x1, b.y1))
                     pixels.append(self.models.clip.preprocess(crop))
                     crop_owner.append((i, j))
         self.seconds["crop"] += time.perf_counter() - t
@@ -156,7 +163,7 @@ class Featurizer:
         image_emb, crop_emb = img_emb[:len(good)], img_emb[len(good):]
         caption_emb, truncated = self.texts(captions)
         flat_nouns = [n for ns in nouns for n in ns]
-        noun_emb, _ = self.texts(flat_nouns)
+        noun_emb, _ = self.texts([noun_text(n, self.config.noun_prompt) for n in flat_nouns])
         # misalignment under the store's recipe
         crop_of = {(i, j): crop_emb[k] for k, (i, j) in enumerate(crop_owner)}
         obj_image = np.array([i for i, ns in enumerate(nouns) for _ in ns], np.int64)
@@ -199,7 +206,8 @@ class Featurizer:
                 records.append(ImageRecord(**base, status="skipped", reason=NON_FINITE))
                 continue
             records.append(ImageRecord(
-                **base, caption=captions[i], caption_source=sources[i], caption_truncated=bool(truncated[i]),
+                **base, caption=raw_captions[i], caption_encoded=captions[i], reason=ground_note.get(i, ""),
+                caption_source=sources[i], caption_truncated=bool(truncated[i]),
                 nouns=list(nouns[i]), width=it.width, height=it.height, format=it.format,
                 image_emb=image_emb[i], caption_emb=caption_emb[i], misalignment=mis[i], objects=objects))
         return records

@@ -37,6 +37,7 @@ def info_cmd(store: Path = StoreDir,
     emit(f"shards           {d['n_shards']}  ({d['bytes_on_disk'] / 1e6:.1f} MB on disk)")
     for role, spec in d["models"].items():
         emit(f"model {role:<10} {_describe_model(spec)}")
+    emit("identity         " + ", ".join(f"{k}={v}" for k, v in d["identity"].items()))
     if d["groups"]:
         table(d["groups"], ["generator", "label", "split", "n"], title="rows with status ok:")
     for ix in d["indexes"]:

@@ -77,8 +77,18 @@ def new_manifest(*, compat: dict, models: dict, recipe: str) -> dict:
 
 
 # Older schema versions are read by explicit, step-by-step migrations: MIGRATIONS[v] turns a
-# version-v manifest into version v+1. Version 1 is the first, so there is nothing to migrate yet.
-MIGRATIONS: dict = {}
+# version-v manifest into version v+1.
+def _v1_to_v2(manifest: dict) -> dict:
+    """Schema 2 records a store's identity keys: a schema-1 store never recorded them, so they read as
+    'unrecorded' (a writer or head with a known identity is then refused, naming them). Its shards lack the
+    caption_encoded column; readers take the caption for it (schema.COLUMN_FALLBACK)."""
+    m = dict(manifest)
+    m["compat"] = {**{k: schema.UNRECORDED for k in schema.IDENTITY_KEYS}, **manifest.get("compat", {})}
+    m["schema_version"] = 2
+    return m
+
+
+MIGRATIONS: dict = {1: _v1_to_v2}
 
 
 def check_version(version, what: str) -> None:

@@ -132,7 +132,7 @@ class StoreReader:
         for name in self.shards:
             g = self._file(name)[schema.G_IMAGES]
             for c in schema.METADATA_COLUMNS:
-                raw = g[c][()]
+                raw = g[c if c in g else schema.COLUMN_FALLBACK.get(c, c)][()]  # older shards: see COLUMN_SINCE
                 cols[c].append(_decode(raw) if raw.dtype.kind in "OS" else raw)
         out = {}
         for c in schema.METADATA_COLUMNS:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: image column caption_encoded; identity keys in compat (see manifest.MIGRATIONS)
 STORE_FORMAT = "item-store"
 
 MANIFEST = "manifest.json"
@@ -46,6 +46,7 @@ REASON = "reason"
 CAPTION = "caption"
 CAPTION_SOURCE = "caption_source"
 CAPTION_TRUNCATED = "caption_truncated"
+CAPTION_ENCODED = "caption_encoded"  # the text CLIP encoded (the caption after clean-up)
 NOUNS = "nouns"
 WIDTH = "width"
 HEIGHT = "height"
@@ -114,6 +115,7 @@ IMAGE_COLUMNS = (
     Column(CAPTION, "str"),
     Column(CAPTION_SOURCE, "str"),
     Column(CAPTION_TRUNCATED, "bool"),
+    Column(CAPTION_ENCODED, "str"),
     Column(NOUNS, "str"),
     Column(WIDTH, "int32"),
     Column(HEIGHT, "int32"),
@@ -147,10 +149,26 @@ ALIAS_COLUMNS = (
 METADATA_COLUMNS = tuple(c.name for c in IMAGE_COLUMNS if c.kind not in ("emb", "vec"))
 VECTOR_COLUMNS = (IMAGE_EMB, CAPTION_EMB, MISALIGNMENT)
 
-# Keys of manifest['compat']: rows that differ in any of them never share a store.
+#: Columns added after schema 1: shards written before read them as the named older column (schema 1 stores
+#: encoded the caption as it was, so their encoded caption is the caption).
+COLUMN_SINCE = {CAPTION_ENCODED: 2}
+COLUMN_FALLBACK = {CAPTION_ENCODED: CAPTION}
+
+# Keys of manifest['compat']: rows that differ in any of them never share a store. The identity keys
+# (from clip_activation on) say what decides the numbers beyond the models' names; see
+# item.featurize.identity for what each means.
+IDENTITY_KEYS = ("clip_activation", "crop_mode", "caption_cleanup", "nouns_version", "noun_prompt",
+                 "box_threshold", "text_threshold", "ground_input", "open_clip_version", "transformers_version",
+                 "device_class", "precision")
 COMPAT_KEYS = ("clip_model", "clip_pretrained", "embed_dim", "preprocess_hash", "captioner", "grounder",
-               "recipe", "misalignment_dim", "random_weights", "perturbation", "max_objects",
-               "ground_size")  # ground_size: the grounder's input size (shortest side; 0 = no grounder)
+               "recipe", "misalignment_dim", "random_weights", "perturbation", "max_objects") + IDENTITY_KEYS
+#: Identity keys that ``--allow-mixed`` may override: the same models, weights and texts computed by another
+#: library release, on another device class or in another precision differ at rounding level (fp16 against
+#: fp32: about 1e-3 per embedding), not in what they mean. Everything else (activation, crops, clean-up,
+#: nouns, prompt, thresholds, input size) changes what is computed and is never mixed.
+ALLOW_MIXED_KEYS = ("open_clip_version", "transformers_version", "device_class", "precision")
+#: What a schema-1 store records for an identity key it never had.
+UNRECORDED = "unrecorded"
 
 # Index sidecar keys
 INDEX_ON = ("image", "misalignment")

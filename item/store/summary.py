@@ -48,6 +48,7 @@ def store_info(root) -> dict:
             "misalignment_dim": r.misalignment_dim,
             "recipe": m["recipe"],
             "models": m["models"],
+            "identity": {k: m["compat"].get(k) for k in schema.IDENTITY_KEYS},
             "random_weights": r.random_weights,
             "fingerprint": r.fingerprint,
             "groups": [{"generator": g, "label": lab, "split": s, "n": n}

@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from item.store import schema
 from item.store.writer import ImageRecord, ObjectRecord, StoreWriter
 
 SPLITS = ("train", "val", "test")
@@ -24,7 +25,7 @@ def synthetic_compat(embed_dim: int, misalignment_dim: int, recipe: str = "hiera
     return {"clip_model": "synthetic", "clip_pretrained": "", "embed_dim": embed_dim, "preprocess_hash": "synthetic",
             "captioner": "synthetic", "grounder": "synthetic", "recipe": recipe,
             "misalignment_dim": misalignment_dim, "random_weights": True, "perturbation": "", "max_objects": 8,
-            "ground_size": 0}
+            **{k: "synthetic" for k in schema.IDENTITY_KEYS}}
 
 
 def synthetic_records(n_images: int, embed_dim: int, *, generators=("gen_a", "gen_b"), seed: int = 0,
@@ -68,6 +69,7 @@ def synthetic_records(n_images: int, embed_dim: int, *, generators=("gen_a", "ge
         yield ImageRecord(
             id=f"{seed:08x}{i:056x}", path=f"/synthetic/{gen}/{'fake' if fake else 'real'}/{i:07d}.png",
             label="fake" if fake else "real", generator=gen, split=split, caption=f"synthetic caption {i}",
+            caption_encoded=f"synthetic caption {i}",
             caption_source="synthetic", nouns=[o.noun for o in objects], width=256, height=256, format="PNG",
             image_emb=img, caption_emb=cap, misalignment=mis, objects=objects)
 

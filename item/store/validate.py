@@ -81,7 +81,10 @@ def _check_shard(f, name, entry, d, m, manifest, rep, ids, totals, check_values,
         rep.problems.append(f"{name}: not marked complete")
         return
     try:
-        if json.loads(f.attrs[schema.A_COMPAT]) != manifest["compat"]:
+        shard_compat = json.loads(f.attrs[schema.A_COMPAT])
+        if int(f.attrs.get(schema.A_SCHEMA, -1)) < 2:  # schema 1 recorded no identity keys (manifest._v1_to_v2)
+            shard_compat = {**{k: schema.UNRECORDED for k in schema.IDENTITY_KEYS}, **shard_compat}
+        if shard_compat != manifest["compat"]:
             rep.problems.append(f"{name}: written with other models/preprocessing than the manifest says")
     except (KeyError, ValueError):
         rep.problems.append(f"{name}: no readable compat attribute")
@@ -93,6 +96,8 @@ def _check_shard(f, name, entry, d, m, manifest, rep, ids, totals, check_values,
         g = f[group]
         lengths = set()
         for col in columns:
+            if col.name not in g and schema.COLUMN_SINCE.get(col.name, 1) > int(f.attrs.get(schema.A_SCHEMA, -1)):
+                continue  # a column added after this shard's schema: readers use COLUMN_FALLBACK
             if col.name not in g:
                 rep.problems.append(f"{name}: {group}/{col.name} missing")
                 continue

@@ -56,6 +56,7 @@ class ImageRecord:
     caption: str = ""
     caption_source: str = ""
     caption_truncated: bool = False
+    caption_encoded: str = ""  # the text CLIP encoded (the caption after clean-up)
     nouns: list[str] = field(default_factory=list)
     width: int = 0
     height: int = 0
@@ -202,9 +203,12 @@ class StoreWriter:
             self.manifest = read_manifest(self.root)
             diff = compat_mismatch(self.manifest["compat"], self.compat)
             if diff:
+                mixable = all(k in schema.ALLOW_MIXED_KEYS for k in schema.COMPAT_KEYS
+                              if self.manifest["compat"].get(k) != self.compat.get(k))
                 raise IncompatibleError(
-                    f"{self.root}: refusing to mix rows from different models or preprocessing into one store ("
-                    + "; ".join(diff) + "); use another --store or --overwrite")
+                    f"{self.root}: refusing to mix rows from different models or settings into one store ("
+                    + "; ".join(diff) + "); use another --store or --overwrite"
+                    + (", or --allow-mixed (rounding-level differences only)" if mixable else ""))
         else:
             others = [p for p in self.root.iterdir() if p.name not in (schema.LOCK_FILE, schema.SHARD_DIR)]
             if others:
@@ -450,6 +454,7 @@ class StoreWriter:
             img[schema.CAPTION].append(r.caption)
             img[schema.CAPTION_SOURCE].append(r.caption_source)
             img[schema.CAPTION_TRUNCATED].append(bool(r.caption_truncated))
+            img[schema.CAPTION_ENCODED].append(r.caption_encoded)
             img[schema.NOUNS].append(json.dumps(list(r.nouns), ensure_ascii=False))
             img[schema.WIDTH].append(int(r.width))
             img[schema.HEIGHT].append(int(r.height))

@@ -1,0 +1,74 @@
+"""What decides the numbers of a featurize run, beyond the models' names: the store's identity fields.
+
+Two runs whose identity differs in any of these keys compute different bits for the same image, so they
+never share a store, and a head trained on one is not applied to the other (see
+``item.store.schema.COMPAT_KEYS`` and ``ALLOW_MIXED_KEYS``):
+
+- ``clip_activation``: the activation the built CLIP really uses ('quick_gelu' / 'gelu');
+- ``crop_mode``: how a box becomes CLIP's input (``crops.CROP_MODE``);
+- ``caption_cleanup``: the version of the BLIP artefact clean-up applied before CLIP (``captioner.CLEANUP_VERSION``);
+- ``nouns_version`` and ``noun_prompt``: which nouns are found and the text each is encoded as;
+- ``box_threshold`` / ``text_threshold`` / ``ground_input``: the grounder's thresholds and input size;
+- ``open_clip_version`` / ``transformers_version``: major.minor of the libraries that build the models;
+- ``device_class`` / ``precision``: 'cpu' or 'cuda', and 'fp32' or 'fp16-autocast' (CUDA runs autocast).
+"""
+
+from __future__ import annotations
+
+import json
+
+from item.featurize.captioner import CLEANUP_VERSION
+from item.featurize.crops import CROP_MODE
+from item.featurize.nouns import NOUNS_VERSION, noun_prompt_template
+
+NONE = "-"  # a part of the identity that does not apply (no grounder, no transformers model)
+
+
+def major_minor(version: str) -> str:
+    """'3.3.0' -> '3.3'; '5.0.0.dev0' -> '5.0'."""
+    return ".".join(str(version).split(".")[:2])
+
+
+def precision_for(device: str) -> str:
+    """The arithmetic the models run in on ``device``: CUDA runs them under fp16 autocast, the CPU in fp32."""
+    return "fp16-autocast" if str(device).startswith("cuda") else "fp32"
+
+
+def identity_fields(models, noun_prompt: str) -> dict:
+    """The identity keys of a run with loaded ``models`` (a pipeline.Models) and the given noun prompt name."""
+    import open_clip
+
+    noun_prompt_template(noun_prompt)  # an unknown name is an InputError listing the valid ones
+    uses_transformers = models.captioner is not None or models.grounder is not None
+    if uses_transformers:
+        import transformers
+
+        tf_version = major_minor(transformers.__version__)
+    else:
+        tf_version = NONE
+    g = models.grounder
+    return {
+        "clip_activation": models.clip.info.get("activation", "unknown"),
+        "crop_mode": CROP_MODE if g is not None else NONE,
+        "caption_cleanup": CLEANUP_VERSION if models.captioner is not None else NONE,
+        "nouns_version": NOUNS_VERSION,
+        "noun_prompt": noun_prompt,
+        "box_threshold": float(g.box_threshold) if g is not None else NONE,
+        "text_threshold": float(g.text_threshold) if g is not None else NONE,
+        "ground_input": json.dumps(g.info.get("input_size"), sort_keys=True) if g is not None else NONE,
+        "open_clip_version": major_minor(open_clip.__version__),
+        "transformers_version": tf_version,
+        "device_class": "cuda" if str(models.device).startswith("cuda") else "cpu",
+        "precision": precision_for(models.device),
+    }
+
+
+def adopt_mixable(store_compat: dict, compat: dict) -> tuple[dict, dict]:
+    """``--allow-mixed``: (``compat`` with the store's values for the keys of schema.ALLOW_MIXED_KEYS that
+    differ, {key: {'store': ..., 'run': ...}} for those keys). Every other key is left for the writer to
+    compare (and refuse)."""
+    from item.store import schema
+
+    mixed = {k: {"store": store_compat.get(k), "run": compat.get(k)} for k in schema.ALLOW_MIXED_KEYS
+             if k in store_compat and store_compat.get(k) != compat.get(k)}
+    return {**compat, **{k: store_compat[k] for k in mixed}}, mixed

@@ -1,0 +1,83 @@
+"""``item serve``: the analyst's web page and JSON API over a store and its heads."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from item.cli import guarded, info, warn
+
+SERVE_EXTRA = "pip install 'item-detect[serve]' (FastAPI, uvicorn, python-multipart)"
+
+
+def is_local_host(host: str) -> bool:
+    """True when ``host`` only listens on this machine (loopback address or 'localhost')."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _require_extra() -> None:
+    from item.errors import InputError
+
+    for module in ("fastapi", "uvicorn", "python_multipart"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise InputError(f"item serve needs {module}, which is not installed: {SERVE_EXTRA}") from None
+
+
+def serve_cmd(
+    store: Path = typer.Argument(..., help="A featurized store (opened read-only).", show_default=False),
+    heads: List[Path] = typer.Option(..., "--head", help="Head directory; repeat to show several heads' verdicts."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on. Anything but loopback is reachable by "
+                             "others, and the server has no authentication."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N] (for the models that score uploads)."),
+    k: int = typer.Option(10, "-k", help="Neighbours shown by default."),
+    max_upload_mb: float = typer.Option(20.0, help="Largest upload accepted, in MiB."),
+    max_pixels: Optional[int] = typer.Option(None, help="Largest upload in pixels (default: featurize's, Pillow's "
+                                             "89,478,485); 0 removes the limit."),
+):
+    """Serve a web page and JSON API: score an image, see why, and what it resembles."""
+    from item.errors import InputError
+
+    _require_extra()
+    if not 1 <= port <= 65535:
+        raise InputError(f"--port {port}: give 1..65535")
+    if max_upload_mb <= 0:
+        raise InputError("--max-upload-mb must be positive")
+    if max_pixels is not None and max_pixels < 0:
+        raise InputError("--max-pixels must be 0 (no limit) or positive")
+    import uvicorn
+
+    from item.serve.app import create_app
+    from item.serve.service import MAX_K, ServeConfig, Service
+
+    if not 1 <= k <= MAX_K:
+        raise InputError(f"-k {k}: give 1..{MAX_K}")
+    if not is_local_host(host):
+        warn(f"--host {host}: this server has NO authentication. Anyone who can reach {host}:{port} can upload "
+             "images and read the store's paths, captions and thumbnails. Keep it on 127.0.0.1 (reach it through "
+             "an SSH tunnel) or put it behind a reverse proxy that authenticates.")
+    config = ServeConfig(store=str(store), heads=tuple(str(h) for h in heads), device=device,
+                         max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, k=k)
+    service = Service(config, log=info)
+    if service.random_weights:
+        warn("RANDOM WEIGHTS: a model or head of this server has randomly initialised weights; its scores are "
+             "not detection accuracy")
+    try:
+        info(f"serving on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
+        uvicorn.run(create_app(service), host=host, port=port, log_level="info")
+    finally:
+        service.close()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(guarded(serve_cmd))

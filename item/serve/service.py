@@ -1,0 +1,422 @@
+"""What ``item serve`` loads at start-up and how it answers, as plain dicts (no web framework here).
+
+Loaded once, in :class:`Service`'s constructor: the store (read-only) and its per-image metadata,
+the heads (each checked against the store's models), the featurize models the store records, and
+every fresh FAISS index (a missing or stale one means exact search over the stored vectors).
+Requests never reload any of it.
+
+Concurrency: the web server answers requests in a pool of threads. Two locks serialise what is
+not safe to share: ``model_lock`` in front of the models (one upload is featurized at a time; the
+models hold no per-request state, and on a GPU one forward at a time is also what fits), and
+``store_lock`` in front of the store reader and the indexes (h5py file handles and the reader's
+caches are shared objects). Thumbnails are decoded outside both locks.
+
+Nothing a request sends becomes a path: uploads are written under a name this process makes up in
+a private temporary folder, and thumbnails are served only for ids found in the store, from the
+path the store records.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import tempfile
+import threading
+import uuid
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from item.errors import InputError, ItemError
+
+#: Largest upload accepted by default (bytes).
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+#: Longest caption a request may give (characters).
+MAX_CAPTION_CHARS = 1000
+#: Most neighbours one request may ask for.
+MAX_K = 100
+#: Thumbnail sizes by name: the longest side in pixels.
+THUMB_SIZES = {"small": 160, "large": 512}
+#: Ids are sha256 hex digests; a unique prefix of at least 6 characters is accepted.
+_ID_RE = re.compile(r"^[0-9a-f]{6,64}$")
+
+
+class RequestError(InputError):
+    """A request that cannot be answered; ``status`` is the HTTP status, ``reason`` a short word."""
+
+    def __init__(self, message: str, *, status: int = 400, reason: str = "bad-request"):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``item serve`` serves and its limits."""
+
+    store: str
+    heads: tuple[str, ...]
+    device: str = "auto"
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_pixels: int | None = None  # None: featurize's default (Pillow's limit); 0: no limit
+    k: int = 10
+
+
+def _group(label: str, generator: str) -> str:
+    """The neighbour's vote: reals are one group whatever their source; fakes vote by generator."""
+    if label == "real":
+        return "real"
+    return generator or "(no generator)"
+
+
+def vote(hits: list[dict]) -> list[dict]:
+    """Known generators (and 'real') by vote of the neighbours: share of the k, mean similarity."""
+    count, sims = defaultdict(int), defaultdict(float)
+    for h in hits:
+        g = _group(h["label"], h["generator"])
+        count[g] += 1
+        sims[g] += h["similarity"]
+    n = max(1, len(hits))
+    return sorted(({"generator": g, "votes": count[g], "share": count[g] / n, "mean_similarity": sims[g] / count[g]}
+                   for g in count), key=lambda d: (-d["votes"], -d["mean_similarity"]))
+
+
+class Service:
+    """The store, heads, models and indexes of one ``item serve``, loaded once.
+
+    ``log`` receives progress lines while loading. ``models``: already loaded models to share (an
+    object like :class:`item.serve.featurizer.LoadedModels`); by default the models the store records
+    are loaded. Raises ItemError subclasses (a missing store or head, a head trained on other models,
+    models that do not load).
+    """
+
+    def __init__(self, config: ServeConfig, *, log: Callable[[str], None] = lambda s: None,
+                 models=None):
+        from item.classify.heads import load_head
+        from item.classify.train import check_head_fits
+        from item.featurize.decode import DEFAULT_MAX_PIXELS
+        from item.store import StoreReader, list_indexes
+        from item.store import schema
+
+        if not config.heads:
+            raise InputError("give at least one --head")
+        self.config = config
+        self.max_pixels = DEFAULT_MAX_PIXELS if config.max_pixels is None else (config.max_pixels or None)
+        self.model_lock = threading.Lock()
+        self.store_lock = threading.Lock()
+        log(f"opening store {config.store} (read-only)")
+        self.reader = StoreReader(config.store)
+        self.meta = self.reader.metadata()
+        self.ok_rows = self.reader.select()
+        self._ok = np.zeros(self.reader.n_images, bool)
+        self._ok[self.ok_rows] = True
+        self.facets = {c: sorted(set(self.meta[c][self.ok_rows].astype(str).tolist()))
+                       for c in (schema.LABEL, schema.GENERATOR, schema.SPLIT)}
+        self._row_of_id = {str(i): r for r, i in enumerate(self.meta[schema.ID])}
+        self.heads = []
+        names = set()
+        for h in config.heads:
+            head, info = load_head(h)
+            check_head_fits(info, self.reader.compat, f"store {config.store}")
+            name = Path(h).resolve().name
+            while name in names:
+                name += "'"
+            names.add(name)
+            self.heads.append((name, head, info))
+            log(f"head {name}: {info.get('kind')} on {info['recipe']}, threshold {info['threshold']:.4f}")
+        if models is None:
+            from item.serve.featurizer import LoadedModels
+
+            clip = self.reader.compat.get("clip_model")
+            log(f"loading models ({clip}, {self.reader.compat.get('captioner')}, {self.reader.compat.get('grounder')}"
+                f"{', RANDOM WEIGHTS' if self.reader.random_weights else ''}) ...")
+            models = LoadedModels(self.reader.manifest, device=config.device, max_pixels=self.max_pixels)
+        self.models = models
+        self.indexes, self.index_status = {}, []
+        from item.store import INDEX_ON, StoreIndex
+
+        fresh = {}
+        for info in list_indexes(config.store):
+            self.index_status.append({"on": info.get("on"), "kind": info.get("kind"), "fresh": bool(info.get("fresh")),
+                                      "problem": info.get("problem", "")})
+            if info.get("fresh") and info.get("on") in INDEX_ON and info.get("on") not in fresh:
+                fresh[info["on"]] = info["kind"]
+        for on in INDEX_ON:
+            if on in fresh:
+                self.indexes[on] = StoreIndex(config.store, on=on, kind=fresh[on])
+                log(f"neighbours on {on}: {fresh[on]} index")
+            else:
+                log(f"neighbours on {on}: exact search (no fresh index)")
+        self.random_weights = bool(self.reader.random_weights or self.models.random_weights
+                                   or any(info.get("random_weights") for _, _, info in self.heads))
+        self._upload_dir = tempfile.mkdtemp(prefix="item-serve-")
+        self._thumbs: OrderedDict[tuple[int, str], bytes] = OrderedDict()
+        self._thumb_lock = threading.Lock()
+        log(f"ready: {self.ok_rows.size} images, {len(self.heads)} head(s)"
+            + (" (RANDOM WEIGHTS)" if self.random_weights else ""))
+
+    def close(self) -> None:
+        for ix in self.indexes.values():
+            ix.close()
+        self.reader.close()
+        shutil.rmtree(self._upload_dir, ignore_errors=True)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _k(self, k: int | None) -> int:
+        k = self.config.k if k is None else int(k)
+        if not 1 <= k <= MAX_K:
+            raise RequestError(f"k must be between 1 and {MAX_K}, got {k}", reason="bad-k")
+        return k
+
+    def _on(self, on: str) -> str:
+        from item.store import INDEX_ON
+
+        if on not in INDEX_ON:
+            raise RequestError(f"unknown on={on!r}; choose {', '.join(INDEX_ON)}", reason="bad-on")
+        return on
+
+    def row_of(self, image_id: str) -> int:
+        """The store row of an image id (or a unique prefix of 6+ hex characters); 404 otherwise."""
+        key = str(image_id).lower()
+        if not _ID_RE.match(key):
+            raise RequestError("an image id is 6 to 64 hex characters", status=404, reason="unknown-id")
+        row = self._row_of_id.get(key)
+        if row is None:
+            hits = [r for i, r in self._row_of_id.items() if i.startswith(key)]
+            if len(hits) != 1:
+                raise RequestError(f"no single stored image with id {key}", status=404, reason="unknown-id")
+            row = hits[0]
+        return row
+
+    def _hit(self, row: int, similarity: float) -> dict:
+        from item.store import schema
+
+        m = self.meta
+        return {"id": str(m[schema.ID][row]), "row": int(row), "path": str(m[schema.PATH][row]),
+                "label": str(m[schema.LABEL][row]), "generator": str(m[schema.GENERATOR][row]),
+                "split": str(m[schema.SPLIT][row]), "caption": str(m[schema.CAPTION][row]),
+                "similarity": float(similarity)}
+
+    def _search(self, on: str, vector: np.ndarray, k: int, exclude: set[int]) -> list[dict]:
+        """The k stored rows nearest to ``vector`` (cosine): the fresh index, else exact search."""
+        from item.classify.predict import _exact_search
+        from item.store import INDEX_ON
+
+        vec = np.asarray(vector, np.float32).reshape(1, -1)
+        with self.store_lock:
+            ix = self.indexes.get(on)
+            if ix is not None:
+                hits = ix.search_rows(vec, k, exclude=exclude)[0]
+                return [self._hit(h["row"], h["similarity"]) for h in hits]
+            cand = np.setdiff1d(self.ok_rows, np.array(sorted(exclude), np.int64))
+            if cand.size == 0:
+                return []
+            scores, rows = _exact_search(self.reader, INDEX_ON[on], cand, vec, k)
+        return [self._hit(int(r), float(s)) for s, r in zip(scores[0], rows[0]) if np.isfinite(s)]
+
+    def _lookups(self, image_emb, misalignment, k: int, exclude: set[int]) -> dict:
+        near = {"image": self._search("image", image_emb, k, exclude),
+                "misalignment": self._search("misalignment", misalignment, k, exclude)}
+        return {"neighbors": near["image"], "neighbors_misalignment": near["misalignment"],
+                "generators": [{"on": on, "k": k, "table": vote(hits)} for on, hits in near.items()]}
+
+    def _verdicts(self, features_of: Callable[[str], np.ndarray]) -> list[dict]:
+        out = []
+        for name, head, info in self.heads:
+            p = float(head.predict_proba(features_of(info["recipe"]))[0, 1])
+            out.append({"head": name, "recipe": info["recipe"], "kind": info.get("kind"), "p_fake": p,
+                        "label": "fake" if p >= info["threshold"] else "real", "threshold": float(info["threshold"]),
+                        "threshold_from": info.get("threshold_from", ""),
+                        "random_weights": bool(info.get("random_weights"))})
+        return out
+
+    @staticmethod
+    def _objects(nouns, boxes, grounded, detector, crop_emb, noun_emb) -> list[dict]:
+        """Per noun: its box (x0, y0, x1, y1 in pixels) and score cos(crop_emb, noun_emb); worst marked."""
+        from item.misalignment import pair_scores
+
+        out = []
+        for i, noun in enumerate(nouns):
+            g = bool(grounded[i])
+            score = float(pair_scores(np.asarray(crop_emb[i], np.float32)[None],
+                                      np.asarray(noun_emb[i], np.float32)[None])[0]) if g else None
+            out.append({"noun": str(noun), "grounded": g,
+                        "box": [round(float(v), 1) for v in boxes[i]] if g else None,
+                        "score": score, "detector_score": round(float(detector[i]), 4), "worst": False})
+        scored = sorted((o for o in out if o["score"] is not None), key=lambda o: o["score"])
+        for o in scored[:max(1, len(scored) // 3)]:
+            o["worst"] = True
+        return out
+
+    def _view(self, verdicts: list[dict], **rest) -> dict:
+        first = verdicts[0]
+        return {"p_fake": first["p_fake"], "label": first["label"], "threshold": first["threshold"],
+                "threshold_from": first["threshold_from"], "head": first["head"], "heads": verdicts,
+                **rest, "random_weights": self.random_weights}
+
+    # -- answers -------------------------------------------------------------------------
+    def predict_upload(self, data: bytes, *, filename: str = "", caption: str | None = None,
+                       k: int | None = None) -> dict:
+        """Score one uploaded image: verdict per head, caption, objects, neighbours, generators."""
+        from item.classify.features import record_features
+        from item.featurize.decode import SKIP_REASONS, DecodeError, decode_image
+        from item.store import schema
+
+        k = self._k(k)
+        if len(data) > self.config.max_upload_bytes:
+            raise RequestError(f"the upload is larger than the limit of {self.config.max_upload_bytes} bytes",
+                               status=413, reason="upload-too-large")
+        if caption is not None:
+            caption = caption.strip() or None
+            if caption and len(caption) > MAX_CAPTION_CHARS:
+                raise RequestError(f"the caption has {len(caption)} characters, more than {MAX_CAPTION_CHARS}",
+                                   reason="caption-too-long")
+        # A name this process makes up, in a folder only it writes: nothing from the request is a path.
+        path = os.path.join(self._upload_dir, uuid.uuid4().hex)
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+            try:  # the featurize decode rules, checked before the models are touched
+                decode_image(path, max_pixels=self.max_pixels)
+            except DecodeError as exc:
+                status = 413 if exc.reason == "too-large" else 415
+                raise RequestError(f"not a usable image: {exc.reason} ({SKIP_REASONS[exc.reason]})",
+                                   status=status, reason=exc.reason) from None
+            with self.model_lock:
+                rec = self.models.featurize([path], {path: caption} if caption else None)[0]
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        if rec.status != schema.STATUS_OK:
+            raise RequestError(f"the image could not be featurized: {rec.reason}", status=422, reason=rec.reason)
+        verdicts = self._verdicts(lambda recipe: record_features(recipe, [rec]))
+        objs = rec.objects
+        d = int(np.asarray(rec.image_emb).shape[-1])
+        objects = self._objects([o.noun for o in objs], [o.box for o in objs], [o.box is not None for o in objs],
+                                [o.score for o in objs],
+                                [o.crop_emb if o.crop_emb is not None else np.zeros(d, np.float32) for o in objs],
+                                [o.noun_emb for o in objs])
+        stored = self._row_of_id.get(rec.id)
+        return self._view(verdicts, id=rec.id, filename=filename, caption=rec.caption,
+                          caption_source=rec.caption_source, width=int(rec.width), height=int(rec.height),
+                          objects=objects, in_store=stored is not None,
+                          **self._lookups(rec.image_emb, rec.misalignment, k, set()))
+
+    def row_view(self, image_id: str, k: int | None = None) -> dict:
+        """A stored image's view from its stored embeddings (nothing is re-encoded)."""
+        from item.classify.features import store_features
+        from item.store import schema
+
+        k = self._k(k)
+        row = self.row_of(image_id)
+        m = self.meta
+        if m[schema.STATUS][row] != schema.STATUS_OK:
+            raise RequestError(f"this image was skipped at featurize time ({m[schema.REASON][row]})", status=404,
+                               reason="skipped-row")
+        with self.store_lock:
+            feats = {info["recipe"]: store_features(self.reader, info["recipe"], np.array([row]))
+                     for _, _, info in self.heads}
+            objs = self.reader.objects(np.array([row]))
+            image_emb = self.reader.read(schema.IMAGE_EMB, [row])[0]
+            mis = self.reader.read(schema.MISALIGNMENT, [row])[0]
+        verdicts = self._verdicts(lambda recipe: feats[recipe])
+        objects = self._objects(objs[schema.NOUN], objs[schema.BOX], objs[schema.GROUNDED], objs[schema.SCORE],
+                                objs[schema.CROP_EMB], objs[schema.NOUN_EMB])
+        stored = {c: str(m[c][row]) for c in (schema.PATH, schema.LABEL, schema.GENERATOR, schema.SPLIT)}
+        return self._view(verdicts, id=str(m[schema.ID][row]), row=int(row), stored=stored,
+                          caption=str(m[schema.CAPTION][row]), caption_source=str(m[schema.CAPTION_SOURCE][row]),
+                          width=int(m[schema.WIDTH][row]), height=int(m[schema.HEIGHT][row]), objects=objects,
+                          in_store=True, **self._lookups(image_emb, mis, k, {row}))
+
+    def neighbors(self, image_id: str, k: int | None = None, on: str = "image") -> dict:
+        """The k stored images nearest to a stored one (itself excluded), on image or misalignment vectors."""
+        from item.store import INDEX_ON
+
+        k, on = self._k(k), self._on(on)
+        row = self.row_of(image_id)
+        if not self._ok[row]:
+            raise RequestError("this image was skipped at featurize time", status=404, reason="skipped-row")
+        with self.store_lock:
+            vec = self.reader.read(INDEX_ON[on], [row])[0]
+        hits = self._search(on, vec, k, {row})
+        return {"id": self._hit(row, 1.0)["id"], "on": on, "k": k,
+                "method": f"index {self.indexes[on].kind}" if on in self.indexes else "exact",
+                "neighbors": hits, "generators": vote(hits), "random_weights": self.random_weights}
+
+    def rows(self, *, label: str | None = None, generator: str | None = None, split: str | None = None,
+             offset: int = 0, limit: int = 100) -> dict:
+        """Stored (ok) images matching the filters, a page at a time, and the values each filter takes."""
+        from item.store import schema
+
+        if offset < 0 or not 1 <= limit <= 1000:
+            raise RequestError("offset must be >= 0 and limit between 1 and 1000", reason="bad-page")
+        m = self.meta
+        mask = np.ones(self.ok_rows.size, bool)
+        for col, want in ((schema.LABEL, label), (schema.GENERATOR, generator), (schema.SPLIT, split)):
+            if want:
+                mask &= m[col][self.ok_rows].astype(str) == want
+        rows = self.ok_rows[mask]
+        page = rows[offset:offset + limit]
+        return {"total": int(rows.size), "offset": offset, "limit": limit, "facets": self.facets,
+                "rows": [{k: v for k, v in self._hit(int(r), 1.0).items() if k != "similarity"} for r in page]}
+
+    def thumbnail(self, image_id: str, size: str = "small") -> bytes:
+        """JPEG bytes of a stored image, longest side THUMB_SIZES[size]; only for ids in the store."""
+        from PIL import Image
+
+        from item.featurize.decode import DecodeError, decode_image
+        from item.store import schema
+
+        if size not in THUMB_SIZES:
+            raise RequestError(f"unknown size {size!r}; choose {', '.join(THUMB_SIZES)}", reason="bad-size")
+        row = self.row_of(image_id)
+        key = (row, size)
+        with self._thumb_lock:
+            if key in self._thumbs:
+                self._thumbs.move_to_end(key)
+                return self._thumbs[key]
+        path = str(self.meta[schema.PATH][row])  # recorded by featurize, never taken from the request
+        try:
+            img = decode_image(path, max_pixels=self.max_pixels).image
+        except DecodeError as exc:
+            raise RequestError(f"the stored image's file cannot be read now ({exc.reason})", status=404,
+                               reason=exc.reason) from None
+        img.thumbnail((THUMB_SIZES[size], THUMB_SIZES[size]), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=85)
+        data = buf.getvalue()
+        with self._thumb_lock:
+            self._thumbs[key] = data
+            while len(self._thumbs) > 1024:
+                self._thumbs.popitem(last=False)
+        return data
+
+    def health(self) -> dict:
+        """Store, heads, models and indexes: what this server loaded at start-up."""
+        r = self.reader
+        return {
+            "status": "ok",
+            "store": {"path": str(r.root), "n_images": r.n_images, "n_ok": int(self.ok_rows.size),
+                      "embed_dim": r.embed_dim, "recipe": r.compat.get("recipe"), "fingerprint": r.fingerprint,
+                      "random_weights": r.random_weights},
+            "heads": [{"name": n, "kind": i.get("kind"), "recipe": i["recipe"], "threshold": i["threshold"],
+                       "threshold_from": i.get("threshold_from", ""), "random_weights": bool(i.get("random_weights"))}
+                      for n, _, i in self.heads],
+            "models": {**self.models.info(), "device": str(self.models.device)},
+            "indexes": self.index_status,
+            "neighbors": {on: (f"index {ix.kind}" if (ix := self.indexes.get(on)) else "exact")
+                          for on in ("image", "misalignment")},
+            "limits": {"max_upload_bytes": self.config.max_upload_bytes, "max_pixels": self.max_pixels,
+                       "max_k": MAX_K, "k": self.config.k},
+            "random_weights": self.random_weights,
+        }
+
+
+__all__ = ["ItemError", "RequestError", "ServeConfig", "Service", "vote"]

@@ -1,0 +1,170 @@
+"""A store's identity: what decides its numbers is recorded, shown, and checked on resume and by heads.
+
+Tiny random models throughout: the embeddings mean nothing; only what is recorded and refused is tested.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from item.cli import app
+from item.featurize.models import resolve_models
+from item.featurize.pipeline import FeaturizeConfig, compat_for, featurize_rows, load_models, models_info
+from item.featurize.inputs import discover
+from item.store import StoreReader, StoreWriter, validate
+from item.store import schema
+from item.store.synthetic import synthetic_compat, write_synthetic_store
+
+
+def _manifest(folder: Path, n: int, seed: int = 0, captions=None) -> Path:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        p = folder / f"im{seed}_{i}.png"
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(p)
+        rows.append([str(p), "real" if i % 2 else "fake", (captions or ["a dog on a red couch"])[i % len(captions or [1])]])
+    m = folder / "manifest.csv"
+    with open(m, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "caption"])
+        w.writerows(rows)
+    return m
+
+
+def _featurize(manifest: Path, store: Path, *extra: str):
+    return CliRunner().invoke(app, ["featurize", str(manifest), "--store", str(store), "--models", "tiny-random",
+                                    "--captioner", "none", "--workers", "0", "--device", "cpu", *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_models(resolve_models("tiny-random", captioner="none"), "cpu")
+
+
+def test_store_info_shows_identity(tmp_path):
+    store = tmp_path / "s"
+    r = _featurize(_manifest(tmp_path / "in", 2), store)
+    assert r.exit_code == 0, r.output
+    info = json.loads(CliRunner().invoke(app, ["store", "info", str(store), "--json"]).stdout)
+    ident = info["identity"]
+    assert set(ident) == set(schema.IDENTITY_KEYS)
+    assert ident["clip_activation"] == "gelu"  # the tiny config is GELU and random: nothing to take from a tag
+    assert ident["crop_mode"] == "square-in-image-1"
+    assert ident["nouns_version"] == "rules-2" and ident["noun_prompt"] == "photo"
+    assert ident["caption_cleanup"] == "-"  # no captioner ran
+    assert ident["device_class"] == "cpu" and ident["precision"] == "fp32"
+    assert ident["box_threshold"] == 0.0 and json.loads(ident["ground_input"])  # the grounder's input size
+    assert ident["open_clip_version"].count(".") == 1 and ident["transformers_version"].count(".") == 1
+    text = CliRunner().invoke(app, ["store", "info", str(store)]).stdout
+    assert "identity" in text and "device_class=cpu" in text and "precision=fp32" in text
+
+
+def _store_made_on_cuda(root: Path, manifest: Path, tiny):
+    """A store written through the public writer as a CUDA fp16 run records itself (no GPU here: the rows
+    are computed on the CPU, the identity is the one such a run writes)."""
+    config = FeaturizeConfig(workers=0, batch_size=4)
+    compat = {**compat_for(tiny, config), "device_class": "cuda", "precision": "fp16-autocast"}
+    with StoreWriter(root, compat=compat, models=models_info(tiny), recipe=config.recipe) as w:
+        featurize_rows(discover([str(manifest)]).rows, w, tiny, config)
+
+
+def test_resume_on_other_device_is_refused_with_one_line_and_allow_mixed_overrides(tmp_path, tiny):
+    store = tmp_path / "s"
+    _store_made_on_cuda(store, _manifest(tmp_path / "a", 2, seed=1), tiny)
+    more = _manifest(tmp_path / "b", 2, seed=2)
+    r = _featurize(more, store)
+    assert r.exit_code == 1
+    lines = [ln for ln in r.output.strip().splitlines() if "refusing" in ln]
+    assert len(lines) == 1, r.output
+    assert "device_class: store has 'cuda', new rows have 'cpu'" in lines[0]
+    assert "precision: store has 'fp16-autocast', new rows have 'fp32'" in lines[0]
+    assert "--allow-mixed" in lines[0]
+    with StoreReader(store) as rd:
+        assert rd.n_images == 2  # nothing was written
+
+    r = _featurize(more, store, "--allow-mixed")
+    assert r.exit_code == 0, r.output
+    with StoreReader(store) as rd:
+        assert rd.n_images == 4
+        assert rd.compat["device_class"] == "cuda"  # the store keeps its identity; the run says what it was
+        run = rd.manifest["runs"][-1]
+    assert run["mixed_identity"]["device_class"] == {"store": "cuda", "run": "cpu"}
+
+
+def test_allow_mixed_never_mixes_what_changes_the_numbers(tmp_path):
+    store = tmp_path / "s"
+    assert _featurize(_manifest(tmp_path / "a", 2, seed=1), store).exit_code == 0
+    r = _featurize(_manifest(tmp_path / "b", 2, seed=2), store, "--noun-prompt", "bare", "--allow-mixed")
+    assert r.exit_code == 1
+    assert "noun_prompt: store has 'photo', new rows have 'bare'" in r.output
+    assert "--allow-mixed (rounding" not in r.output
+
+
+def test_unknown_noun_prompt_lists_valid_ones(tmp_path):
+    r = _featurize(_manifest(tmp_path / "a", 1), tmp_path / "s", "--noun-prompt", "fancy")
+    assert r.exit_code == 1 and "photo" in r.output and "bare" in r.output
+
+
+def test_head_from_another_device_is_refused_unless_allow_mixed(tmp_path):
+    a = write_synthetic_store(tmp_path / "a", 120, 16, shard_size=64)
+    head = tmp_path / "head"
+    r = CliRunner().invoke(app, ["train", a, "--out", str(head), "--head", "logistic", "--recipe", "visual"])
+    assert r.exit_code == 0, r.output
+    b = tmp_path / "b"
+    compat = {**synthetic_compat(16, 8), "device_class": "cuda", "precision": "fp16-autocast"}
+    from item.store.synthetic import synthetic_records
+
+    with StoreWriter(b, compat=compat, models={"clip": {}}, recipe="hierarchical") as w:
+        for rec in synthetic_records(120, 16):
+            w.add(rec)
+    r = CliRunner().invoke(app, ["eval", str(b), "--head", str(head)])
+    assert r.exit_code == 1
+    assert "device_class: head 'synthetic'" in r.output and "--allow-mixed" in r.output
+    r = CliRunner().invoke(app, ["eval", str(b), "--head", str(head), "--allow-mixed"])
+    assert r.exit_code == 0, r.output
+
+    c = tmp_path / "c"
+    compat = {**synthetic_compat(16, 8), "clip_activation": "gelu"}
+    with StoreWriter(c, compat=compat, models={"clip": {}}, recipe="hierarchical") as w:
+        for rec in synthetic_records(120, 16):
+            w.add(rec)
+    r = CliRunner().invoke(app, ["eval", str(c), "--head", str(head), "--allow-mixed"])
+    assert r.exit_code == 1 and "clip_activation" in r.output
+
+
+def _as_schema_1(store: Path) -> None:
+    """Rewrite a store as ITEM wrote schema 1: no identity keys, no caption_encoded column."""
+    m = json.loads((store / schema.MANIFEST).read_text())
+    m["schema_version"] = 1
+    m["compat"] = {k: v for k, v in m["compat"].items() if k not in schema.IDENTITY_KEYS}
+    (store / schema.MANIFEST).write_text(json.dumps(m))
+    for shard in (store / schema.SHARD_DIR).glob("*.h5"):
+        with h5py.File(shard, "a") as f:
+            f.attrs[schema.A_SCHEMA] = 1
+            f.attrs[schema.A_COMPAT] = json.dumps(m["compat"], sort_keys=True)
+            del f[schema.G_IMAGES][schema.CAPTION_ENCODED]
+
+
+def test_schema_1_store_stays_readable_and_is_refused_on_resume(tmp_path):
+    store = tmp_path / "s"
+    manifest = _manifest(tmp_path / "a", 2, seed=1, captions=["a cat on a mat", "a dog in a park"])
+    assert _featurize(manifest, store).exit_code == 0
+    _as_schema_1(store)
+    with StoreReader(store) as r:
+        meta = r.metadata([schema.CAPTION, schema.CAPTION_ENCODED])
+        assert list(meta[schema.CAPTION_ENCODED]) == list(meta[schema.CAPTION])  # schema 1 encoded it as is
+        assert r.compat["clip_activation"] == schema.UNRECORDED
+    assert validate(store).ok, validate(store).problems
+    info = json.loads(CliRunner().invoke(app, ["store", "info", str(store), "--json"]).stdout)
+    assert info["identity"]["device_class"] == schema.UNRECORDED
+    r = _featurize(_manifest(tmp_path / "b", 1, seed=3), store)
+    assert r.exit_code == 1 and "clip_activation: store has 'unrecorded'" in r.output
