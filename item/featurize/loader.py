@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -79,6 +80,13 @@ def _as_list(batch):
     return batch
 
 
+def worker_init(parent: int, _worker_id: int) -> None:
+    """First thing in a decoding worker: never hold the store's locks, never outlive the run."""
+    from item.featurize.workers import detach_from_parent_run
+
+    detach_from_parent_run(parent)
+
+
 def iter_decoded(items: list[Item], models: Models, config: FeaturizeConfig):
     """Yield lists of decoded Items (batch_size each), decoding ahead in worker processes."""
     import torch
@@ -94,5 +102,6 @@ def iter_decoded(items: list[Item], models: Models, config: FeaturizeConfig):
     prefetch = 2 if models.grounder is not None else 4
     loader = torch.utils.data.DataLoader(ds, batch_size=config.resolved_batch_size(models.device), shuffle=False,
                                          num_workers=workers, collate_fn=_as_list,
-                                         prefetch_factor=prefetch if workers else None, persistent_workers=False)
+                                         prefetch_factor=prefetch if workers else None, persistent_workers=False,
+                                         worker_init_fn=functools.partial(worker_init, os.getpid()) if workers else None)
     yield from loader

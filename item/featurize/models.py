@@ -128,6 +128,13 @@ PRESETS: dict[str, ModelSpec] = {
 RANDOM_MODEL_NAMES = RANDOM_NAMES + ("owlv2-tiny-random", "owlv2-random")
 
 
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value  # refused below with the field's name
+
+
 def spec_from_record(compat: dict, models: dict, where: str = "the store") -> ModelSpec:
     """Rebuild the ModelSpec a store (or a head) records: ``models["spec"]`` when present (stores written
     since it was recorded), else from the compat keys and the grounder's recorded thresholds (older stores)."""
@@ -143,14 +150,18 @@ def spec_from_record(compat: dict, models: dict, where: str = "the store") -> Mo
         spec = ModelSpec(clip_model=compat["clip_model"], clip_pretrained=compat["clip_pretrained"],
                          captioner=compat["captioner"], grounder=compat["grounder"],
                          random_weights=bool(compat.get("random_weights", False)),
-                         box_threshold=float(grounder.get("box_threshold", defaults["box_threshold"])),
-                         text_threshold=float(grounder.get("text_threshold", defaults["text_threshold"])))
+                         box_threshold=_number(grounder.get("box_threshold", defaults["box_threshold"])),
+                         text_threshold=_number(grounder.get("text_threshold", defaults["text_threshold"])))
     # The compat keys are what the store checks rows against: a spec that disagrees with them is corrupt.
     for key, value in (("clip_model", spec.clip_model), ("clip_pretrained", spec.clip_pretrained),
                        ("captioner", spec.captioner), ("grounder", spec.grounder)):
         if key in compat and compat[key] != value:
             raise InputError(f"{where}: its recorded model spec says {key}={value!r} but its rows were made "
                              f"with {compat[key]!r}")
+    for name in ("box_threshold", "text_threshold"):  # a file users exchange: NaN or text is refused
+        value = getattr(spec, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise InputError(f"{where}: grounder {name} {value!r} is not a number between 0 and 1")
     return spec
 
 

@@ -3,14 +3,19 @@
 Vectors are L2-normalised and searched by inner product, so scores are cosines. Each index has
 three files under DIR/index/: ``ON-KIND.faiss`` (faiss.write_index, no pickle), ``ON-KIND.rows.npy``
 (the store row of every indexed vector, read with allow_pickle=False) and ``ON-KIND.json``, the
-sidecar written last, which makes the index visible. The sidecar lists the shards the index
-covers; when the store's shards differ the index is stale and is refused, never silently used.
+sidecar written last, which makes the index visible. The sidecar records the store fingerprint it
+was built from (compat, and every shard's name, counts, size and checksum) and the size and sha256
+of its two files: an index is fresh only while the store's fingerprint is the same, and it is used
+only when its files are the ones the sidecar describes. A stale, foreign or damaged index is
+refused, never silently used. Building takes ``index.lock`` and ``writer.lock`` shared
+(:class:`~item.store.locks.IndexLock`), so two builds never race and ``--overwrite`` waits.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,6 +26,8 @@ from item import __version__
 from item.errors import InputError, StoreError
 from item.faults import fault
 from item.store import schema
+from item.store import files
+from item.store.locks import IndexLock
 from item.store.manifest import atomic_write_json, check_version, now
 from item.store.reader import StoreReader
 
@@ -344,6 +351,12 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
         raise InputError(f"--target-recall must be in (0, 1], got {target_recall}")
     gpu = _use_gpu(device)
     reader = StoreReader(root)
+    lock = IndexLock(root)
+    try:
+        lock.__enter__()
+    except BaseException:
+        reader.close()
+        raise
     try:
         column = INDEX_ON[on]
         rows = reader.select(status=schema.STATUS_OK)
@@ -383,17 +396,26 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
             tuning = tune_search(index, kind, queries, q_pos, truth.result(), float(target_recall), k)
             p[SEARCH_PARAM[kind]] = tuning["chosen"]
         paths = index_paths(root, on, kind)
-        paths["faiss"].parent.mkdir(exist_ok=True)
-        # The sidecar goes last: a kill before it leaves an old (stale) or no index, never a torn one.
-        if paths["sidecar"].exists():
-            paths["sidecar"].unlink()
-        tmp_index = paths["faiss"].with_name("." + paths["faiss"].name + ".tmp")
-        faiss.write_index(index, str(tmp_index))
-        os.replace(tmp_index, paths["faiss"])
-        tmp_rows = paths["rows"].with_name("." + paths["rows"].name + ".tmp")
-        with open(tmp_rows, "wb") as fh:
-            np.save(fh, rows.astype(np.int64), allow_pickle=False)
-        os.replace(tmp_rows, paths["rows"])
+        # The sidecar goes last and records the checksums of both files: a kill or a failure part way
+        # leaves no index, or an old one whose files no longer match its sidecar (refused), never a
+        # torn one that is used. A failure leaves the temporary files removed.
+        made_dir = not paths["faiss"].parent.exists()
+        try:
+            paths["faiss"].parent.mkdir(exist_ok=True)
+            faiss_sum = _write_index(index, paths["faiss"])
+            del index
+            buf = io.BytesIO()
+            np.save(buf, rows.astype(np.int64), allow_pickle=False)
+            rows_bytes = buf.getvalue()
+            files.atomic_write_bytes(paths["rows"], rows_bytes)
+        except OSError as exc:
+            if made_dir:
+                try:
+                    paths["faiss"].parent.rmdir()
+                except OSError:
+                    pass
+            raise StoreError(f"{root}: cannot write the index ({exc.strerror or exc}); the store is unchanged; "
+                             "fix the cause and build it again") from None
         fault("index-written")
         sidecar = {
             "format": "item-index", "schema_version": schema.SCHEMA_VERSION, "package_version": __version__,
@@ -404,11 +426,55 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
             "tuning": tuning,
             "store_fingerprint": reader.fingerprint, "models": reader.models,
             "random_weights": reader.random_weights,
+            "files": {"faiss": faiss_sum,
+                      "rows": {"bytes": len(rows_bytes), "sha256": hashlib.sha256(rows_bytes).hexdigest()}},
         }
-        atomic_write_json(paths["sidecar"], sidecar)
+        try:
+            atomic_write_json(paths["sidecar"], sidecar)
+        except OSError as exc:
+            raise StoreError(f"{root}: cannot write the index sidecar ({exc.strerror or exc}); the store's rows "
+                             "are unchanged; fix the cause and build it again") from None
         return sidecar
     finally:
         reader.close()
+        lock.__exit__()
+
+
+def _write_index(index, path: Path) -> dict:
+    """Write a faiss index through our own file (new, random name, no symlink followed, hashed as it is
+    written), then rename it into place. Returns its size and sha256."""
+    import faiss
+
+    h = hashlib.sha256()
+    size = 0
+
+    def write(fh):
+        failure: list[BaseException] = []
+
+        def chunk(b) -> int:
+            nonlocal size
+            if failure:
+                return 0
+            try:
+                fh.write(b)
+            except BaseException as exc:  # raised here it would be lost inside faiss: keep it
+                failure.append(exc)
+                return 0
+            h.update(b)
+            size += len(b)
+            return len(b)
+
+        try:
+            faiss.write_index(index, faiss.PyCallbackIOWriter(chunk))
+        except RuntimeError as exc:
+            if failure:
+                raise failure[0] from None
+            raise OSError(5, f"faiss could not write the index ({str(exc).splitlines()[0]})") from None
+        if failure:
+            raise failure[0]
+
+    files.write_with(path, write)
+    return {"bytes": size, "sha256": h.hexdigest()}
 
 
 def list_indexes(root) -> list[dict]:
@@ -432,12 +498,84 @@ def list_indexes(root) -> list[dict]:
 
 
 def _staleness(reader: StoreReader, info: dict) -> str:
-    shards = info.get("shards")
-    if shards != reader.shards:
-        n_have = len(shards) if isinstance(shards, list) else "?"
-        return (f"stale: covers {n_have} shard(s), the store now has {len(reader.shards)}; rebuild with "
-                f"`item store index {reader.root} --on {info.get('on')} --kind {info.get('kind')}`")
+    rebuild = f"rebuild with `item store index {reader.root} --on {info.get('on')} --kind {info.get('kind')}`"
+    if info.get("store_fingerprint") != reader.fingerprint:
+        shards = info.get("shards")
+        if isinstance(shards, list) and set(shards) < set(reader.shards):
+            return f"stale: covers {len(shards)} of the store's {len(reader.shards)} shards; {rebuild}"
+        return f"stale or foreign: built for other store contents than these (fingerprint differs); {rebuild}"
+    if info.get("on") not in INDEX_ON or info.get("kind") not in INDEX_KINDS:
+        return f"unknown kind or target ({info.get('kind')!r} on {info.get('on')!r}); {rebuild}"
     return ""
+
+
+def _digest(path: Path, block: int = 1 << 22) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(block)
+            if not chunk:
+                return n, h.hexdigest()
+            n += len(chunk)
+            h.update(chunk)
+
+
+def verify_index_files(root, info: dict, *, check_sums: bool = True, open_index: bool = False) -> str:
+    """What is wrong with an index's .faiss and .rows.npy against its sidecar ('' when nothing).
+
+    Checks presence, sizes, checksums (``check_sums``), the rows file (int64, in range, no repeats) and,
+    with ``open_index``, reads the index and compares its size and dimension. Never raises.
+    """
+    side = Path(root) / schema.INDEX_DIR / info["file"]
+    base = side.with_suffix("")
+    paths = {"faiss": base.with_suffix(".faiss"), "rows": Path(str(base) + ".rows.npy")}
+    recorded = info.get("files") if isinstance(info.get("files"), dict) else {}
+    for key, path in paths.items():
+        if not path.is_file():
+            return f"its {path.name} is missing"
+        rec = recorded.get(key)
+        if not isinstance(rec, dict):
+            return f"the sidecar records no checksum of {path.name} (built by an older ITEM); rebuild it"
+        if path.stat().st_size != rec.get("bytes"):
+            return f"{path.name} has {path.stat().st_size} bytes, the sidecar says {rec.get('bytes')}"
+        if check_sums and _digest(path)[1] != rec.get("sha256"):
+            return f"{path.name} differs from the file this index was built with (sha256 mismatch)"
+    try:
+        rows = np.load(paths["rows"], allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        return f"unreadable rows file ({exc})"
+    if rows.dtype != np.int64 or rows.ndim != 1 or rows.size != info.get("count"):
+        return f"rows file holds {rows.size} {rows.dtype} values, the sidecar says {info.get('count')} int64"
+    if not open_index:
+        return ""
+    try:
+        import faiss
+
+        index = faiss.read_index(str(paths["faiss"]))
+    except Exception as exc:  # faiss raises RuntimeError for a file that is not an index
+        return f"unreadable .faiss file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    if index.ntotal != rows.size or index.d != info.get("dim"):
+        return f"holds {index.ntotal} vectors of {index.d}, the sidecar says {info.get('count')} of {info.get('dim')}"
+    return ""
+
+
+def hit_rows(reader: StoreReader, scores: np.ndarray, rows: np.ndarray, k: int,
+             exclude: set[int] | None = None) -> list[list[dict]]:
+    """Search results as lists of dicts with each hit row's metadata (read for those rows only)."""
+    wanted = np.unique(rows[rows >= 0])
+    meta = reader.metadata([schema.ID, schema.PATH, schema.LABEL, schema.GENERATOR, schema.SPLIT, schema.CAPTION],
+                           rows=wanted)
+    at = {int(r): i for i, r in enumerate(wanted)}
+    out = []
+    for srow, rrow in zip(scores, rows):
+        hits = []
+        for s, r in zip(srow, rrow):
+            if r < 0 or (exclude and int(r) in exclude):
+                continue
+            hits.append({"row": int(r), "similarity": float(s), **{c: str(v[at[int(r)]]) for c, v in meta.items()}})
+        out.append(hits[:k])
+    return out
 
 
 class StoreIndex:
@@ -456,16 +594,35 @@ class StoreIndex:
                              f"`item store index {root} --on {on} --kind {kind or 'flat'}`".replace("  ", " "))
         self.kind = found[0]
         paths = index_paths(root, on, self.kind)
-        self.info = json.loads(paths["sidecar"].read_text("utf-8"))
-        check_version(self.info.get("schema_version"), str(paths["sidecar"]))
-        problem = _staleness(self.reader, self.info)
-        if problem:
-            raise StoreError(f"{paths['sidecar'].name}: {problem}")
-        self.index = faiss.read_index(str(paths["faiss"]))
-        self.rows = np.load(paths["rows"], allow_pickle=False)
-        if self.index.ntotal != self.rows.size or self.rows.size != self.info["count"]:
-            raise StoreError(f"{paths['faiss'].name}: holds {self.index.ntotal} vectors, rows file "
-                             f"{self.rows.size}, sidecar {self.info['count']}: rebuild the index")
+        rebuild = f"rebuild it with `item store index {root} --on {on} --kind {self.kind}`"
+        try:
+            self.info = json.loads(paths["sidecar"].read_text("utf-8"))
+            if not isinstance(self.info, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            self.reader.close()
+            raise StoreError(f"{paths['sidecar'].name}: unreadable index sidecar ({exc}); {rebuild}") from None
+        self.info["file"] = paths["sidecar"].name
+        try:
+            check_version(self.info.get("schema_version"), str(paths["sidecar"]))
+            problem = _staleness(self.reader, self.info) or verify_index_files(root, self.info)
+            if problem:
+                raise StoreError(f"{paths['sidecar'].name}: {problem}")
+            try:
+                self.index = faiss.read_index(str(paths["faiss"]))
+            except Exception as exc:
+                raise StoreError(f"{paths['faiss'].name}: unreadable index ({str(exc).splitlines()[0]}); "
+                                 f"{rebuild}") from None
+            self.rows = np.load(paths["rows"], allow_pickle=False)
+            if self.index.ntotal != self.rows.size or self.rows.size != self.info["count"] \
+                    or self.index.d != int(self.info["dim"]):
+                raise StoreError(f"{paths['faiss'].name}: holds {self.index.ntotal} vectors, rows file "
+                                 f"{self.rows.size}, sidecar {self.info['count']}: {rebuild}")
+            if self.rows.size and (self.rows.min() < 0 or self.rows.max() >= self.reader.n_images):
+                raise StoreError(f"{paths['rows'].name}: rows outside the store; {rebuild}")
+        except BaseException:
+            self.reader.close()
+            raise
         self.on = on
         self.dim = int(self.info["dim"])
         p = self.info.get("params", {})
@@ -498,6 +655,7 @@ class StoreIndex:
             return
         self.device = "cuda"
 
+
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """(n_queries, dim) -> (scores (n_queries, k) float32 cosine, rows (n_queries, k) int64; -1 = none)."""
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
@@ -512,17 +670,7 @@ class StoreIndex:
         """Like :meth:`search`, with each hit as a dict of the row's metadata (row, id, path, label, ...)."""
         extra = len(exclude) if exclude else 0
         scores, rows = self.search(queries, k + extra)
-        meta = self.reader.metadata([schema.ID, schema.PATH, schema.LABEL, schema.GENERATOR, schema.SPLIT,
-                                     schema.CAPTION])
-        out = []
-        for srow, rrow in zip(scores, rows):
-            hits = []
-            for s, r in zip(srow, rrow):
-                if r < 0 or (exclude and int(r) in exclude):
-                    continue
-                hits.append({"row": int(r), "similarity": float(s), **{c: str(v[r]) for c, v in meta.items()}})
-            out.append(hits[:k])
-        return out
+        return hit_rows(self.reader, scores, rows, k, exclude)
 
     def close(self) -> None:
         self.reader.close()
