@@ -11,7 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from item.errors import ModelLoadError
+
 SAMPLES_MANIFEST = Path(__file__).resolve().parent / "samples" / "manifest.csv"
+
+
+def demo_load_message(message: str) -> str:
+    """A model-loading error in the demo's own terms: the loaders' advice names featurize's flags
+    (--pretrained, --captioner, ...), which the demo does not take."""
+    kept = [part for part in message.split("; ") if "--" not in part]
+    return ("; ".join(kept) + "; the demo takes the pretrained weights from the Hugging Face cache (set HF_HOME to one "
+            "that holds them, or allow network access), or runs offline with `item demo --models tiny-random`")
 
 
 @dataclass
@@ -39,8 +49,11 @@ def run_demo(out_dir, *, models: str = "default", device: str = "auto", overwrit
     config = FeaturizeConfig(device=device, batch_size=8, workers=0)
     rows = discover([str(SAMPLES_MANIFEST)]).rows
     log(f"featurizing {len(rows)} sample images into {store}")
-    summary = featurize_store(rows, store, models=spec, config=config, progress=progress, overwrite=overwrite,
-                              command="item demo")
+    try:
+        summary = featurize_store(rows, store, models=spec, config=config, progress=progress, overwrite=overwrite,
+                                  command="item demo")
+    except ModelLoadError as exc:
+        raise ModelLoadError(demo_load_message(str(exc))) from None
     heads = {}
     # The demo set is tiny: a small MLP, few epochs, and the logistic baseline beside it.
     head_cfg = HeadConfig(kind="mlp", hidden=(64,), max_epochs=100, patience=10, batch_size=16)

@@ -15,7 +15,8 @@ Points (where they are checked):
 - ``shard-written``: a shard's ``.partial`` file is complete and fsynced, before its rename;
 - ``shard-renamed``: the shard is renamed into place, before the manifest lists it;
 - ``manifest-tmp``: the manifest's temporary file is written and fsynced, before ``os.replace``;
-- ``index-written``: an index's ``.faiss`` and ``.rows.npy`` are in place, before its JSON sidecar.
+- ``index-written``: an index's ``.faiss`` and ``.rows.npy`` are in place, before its JSON sidecar;
+- ``overwrite-moved``: ``--overwrite`` moved the old manifest aside, before the old shards and index.
 
 Example: ``ITEM_FAULT=shard-renamed:2 item featurize ...`` dies right after renaming its second shard.
 Unset (the normal case) it costs one dictionary lookup per call.
@@ -28,7 +29,7 @@ import os
 import signal
 import time
 
-POINTS = ("batch", "shard-written", "shard-renamed", "manifest-tmp", "index-written")
+POINTS = ("batch", "shard-written", "shard-renamed", "manifest-tmp", "index-written", "overwrite-moved")
 
 _hits: dict[str, int] = {}
 

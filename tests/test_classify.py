@@ -189,7 +189,7 @@ def test_heads_learn_signal_and_not_noise(kind, signal_store, noise_store, tmp_p
     for store, good in ((signal_store, True), (noise_store, False)):
         head = tmp_path / f"{kind}-{good}"
         ok("train", store, "--out", head, "--head", kind, *extra)
-        doc = json.loads(ok("eval", store, "--head", head, "--json", "-").stdout)
+        doc = json.loads(ok("eval", store, "--head", head, "--json").stdout)
         assert doc["split"] == "test" and doc["random_weights"] is True and doc["warnings"] == []
         rows = {r["generator"]: r for r in doc["rows"]}
         assert set(rows) == {"gen_a", "gen_b", "mean"}
@@ -218,7 +218,7 @@ def test_eval_equals_sklearn_per_generator_own_and_pooled(tmp_path):
     model, info = load_head(head)
     threshold = info["threshold"]
     for split in ("test", "all"):
-        doc = json.loads(ok("eval", store, "--head", head, "--split", split, "--json", "-").stdout)
+        doc = json.loads(ok("eval", store, "--head", head, "--split", split, "--json").stdout)
         assert doc["thresholds"] == {"h": threshold}
         with StoreReader(store) as reader:
             meta = reader.metadata(["label", "generator", "split"])
@@ -336,7 +336,9 @@ def test_predict_matches_the_store_and_skips_unreadable_files(feat, tmp_path):
     for i in picks:
         (folder / f"{i}.png").write_bytes(Path(feat["rows"][i]["path"]).read_bytes())
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
-    out = json.loads(ok("predict", folder, "--head", feat["head"], "--json").stdout)
+    doc = json.loads(ok("predict", folder, "--head", feat["head"], "--json").stdout)
+    assert doc["random_weights"] is True
+    out = doc["rows"]
     by_name = {Path(r["path"]).name: r for r in out}
     assert set(by_name) == {"0.png", "5.png", "11.png", "broken.png"}
     bad = by_name["broken.png"]

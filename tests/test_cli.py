@@ -9,7 +9,7 @@ from item import __version__
 from item.cli import app
 
 COMMANDS = ["featurize", "train", "eval", "predict", "neighbors", "report", "demo",
-            "store info", "store validate", "store export", "store index"]
+            "store info", "store validate", "store export", "store index", "store split", "store annotate"]
 
 
 def test_help_imports_no_heavy_library():

@@ -111,7 +111,7 @@ def test_driver_killed_mid_job_then_rerun_completes_the_store(cluster, folder, s
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None:
-            if shards.is_dir() and any(p.name.startswith("ray-") and p.suffix == ".h5" for p in shards.iterdir()):
+            if shards.is_dir() and any(p.name.startswith("shard-") and p.suffix == ".h5" for p in shards.iterdir()):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the job ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
@@ -121,7 +121,7 @@ def test_driver_killed_mid_job_then_rerun_completes_the_store(cluster, folder, s
         proc.stderr.close()
     with StoreReader(store) as rd:
         assert rd.n_images < N + 1
-    written = [p for p in shards.iterdir() if p.name.startswith("ray-") and p.suffix == ".h5"]
+    written = [p for p in shards.iterdir() if p.name.startswith("shard-") and p.suffix == ".h5"]
     assert written  # complete shard files that no manifest lists yet
     r = CliRunner().invoke(app, ["featurize", str(folder), "--store", str(store), "--engine", "ray",
                                  "--ray-address", cluster, "--ray-actors", "2", *ARGS, "--json"])

@@ -1,6 +1,6 @@
 """Crash safety with real processes: SIGKILL at named moments (ITEM_FAULT, see item/faults.py) and at a
-random time, resume, and compare with an uninterrupted run; two writers on one store; a reader polling
-a store while it is written.
+random time, resume, and compare with an uninterrupted run; an --overwrite refused while a writer works;
+a reader polling a store while it is written.
 
 Each `item featurize` process pays about 10 s of imports, so one image set and one chain of kills on
 one store are shared.
@@ -136,7 +136,7 @@ def test_kill_and_resume_matches_uninterrupted_run(images, reference, tmp_path):
     rc, err = featurize(images, store, fault="manifest-tmp:1")
     assert rc == -signal.SIGKILL, err
     assert not (store / schema.MANIFEST).exists()
-    with pytest.raises(StoreError, match="not an ITEM store"):
+    with pytest.raises(StoreError, match="empty store \\(interrupted before the first commit\\)"):
         StoreReader(store)
     # 2. inside a batch: batch 3's rows are buffered (not written), batch 4 is encoded
     rc, err = featurize(images, store, fault="batch:4")
@@ -199,7 +199,7 @@ def test_kill_and_resume_matches_uninterrupted_run(images, reference, tmp_path):
     assert_valid(store)
 
 
-def test_second_writer_is_refused_and_readers_see_whole_shards(images, tmp_path):
+def test_overwrite_is_refused_while_a_writer_works_and_readers_see_whole_shards(images, tmp_path):
     store = tmp_path / "s"
     small = ["--shard-size", str(BATCH)]
     # the writer sleeps 10 s after its third batch, holding the lock: time for a second writer to try
@@ -223,7 +223,8 @@ def test_second_writer_is_refused_and_readers_see_whole_shards(images, tmp_path)
                 polls += 1
             if refused is None and last >= 2 * BATCH:
                 t = time.monotonic()
-                r = CliRunner().invoke(app, ["featurize", str(images), "--store", str(store), *ARGS, *small])
+                r = CliRunner().invoke(app, ["featurize", str(images), "--store", str(store), *ARGS, *small,
+                                             "--overwrite"])
                 refused = (r, time.monotonic() - t, p.poll())
             time.sleep(0.02)
     finally:
@@ -234,7 +235,7 @@ def test_second_writer_is_refused_and_readers_see_whole_shards(images, tmp_path)
     assert refused is not None, "the first writer finished before a second one could try"
     r, seconds, first_state = refused
     assert r.exit_code == 1, r.output
-    assert "another process is writing" in r.output and f"pid {p.pid}" in r.output, r.output
+    assert "another process is using it" in r.output and f"pid {p.pid}" in r.output, r.output
     assert first_state is None  # refused while the first was still running, not after waiting for it
     assert polls >= 5
     assert_valid(store)

@@ -76,17 +76,18 @@ def test_half_written_shard_is_never_read(tmp_path):
     root = tmp_path / "s"
     make_store(root, n=32, shard_size=16)
     shard_dir = root / schema.SHARD_DIR
+    committed = sorted(p.name for p in shard_dir.iterdir())
     # a partial file of a killed writer, and a renamed-but-uncommitted incomplete shard
-    (shard_dir / ".shard-000002.h5.partial").write_bytes(b"\x89HDF garbage")
-    with h5py.File(shard_dir / "shard-000002.h5", "w") as f:
+    (shard_dir / ".shard-0123456789ab-000002.h5.partial").write_bytes(b"\x89HDF garbage")
+    with h5py.File(shard_dir / "shard-0123456789ab-000002.h5", "w") as f:
         f.attrs[schema.A_COMPLETE] = False
     with StoreReader(root) as r:
-        assert r.n_images == 32 and r.shards == ["shard-000000.h5", "shard-000001.h5"]
+        assert r.n_images == 32 and sorted(r.shards) == committed and len(committed) == 2
     rep = validate(root)
     assert rep.ok and len(rep.warnings) == 2
     with StoreWriter(root, compat=synthetic_compat(D, 8), models={}, recipe="hierarchical") as w:
         assert len(w.done_ids) == 32
-    assert sorted(p.name for p in shard_dir.iterdir()) == ["shard-000000.h5", "shard-000001.h5"]
+    assert sorted(p.name for p in shard_dir.iterdir()) == committed
 
 
 def test_complete_uncommitted_shard_is_adopted(tmp_path):
@@ -148,27 +149,41 @@ def test_newer_schema_is_refused(tmp_path):
 def test_newer_schema_shard_is_refused(tmp_path):
     root = tmp_path / "s"
     make_store(root, n=4)
-    with h5py.File(root / schema.SHARD_DIR / "shard-000000.h5", "r+") as f:
+    first = json.loads((root / schema.MANIFEST).read_text())["shards"][0]["name"]
+    with h5py.File(root / schema.SHARD_DIR / first, "r+") as f:
         f.attrs[schema.A_SCHEMA] = schema.SCHEMA_VERSION + 1
     with pytest.raises(SchemaError, match="upgrade"):
         StoreReader(root).read("image_emb")
     assert not validate(root).ok
 
 
-def test_second_writer_is_refused(tmp_path):
+def test_second_writer_is_welcome_but_overwrite_is_refused_while_one_writes(tmp_path):
     root = tmp_path / "s"
+    recs = list(synthetic_records(6, D))
     w = StoreWriter(root, compat=synthetic_compat(D, 8), models={}, recipe="hierarchical", command="item featurize x")
-    with pytest.raises(LockedError, match="pid"):
-        StoreWriter(root, compat=synthetic_compat(D, 8), models={}, recipe="hierarchical")
+    w2 = StoreWriter(root, compat=synthetic_compat(D, 8), models={}, recipe="hierarchical")
+    with pytest.raises(LockedError, match="pid .*item featurize x"):
+        StoreWriter(root, compat=synthetic_compat(D, 8), models={}, recipe="hierarchical", overwrite=True)
+    for r in recs[:3]:
+        w.add(r)
+    for r in recs[1:]:  # overlapping: rows 1 and 2 are written by both
+        w2.add(r)
     w.close()
-    StoreWriter(root, compat=synthetic_compat(D, 8), models={}, recipe="hierarchical").close()
+    w2.close()
+    with StoreReader(root) as r:
+        assert sorted(r.metadata([schema.ID])[schema.ID]) == sorted(x.id for x in recs)
+        assert r.n_images == 6
+    assert validate(root).ok
+    StoreWriter(root, compat=synthetic_compat(D, 8), models={}, recipe="hierarchical", overwrite=True).close()
+    with StoreReader(root) as r:
+        assert r.n_images == 0
 
 
 @pytest.mark.parametrize("damage", ["nan", "norm", "count", "missing", "truncate"])
 def test_validate_finds_damage(tmp_path, damage):
     root = tmp_path / "s"
     make_store(root, n=32, shard_size=16)
-    shard = root / schema.SHARD_DIR / "shard-000001.h5"
+    shard = root / schema.SHARD_DIR / json.loads((root / schema.MANIFEST).read_text())["shards"][1]["name"]
     if damage in ("nan", "norm"):
         with h5py.File(shard, "r+") as f:
             ds = f[schema.G_IMAGES][schema.IMAGE_EMB]
@@ -312,8 +327,8 @@ def test_lock_taken_before_the_writer_is_handed_over(tmp_path):
     root = tmp_path / "s"
     root.mkdir()
     lock = WriterLock(root)
-    lock.acquire("item featurize (loading models)")
-    with pytest.raises(LockedError, match="loading models"):
+    lock.acquire("item featurize (loading models)", exclusive=True)
+    with pytest.raises(LockedError, match="overwriting"):
         StoreWriter(root, compat=synthetic_compat(D, 8), models={}, recipe="hierarchical")
     w = StoreWriter(root, compat=synthetic_compat(D, 8), models={}, recipe="hierarchical", lock=lock,
                     auto_flush=False, shard_size=2)

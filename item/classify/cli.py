@@ -9,9 +9,21 @@ from typing import List, Optional
 
 import typer
 
-from item.cli import emit, emit_json, guarded, info, progress_bar, table, warn
+from item.cli import RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, info, progress_bar, table, warn
 
-METRIC_COLUMNS = ["generator", "reals", "n_real", "n_fake", "acc", "real_acc", "fake_acc", "ap", "auroc"]
+METRIC_COLUMNS = ["generator", "reals", "n_real", "n_fake", "acc", "real_acc", "fake_acc", "ap", "auroc",
+                  "acc_05", "real_acc_05", "fake_acc_05", "oracle_acc"]
+#: Text-table headings: the oracle column says it saw the test labels.
+_HEADINGS = {"oracle_acc": "oracle_acc(test labels)"}
+METRICS_LEGEND = ("acc, real_acc, fake_acc: at the head's validation threshold (the headline); *_05: at 0.5 (the "
+                  "field's convention); oracle_acc: best threshold chosen on these test labels (an oracle, never a "
+                  "headline)")
+
+
+def metric_table(rows: list[dict], title: str | None = None) -> None:
+    """A per-generator metrics table on stdout with the headings METRIC_COLUMNS / _HEADINGS give."""
+    cols = [_HEADINGS.get(c, c) for c in METRIC_COLUMNS]
+    table([{_HEADINGS.get(k, k): v for k, v in r.items()} for r in rows], cols, title=title)
 
 
 def _strict_json(obj):
@@ -38,7 +50,8 @@ def train_cmd(
     patience: int = typer.Option(10, help="MLP early-stopping patience in epochs."),
     batch_size: int = typer.Option(256, help="MLP batch size."),
     c: float = typer.Option(1.0, "--C", help="Logistic regression inverse regularisation."),
-    train_split: str = typer.Option("train", help="Rows to train on."),
+    train_split: str = typer.Option("train", help="Rows to train on; 'all' for every labelled row outside "
+                                    "the validation split."),
     val_split: str = typer.Option("val", help="Rows that fix early stopping and the threshold."),
     val_fraction: float = typer.Option(0.2, help="Held out of the training rows when the store has no "
                                        "validation split."),
@@ -46,11 +59,15 @@ def train_cmd(
                                                    "head: their fakes and their own reals, plus reals of no "
                                                    "generator; default all."),
     seed: int = typer.Option(0, help="Random seed."),
+    max_memory: str = typer.Option("auto", help="Memory the feature rows may take (e.g. 8GB, 512MiB); more "
+                                   "rows than fit are streamed from the store shard by shard (mlp head). "
+                                   "auto: half of this machine's RAM."),
     as_json: bool = typer.Option(False, "--json", help="Print the head's metadata as JSON."),
 ):
     """Train a head on stored features; its decision threshold is fixed on validation rows."""
-    from item.classify.heads import HeadConfig
-    from item.classify.train import TrainConfig, train_head
+    from item.api import train_head
+    from item.classify.heads import load_head
+    from item.classify.streaming import parse_memory
 
     try:
         hidden_sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
@@ -58,18 +75,21 @@ def train_cmd(
         from item.errors import InputError
 
         raise InputError(f"--hidden {hidden!r}: give comma-separated integers, e.g. 512,128") from None
-    cfg = TrainConfig(recipe=recipe, head=HeadConfig(kind=head, hidden=hidden_sizes, dropout=dropout,
-                                                     weight_decay=weight_decay, lr=lr, max_epochs=max_epochs,
-                                                     batch_size=batch_size, patience=patience, C=c),
-                      train_split=train_split, val_split=val_split, val_fraction=val_fraction,
-                      train_generators=tuple(g.strip() for g in (train_generators or "").split(",") if g.strip()),
-                      seed=seed)
-    meta = train_head(store, out, cfg)
+    fitted = train_head(store, recipe=recipe, kind=head, train_split=train_split, val_split=val_split,
+                        val_fraction=val_fraction, seed=seed,
+                        train_generators=tuple(g.strip() for g in (train_generators or "").split(",") if g.strip()),
+                        hidden=hidden_sizes, dropout=dropout, weight_decay=weight_decay, lr=lr,
+                        max_epochs=max_epochs, batch_size=batch_size, patience=patience, C=c,
+                        max_memory=parse_memory(max_memory))
+    fitted.save(out)
+    meta = load_head(out)[1]
+    if meta.get("caption_source_warning"):
+        warn(meta["caption_source_warning"])
     if as_json:
         emit_json(_strict_json(meta))
         return
     if meta.get("random_weights"):
-        emit("RANDOM WEIGHTS: features come from randomly initialised models; these numbers are not detection accuracy")
+        emit(RANDOM_WEIGHTS_LINE)
     v = meta.get("validation", {})
     emit(f"head {out}: {meta['kind']} on {meta['recipe']} ({meta['feature_size']} features), "
          f"{meta['n_train']} train rows, {meta['n_val']} validation rows ({meta['threshold_from']})")
@@ -81,37 +101,50 @@ def eval_cmd(
     store: Path = typer.Argument(..., help="A featurized store.", show_default=False),
     heads: List[Path] = typer.Option(..., "--head", help="Head directory; repeat to compare heads side by side."),
     split: str = typer.Option("test", help="Rows to evaluate; 'all' for every labelled row."),
-    as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the tables as JSON to this file "
-                                           "('-' for stdout)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the tables as JSON on stdout instead of text."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the tables to this file: .json "
+                                       "or .csv by its extension."),
     as_csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the tables as CSV to this file."),
     allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Apply a head made under another library "
                                      "version, device class or precision (rounding-level differences only)."),
+    reals: Optional[str] = typer.Option(None, "--reals", help="Real pairing GEN=REALGEN,... (GEN may be a pattern, "
+                                        "e.g. 'ldm_*=laion,guided=imagenet'): score GEN's fakes against the reals "
+                                        "of REALGEN."),
 ):
-    """Per-generator ACC, real/fake ACC, AP, AUROC and their mean, at each head's validation threshold."""
+    """Per-generator ACC, real/fake ACC, AP, AUROC and their mean, at each head's validation threshold and at 0.5."""
+    from item.classify.pairing import parse_reals
     from item.classify.train import evaluate
 
-    results = evaluate(store, [str(h) for h in heads], None if split == "all" else split, allow_mixed=allow_mixed)
+    if out is not None and out.suffix.lower() not in (".json", ".csv"):
+        from item.errors import InputError
+
+        raise InputError(f"--out {out}: give a .json or .csv file")
+    results = evaluate(store, [str(h) for h in heads], None if split == "all" else split, allow_mixed=allow_mixed,
+                       reals=parse_reals(reals))
     random_weights = any(r["info"].get("random_weights") for r in results.values())
     flat = [{"head": name, **row} for name, r in results.items() for row in r["table"]]
     warnings = [w for r in results.values() for w in r["warnings"]]
     for w in warnings:
         warn(w)
-    doc = _strict_json({"random_weights": random_weights, "split": split,
-                        "thresholds": {name: r["threshold"] for name, r in results.items()},
-                        "warnings": warnings, "rows": flat})
-    if as_json and str(as_json) == "-":
-        emit_json(doc)
-        return
-    if random_weights:
-        emit("RANDOM WEIGHTS: features come from randomly initialised models; these numbers are not detection accuracy")
-    for name, r in results.items():
-        table(r["table"], METRIC_COLUMNS, title=f"{name} (threshold {r['threshold']:.4f}, split {split})")
-        emit()
-    emit("reals: own = a generator's fakes against its own reals; pooled = against all reals of the split")
+    doc = _strict_json({"random_weights": random_weights, "warnings": warnings, "split": split,
+                        "thresholds": {name: r["threshold"] for name, r in results.items()}, "rows": flat})
+    if out is not None and out.suffix.lower() == ".csv":
+        as_csv = out
     if as_json:
+        emit_json(doc)
+    else:
+        if random_weights:
+            emit(RANDOM_WEIGHTS_LINE)
+        for name, r in results.items():
+            metric_table(r["table"], title=f"{name} (threshold {r['threshold']:.4f}, split {split})")
+            emit()
+        emit("reals: own = a generator's fakes against its own reals; pooled = against all reals of the split; "
+             "a generator name = against that generator's reals (--reals)")
+        emit(METRICS_LEGEND)
+    if out is not None and out.suffix.lower() == ".json":
         import json
 
-        as_json.write_text(json.dumps(doc, indent=2))
+        out.write_text(json.dumps(doc, indent=2))
     if as_csv:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=["head"] + METRIC_COLUMNS)
@@ -121,23 +154,31 @@ def eval_cmd(
 
 
 def predict_cmd(
-    inputs: List[str] = typer.Argument(..., help="Image files or folders.", show_default=False),
+    inputs: List[str] = typer.Argument(..., help="Image files, folders, or manifests (.csv / .jsonl with path and "
+                                       "optional caption).", show_default=False),
     head: Path = typer.Option(..., "--head", help="Head directory."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     batch_size: int = typer.Option(16, help="Images per batch."),
     as_json: bool = typer.Option(False, "--json", help="JSON with per-object detail (noun, box, alignment)."),
     allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Apply a head made under another library "
                                      "version, device class or precision (rounding-level differences only)."),
+    model_path: Optional[List[Path]] = typer.Option(None, "--model-path", help="A local model file or folder the "
+                                                    "head may name (repeat); a head can name no other local path."),
 ):
-    """Score image files: P(fake), the label at the head's threshold, the caption."""
-    from item.classify.predict import predict
+    """Score images: P(fake), the label at the head's threshold, the caption (given ones are used)."""
+    from item.classify.predict import predict_files  # what item.predict() calls
 
-    rows = predict(list(inputs), head, device=device, batch_size=batch_size, allow_mixed=allow_mixed)
+    res = predict_files(list(inputs), head, device=device, batch_size=batch_size, allow_mixed=allow_mixed,
+                        model_paths=[str(p) for p in model_path or []])
+    for w in res["warnings"]:
+        warn(w)
     if as_json:
-        emit_json(_strict_json(rows))
+        emit_json(_strict_json(res))
         return
+    if res["random_weights"]:
+        emit(RANDOM_WEIGHTS_LINE)
     table([{"path": r["path"], "p_fake": r.get("p_fake", float("nan")),
-            "label": r.get("label", f"skipped: {r['reason']}"), "caption": r.get("caption", "")} for r in rows],
+            "label": r.get("label", f"skipped: {r['reason']}"), "caption": r.get("caption", "")} for r in res["rows"]],
           ["path", "p_fake", "label", "caption"])
 
 
@@ -170,7 +211,13 @@ def neighbors_cmd(
     if as_json:
         emit_json(_strict_json(res))
         return
-    info(f"query {query} ({res['kind']}), {res['method']} search on {on}")
+    if res.get("warning"):
+        warn(res["warning"])
+    how = ""
+    if res["kind"] == "file":
+        how = (f", stored row {res['stored_row']}, no model loaded" if "stored_row" in res
+               else f", featurized with {', '.join(res.get('models_loaded', []))}")
+    info(f"query {query} ({res['kind']}{how}), {res['method']} search on {on}")
     table(res["hits"], ["row", "similarity", "label", "generator", "path"])
 
 
@@ -204,7 +251,7 @@ def demo_cmd(
     if res.random_weights:
         emit("RANDOM WEIGHTS: the demo ran with randomly initialised models; these numbers are not detection accuracy")
     for name, rows in res.evaluation.items():
-        table(rows, METRIC_COLUMNS, title=f"{name} on the test split of {SAMPLES_MANIFEST.parent}")
+        metric_table(rows, title=f"{name} on the test split of {SAMPLES_MANIFEST.parent}")
         emit()
     emit(f"store {res.store}\nheads {', '.join(str(h) for h in res.heads.values())}\nreport {res.report}")
 

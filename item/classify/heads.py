@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -422,8 +421,6 @@ def save_head(head, out_dir, meta: dict) -> None:
     those reserved names). Each file is written under a temporary name and moved into place with
     ``os.replace``; the JSON goes last, so a head.json on disk means the weights beside it are complete.
     """
-    from safetensors.numpy import save_file
-
     import item
 
     if not isinstance(head, _Head):
@@ -449,22 +446,20 @@ def save_head(head, out_dir, meta: dict) -> None:
         text = json.dumps(info, indent=2, default=_json_default, allow_nan=True)
     except TypeError as err:
         raise InputError(f"head metadata is not JSON serialisable: {err}") from None
+    from safetensors.numpy import save
+
+    from item.store.files import atomic_write_bytes
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = f".tmp-{os.getpid()}"
-    weights_tmp = out_dir / (WEIGHTS_FILE + suffix)
-    config_tmp = out_dir / (CONFIG_FILE + suffix)
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
         # One metadata key only: safetensors writes its metadata map in hash order, so with two keys
         # the same head gave different bytes from run to run. The schema version lives in head.json.
-        save_file(tensors, str(weights_tmp), metadata={"format": "np"})
-        config_tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(weights_tmp, out_dir / WEIGHTS_FILE)
-        os.replace(config_tmp, out_dir / CONFIG_FILE)
-    finally:
-        for tmp in (weights_tmp, config_tmp):
-            if tmp.exists():
-                tmp.unlink()
+        atomic_write_bytes(out_dir / WEIGHTS_FILE, save(tensors, metadata={"format": "np"}))
+        atomic_write_bytes(out_dir / CONFIG_FILE, (text + "\n").encode("utf-8"))
+    except OSError as exc:
+        raise HeadError(f"{out_dir}: cannot write the head ({exc.strerror or exc}); nothing usable was "
+                        "written there") from None
 
 
 def load_head(path) -> tuple:
@@ -508,6 +503,10 @@ def load_head(path) -> tuple:
         listed = {k: tuple(int(s) for s in v["shape"]) for k, v in dict(info["tensors"]).items()}
     except (TypeError, ValueError, KeyError, InputError) as err:
         raise HeadError(f"{config_path} is malformed: {err}") from None
+    if "threshold" in info:
+        t = info["threshold"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0.0 <= t <= 1.0:
+            raise HeadError(f"{config_path}: threshold {t!r} is not a number between 0 and 1")
     expected = HEADS[kind]._expected_shapes(cfg, n_features)
     if listed != expected:
         raise HeadError(f"{config_path}: its tensor list does not fit its own config and feature_size {n_features}")

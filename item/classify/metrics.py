@@ -16,6 +16,12 @@ import numpy as np
 from item.errors import InputError
 
 METRIC_KEYS = ("n_real", "n_fake", "acc", "real_acc", "fake_acc", "ap", "auroc")
+#: Per-generator columns beside METRIC_KEYS: the same accuracies at the field's fixed threshold 0.5
+#: (UnivFD / ForenSynths report them so), and the best accuracy over all thresholds chosen on the
+#: scored rows themselves: an oracle that saw the test labels, never a headline number.
+FIXED_THRESHOLD = 0.5
+AT_05_KEYS = ("acc_05", "real_acc_05", "fake_acc_05")
+ORACLE_KEY = "oracle_acc"
 
 
 def _as_arrays(scores, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -160,6 +166,23 @@ def binary_metrics(scores, labels, threshold) -> dict:
     }
 
 
+def oracle_accuracy(scores, labels) -> float:
+    """The best plain accuracy over every threshold, chosen on these very rows (it uses their labels).
+
+    scores: (n,) float, labels: (n,) 0/1. Some papers report it; it is only ever shown in a column
+    marked "oracle (test labels)". NaN for an empty set.
+    """
+    scores, labels = _as_arrays(scores, labels)
+    if labels.size == 0:
+        return math.nan
+    values, inverse = np.unique(scores, return_inverse=True)
+    fake_per_value = np.bincount(inverse, weights=labels, minlength=values.size)
+    real_per_value = np.bincount(inverse, weights=1 - labels, minlength=values.size)
+    # Cut j calls values[j:] fake: reals below it and fakes at/above it are right.
+    right = np.r_[0.0, np.cumsum(real_per_value)] + (labels.sum() - np.r_[0.0, np.cumsum(fake_per_value)])
+    return float(right.max() / labels.size)
+
+
 def _real_indices(selector, n: int, labels: np.ndarray, name: str) -> np.ndarray:
     selector = np.asarray(selector)
     if selector.dtype == np.bool_:
@@ -175,7 +198,7 @@ def _real_indices(selector, n: int, labels: np.ndarray, name: str) -> np.ndarray
     return idx
 
 
-def per_generator_table(scores, labels, generators, threshold, real_pool=None) -> list[dict]:
+def per_generator_table(scores, labels, generators, threshold, real_pool=None, real_kinds=None) -> list[dict]:
     """One row of metrics per generator, then a final ``'mean'`` row.
 
     scores: (n,) float, labels: (n,) 0/1, generators: (n,) str (a real row's generator names the
@@ -187,8 +210,10 @@ def per_generator_table(scores, labels, generators, threshold, real_pool=None) -
       - else its own reals (rows labelled 0 with the same generator), UniversalFakeDetect style
         ('reals': 'own');
       - else every real row in the scored set, GenImage style ('reals': 'pooled').
-    Each row: {'generator', 'reals', n_real, n_fake, acc, real_acc, fake_acc, ap, auroc}.
-    The 'mean' row averages acc .. auroc over generators (ignoring NaN); its n_fake is the total of
+    ``real_kinds[generator]`` names what a caller-chosen pool is (e.g. 'laion'); default 'own'.
+    Each row: {'generator', 'reals', n_real, n_fake, acc, real_acc, fake_acc, ap, auroc} at ``threshold``,
+    then acc_05, real_acc_05, fake_acc_05 (the same at 0.5) and oracle_acc (best threshold on these rows).
+    The 'mean' row averages acc .. oracle_acc over generators (ignoring NaN); its n_fake is the total of
     fakes and its n_real the number of distinct real rows used; its 'reals' is 'own', 'pooled' or
     'mixed'. With no fake row at all, returns [].
     """
@@ -208,7 +233,7 @@ def per_generator_table(scores, labels, generators, threshold, real_pool=None) -
     for name in names:
         fakes = np.flatnonzero((labels == 1) & (generators == name))
         if name in real_pool:
-            reals, kind = _real_indices(real_pool[name], n, labels, name), "own"
+            reals, kind = _real_indices(real_pool[name], n, labels, name), (real_kinds or {}).get(name, "own")
         else:
             reals = np.flatnonzero(is_real & (generators == name))
             kind = "own"
@@ -216,7 +241,11 @@ def per_generator_table(scores, labels, generators, threshold, real_pool=None) -
                 reals, kind = all_reals, "pooled"
         used[reals] = True
         idx = np.r_[reals, fakes]
-        rows.append({"generator": name, "reals": kind, **binary_metrics(scores[idx], labels[idx], threshold)})
+        row = {"generator": name, "reals": kind, **binary_metrics(scores[idx], labels[idx], threshold)}
+        at_05 = binary_metrics(scores[idx], labels[idx], FIXED_THRESHOLD)
+        row.update({f"{k}_05": at_05[k] for k in ("acc", "real_acc", "fake_acc")})
+        row[ORACLE_KEY] = oracle_accuracy(scores[idx], labels[idx])
+        rows.append(row)
     if not rows:
         return []
     kinds = {r["reals"] for r in rows}
@@ -225,7 +254,7 @@ def per_generator_table(scores, labels, generators, threshold, real_pool=None) -
     mean["n_fake"] = int(sum(r["n_fake"] for r in rows))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> NaN, on purpose
-        for key in ("acc", "real_acc", "fake_acc", "ap", "auroc"):
+        for key in ("acc", "real_acc", "fake_acc", "ap", "auroc") + AT_05_KEYS + (ORACLE_KEY,):
             mean[key] = float(np.nanmean([r[key] for r in rows]))
     rows.append(mean)
     return rows

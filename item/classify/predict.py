@@ -7,6 +7,7 @@ featurize's public entry point; a mismatch between what loads and what was recor
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,20 +16,57 @@ import numpy as np
 from item.classify.features import record_features
 from item.classify.heads import load_head
 from item.classify.train import HEAD_COMPAT_KEYS, check_head_fits, identity_diff
-from item.errors import IncompatibleError, InputError, StoreError
+from item.errors import HeadError, IncompatibleError, InputError, StoreError
 from item.store import StoreIndex, StoreReader
 from item.store import schema
 from item.store.index import INDEX_ON, list_indexes
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def check_named_models(compat: dict, allowed_paths=()) -> None:
+    """Refuse (HeadError) a head or store that names a model other than: a preset's, an open_clip
+    model with one of its own pretrained tags, a hub id spelled ``ORG/NAME`` (loaded without remote
+    code, from safetensors or pickle-free torch.load), or a local path the user passed (``allowed_paths``).
+
+    A head.json is a file users exchange: it must not make ITEM open an arbitrary local file."""
+    import open_clip
+
+    from item.featurize.models import PRESETS, is_random
+
+    allowed = {os.path.realpath(p) for p in allowed_paths}
+    preset_values = {v for s in PRESETS.values() for v in (s.clip_model, s.clip_pretrained, s.captioner, s.grounder)}
+
+    def local_ok(value: str) -> bool:
+        return os.path.realpath(value) in allowed
+
+    clip_model, tag = str(compat.get("clip_model", "")), str(compat.get("clip_pretrained", ""))
+    if clip_model not in preset_values and clip_model not in open_clip.list_models() \
+            and not (clip_model.startswith("hf-hub:") and _HUB_ID.fullmatch(clip_model[7:])):
+        raise HeadError(f"the head names an unknown CLIP model {clip_model!r}")
+    if tag and tag not in preset_values and tag not in open_clip.list_pretrained_tags_by_model(clip_model) \
+            and not local_ok(tag):
+        raise HeadError(f"the head names CLIP weights {tag!r}, which are neither a known tag of {clip_model} nor a "
+                        "path you passed; pass --model-path PATH to allow a local checkpoint")
+    for role in ("captioner", "grounder"):
+        value = str(compat.get(role, ""))
+        if value in ("none", "") or is_random(value) or value in preset_values or local_ok(value):
+            continue
+        if _HUB_ID.fullmatch(value) and not os.path.exists(value):
+            continue
+        raise HeadError(f"the head names the {role} {value!r}, which is neither a preset's model, a hub id "
+                        "(ORG/NAME) nor a path you passed; pass --model-path PATH to allow a local folder")
+
+
 def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16,
-                   allow_mixed: bool = False):
+                   captions: dict[str, str] | None = None, allow_mixed: bool = False):
     """Featurize files with the models ``compat``/``models`` record. Returns (records, loaded compat).
 
-    Refuses (IncompatibleError) when what loaded here would compute other numbers than ``compat`` records;
-    ``allow_mixed`` lets schema.ALLOW_MIXED_KEYS (library versions, device class, precision) differ."""
-    from item.featurize import FeaturizeConfig, ModelSpec, featurize_images, load_models
-    from item.featurize.loading import compat_for
+    ``captions``: {path: caption} used instead of the captioner. Refuses (IncompatibleError) when what
+    loaded here would compute other numbers than ``compat`` records; ``allow_mixed`` lets
+    schema.ALLOW_MIXED_KEYS (library versions, device class, precision) differ."""
+    from item.featurize import FeaturizeConfig, ModelSpec, compat_for, featurize_images, load_models
     from item.featurize.nouns import DEFAULT_NOUN_PROMPT
 
     loaded = load_models(ModelSpec.from_head({"compat": compat, "models": models}), device)
@@ -42,40 +80,96 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
         raise IncompatibleError("the models that loaded here differ from those recorded: "
                                 + "; ".join(f"{k}: recorded {compat[k]!r}, loaded {got.get(k)!r}" for k in diff)
                                 + ("; pass --allow-mixed to go on anyway" if mixable else ""))
-    return featurize_images(paths, models=loaded, config=config), got
+    return featurize_images(paths, models=loaded, config=config, captions=captions), got
 
 
-def expand_paths(inputs: list[str]) -> list[str]:
-    """Files as given; folders walked recursively for image files (sorted)."""
-    from item.featurize.inputs import IMAGE_EXTENSIONS
+def expand_inputs(inputs: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(absolute paths, {path: given caption}): files as given, folders walked recursively for image
+    files (sorted), manifests (CSV / JSON Lines with ``path`` and optional ``caption``) read."""
+    from item.featurize.inputs import IMAGE_EXTENSIONS, MANIFEST_EXTENSIONS, read_manifest_records
 
-    out = []
+    out, captions = [], {}
     for p in inputs:
         path = Path(p)
         if path.is_dir():
-            found = sorted(str(f) for f in path.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            found = sorted(str(f.absolute()) for f in path.rglob("*")
+                           if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
             if not found:
                 raise InputError(f"{p}: no image files in this folder")
             out.extend(found)
+        elif path.suffix.lower() in MANIFEST_EXTENSIONS and path.is_file():
+            _, records = read_manifest_records(str(path))
+            for origin, rec in records:
+                if not rec.get("path"):
+                    raise InputError(f"{origin}: empty path")
+                out.append(rec["path"])
+                caption = str(rec.get("caption") or "").strip()
+                if caption:
+                    captions[rec["path"]] = caption
         elif path.exists() or path.is_symlink():
-            out.append(str(path))
+            out.append(os.path.abspath(path))
         else:
             raise InputError(f"{p}: no such file or folder")
+    return out, captions
+
+
+def expand_paths(inputs: list[str]) -> list[str]:
+    """Image files of ``inputs`` (files, folders, manifests), as ``expand_inputs`` finds them."""
+    return expand_inputs(inputs)[0]
+
+
+def _caption_warnings(info: dict, records) -> list[str]:
+    """Warn when prediction captions differently from how the head's training rows were captioned."""
+    sources = info.get("caption_sources")
+    ok = [r for r in records if r.status == schema.STATUS_OK]
+    out = [f"the head: {info['caption_source_warning']}"] if info.get("caption_source_warning") else []
+    if not sources or not ok:
+        return out
+    given = sum(d.get("given", 0) for d in sources.values())
+    total = given + sum(d.get("model", 0) for d in sources.values())
+    by_model = sum(r.caption_source != "given" for r in ok)
+    by_user = len(ok) - by_model
+    # Mixed training captions are the head's own warning above; here, a head of one caption source
+    # meeting the other one.
+    if total and given / total >= 0.9 and by_model:
+        out.append(f"{by_model} of {len(ok)} images were captioned by the captioner, but the head was trained on "
+                   f"captions given by the user ({given} of {total} rows): its scores need not match eval's; give "
+                   "captions (a manifest with path and caption columns)")
+    if total and given / total <= 0.1 and by_user:
+        out.append(f"{by_user} of {len(ok)} images have given captions, but the head was trained on captions by "
+                   f"{info.get('compat', {}).get('captioner', 'the captioner')} ({total - given} of {total} rows): "
+                   "its scores need not match eval's")
     return out
 
 
-def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16,
-            allow_mixed: bool = False) -> list[dict]:
-    """One dict per image: path, status, p_fake, label (at the head's threshold), caption, objects."""
+def predict_files(inputs: list, head_dir, *, device: str = "auto", batch_size: int = 16,
+                  captions: dict[str, str] | None = None, allow_mixed: bool = False, model_paths=()) -> dict:
+    """Score image files, folders, manifests and PIL images with a head.
+
+    Returns {'random_weights': bool, 'warnings': [str], 'rows': [one dict per image: path, id, status,
+    reason, and for ok rows p_fake, label (at the head's threshold), threshold, caption,
+    caption_source, global_alignment, objects]}. Captions given in a manifest or ``captions``
+    ({path: caption}) are used instead of the captioner. ``model_paths``: local model files or folders
+    the head may name (see :func:`check_named_models`).
+    """
     from item.misalignment import pair_scores
 
     head, info = load_head(head_dir)
     compat = info.get("compat")
-    if not compat:
+    if not compat or not isinstance(compat, dict):
         raise InputError(f"{head_dir}: the head records no models; it cannot featurize new images")
-    paths = expand_paths(inputs)
+    check_named_models(compat, model_paths)
+    paths, given = [], {}
+    for x in inputs:
+        if isinstance(x, (str, os.PathLike)):
+            found, caps = expand_inputs([os.fspath(x)])
+            paths += found
+            given.update(caps)
+        else:  # a PIL image, featurized as it is
+            paths.append(x)
+    given.update({os.path.abspath(k): v for k, v in (captions or {}).items()})
     records, got = featurize_like(paths, compat, info.get("models", {}), device=device, batch_size=batch_size,
-                                  allow_mixed=allow_mixed)
+                                  captions=given, allow_mixed=allow_mixed)
     check_head_fits(info, got, "the models loaded for prediction", allow_mixed)
     ok = [r for r in records if r.status == schema.STATUS_OK]
     probs = head.predict_proba(record_features(info["recipe"], ok))[:, 1] if ok else np.zeros(0)
@@ -92,11 +186,19 @@ def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: in
                                 "box": [round(float(v), 1) for v in o.box] if o.box is not None else None,
                                 "detector_score": round(float(o.score), 4), "alignment": cos})
             row.update({"p_fake": p, "label": "fake" if p >= info["threshold"] else "real",
-                        "threshold": info["threshold"], "caption": r.caption,
+                        "threshold": info["threshold"], "caption": r.caption, "caption_source": r.caption_source,
                         "global_alignment": float(pair_scores(r.image_emb[None], r.caption_emb[None])[0]),
                         "objects": objects})
         out.append(row)
-    return out
+    return {"random_weights": bool(info.get("random_weights") or compat.get("random_weights")),
+            "warnings": _caption_warnings(info, records), "rows": out}
+
+
+def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16,
+            captions: dict[str, str] | None = None, allow_mixed: bool = False, model_paths=()) -> list[dict]:
+    """One dict per image (see ``predict_files``; its warnings are dropped here)."""
+    return predict_files(inputs, head_dir, device=device, batch_size=batch_size, captions=captions,
+                         allow_mixed=allow_mixed, model_paths=model_paths)["rows"]
 
 
 # -- neighbours -----------------------------------------------------------------------------------
@@ -117,10 +219,21 @@ def _exact_search(reader: StoreReader, column: str, candidates: np.ndarray, quer
 
 
 def _fresh_index(store, on: str):
+    """(a usable index on ``on`` or None, a warning when an index exists but cannot be trusted)."""
+    problems = []
     for info in list_indexes(store):
-        if info.get("on") == on and info.get("fresh"):
-            return StoreIndex(store, on=on, kind=info["kind"])
-    return None
+        if info.get("on") != on:
+            continue
+        if not info.get("fresh"):
+            problems.append(f"{info['file']}: {info.get('problem')}")
+            continue
+        try:
+            return StoreIndex(store, on=on, kind=info["kind"]), ""
+        except StoreError as exc:
+            problems.append(str(exc))
+    if problems:
+        return None, "not using the index (" + "; ".join(problems) + "); searching exactly instead"
+    return None, ""
 
 
 def _check_k(k: int) -> None:
@@ -135,22 +248,56 @@ def resolve_query(store, query: str, on: str, *, device: str = "auto") -> tuple[
     column = INDEX_ON[on]
     with StoreReader(store) as reader:
         if os.path.exists(query) and not query.isdigit():
-            # a lookup tolerates rounding-level differences (another device or precision than the store's)
-            records, _ = featurize_like([query], reader.compat, reader.models, device=device, allow_mixed=True)
-            rec = records[0]
-            if rec.status != schema.STATUS_OK:
-                raise InputError(f"{query}: cannot be featurized ({rec.reason})")
-            vec = rec.image_emb if on == "image" else rec.misalignment
-            return np.asarray(vec, np.float32)[None], {"query": query, "kind": "file", "caption": rec.caption,
-                                                       "id": rec.id}
+            return _file_query(reader, query, on, column, device)
         row = int(query) if query.isdigit() else reader.find_id(query)
         if not 0 <= row < reader.n_images:
             raise InputError(f"row {row} is out of range 0..{reader.n_images - 1}")
-        meta = reader.metadata([schema.ID, schema.PATH, schema.STATUS])
-        if meta[schema.STATUS][row] != schema.STATUS_OK:
-            raise InputError(f"row {row} ({meta[schema.PATH][row]}) was skipped at featurize time")
+        meta = reader.metadata([schema.ID, schema.PATH, schema.STATUS], rows=[row])
+        if meta[schema.STATUS][0] != schema.STATUS_OK:
+            raise InputError(f"row {row} ({meta[schema.PATH][0]}) was skipped at featurize time")
         return reader.read(column, [row]), {"query": query, "kind": "row", "row": row,
-                                            "id": meta[schema.ID][row], "path": meta[schema.PATH][row]}
+                                            "id": meta[schema.ID][0], "path": meta[schema.PATH][0]}
+
+
+def _file_query(reader: StoreReader, query: str, on: str, column: str, device: str) -> tuple[np.ndarray, dict]:
+    """An image file as a query vector, loading as little as it can.
+
+    A file whose content (sha256) is stored is answered from its stored row: no model loads. Otherwise
+    ``--on image`` loads CLIP's image tower only; ``--on misalignment`` needs the caption, the nouns and
+    the boxes, so it runs the whole featurize path.
+    """
+    from item.featurize.decode import DecodeError, file_id
+
+    try:
+        fid = file_id(query)
+    except DecodeError as exc:
+        raise InputError(f"{query}: cannot be read ({exc.reason})") from None
+    ids = reader.metadata([schema.ID])[schema.ID]
+    hit = np.flatnonzero(ids.astype(str) == fid)
+    status = reader.metadata([schema.STATUS, schema.CAPTION])
+    if hit.size and status[schema.STATUS][hit[0]] == schema.STATUS_OK:
+        row = int(hit[0])
+        return reader.read(column, [row]), {"query": query, "kind": "file", "id": fid, "stored_row": row,
+                                            "caption": str(status[schema.CAPTION][row]), "models_loaded": []}
+    if on == "image":
+        from item.featurize.lookup import embed_image_files
+
+        from item.featurize import ModelSpec
+
+        (_, reason, emb), = embed_image_files([query], ModelSpec.from_store(reader.manifest), device=device,
+                                              expect=reader.compat)
+        if reason:
+            raise InputError(f"{query}: cannot be featurized ({reason})")
+        return np.asarray(emb, np.float32)[None], {"query": query, "kind": "file", "id": fid,
+                                                   "models_loaded": ["clip"]}
+    # a lookup tolerates rounding-level differences (another device or precision than the store's)
+    records, _ = featurize_like([query], reader.compat, reader.models, device=device, allow_mixed=True)
+    rec = records[0]
+    if rec.status != schema.STATUS_OK:
+        raise InputError(f"{query}: cannot be featurized ({rec.reason})")
+    return np.asarray(rec.misalignment, np.float32)[None], {
+        "query": query, "kind": "file", "caption": rec.caption, "id": rec.id,
+        "models_loaded": ["clip"] + [m for m in ("captioner", "grounder") if reader.compat.get(m) != "none"]}
 
 
 def neighbors(store, query: str, k: int = 10, on: str = "image", *, device: str = "auto") -> dict:
@@ -161,21 +308,23 @@ def neighbors(store, query: str, k: int = 10, on: str = "image", *, device: str 
     _check_k(k)
     vec, desc = resolve_query(store, query, on, device=device)
     exclude = {desc["row"]} if desc.get("kind") == "row" else set()
-    ix = _fresh_index(store, on)
+    ix, warning = _fresh_index(store, on)
     if ix is not None:
         hits = ix.search_rows(vec, k, exclude=exclude)[0]
         ix.close()
         method = f"index {ix.kind}"
     else:
+        from item.store.index import hit_rows
+
         with StoreReader(store) as reader:
             cand = np.setdiff1d(reader.select(), np.array(sorted(exclude), np.int64))
             scores, rows = _exact_search(reader, INDEX_ON[on], cand, vec, k)
-            meta = reader.metadata([schema.ID, schema.PATH, schema.LABEL, schema.GENERATOR, schema.SPLIT,
-                                    schema.CAPTION])
-            hits = [{"row": int(r), "similarity": float(s), **{c: str(v[r]) for c, v in meta.items()}}
-                    for s, r in zip(scores[0], rows[0])]
+            hits = hit_rows(reader, scores, rows, k)[0]
         method = "exact"
-    return {**desc, "on": on, "method": method, "hits": hits}
+    out = {**desc, "on": on, "method": method, "hits": hits}
+    if warning:
+        out["warning"] = warning
+    return out
 
 
 def generator_profile(store, generator: str, k: int = 10, on: str = "image") -> dict:

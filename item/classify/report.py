@@ -12,7 +12,6 @@ import html
 import io
 import json
 import math
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,10 +21,13 @@ from item.classify import metrics
 from item.errors import InputError
 
 RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS: these numbers are not detection accuracy"
+#: One colour per class everywhere in the report (histograms, 2-D map): real blue, fake red.
+CLASS_COLOURS = {"real": "tab:blue", "fake": "tab:red"}
 MAX_MAP_POINTS = 20_000  # more points only slow the drawing; the subsample is seeded
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+.warning { background: #fff3cd; border-left: 4px solid #b26a00; padding: .4em 1em; margin: 0 0 .6em; }
 .banner { background: #b00020; color: #fff; font-weight: bold; padding: .6em 1em; margin: 0 0 1em; }
 table { border-collapse: collapse; margin: .5em 0 1.5em; font-size: 14px; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
@@ -34,7 +36,10 @@ tr.mean td { font-weight: bold; border-top: 2px solid #888; }
 img { max-width: 100%; } .note { color: #666; font-size: 13px; }
 """.strip()
 
-_PERCENT_KEYS = {"acc", "real_acc", "fake_acc", "ap", "auroc"}
+_PERCENT_KEYS = {"acc", "real_acc", "fake_acc", "ap", "auroc", "acc_05", "real_acc_05", "fake_acc_05", "oracle_acc"}
+#: Column headings where the key alone would mislead: the oracle saw the test labels.
+_HEADINGS = {"acc": "acc (val. threshold)", "acc_05": "acc@0.5", "real_acc_05": "real_acc@0.5",
+             "fake_acc_05": "fake_acc@0.5", "oracle_acc": "oracle acc (test labels)"}
 
 
 def _e(value) -> str:
@@ -77,7 +82,8 @@ def _table(rows: list[dict]) -> str:
     for row in rows:
         columns += [k for k in row if k not in columns]
     head = "".join(
-        f'<th class="name">{_e(c)}</th>' if c in ("generator", "reals") else f"<th>{_e(c)}{' %' if c in _PERCENT_KEYS else ''}</th>"
+        f'<th class="name">{_e(c)}</th>' if c in ("generator", "reals")
+        else f"<th>{_e(_HEADINGS.get(c, c))}{' %' if c in _PERCENT_KEYS else ''}</th>"
         for c in columns
     )
     body = []
@@ -89,6 +95,21 @@ def _table(rows: list[dict]) -> str:
         )
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def html_table(rows: list[dict]) -> str:
+    """Rows as an HTML table (values escaped; floats of metric keys in percent): for extra_sections."""
+    return _table(rows)
+
+
+def html_img(fig, alt: str) -> str:
+    """A matplotlib Figure (from ``new_figure``) as an embedded PNG: for extra_sections."""
+    return _img(fig, alt)
+
+
+def new_figure(width=10.0, height=4.0):
+    """A matplotlib Figure on an Agg canvas (no pyplot): for extra_sections."""
+    return _figure(width, height)
 
 
 def _curves_img(head: str, per_generator: dict) -> str:
@@ -120,7 +141,7 @@ def _histogram_img(head: str, scores, labels) -> str:
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     bins = np.linspace(lo, hi, 51)
-    for value, name, colour in ((0, "real", "tab:blue"), (1, "fake", "tab:red")):
+    for value, name, colour in ((0, "real", CLASS_COLOURS["real"]), (1, "fake", CLASS_COLOURS["fake"])):
         part = scores[labels == value]
         if part.size:
             ax.hist(part, bins=bins, density=True, alpha=0.55, color=colour, label=f"{name} (n={part.size})")
@@ -128,6 +149,33 @@ def _histogram_img(head: str, scores, labels) -> str:
     if scores.size:
         ax.legend(fontsize=8)
     return _img(fig, f"score histogram of {head}")
+
+
+def map_colours(names) -> dict[str, str]:
+    """Colour of each name on the 2-D map: 'real' in the real class colour; each generator (its fakes)
+    in a colour of its own that is neither class colour, so red on the map never means real."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    # tab10 first: its neighbours are distinct hues (tab20 pairs dark/light of one hue).
+    reserved = {to_hex(c) for c in CLASS_COLOURS.values()}
+    palette = [to_hex(c) for c in (*colormaps["tab10"].colors, *colormaps["tab20b"].colors,
+                                   *colormaps["tab20c"].colors)]
+    palette = [c for c in palette if c not in reserved]
+    out, k = {}, 0
+    for name in sorted(set(str(n) for n in names)):
+        if name in CLASS_COLOURS:
+            out[name] = to_hex(CLASS_COLOURS[name])
+        else:
+            out[name] = palette[k % len(palette)]
+            k += 1
+    return out
+
+
+def _colour_key(colours: dict[str, str]) -> str:
+    spans = " ".join(f'<span class="name" data-colour="{_e(c)}" style="color:{_e(c)}">&#9632; {_e(n)}</span>'
+                     for n, c in colours.items())
+    return f'<p class="note colours">Colours: {spans}</p>'
 
 
 def _map_img(points: np.ndarray, names: list[str]) -> str:
@@ -140,19 +188,16 @@ def _map_img(points: np.ndarray, names: list[str]) -> str:
         keep = np.sort(np.random.default_rng(0).choice(points.shape[0], MAX_MAP_POINTS, replace=False))
         note = f'<p class="note">A seeded random {MAX_MAP_POINTS} of {points.shape[0]} points are drawn.</p>'
         points, names = points[keep], names[keep]
-    from matplotlib import colormaps
-
-    # tab10 first: its neighbours are distinct hues (tab20 pairs dark/light of one hue).
-    palette = [*colormaps["tab10"].colors, *colormaps["tab20b"].colors, *colormaps["tab20c"].colors]
+    colours = map_colours(names.tolist())
     fig = _figure(8, 6)
     ax = fig.subplots()
-    for i, name in enumerate(sorted(set(names.tolist()))):
+    for name, colour in colours.items():
         sel = names == name
-        ax.scatter(points[sel, 0], points[sel, 1], s=4, alpha=0.6, color=palette[i % len(palette)], label=_mpl_text(name))
-    ax.set(xlabel="PC 1", ylabel="PC 2", title="Feature rows in 2-D (PCA), by generator")
+        ax.scatter(points[sel, 0], points[sel, 1], s=4, alpha=0.6, color=colour, label=_mpl_text(name))
+    ax.set(xlabel="PC 1", ylabel="PC 2", title="Feature rows in 2-D (PCA): reals, and fakes by generator")
     if names.size:
         ax.legend(fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return note + _img(fig, "2-D map of feature rows coloured by generator")
+    return note + _colour_key(colours) + _img(fig, "2-D map of feature rows coloured by generator")
 
 
 def _provenance_table(provenance: dict) -> str:
@@ -175,6 +220,8 @@ def render_report(
     histograms: dict,
     embedding_2d,
     provenance: dict,
+    extra_sections=None,
+    warnings: list[str] = (),
 ) -> None:
     """Write one self-contained HTML report to ``out_path`` (temporary name, then ``os.replace``).
 
@@ -183,14 +230,24 @@ def render_report(
     histograms: head name -> (scores (n,) float, labels (n,) 0/1).
     embedding_2d: None, or ((n, 2) float points, n generator/label names) for the 2-D map.
     provenance: what produced the numbers (models, store, head, date ...); 'date' defaults to now (UTC).
+    extra_sections: [(heading, HTML)] inserted before the evaluation; the HTML is the caller's, already
+    escaped (item.protocols builds it with ``html_table`` / ``html_img``).
+    warnings: lines shown right below the banner (caption sources by label, rows seen in training).
     With random_weights, the <title> and the first line of the body say RANDOM_WEIGHTS_BANNER.
     """
+    from matplotlib.colors import to_hex
+
     page_title = f"{RANDOM_WEIGHTS_BANNER} | {title}" if random_weights else str(title)
     body = []
     if random_weights:
         body.append(f'<p class="banner">{_e(RANDOM_WEIGHTS_BANNER)}</p>')
+    for w in warnings:
+        body.append(f'<p class="warning">warning: {_e(w)}</p>')
     body.append(f"<h1>{_e(title)}</h1>")
     body.append("<h2>Provenance</h2>" + _provenance_table(provenance))
+
+    for heading, section in extra_sections or ():
+        body.append(f"<h2>{_e(heading)}</h2>" + section)
 
     body.append("<h2>Evaluation</h2>")
     body.append(
@@ -206,6 +263,7 @@ def render_report(
         body.append(f"<h3>{_e(head)}</h3>" + _curves_img(head, per_generator))
 
     body.append("<h2>Score histograms</h2>")
+    body.append(_colour_key({n: to_hex(c) for n, c in CLASS_COLOURS.items()}))
     for head, (scores, labels) in histograms.items():
         body.append(f"<h3>{_e(head)}</h3>" + _histogram_img(head, scores, labels))
 
@@ -222,15 +280,15 @@ def render_report(
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )
+    from item.errors import InputError
+    from item.store.files import atomic_write_bytes
+
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + f".tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out_path, text.encode("utf-8"))
+    except OSError as exc:
+        raise InputError(f"{out_path}: cannot write the report ({exc.strerror or exc}); nothing was written") from None
 
 
 def project_2d(features: np.ndarray, seed=0) -> np.ndarray:

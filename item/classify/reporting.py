@@ -30,9 +30,17 @@ def describe_model(spec: dict) -> str:
     return text
 
 
-def write_report(store, heads: list, out, split: str | None = "test", map_points: int = 5000) -> dict:
-    """Evaluate ``heads`` on ``split`` and write one self-contained HTML file to ``out``."""
-    results = evaluate(store, heads, split)
+def write_report(store, heads: list, out, split: str | None = "test", map_points: int = 5000, *,
+                 reals: dict | None = None, title: str | None = None, extra_sections=None,
+                 results: dict | None = None) -> dict:
+    """Evaluate ``heads`` on ``split`` and write one self-contained HTML file to ``out``.
+
+    reals: the real pairing (see ``evaluate``); extra_sections: [(heading, trusted HTML)] placed
+    before the evaluation tables (a benchmark's comparison table, robustness plots); results: the
+    output of that very ``evaluate`` call when the caller already has it.
+    """
+    if results is None:
+        results = evaluate(store, heads, split, reals=reals)
     first = next(iter(results.values()))
     with StoreReader(store) as reader:
         rows = first["rows"]
@@ -62,11 +70,16 @@ def write_report(store, heads: list, out, split: str | None = "test", map_points
         for g in sorted(set(r["generators"][r["labels"] == 1])):
             own = (r["generators"] == g) & (r["labels"] == 0)
             reals = own if own.any() else (r["labels"] == 0)
+            if g in r.get("real_pool", {}):
+                reals = np.zeros(r["labels"].size, bool)
+                reals[r["real_pool"][g]] = True
             mask = reals | ((r["generators"] == g) & (r["labels"] == 1))
             per[g] = (r["scores"][mask], r["labels"][mask])
         curves[name] = per
-    render_report(out, title=f"ITEM evaluation of {', '.join(results)}", random_weights=random_weights,
+    render_report(out, title=title or f"ITEM evaluation of {', '.join(results)}", random_weights=random_weights,
+                  extra_sections=extra_sections,
                   eval_tables={n: r["table"] for n, r in results.items()}, curves=curves,
                   histograms={n: (r["scores"], r["labels"]) for n, r in results.items()},
-                  embedding_2d=(project_2d(feats), names) if len(rows) >= 3 else None, provenance=provenance)
+                  embedding_2d=(project_2d(feats), names) if len(rows) >= 3 else None, provenance=provenance,
+                  warnings=list(dict.fromkeys(w for r in results.values() for w in r["warnings"])))
     return results

@@ -16,6 +16,11 @@ from item.misalignment import RECIPES, feature_size
 from item.store import StoreReader
 from item.store import schema
 
+#: ``--train-split`` / ``--split`` value meaning every labelled row ("" is accepted too).
+ALL_SPLITS = "all"
+#: ``caption_source`` of a caption given by the user; any other value names the captioner that wrote it.
+CAPTION_GIVEN = "given"
+
 # What a head must share with any store it scores (and with the models that featurize for it).
 # The store's identity keys are part of it: a head made on fp16 CUDA features, or on GELU-built CLIP ones, is
 # not applied to others unless --allow-mixed says so for the harmless ones (schema.ALLOW_MIXED_KEYS).
@@ -44,6 +49,44 @@ class TrainConfig:
     val_fraction: float = 0.2  # used when the store has no rows in val_split
     train_generators: tuple[str, ...] = ()  # empty: all; else only these generators' fakes and paired reals
     seed: int = 0
+    max_memory: int = 0  # bytes the feature rows may take in memory; more streams them (0: half the RAM)
+
+
+def no_rows_message(reader: StoreReader, split: str, option: str) -> str:
+    """Why a split selects nothing, and what to do about it (one line)."""
+    meta = reader.metadata([schema.SPLIT, schema.LABEL, schema.STATUS])
+    ok = meta[schema.STATUS] == schema.STATUS_OK
+    splits = sorted(set(meta[schema.SPLIT][ok].astype(str).tolist()) - {""})
+    labelled = int(np.isin(meta[schema.LABEL][ok].astype(str), ["real", "fake"]).sum())
+    if labelled == 0:
+        return (f"no row of {reader.root} has a label (real or fake): give labels with "
+                f"`item store annotate {reader.root} MANIFEST` (a manifest with path and label columns)")
+    if not splits:
+        return (f"no labelled rows in split {split!r}: the store has no splits; assign them with "
+                f"`item store split {reader.root}`, or use {option} all for every labelled row")
+    return (f"no labelled rows in split {split!r}; splits in the store: {', '.join(splits)} "
+            f"({option} all: every labelled row)")
+
+
+def caption_sources(reader: StoreReader, rows: np.ndarray) -> dict:
+    """{label: {'given': n, 'model': n}} over ``rows``: who wrote the captions a head learns from."""
+    meta = reader.metadata([schema.LABEL, schema.CAPTION_SOURCE])
+    out: dict = {}
+    for lab, src in zip(meta[schema.LABEL][rows].astype(str), meta[schema.CAPTION_SOURCE][rows].astype(str)):
+        d = out.setdefault(lab, {"given": 0, "model": 0})
+        d["given" if src == CAPTION_GIVEN else "model"] += 1
+    return out
+
+
+def caption_source_warning(sources: dict) -> str | None:
+    """A warning when the share of given captions differs by label (a head can learn the source)."""
+    share = {lab: d["given"] / max(d["given"] + d["model"], 1) for lab, d in sources.items()
+             if lab in ("real", "fake")}
+    if len(share) < 2 or abs(share["real"] - share["fake"]) <= 0.1:
+        return None
+    return ("captions of the training rows come from different sources by label (given by the user: real "
+            f"{share['real']:.0%}, fake {share['fake']:.0%}; the rest by the captioner): the head can learn who "
+            "wrote the caption instead of misalignment, and its scores can look better than they are")
 
 
 def _labels(meta_labels: np.ndarray) -> np.ndarray:
@@ -60,7 +103,8 @@ def select_training_rows(reader: StoreReader, cfg: TrainConfig) -> tuple[np.ndar
                          "--val-split '' to hold out --val-fraction of the training rows")
     meta = reader.metadata([schema.LABEL, schema.GENERATOR])
     labelled = reader.select(label=["real", "fake"])
-    train = np.intersect1d(labelled, reader.select(split=cfg.train_split)) if cfg.train_split else labelled
+    every = cfg.train_split in (None, "", ALL_SPLITS)
+    train = labelled if every else np.intersect1d(labelled, reader.select(split=cfg.train_split))
     # With --train-generators, a held-out generator contributes nothing: neither its fakes nor the reals
     # paired with it (UniversalFakeDetect keeps each generator's reals in its own folder). Reals whose
     # generator has no fake row (a shared pool of camera images) always train.
@@ -78,8 +122,7 @@ def select_training_rows(reader: StoreReader, cfg: TrainConfig) -> tuple[np.ndar
                              f"generators: {', '.join(sorted(set(meta[schema.GENERATOR][labelled])))}")
         train = train[keep]
     if train.size == 0:
-        raise InputError(f"no labelled rows in split {cfg.train_split!r}; splits in the store: "
-                         f"{', '.join(sorted(set(reader.metadata([schema.SPLIT])[schema.SPLIT]))) or '-'}")
+        raise InputError(no_rows_message(reader, cfg.train_split, "--train-split"))
     val = np.array([], np.int64)
     if cfg.val_split:
         val = np.intersect1d(labelled, reader.select(split=cfg.val_split))
@@ -92,38 +135,66 @@ def select_training_rows(reader: StoreReader, cfg: TrainConfig) -> tuple[np.ndar
         if train.size == 0:
             raise InputError(f"every training row is in the validation split {cfg.val_split!r}")
     if val.size == 0:
-        y = _labels(meta[schema.LABEL][train])
+        # Augmented copies (item.featurize.augment) follow their original: the hold-out is drawn from
+        # original rows, and a copy of a held-out image neither trains nor validates.
+        copies = _augmented_rows(reader, train)
+        base = np.setdiff1d(train, copies)
+        y = _labels(meta[schema.LABEL][base])
         tr, va = stratified_holdout(y, cfg.seed, cfg.val_fraction)
-        train, val = train[tr], train[va]
+        train, val = base[tr], base[va]
+        if copies.size:
+            from item.featurize.augment import base_id
+
+            ids = reader.metadata([schema.ID])[schema.ID]
+            held = {str(i) for i in ids[val]}
+            train = np.union1d(train, copies[[base_id(i) not in held for i in ids[copies]]])
         how = f"{cfg.val_fraction:.0%} of the training rows (stratified, seed {cfg.seed})"
+    else:
+        val = np.setdiff1d(val, _augmented_rows(reader, val))
     y_train = _labels(meta[schema.LABEL][train])
     if len(set(y_train.tolist())) < 2:
         raise InputError("the training rows need both real and fake images")
     return train, val, how
 
 
-def train_head(store, out, cfg: TrainConfig) -> dict:
-    """Fit a head on the store's training rows, fix its threshold on validation rows, save it to ``out``.
+def _augmented_rows(reader: StoreReader, rows: np.ndarray) -> np.ndarray:
+    """Rows among ``rows`` that are training-time augmented copies (their perturbation is not the store's)."""
+    if rows.size == 0:
+        return rows
+    pert = reader.metadata([schema.PERTURBATION])[schema.PERTURBATION]
+    return rows[pert[rows].astype(str) != str(reader.compat.get("perturbation", ""))]
 
-    Returns the head's JSON metadata.
+
+def fit_head(store, cfg: TrainConfig):
+    """Fit a head on the store's training rows and fix its threshold on validation rows.
+
+    Returns (fitted head, its JSON metadata); nothing is written (``save_head`` does that).
     """
+    from item.classify import digest
+    from item.store.overlay import overlay_version
+
     if cfg.recipe not in RECIPES:
         raise InputError(f"unknown recipe {cfg.recipe!r}. Available: {', '.join(RECIPES)}")
     make_head(cfg.head)._cfg()  # an unknown head kind or a bad hyperparameter fails before any data is read
     with StoreReader(store) as reader:
         train, val, how = select_training_rows(reader, cfg)
-        meta = reader.metadata([schema.LABEL])
-        X = store_features(reader, cfg.recipe, train)
+        meta = reader.metadata([schema.LABEL, schema.ID])
         y = _labels(meta[schema.LABEL][train])
-        Xv = store_features(reader, cfg.recipe, val)
         yv = _labels(meta[schema.LABEL][val])
         head_cfg = HeadConfig(**{**asdict(cfg.head), "random_state": cfg.seed,
                                  "hidden": tuple(cfg.head.hidden)})
         head = make_head(head_cfg)
         has_both = len(set(yv.tolist())) == 2
-        head.fit(X, y, X_val=Xv if has_both else None, y_val=yv if has_both else None)
-        val_scores = head.predict_proba(Xv)[:, 1] if val.size else np.array([])
+        streamed = _fit_streamed_if_large(reader, cfg, head, train, y, val, yv, has_both)
+        if streamed is None:
+            X = store_features(reader, cfg.recipe, train)
+            Xv = store_features(reader, cfg.recipe, val)
+            head.fit(X, y, X_val=Xv if has_both else None, y_val=yv if has_both else None)
+            val_scores = head.predict_proba(Xv)[:, 1] if val.size else np.array([])
+        else:
+            val_scores = streamed
         threshold = threshold_at_best_acc(val_scores, yv) if has_both else 0.5
+        sources = caption_sources(reader, np.r_[train, val])
         info = {
             "recipe": cfg.recipe,
             "threshold": float(threshold),
@@ -133,15 +204,55 @@ def train_head(store, out, cfg: TrainConfig) -> dict:
             "train_split": cfg.train_split, "val_split": cfg.val_split,
             "train_generators": list(cfg.train_generators) or "all",
             "train_config": {k: v for k, v in asdict(cfg).items() if k != "head"},
+            "streamed": streamed is not None,
             "compat": {k: reader.compat.get(k) for k in HEAD_COMPAT_KEYS},
             "models": reader.models,
             "store_fingerprint": reader.fingerprint,
             "store": str(Path(store).resolve()),
+            "overlay": overlay_version(reader.overlay),
+            "caption_sources": sources,
+            "caption_source_warning": caption_source_warning(sources),
+            # Which images fitted and calibrated this head, by content: eval finds them in any store.
+            "seen_ids": {"train": digest.build(meta[schema.ID][train]), "val": digest.build(meta[schema.ID][val])},
             "random_weights": reader.random_weights,
             "item_version": __version__,
         }
+    return head, info
+
+
+def train_head(store, out, cfg: TrainConfig) -> dict:
+    """Fit a head (``fit_head``) and save it to ``out``. Returns the head's JSON metadata."""
+    head, info = fit_head(store, cfg)
     save_head(head, out, info)
     return load_head(out)[1]
+
+
+def _fit_streamed_if_large(reader, cfg: TrainConfig, head, train, y, val, yv, has_both):
+    """Fit ``head`` streaming its features when the rows exceed ``cfg.max_memory`` (see classify.streaming).
+
+    Returns the validation scores (n_val,) when it streamed, None when the rows fit in memory.
+    """
+    from item.classify.heads import MLPHead
+    from item.classify.streaming import (StoreRows, default_memory_budget, fit_mlp_streaming, in_memory_bytes,
+                                         predict_streaming)
+
+    budget = cfg.max_memory or default_memory_budget()
+    n_features = feature_size(cfg.recipe, reader.embed_dim)
+    need = in_memory_bytes(train.size + val.size, n_features)
+    if need <= budget:
+        return None
+    if not isinstance(head, MLPHead):
+        raise InputError(f"{train.size + val.size} rows of {n_features} features need about {need / 1e9:.2f} GB in "
+                         f"memory, over --max-memory {budget / 1e9:.2f} GB, and the {cfg.head.kind} head trains "
+                         "in memory only; use --head mlp (it streams) or a larger --max-memory")
+    chunk_rows = max(1, budget // (4 * n_features * 4))  # a chunk, its standardised copy and slack: a quarter
+    fit_train, fit_val, y_fit, yv_fit = train, val, y, yv
+    if not has_both:  # as MLPHead.fit does without validation rows: hold out part of the training rows
+        tr, va = stratified_holdout(y, head._cfg().random_state)
+        fit_train, fit_val, y_fit, yv_fit = train[tr], train[va], y[tr], y[va]
+    fit_mlp_streaming(head, StoreRows(reader, cfg.recipe, fit_train, chunk_rows), y_fit,
+                      StoreRows(reader, cfg.recipe, fit_val, chunk_rows), yv_fit)
+    return predict_streaming(head, StoreRows(reader, cfg.recipe, val, chunk_rows)) if val.size else np.array([])
 
 
 def check_head_fits(head_info: dict, compat: dict, where: str, allow_mixed: bool = False) -> None:
@@ -172,39 +283,68 @@ def score_rows(store, head_dir, rows=None, allow_mixed: bool = False):
     return head.predict_proba(X)[:, 1].astype(np.float64), np.asarray(rows), info
 
 
-def evaluate(store, heads: list, split: str | None = "test", allow_mixed: bool = False) -> dict:
-    """Per-generator tables for each head on the store's ``split`` rows (None: every labelled row).
+def evaluate(store, heads: list, split: str | None = "test", allow_mixed: bool = False,
+             reals: dict | None = None) -> dict:
+    """Per-generator tables for each head on the store's ``split`` rows (None, '' or 'all': every labelled row).
 
-    Returns {head name: {'table': rows, 'scores', 'labels', 'generators', 'threshold', 'info'}}.
-    Each head's own threshold (fixed on validation data at training time) is used as is.
+    reals: {fake generator (or fnmatch pattern): generator of the reals it is scored against}, see
+    ``item.classify.pairing``; generators not named keep the automatic own / pooled choice.
+    Returns {head name: {'table': rows, 'scores', 'labels', 'generators', 'threshold', 'info',
+    'real_pool', 'warnings'}}. Each head's own threshold (fixed on validation data at training time) is
+    used as is. Rows that are training-time augmented copies (their perturbation differs from the
+    store's) are never evaluated.
     """
+    from item.classify.pairing import real_pools
+
+    split = None if split in (None, "", ALL_SPLITS) else split
     with StoreReader(store) as reader:
         rows = reader.select(label=["real", "fake"], split=split) if split else reader.select(label=["real", "fake"])
+        if rows.size:
+            pert = reader.metadata([schema.PERTURBATION])[schema.PERTURBATION]
+            rows = rows[pert[rows].astype(str) == str(reader.compat.get("perturbation", ""))]
         if rows.size == 0:
-            splits = sorted(set(reader.metadata([schema.SPLIT])[schema.SPLIT]))
-            raise InputError(f"no labelled rows in split {split!r}; splits in the store: {', '.join(splits) or '-'}")
-        meta = reader.metadata([schema.LABEL, schema.GENERATOR, schema.SPLIT])
+            raise InputError(no_rows_message(reader, split, "--split"))
+        meta = reader.metadata([schema.LABEL, schema.GENERATOR, schema.SPLIT, schema.ID])
         labels = _labels(meta[schema.LABEL][rows])
         gens = meta[schema.GENERATOR][rows].astype(str)
         splits = meta[schema.SPLIT][rows].astype(str)
+        ids = meta[schema.ID][rows].astype(str)
         fingerprint = reader.fingerprint
+    pool, kinds = real_pools(labels, gens, reals or {})
     out = {}
     names = _head_names(heads)
     for name, head_dir in zip(names, heads):
         scores, _, info = score_rows(store, head_dir, rows, allow_mixed)
-        table = per_generator_table(scores, labels, gens, info["threshold"])
+        table = per_generator_table(scores, labels, gens, info["threshold"], real_pool=pool, real_kinds=kinds)
+        warnings = [f"{name}: {info['caption_source_warning']}"] if info.get("caption_source_warning") else []
+        warnings += _seen_rows_warnings(name, info, store, fingerprint, splits, ids)
         out[name] = {"table": table, "scores": scores, "labels": labels, "generators": gens,
-                     "threshold": info["threshold"], "info": info, "rows": rows,
-                     "warnings": _seen_rows_warnings(name, info, store, fingerprint, splits)}
+                     "threshold": info["threshold"], "info": info, "rows": rows, "real_pool": pool,
+                     "warnings": warnings}
     return out
 
 
-def _seen_rows_warnings(name: str, info: dict, store, fingerprint: str, splits: np.ndarray) -> list[str]:
+def _seen_rows_warnings(name: str, info: dict, store, fingerprint: str, splits: np.ndarray,
+                        ids: np.ndarray | None = None) -> list[str]:
     """Say so when the evaluated rows include rows the head was fitted or thresholded on."""
+    seen_ids = info.get("seen_ids")
+    if seen_ids and ids is not None:
+        from item.classify import digest
+
+        trained = digest.contains(seen_ids["train"], ids)
+        calibrated = digest.contains(seen_ids["val"], ids) & ~trained
+        n = int(trained.sum() + calibrated.sum())
+        if n == 0:
+            return []
+        rate = seen_ids["train"].get("false_positive_rate", digest.DEFAULT_FP_RATE)
+        return [f"{name}: {n} of the {ids.size} evaluated images were used to train ({int(trained.sum())}) or "
+                f"calibrate ({int(calibrated.sum())}) this head; their numbers are optimistic (matched by "
+                f"content id, false-positive rate {rate:.1%} per image)"]
+    # Heads saved before they kept an id digest: judge by store and split names.
     same_store = info.get("store_fingerprint") == fingerprint or info.get("store") == str(Path(store).resolve())
     if not same_store:
         return []
-    if not info.get("train_split"):
+    if not info.get("train_split") or info.get("train_split") == ALL_SPLITS:
         seen, n_seen = {"(every split)"}, splits.size  # trained on every labelled row
     else:
         seen = {info["train_split"]}

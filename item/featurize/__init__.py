@@ -7,7 +7,8 @@ Its front door (everything a caller needs; the modules behind it are the stage's
 - ``featurize_images(images_or_paths, *, models, captions=None) -> list[ImageRecord]``: featurize
   files or PIL images in memory (prediction, a server);
 - ``ModelSpec`` (``from_store``, ``from_head``), ``resolve_models`` (presets), ``load_models``
-  (load once, pass the loaded ``Models`` to either call), ``FeaturizeConfig``, ``RunSummary``.
+  (load once, pass the loaded ``Models`` to either call), ``compat_for`` (the identity loaded models
+  give a store's rows), ``FeaturizeConfig``, ``RunSummary``.
 
 Importing this package is cheap: the names resolve on first use (torch and the models load inside
 the functions that need them).
@@ -26,6 +27,7 @@ _EXPORTS = {
     "resolve_models": "item.featurize.models",
     "Models": "item.featurize.loading",
     "load_models": "item.featurize.loading",
+    "compat_for": "item.featurize.loading",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -23,15 +23,21 @@ def featurize_cmd(
     pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or a local checkpoint path."),
     captioner: Optional[str] = typer.Option(None, help="Captioner: HF id, local folder, or 'none' (then every "
                                             "row needs a caption from its manifest)."),
-    grounder: Optional[str] = typer.Option(None, help="Grounder: HF id, local folder, or 'none' (global "
-                                           "features only)."),
+    grounder: Optional[str] = typer.Option(None, help="Grounder: HF id, local folder, random name or 'none' "
+                                           "(global features only). Grounding DINO by default; OWLv2 "
+                                           "(google/owlv2-base-patch16-ensemble, owlv2-random) is faster, "
+                                           "its grounding quality for ITEM is not measured."),
+    ground_size: Optional[int] = typer.Option(None, help="Grounder input size, shortest side in pixels "
+                                              "(default: the model's own, 800 for Grounding DINO). Smaller is "
+                                              "faster; what it costs in quality only real weights can tell."),
     box_threshold: Optional[float] = typer.Option(None, help="Grounding DINO box threshold (preset default 0.35)."),
     text_threshold: Optional[float] = typer.Option(None, help="Grounding DINO text threshold (preset default 0.25)."),
     max_objects: int = typer.Option(8, help="At most this many nouns per caption are grounded."),
     perturb: Optional[List[str]] = typer.Option(None, help="Robustness perturbation applied after decoding: "
                                                 "jpeg:75, blur:1.0, resize:0.5; repeat or join with '+'."),
-    batch_size: int = typer.Option(16, help="Images per batch through captioner and grounder."),
-    clip_batch_size: int = typer.Option(64, help="Images or texts per CLIP forward pass."),
+    batch_size: int = typer.Option(0, help="Images per batch (decoded together); 0: 64 on CUDA, 16 on CPU."),
+    caption_batch_size: int = typer.Option(64, help="Images per captioner generate() (capped by --batch-size)."),
+    clip_batch_size: int = typer.Option(256, help="Images or texts per CLIP forward pass."),
     workers: int = typer.Option(-1, help="Decoding processes (-1: auto, 0: in the main process)."),
     shard_size: int = typer.Option(1000, help="Image rows per store shard (at most this many are redone "
                                    "after a crash)."),
@@ -45,6 +51,10 @@ def featurize_cmd(
                                      "version, device class or precision (rounding-level differences only; "
                                      "the run records its own values)."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+    augment: Optional[List[str]] = typer.Option(None, help="Train-time augmentation: also store a perturbed copy "
+                                                "of every training-split image as a row of its own (id "
+                                                "<sha256>+SPEC, its perturbation recorded), e.g. --augment "
+                                                "jpeg:75 --augment blur:1.0. Never evaluated."),
     engine: str = typer.Option("local", help="local (this process) or ray (a Ray Data job; needs "
                                'pip install -e ".[ray]").'),
     ray_address: Optional[str] = typer.Option(None, help="With --engine ray: an existing cluster's address "
@@ -81,24 +91,52 @@ def featurize_cmd(
     if given and missing and given != missing and len(given | missing) > 1:
         warn("captions are given for some labels only: real and fake rows will be captioned by different "
              "sources, which a head can learn instead of misalignment")
-    spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder)
+    spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder,
+                          ground_size=ground_size)
+    no_caption = [r for r in disc.rows if not r.caption]
+    if spec.captioner == "none" and no_caption:
+        from item.errors import InputError
+
+        # Refused before any model loads and before the store folder exists.
+        raise InputError(f"--captioner none: {len(no_caption)} of {len(disc.rows)} inputs have no caption "
+                         f"(first: {no_caption[0].origin}); give captions in a manifest's caption column, "
+                         "or choose a captioner")
     if box_threshold is not None or text_threshold is not None:
         spec = dataclasses.replace(spec, box_threshold=spec.box_threshold if box_threshold is None else box_threshold,
                                    text_threshold=spec.text_threshold if text_threshold is None else text_threshold)
     config = FeaturizeConfig(
-        batch_size=batch_size, clip_batch_size=clip_batch_size, max_objects=max_objects, workers=workers,
+        batch_size=batch_size, clip_batch_size=clip_batch_size, caption_batch_size=caption_batch_size,
+        max_objects=max_objects, workers=workers,
         shard_size=shard_size, perturb=str(perturbation), device=device, noun_prompt=noun_prompt,
         max_pixels=(None if max_pixels == 0 else (max_pixels or DEFAULT_MAX_PIXELS)),
         engine=engine, ray_address=ray_address, ray_actors=ray_actors, gpus_per_actor=gpus_per_actor)
     command = "item featurize " + " ".join(sources)
     info(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''})"
          f"{' in ' + str(ray_actors) + ' Ray actors' if engine == 'ray' else ''} ...")
+    if augment and engine != "local":
+        from item.errors import InputError
+
+        raise InputError("--augment runs in this process: use it with --engine local")
+    run_models = spec
+    if augment:  # loaded once, for the run and its augmented copies
+        from item.featurize import load_models
+
+        run_models = load_models(spec, device)
     with progress_bar(len(disc.rows), "featurizing") as advance:
-        summary = featurize_store(disc.rows, store, models=spec, config=config, progress=advance,
+        summary = featurize_store(disc.rows, store, models=run_models, config=config, progress=advance,
                                   overwrite=overwrite, command=command,
                                   allow_mixed=allow_mixed)
     for k, v in summary.mixed_identity.items():
         warn(f"--allow-mixed: {k} was {v['run']!r} in this run, the store's is {v['store']!r}")
+    if augment:
+        from item.featurize.augment import augment_store
+
+        with progress_bar(None, "augmenting") as advance:
+            augmented = augment_store(disc.rows, store, models=run_models, config=config, specs=augment,
+                                      progress=advance, command=command)
+        for aug, n in augmented.items():
+            info(f"augmentation {aug}: {n} training copies written")
+    _after_run_warnings(store, disc.rows, sources)
     if as_json:
         emit_json(summary.to_json())
         return
@@ -113,6 +151,24 @@ def featurize_cmd(
     info(f"time per stage: {stages}")
     info(f"text cache: {summary.text_cache_hits} hits, {summary.text_cache_misses} misses "
          f"({100 * summary.text_cache_hit_rate:.0f}% hit rate)")
+
+
+def _after_run_warnings(store: Path, rows, sources) -> None:
+    """Rows without a label, and stored rows whose metadata this run's sources now contradict."""
+    from item.store.annotate import metadata_disagreements
+
+    unlabelled = sum(r.label == "unknown" for r in rows)
+    if unlabelled:
+        warn(f"{unlabelled} of {len(rows)} inputs have no label (no label column or value; stored as 'unknown', "
+             f"and no head trains on them): add labels and run `item store annotate {store} MANIFEST`")
+    diff = metadata_disagreements(store, [(r.path, r.label, r.generator, r.split) for r in rows])
+    if diff:
+        n = len({d[0] for d in diff})
+        path, field, have, given = diff[0]
+        fields = ", ".join(sorted({d[1] for d in diff}))
+        warn(f"{n} inputs already in the store are given other {fields} now (e.g. {path}: {field} {have!r} stored, "
+             f"{given!r} given); featurize never changes stored rows: run `item store annotate {store} "
+             f"{' '.join(sources)}` to apply them")
 
 
 def register(app: typer.Typer) -> None:

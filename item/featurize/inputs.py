@@ -9,8 +9,12 @@ The folder is walked recursively in sorted (deterministic) order. Files with
 an image extension (case-insensitive: ``IMAGE_EXTENSIONS``) become rows; other
 files, and directories (even one named ``x.jpg``), do not. Names starting
 with '.' (``.git``, macOS ``._x.jpg`` resource forks) are skipped. Symlinked
-files are listed as they are; symlinked folders are followed once each (a
-loop is not followed twice).
+files are listed as they are. Symlinked folders are followed, and what is
+found through them is labelled by where the link is listed, not by where its
+target lives (``fake/more -> ../real`` gives fake rows); a folder reached along
+two paths (GenImage generators sharing one ``nature`` folder) is taken along
+each; a link back to one of its own ancestors (a loop) is reported and not
+followed.
 
 Each path component below the source is read, deepest first:
 
@@ -172,7 +176,7 @@ def discover(sources: list[str], *, label=None, generator=None, split=None) -> D
         if not os.path.exists(src):
             raise InputError(f"source {src!r} does not exist")
         if os.path.isdir(src):
-            layout, rows = _walk_folder(src)
+            layout, rows = _walk_folder(src, found.problems)
         elif src.lower().endswith(MANIFEST_EXTENSIONS):
             layout, rows = _read_manifest(src, found.problems)
         elif _is_image_name(src):
@@ -198,30 +202,47 @@ def discover(sources: list[str], *, label=None, generator=None, split=None) -> D
     return found
 
 
-def _walk_folder(src: str):
-    """-> (layout name, [(abs path, label, generator, split, None, origin)])."""
+def _walk_folder(src: str, problems: list[str] | None = None):
+    """-> (layout name, [(abs path, label, generator, split, None, origin)]).
+
+    Symlinked folders are followed and labelled by where they are listed, not where they point; a
+    folder reached along several paths is taken once along each; a symlink that leads back to one of
+    its own ancestors (a loop) is not followed and is reported in ``problems``.
+    """
     root = os.path.abspath(src)
     rows, layouts = [], set()
-    visited = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in visited:
-            dirnames[:] = []
-            continue
-        visited.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = os.path.relpath(dirpath, root)
-        parts = [] if rel == os.curdir else rel.split(os.sep)
+
+    def visit(dirpath: str, parts: list[str], ancestors: frozenset) -> None:
+        try:
+            entries = sorted(os.scandir(dirpath), key=lambda e: e.name)
+        except OSError as exc:
+            if problems is not None:
+                problems.append(f"{dirpath}: cannot list this folder ({exc.strerror or exc}); skipped")
+            return
         lab, gen, spl, layout = _classify_parts(parts)
         if layout:
             layouts.add(layout)
-        for name in sorted(filenames):
-            if name.startswith(".") or not _is_image_name(name):
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
                 continue
-            full = os.path.join(dirpath, name)
-            if os.path.isdir(full):  # a symlink to a folder named like an image
+            try:
+                is_dir = e.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append(e)
+            elif _is_image_name(e.name):
+                rows.append((os.path.join(dirpath, e.name), lab, gen, spl, None, src))
+        for e in subdirs:
+            real = os.path.realpath(e.path)
+            if real in ancestors:
+                if problems is not None:
+                    problems.append(f"{e.path}: symlink loop (leads back to {real}); not followed")
                 continue
-            rows.append((full, lab, gen, spl, None, src))
+            visit(e.path, parts + [e.name], ancestors | {real})
+
+    visit(root, [], frozenset([os.path.realpath(root)]))
     if not layouts:
         layout = "flat"
     elif len(layouts) == 1:
@@ -285,6 +306,40 @@ def _read_manifest(src: str, problems: list[str]):
         caption = None if caption is None or not str(caption).strip() else str(caption).strip()
         rows.append((full, lab, _text(rec.get("generator")), _text(rec.get("split")), caption, origin))
     return layout, rows
+
+
+def read_manifest_records(src: str) -> tuple[list[str], list[tuple[str, dict]]]:
+    """A manifest's columns and raw records, for tools that update stored rows (``item store annotate``).
+
+    Returns (column names, lower case; [(origin 'file:line', {column: value})]); a relative ``path``
+    is resolved against the manifest's folder. Nothing is checked beyond the file's syntax: unlike
+    featurizing, a missing file or an empty value is the caller's business.
+    """
+    try:
+        with open(src, "rb") as f:
+            text = f.read().decode("utf-8-sig")
+    except OSError as e:
+        raise InputError(f"cannot read manifest {src!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"manifest {src!r} is not UTF-8 text (byte {e.start})") from None
+    if not src.lower().endswith(MANIFEST_EXTENSIONS):
+        raise InputError(f"{src!r} is not a manifest ({', '.join(MANIFEST_EXTENSIONS)})")
+    problems: list[str] = []
+    records = _csv_records(src, text) if src.lower().endswith(".csv") else _json_records(src, text, problems)
+    if problems:
+        raise InputError(problems[0])
+    base = os.path.dirname(os.path.abspath(src))
+    columns: list[str] = []
+    out = []
+    for lineno, rec in records:
+        for k in rec:
+            if k not in columns:
+                columns.append(k)
+        path = _text(rec.get("path"))
+        if path:
+            rec["path"] = os.path.abspath(path if os.path.isabs(path) else os.path.join(base, path))
+        out.append((f"{src}:{lineno}", rec))
+    return columns, out
 
 
 def _text(value) -> str:

@@ -13,8 +13,9 @@ single-process run sees (the same image and crop embeddings, bit for bit on the 
 embeddings go through each actor's own cache, so a caption or noun may be encoded in another
 company of texts than in one process: equal to float16 rounding, not always bit for bit.
 
-A driver killed mid-job leaves complete, uncommitted shard files (``ray-<uuid>.h5``); the next run
-adopts each one whose rows the store does not hold yet, so nothing is lost or written twice.
+A driver killed mid-job leaves complete, uncommitted shard files (``shard-ID-N.h5`` of the driver's
+writer id); the next writer to open the store adopts each one whose rows the store does not hold
+yet, so nothing is lost or written twice.
 
 The store must be on a filesystem every node of the cluster sees (write tasks write into it).
 """
@@ -26,16 +27,11 @@ import math
 import os
 import pickle
 import time
-import uuid
 from collections import Counter
-from pathlib import Path
 
 from item.errors import InputError
 
 RAY_MISSING = 'the ray engine needs Ray Data: pip install -e ".[ray]"'
-#: Shards written by Ray write tasks are named ray-<uuid>.h5 (unique per task; the writer's own
-#: shard-NNNNNN.h5 names come from the manifest's count and cannot be chosen by many writers at once).
-RAY_SHARD_PREFIX = "ray-"
 
 
 def import_ray():
@@ -49,77 +45,33 @@ def import_ray():
 
 
 # -- the seam with the store's writer ---------------------------------------------------------------
-# Until the store's writer offers "write a complete shard without committing it" and "commit these
-# entries" itself (a writer split by role, many writers per store), these two functions do it through
-# the current StoreWriter's own shard encoding and commit; nothing else here touches the writer's insides.
-def write_uncommitted_shard(root, compat: dict, records: list) -> dict:
-    """Write ``records`` (ImageRecords) as one complete shard file, not listed in the manifest.
+# Write tasks stage shards under the driver's writer id with item.store.stage_shard(publish=True): each
+# is complete under its final name, unlisted. The driver commits them with StoreWriter.commit_staged.
+# A killed driver's published shards are adopted by the next writer that opens the store (its recovery
+# takes over shards of writers that are gone), so finished work is not redone.
+def write_uncommitted_shard(root, compat: dict, records: list, writer_id: str):
+    """Write ``records`` (ImageRecords) as one complete shard of writer ``writer_id``, not listed in the
+    manifest. Returns its StagedShard (``.entry`` is the manifest entry)."""
+    from item.store.writer import stage_shard
 
-    Returns its manifest entry. Records are checked as ``StoreWriter.add`` checks them.
-    """
-    from item.store import schema
-    from item.store.writer import StoreWriter
-
-    w = StoreWriter.__new__(StoreWriter)  # no lock, no manifest: only the shard encoding is used
-    w.root, w.compat = Path(root), dict(compat)
-    w.embed_dim, w.misalignment_dim = int(compat["embed_dim"]), int(compat["misalignment_dim"])
-    for r in records:
-        w._check_record(r)
-    name = f"{RAY_SHARD_PREFIX}{uuid.uuid4().hex}{schema.SHARD_SUFFIX}"
-    return w._write_shard(records, [], name=name)
-
-
-def commit_entries(writer, entries: list[dict]) -> None:
-    """Commit shard entries made by :func:`write_uncommitted_shard` to the open ``writer``'s manifest."""
-    from item.store import schema
-
-    for entry in entries:
-        writer._commit(entry)
-        writer._load_ids(writer.root / schema.SHARD_DIR / entry["name"])
-
-
-def adopt_uncommitted(writer) -> int:
-    """Commit the complete Ray shards a killed job left unlisted; drop incomplete or overlapping ones.
-
-    A shard is adopted when it is complete, was made with the store's models, and holds no id the
-    store already holds (a task that outlived its driver may have written rows a rerun wrote too).
-    Returns the number adopted.
-    """
-    import h5py
-
-    from item.store import schema
-    from item.store.writer import shard_stats
-
-    shard_dir = writer.root / schema.SHARD_DIR
-    listed = {e["name"] for e in writer.manifest["shards"]}
-    adopted = 0
-    for p in sorted(shard_dir.glob(f"{RAY_SHARD_PREFIX}*{schema.SHARD_SUFFIX}")):
-        if p.name in listed:
-            continue
-        entry = None
-        try:
-            with h5py.File(p, "r") as f:
-                ids = {s.decode("utf-8") for s in f[schema.G_IMAGES][schema.ID][()]}
-                if (bool(f.attrs.get(schema.A_COMPLETE, False))
-                        and json.loads(f.attrs[schema.A_COMPAT]) == writer.compat and not ids & writer.done_ids):
-                    entry = {"name": p.name, **shard_stats(f)}
-        except (OSError, KeyError, ValueError):
-            entry = None
-        if entry is None:
-            p.unlink()
-            continue
-        commit_entries(writer, [entry])
-        adopted += 1
-    return adopted
+    return stage_shard(root, records, [], compat=compat, writer_id=writer_id, publish=True)
 
 
 # -- what runs on the cluster -------------------------------------------------------------------------
-def _identity(spec, config):
-    """(compat, models info, CLIP preprocess) of ``spec``: loaded once on a worker, on its CPU."""
+def _actor_device(config) -> str:
+    """The device the model actors run on: CUDA when they hold GPUs, else the configured one."""
+    return "cuda" if config.gpus_per_actor > 0 else config.device
 
+
+def _identity(spec, config):
+    """(compat, models info, CLIP preprocess) of ``spec``, loaded once on a worker with an actor's resources.
+
+    The store's identity names the device class and precision the rows are computed in, so the models
+    are loaded on the device the actors use.
+    """
     from item.featurize.loading import compat_for, load_models, models_info
 
-    loaded = load_models(spec, "cpu")
+    loaded = load_models(spec, _actor_device(config))
     return compat_for(loaded, config), models_info(loaded), loaded.clip.preprocess
 
 
@@ -141,8 +93,7 @@ class _ModelActor:
         from item.featurize.loading import load_models
         from item.featurize.steps import Featurizer
 
-        device = "cuda" if config.gpus_per_actor > 0 else config.device
-        self.feat = Featurizer(load_models(spec, device), config)
+        self.feat = Featurizer(load_models(spec, _actor_device(config)), config)
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
@@ -163,7 +114,7 @@ class _ModelActor:
         return {k: np.array(v, dtype=object if k in ("payload", "seconds") else np.int64) for k, v in out.items()}
 
 
-def _make_sink(root: str, compat: dict, min_rows: int):
+def _make_sink(root: str, compat: dict, min_rows: int, writer_id: str):
     from ray.data import Datasink
     from ray.data.block import BlockAccessor
 
@@ -180,6 +131,8 @@ def _make_sink(root: str, compat: dict, min_rows: int):
         def __setstate__(self, state):
             self.writer, self.results = None, []
 
+        writer_id_ = writer_id  # a class attribute: travels with the class to the write tasks
+
         @property
         def min_rows_per_write(self):
             return min_rows  # one row is one batch: about shard_size image rows a shard, ending between batches
@@ -195,15 +148,19 @@ def _make_sink(root: str, compat: dict, min_rows: int):
                 hits += int(row["hits"])
                 misses += int(row["misses"])
             t = time.perf_counter()
-            entry = write_uncommitted_shard(root, compat, records) if records else None
+            staged = write_uncommitted_shard(root, compat, records, self.writer_id_) if records else None
             seconds["write"] += time.perf_counter() - t
-            return {"entry": entry, "seconds": dict(seconds), "hits": hits, "misses": misses,
+            return {"entry": staged.entry if staged else None, "staged": staged, "seconds": dict(seconds), "hits": hits, "misses": misses,
                     "examples": [(r.path, r.reason) for r in records if r.status != "ok"][:20]}
 
         def on_write_complete(self, write_result):
             self.results = [r for r in write_result.write_returns if r]
             if self.writer is not None:
-                commit_entries(self.writer, [r["entry"] for r in self.results if r["entry"]])
+                conflicts = self.writer.commit_staged([r["staged"] for r in self.results if r["staged"]])
+                dropped = {c.entry["name"] for c in conflicts}
+                for r in self.results:  # another writer committed these images meanwhile
+                    if r["staged"] and r["staged"].entry["name"] in dropped:
+                        r["entry"] = None
 
     return ShardSink()
 
@@ -245,16 +202,16 @@ def featurize_store_ray(rows, root, *, models, config, progress=None, overwrite=
             raise InputError(f"--ray-address {config.ray_address}: cannot connect to a Ray cluster ({exc})") from None
     try:
         cpus = config.cpus_per_actor
-        compat, info, preprocess = ray.get(ray.remote(_identity).options(num_cpus=cpus).remote(spec, config))
+        identity = ray.remote(_identity).options(num_cpus=cpus, num_gpus=config.gpus_per_actor or None)
+        compat, info, preprocess = ray.get(identity.remote(spec, config))
         with StoreWriter(root, compat=compat, models=info, recipe=config.recipe, shard_size=config.shard_size,
                          overwrite=overwrite, command=command, lock=lock) as writer:
-            adopt_uncommitted(writer)
             ids = hash_inputs(rows)
             todo, aliases, n_done = plan(rows, ids, writer.done_ids, writer.known_paths)
             summary.n_already_done, summary.n_duplicates = n_done, len(aliases)
-            bs = config.batch_size
+            bs = config.resolved_batch_size("cuda" if config.gpus_per_actor > 0 else "cpu")
             batches = [todo[s:s + bs] for s in range(0, len(todo), bs)]
-            sink = _make_sink(str(writer.root), compat, max(1, math.ceil(config.shard_size / bs)))
+            sink = _make_sink(str(writer.root), compat, max(1, math.ceil(config.shard_size / bs)), writer.writer_id)
             sink.writer = writer
             if batches:
                 ds = ray.data.from_items([{"n": i, "payload": pickle.dumps(b)} for i, b in enumerate(batches)],

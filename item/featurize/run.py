@@ -56,6 +56,33 @@ class RunSummary:
         return d
 
 
+def run_overlapped(batches, feat: Featurizer, write) -> None:
+    """Batch i's `Featurizer.back` (crops, CLIP) runs in one background thread while the main thread
+    decodes and runs batch i+1's `front` (captions, grounding) and writes batch i-1: a bounded pipeline,
+    at most two batches in flight, written in order. Every batch meets the same computation as without
+    the overlap, so the stored bits are the same; an error in either thread ends the run as it would
+    without it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="item-clip") as pool:
+        try:
+            t_dec = time.perf_counter()
+            for batch in batches:
+                feat.seconds["decode"] += time.perf_counter() - t_dec
+                future = pool.submit(feat.back, feat.front(batch))
+                if pending is not None:
+                    write(pending[0], pending[1].result())
+                pending = (batch, future)
+                t_dec = time.perf_counter()
+            if pending is not None:
+                write(pending[0], pending[1].result())
+                pending = None
+        finally:
+            if pending is not None:
+                pending[1].cancel()
+
+
 def featurize_rows(rows: list[InputRow], writer, models: Models, config: FeaturizeConfig, *,
                    progress: Callable[[int], None] | None = None,
                    hash_progress: Callable[[int], None] | None = None,
@@ -81,36 +108,40 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
     reasons: Counter = Counter()
     last_flush = time.perf_counter()
     n_batches = 0
-    # Shards end between batches only: a resumed run then re-forms exactly the batches of an
-    # uninterrupted one, and with its text cache seeded from the store it computes the same bits.
-    auto_flush, writer.auto_flush = writer.auto_flush, False
+    # Shards end between batches only (add_batch): a resumed run then re-forms exactly the batches of
+    # an uninterrupted one, and with its text cache seeded from the store it computes the same bits.
+
+    def write(batch, records):
+        nonlocal last_flush, n_batches
+        fault("batch")
+        t = time.perf_counter()
+        writer.add_batch(records)
+        for rec in records:
+            if rec.status != "ok":
+                reasons[rec.reason] += 1
+                if len(summary.skipped_examples) < 20:
+                    summary.skipped_examples.append((rec.path, rec.reason))
+        if time.perf_counter() - last_flush > config.flush_seconds:
+            writer.flush()
+        if writer.pending == 0:
+            last_flush = time.perf_counter()
+        feat.seconds["write"] += time.perf_counter() - t
+        summary.n_written += sum(r.status == "ok" for r in records)
+        n_batches += 1
+        if progress:
+            progress(len(batch))
+        if after_batch:
+            after_batch(n_batches)
+
     try:
-        t_dec = time.perf_counter()
-        for batch in iter_decoded(todo, models, config):
-            feat.seconds["decode"] += time.perf_counter() - t_dec
-            records = feat.process(batch)
-            fault("batch")
-            t = time.perf_counter()
-            for rec in records:
-                writer.add(rec)
-                if rec.status != "ok":
-                    reasons[rec.reason] += 1
-                    if len(summary.skipped_examples) < 20:
-                        summary.skipped_examples.append((rec.path, rec.reason))
-            if time.perf_counter() - last_flush > config.flush_seconds:
-                writer.flush()
-            else:
-                writer.flush_if_full()
-            if writer.pending == 0:
-                last_flush = time.perf_counter()
-            feat.seconds["write"] += time.perf_counter() - t
-            summary.n_written += sum(r.status == "ok" for r in records)
-            n_batches += 1
-            if progress:
-                progress(len(batch))
-            if after_batch:
-                after_batch(n_batches)
+        if config.resolved_overlap(models.device):
+            run_overlapped(iter_decoded(todo, models, config), feat, write)
+        else:
             t_dec = time.perf_counter()
+            for batch in iter_decoded(todo, models, config):
+                feat.seconds["decode"] += time.perf_counter() - t_dec
+                write(batch, feat.process(batch))
+                t_dec = time.perf_counter()
         # Aliases last: each names an image row that is written by now (or was in an earlier run).
         for a in aliases:
             writer.add_alias(a)
@@ -118,7 +149,6 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
         summary.interrupted = True
         raise
     finally:
-        writer.auto_flush = auto_flush
         summary.n_skipped = sum(reasons.values())
         summary.skipped_by_reason = dict(reasons)
         summary.stage_seconds = {k: round(v, 3) for k, v in feat.seconds.items()}
@@ -170,16 +200,20 @@ def featurize_store(sources, store, *, models="default", config: FeaturizeConfig
 
     if config.engine not in ENGINES:
         raise InputError(f"unknown engine {config.engine!r}; valid engines: {', '.join(ENGINES)}")
+    if config.engine == "ray":
+        from item.featurize.ray_engine import import_ray
+
+        import_ray()  # without the extra: one line saying how to install it, before anything is created
     rows = input_rows(sources)
     root = os.fspath(store)
     try:
         os.makedirs(root, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"{root}: cannot create the store folder ({exc.strerror or exc})") from None
-    # The store's writer lock is taken before models load (minutes with real weights): a second writer
-    # is refused at once, not after its models have loaded.
+    # The store's writer lock is taken before models load (minutes with real weights): an --overwrite
+    # that another process would block is refused at once, not after its models have loaded.
     lock = WriterLock(root)
-    lock.acquire(command)
+    lock.acquire(command, exclusive=overwrite)
     try:
         if config.engine == "ray":
             from item.featurize.ray_engine import featurize_store_ray

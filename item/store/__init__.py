@@ -5,9 +5,11 @@ from item.store.reader import StoreReader
 from item.store.schema import SCHEMA_VERSION
 from item.store.summary import export_metadata, store_info
 from item.store.validate import validate
-from item.store.writer import AliasRecord, ImageRecord, ObjectRecord, StoreWriter
+from item.store.writer import (AliasRecord, ImageRecord, ObjectRecord, StagedShard, StoreWriter, WriterLock,
+                               commit_shards, stage_shard)
 
 __all__ = [
-    "INDEX_KINDS", "INDEX_ON", "SCHEMA_VERSION", "AliasRecord", "ImageRecord", "ObjectRecord", "StoreIndex",
-    "StoreReader", "StoreWriter", "build_index", "export_metadata", "list_indexes", "store_info", "validate",
+    "INDEX_KINDS", "INDEX_ON", "SCHEMA_VERSION", "AliasRecord", "ImageRecord", "ObjectRecord", "StagedShard",
+    "StoreIndex", "StoreReader", "StoreWriter", "WriterLock", "build_index", "commit_shards", "export_metadata",
+    "list_indexes", "stage_shard", "store_info", "validate",
 ]

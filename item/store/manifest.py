@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 from item import __version__
 from item.errors import SchemaError, StoreError
-from item.faults import fault
-from item.store import schema
+from item.store import files, schema
 
 
 def now() -> str:
@@ -19,37 +16,12 @@ def now() -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then os.replace: readers see old or new, never half."""
+    """Write to a random temporary name in the same folder, fsync, then os.replace: readers see old or new."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if path.name == schema.MANIFEST:
-            fault("manifest-tmp")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
+    files.atomic_write_bytes(path, data, fault_point="manifest-tmp" if path.name == schema.MANIFEST else None)
 
 
-def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+fsync_dir = files.fsync_dir
 
 
 def atomic_write_json(path: Path, obj: dict) -> None:
@@ -74,6 +46,18 @@ def new_manifest(*, compat: dict, models: dict, recipe: str) -> dict:
         "shards": [],
         "runs": [],
     }
+
+
+def add_entry(manifest: dict, entry: dict) -> None:
+    """Append a shard entry and add its counts to the manifest's."""
+    from item.store.shards import COUNT_KEYS
+
+    manifest["shards"].append(entry)
+    c = manifest["counts"]
+    for k in COUNT_KEYS:
+        c[k] = c.get(k, 0) + entry[k]
+    for reason, k in entry["skipped_by_reason"].items():
+        c["skipped_by_reason"][reason] = c["skipped_by_reason"].get(reason, 0) + k
 
 
 # Older schema versions are read by explicit, step-by-step migrations: MIGRATIONS[v] turns a
@@ -104,11 +88,73 @@ def check_version(version, what: str) -> None:
         raise SchemaError(f"{what} uses store schema {version}, which this ITEM cannot migrate")
 
 
+EMPTY_DEBRIS = "empty store (interrupted before the first commit)"
+
+
+def is_debris(root: Path) -> bool:
+    """True for a folder that holds only what a run killed before its first commit leaves (lock files,
+    writer notes, unfinished shards, a manifest's temporary file) or an interrupted --overwrite."""
+    root = Path(root)
+    if not root.is_dir() or (root / schema.MANIFEST).exists():
+        return False
+    entries = list(root.iterdir())
+    if not entries:
+        return False
+    overwriting = any(p.name.startswith(schema.OVERWRITE_PREFIX) for p in entries)
+    for p in entries:
+        name = p.name
+        if name in (schema.LOCK_FILE, schema.COMMIT_LOCK, schema.INDEX_LOCK, "overlay.lock") and not p.is_symlink():
+            continue
+        if name == schema.WRITERS_DIR and p.is_dir() and not p.is_symlink():
+            continue
+        if name.startswith("." + schema.MANIFEST + ".") and name.endswith(".tmp"):
+            continue
+        if name.startswith(schema.OVERWRITE_PREFIX) or (overwriting and name in (schema.SHARD_DIR, schema.INDEX_DIR,
+                                                                                "overlay.json")):
+            continue
+        if name == schema.SHARD_DIR and p.is_dir() and not p.is_symlink() and all(
+                q.name.endswith(schema.PARTIAL_SUFFIX) for q in p.iterdir()):
+            continue
+        return False
+    return True
+
+
+def check_structure(manifest: dict, path) -> None:
+    """Refuse (StoreError) a manifest whose shard list or counts are malformed: a name outside shards/,
+    a name listed twice, a missing or non-numeric count. Checked before anything reads or writes."""
+    from item.store.shards import COUNT_KEYS, check_entry
+
+    for key in ("embed_dim", "misalignment_dim"):
+        v = manifest.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise StoreError(f"{path}: {key} is {v!r}, not a size; the manifest is damaged")
+    if not isinstance(manifest.get("compat"), dict):
+        raise StoreError(f"{path}: no compat section; the manifest is damaged")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise StoreError(f"{path}: no shard list; the manifest is damaged")
+    seen = set()
+    for i, entry in enumerate(shards):
+        problem = check_entry(i, entry)
+        if problem:
+            raise StoreError(f"{path}: {problem}; the manifest is damaged, refusing to use it")
+        if entry["name"] in seen:
+            raise StoreError(f"{path}: shard {entry['name']} is listed twice; the manifest is damaged, "
+                             "refusing to use it")
+        seen.add(entry["name"])
+    counts = manifest.get("counts")
+    if not isinstance(counts, dict) or any(not isinstance(counts.get(k), int) for k in COUNT_KEYS) \
+            or not isinstance(counts.get("skipped_by_reason"), dict):
+        raise StoreError(f"{path}: counts are missing or not numbers; the manifest is damaged")
+
+
 def read_manifest(root: Path) -> dict:
     path = Path(root) / schema.MANIFEST
     if not Path(root).is_dir():
         raise StoreError(f"{root}: no such store (not a directory)")
     if not path.is_file():
+        if is_debris(root):
+            raise StoreError(f"{root}: {EMPTY_DEBRIS}; nothing to read yet")
         raise StoreError(f"{root}: not an ITEM store (no {schema.MANIFEST})")
     try:
         manifest = json.loads(path.read_text("utf-8"))
@@ -120,4 +166,5 @@ def read_manifest(root: Path) -> dict:
     check_version(version, str(path))
     while manifest["schema_version"] < schema.SCHEMA_VERSION:
         manifest = MIGRATIONS[manifest["schema_version"]](manifest)
+    check_structure(manifest, path)
     return manifest

@@ -2,7 +2,9 @@
 
 Rows are numbered globally in manifest order: shard k's rows follow shard k-1's. Only shards the
 manifest lists are read, so a reader opened while a writer works (or after it died) sees
-complete shards only.
+complete shards only. Each shard is checked against its manifest entry when opened (size, row
+counts, vector widths) and refused with one line when they disagree. Metadata columns are read
+when asked for, one column at a time, and filters run shard by shard.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import numpy as np
 
 from item.errors import StoreError
 from item.store import schema
-from item.store.manifest import check_version, read_manifest
+from item.store.manifest import read_manifest
+from item.store.overlay import apply_overlay, read_overlay
+from item.store.shards import open_checked
 
 
 def _decode(arr) -> np.ndarray:
@@ -34,6 +38,8 @@ class StoreReader:
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         self.shards = [e["name"] for e in self.manifest["shards"]]
+        self._entries = {e["name"]: e for e in self.manifest["shards"]}
+        self._columns: dict[str, np.ndarray] = {}
         counts = np.array([e["n_images"] for e in self.manifest["shards"]], dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._files: dict[str, object] = {}
@@ -78,29 +84,22 @@ class StoreReader:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies this store's content: its compat key and the shards it holds."""
+        """Identifies this store's content: its compat key and the shards it holds (names, counts and,
+        where recorded, sizes and checksums), in order."""
         import hashlib
 
         h = hashlib.sha256(json.dumps(self.compat, sort_keys=True).encode())
         for e in self.manifest["shards"]:
-            h.update(f"{e['name']}:{e['n_images']}:{e['n_objects']}".encode())
-        return h.hexdigest()[:16]
+            h.update(f"{e['name']}:{e['n_images']}:{e['n_objects']}:{e.get('bytes', '')}:{e.get('sha256', '')}\n"
+                     .encode())
+        return h.hexdigest()[:32]
 
     # -- shard access ---------------------------------------------------------------------
     def _file(self, name: str):
-        import h5py
-
         f = self._files.get(name)
         if f is None:
-            path = self.root / schema.SHARD_DIR / name
-            try:
-                f = h5py.File(path, "r")
-            except (OSError, FileNotFoundError) as exc:
-                raise StoreError(f"{path}: cannot open shard ({exc}); run `item store validate {self.root}`") from None
-            check_version(int(f.attrs.get(schema.A_SCHEMA, -1)), str(path))
-            if not bool(f.attrs.get(schema.A_COMPLETE, False)):
-                f.close()
-                raise StoreError(f"{path}: shard is not marked complete; run `item store validate {self.root}`")
+            f = open_checked(self.root / schema.SHARD_DIR / name, self._entries[name], self.embed_dim,
+                             self.misalignment_dim, self.root)
             self._files[name] = f
         return f
 
@@ -126,27 +125,62 @@ class StoreReader:
             yield int(k), pos, rows[pos] - self._offsets[k]
 
     # -- metadata -------------------------------------------------------------------------
+    def _column(self, name: str) -> np.ndarray:
+        """One metadata column over all rows, read once and kept (strings as an object array)."""
+        col = self._columns.get(name)
+        if col is None:
+            if name not in schema.METADATA_COLUMNS:
+                raise StoreError(f"unknown metadata column {name!r}; available: {', '.join(schema.METADATA_COLUMNS)}")
+            parts = [self._read_column(k, name) for k in range(len(self.shards))]
+            col = np.concatenate(parts) if parts else np.array([], dtype=object)
+            self._columns[name] = col
+        return col
+
+    def _read_column(self, k: int, name: str, local=None) -> np.ndarray:
+        g = self._file(self.shards[k])[schema.G_IMAGES]
+        ds = g[name if name in g else schema.COLUMN_FALLBACK.get(name, name)]  # older shards: see COLUMN_SINCE
+        raw = ds[()] if local is None else ds[()][local]
+        col = _decode(raw) if raw.dtype.kind in "OS" else raw
+        if name in (schema.LABEL, schema.GENERATOR, schema.SPLIT) and self.overlay.get("rows"):
+            # label / generator / split as annotated since (overlay.py)
+            col = apply_overlay({schema.ID: self._read_column(k, schema.ID, local), name: col}, self.overlay)[name]
+        return col
+
     @cached_property
-    def _meta(self) -> dict[str, np.ndarray]:
-        cols: dict[str, list] = {c: [] for c in schema.METADATA_COLUMNS}
-        for name in self.shards:
-            g = self._file(name)[schema.G_IMAGES]
-            for c in schema.METADATA_COLUMNS:
-                raw = g[c if c in g else schema.COLUMN_FALLBACK.get(c, c)][()]  # older shards: see COLUMN_SINCE
-                cols[c].append(_decode(raw) if raw.dtype.kind in "OS" else raw)
+    def overlay(self) -> dict:
+        """The store's metadata overlay as read when first needed (version 0 when there is none)."""
+        return read_overlay(self.root)
+
+    def metadata(self, columns=None, rows=None) -> dict[str, np.ndarray]:
+        """Per-image metadata columns (all of them if None) for ``rows`` (all if None), as numpy arrays
+        (strings as object arrays). Only the columns asked for are read; with ``rows``, only their shards."""
+        names = list(columns or schema.METADATA_COLUMNS)
+        unknown = [c for c in names if c not in schema.METADATA_COLUMNS]
+        if unknown:
+            raise StoreError(f"unknown metadata column(s) {unknown}; available: {', '.join(schema.METADATA_COLUMNS)}")
+        if rows is None:
+            return {c: self._column(c) for c in names}
+        rows = np.asarray(rows, dtype=np.int64)
         out = {}
-        for c in schema.METADATA_COLUMNS:
-            out[c] = np.concatenate(cols[c]) if cols[c] else np.array([], dtype=object)
+        for c in names:
+            if c in self._columns:
+                out[c] = self._columns[c][rows]
+                continue
+            col = None
+            for k, pos, local in self._locate(rows):
+                part = self._read_column(k, c, local)
+                if col is None:
+                    col = np.empty(rows.size, dtype=part.dtype)
+                col[pos] = part
+            out[c] = col if col is not None else np.array([], dtype=object)
         return out
 
-    def metadata(self, columns=None) -> dict[str, np.ndarray]:
-        """Per-image metadata columns over all rows, as numpy arrays (strings as object arrays)."""
-        meta = self._meta
-        names = columns or schema.METADATA_COLUMNS
-        unknown = [c for c in names if c not in meta]
-        if unknown:
-            raise StoreError(f"unknown metadata column(s) {unknown}; available: {', '.join(meta)}")
-        return {c: meta[c] for c in names}
+    def iter_metadata(self, columns=None):
+        """Yield (rows, {column: values}) shard by shard: memory bounded by one shard's metadata."""
+        names = list(columns or schema.METADATA_COLUMNS)
+        for k in range(len(self.shards)):
+            rows = np.arange(self._offsets[k], self._offsets[k + 1], dtype=np.int64)
+            yield rows, {c: self._read_column(k, c) for c in names}
 
     def table(self):
         """Per-image metadata as a pandas DataFrame (requires pandas), one row per image row."""
@@ -154,32 +188,46 @@ class StoreReader:
             import pandas as pd
         except ImportError:
             raise StoreError("pandas is needed for StoreReader.table(): pip install pandas") from None
-        df = pd.DataFrame({k: v for k, v in self._meta.items()})
+        df = pd.DataFrame(self.metadata())
         df.insert(0, "row", np.arange(self.n_images))
         return df
 
     def select(self, *, label=None, generator=None, split=None, status: str | None = schema.STATUS_OK) -> np.ndarray:
-        """Global rows matching every given filter (a value or a list of values); sorted int64."""
-        meta = self._meta
-        mask = np.ones(self.n_images, dtype=bool)
-        for col, want in ((schema.LABEL, label), (schema.GENERATOR, generator), (schema.SPLIT, split),
-                          (schema.STATUS, status)):
-            if want is None:
-                continue
-            wanted = [want] if isinstance(want, str) else list(want)
-            mask &= np.isin(meta[col].astype(str), wanted)
-        return np.nonzero(mask)[0].astype(np.int64)
+        """Global rows matching every given filter (a value or a list of values); sorted int64.
+
+        Reads only the filtered columns, shard by shard."""
+        filters = [(col, [want] if isinstance(want, str) else list(want))
+                   for col, want in ((schema.LABEL, label), (schema.GENERATOR, generator), (schema.SPLIT, split),
+                                     (schema.STATUS, status)) if want is not None]
+        out = []
+        for k in range(len(self.shards)):
+            n = int(self._offsets[k + 1] - self._offsets[k])
+            mask = np.ones(n, dtype=bool)
+            for col, wanted in filters:
+                values = self._columns[col][self._offsets[k]:self._offsets[k + 1]] if col in self._columns \
+                    else self._read_column(k, col)
+                mask &= np.isin(values.astype(str), wanted)
+            out.append(np.nonzero(mask)[0].astype(np.int64) + self._offsets[k])
+        return np.concatenate(out) if out else np.array([], dtype=np.int64)
 
     def find_id(self, key: str) -> int:
         """Row of the image whose id is ``key`` or starts with it (unique prefix of at least 6 chars)."""
-        ids = self._meta[schema.ID].astype(str)
-        hits = np.nonzero(ids == key)[0]
-        if hits.size == 0 and len(key) >= 6:
-            hits = np.nonzero(np.char.startswith(ids.astype("U64"), key))[0]
-        if hits.size == 0:
+        hits: list[int] = []
+        for rows, meta in self.iter_metadata([schema.ID]):
+            ids = meta[schema.ID].astype(str)
+            found = np.nonzero(ids == key)[0]
+            if found.size == 0 and len(key) >= 6:
+                found = np.nonzero(np.char.startswith(ids.astype("U64"), key))[0]
+            hits.extend(rows[found].tolist())
+        exact = []
+        if len(hits) > 1:
+            exact = [h for h in hits if str(self.metadata([schema.ID], [h])[schema.ID][0]) == key]
+        if exact:
+            hits = exact
+        if not hits:
             raise StoreError(f"no image with id {key!r} in {self.root}")
-        if hits.size > 1:
-            raise StoreError(f"id prefix {key!r} matches {hits.size} images; give more characters")
+        if len(hits) > 1:
+            raise StoreError(f"id prefix {key!r} matches {len(hits)} images; give more characters")
         return int(hits[0])
 
     # -- vectors --------------------------------------------------------------------------
@@ -264,4 +312,4 @@ class StoreReader:
         return {k: (np.concatenate(v) if v else np.array([], dtype=object)) for k, v in cols.items()}
 
     def nouns(self, row: int) -> list[str]:
-        return json.loads(self._meta[schema.NOUNS][row])
+        return json.loads(self.metadata([schema.NOUNS], [row])[schema.NOUNS][0])

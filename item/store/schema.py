@@ -3,8 +3,12 @@
 A store is a directory::
 
     DIR/manifest.json            what the store holds; the only file ever rewritten (atomically)
-    DIR/writer.lock              flock(2) taken by the one process writing; JSON naming the holder
-    DIR/shards/shard-NNNNNN.h5   immutable HDF5 shards, each a contiguous block of image rows
+    DIR/writer.lock              flock(2): shared by every writer and indexer, exclusive for --overwrite
+    DIR/commit.lock              flock(2) held for a commit's rename + manifest replace only
+    DIR/index.lock               flock(2) held by `item store index`
+    DIR/writers/ID.lock          flock(2) held by writer ID for its run; JSON naming the holder
+    DIR/shards/shard-ID-NNNNNN.h5  immutable HDF5 shards of writer ID, each a contiguous block of image rows
+                                 (stores written before several writers were allowed: shard-NNNNNN.h5)
     DIR/index/ON-KIND.faiss      FAISS index over image embeddings or misalignment vectors
     DIR/index/ON-KIND.rows.npy   (count,) int64 store rows of the index's vectors, in index order
     DIR/index/ON-KIND.json       sidecar: kind, parameters, count, the shards it covers
@@ -29,6 +33,13 @@ INDEX_DIR = "index"
 SHARD_PREFIX = "shard-"
 SHARD_SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".partial"
+COMMIT_LOCK = "commit.lock"
+INDEX_LOCK = "index.lock"
+WRITERS_DIR = "writers"
+LOCK_SUFFIX = ".lock"
+OVERWRITE_PREFIX = ".overwrite-"  # a folder holding what an --overwrite is removing
+# Every shard name a manifest may list: a plain file name inside shards/ (no folder, no "..").
+SHARD_NAME_PATTERN = r"shard-(?:[0-9a-f]{6,32}-)?[0-9a-z]{1,32}\.h5"
 
 # Groups
 G_IMAGES = "images"
@@ -86,6 +97,7 @@ A_EMBED_DIM = "embed_dim"
 A_MISALIGNMENT_DIM = "misalignment_dim"
 A_COMPAT = "compat_json"
 A_CREATED = "created"
+A_WRITER = "writer_id"
 
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"
@@ -174,8 +186,18 @@ UNRECORDED = "unrecorded"
 INDEX_ON = ("image", "misalignment")
 
 
-def shard_name(number: int) -> str:
-    return f"{SHARD_PREFIX}{number:06d}{SHARD_SUFFIX}"
+def shard_name(number: int, writer_id: str | None = None) -> str:
+    """Name of a writer's ``number``-th shard (``shard-ID-NNNNNN.h5``; ``shard-NNNNNN.h5`` without a writer)."""
+    return f"{SHARD_PREFIX}{writer_id + '-' if writer_id else ''}{number:06d}{SHARD_SUFFIX}"
+
+
+def shard_writer(name: str) -> str | None:
+    """The writer id in a shard (or partial shard) file name, None for an old single-writer name."""
+    core = name.lstrip(".")
+    if core.endswith(PARTIAL_SUFFIX):
+        core = core[:-len(PARTIAL_SUFFIX)]
+    parts = core[len(SHARD_PREFIX):].split("-")
+    return parts[0] if core.startswith(SHARD_PREFIX) and len(parts) == 2 else None
 
 
 def column_dtype(kind: str):

@@ -1,4 +1,7 @@
-"""Check a store against itself: manifest vs shards, shapes, dtypes, counts, values, indexes."""
+"""Check a store against itself: manifest vs shards (names, sizes, checksums, counts), shapes, dtypes,
+values, and every index (opened, its files' checksums, the store fingerprint it was built for).
+
+:func:`validate` never raises: whatever it finds, however malformed, becomes a listed problem."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import numpy as np
 
 from item.errors import ItemError
 from item.store import schema
-from item.store.manifest import read_manifest
+from item.store.manifest import EMPTY_DEBRIS, check_version, is_debris, read_manifest
+from item.store.shards import file_sha256, is_shard_name, shard_stats
 
 NORM_TOLERANCE = 2e-2  # float16 storage of unit vectors keeps norms within ~1e-3; be generous
 
@@ -19,23 +23,36 @@ NORM_TOLERANCE = 2e-2  # float16 storage of unit vectors keeps norms within ~1e-
 class Report:
     problems: list[str] = field(default_factory=list)  # the store is not valid
     warnings: list[str] = field(default_factory=list)  # valid, but something needs attention
+    state: str = ""  # e.g. "empty store (interrupted before the first commit)"
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def validate(root, *, check_values: bool = True, chunk_rows: int = 65536) -> Report:
-    """Every check; never raises for a bad store (problems are listed), only for a missing one."""
+def validate(root, *, check_values: bool = True, check_sums: bool | None = None, chunk_rows: int = 65536) -> Report:
+    """Every check; never raises (problems are listed). ``check_values=False`` (``--quick``) skips
+    reading vectors and computing checksums."""
+    rep = Report()
+    try:
+        _validate(Path(root), rep, check_values, check_values if check_sums is None else check_sums, chunk_rows)
+    except Exception as exc:  # a check that met something nobody foresaw: still a report, never a traceback
+        rep.problems.append(f"validation stopped early: {type(exc).__name__}: {exc}")
+    return rep
+
+
+def _validate(root: Path, rep: Report, check_values: bool, check_sums: bool, chunk_rows: int) -> None:
     import h5py
 
-    rep = Report()
-    root = Path(root)
+    if is_debris(root):
+        rep.state = EMPTY_DEBRIS
+        rep.warnings.append(f"{root}: {EMPTY_DEBRIS}; the next featurize starts it afresh")
+        return
     try:
         manifest = read_manifest(root)
     except ItemError as exc:
         rep.problems.append(str(exc))
-        return rep
+        return
     d, m = int(manifest["embed_dim"]), int(manifest["misalignment_dim"])
     shard_dir = root / schema.SHARD_DIR
     listed = [e["name"] for e in manifest["shards"]]
@@ -49,28 +66,51 @@ def validate(root, *, check_values: bool = True, chunk_rows: int = 65536) -> Rep
             continue
         try:
             with h5py.File(path, "r") as f:
+                check_version(int(f.attrs.get(schema.A_SCHEMA, -1)), name)
+        except ItemError as exc:
+            rep.problems.append(str(exc))
+            continue
+        except OSError:
+            pass  # reported below, after the size and checksum say why
+        if "bytes" in entry and path.stat().st_size != entry["bytes"]:
+            rep.problems.append(f"{name}: {path.stat().st_size} bytes, the manifest says {entry['bytes']}")
+            continue
+        if "sha256" not in entry:
+            rep.warnings.append(f"{name}: no checksum recorded (written by an older ITEM); contents not verified")
+        elif check_sums and file_sha256(path) != entry["sha256"]:
+            rep.problems.append(f"{name}: contents differ from what was written (sha256 mismatch): the file "
+                                "was changed or damaged after its commit")
+            continue
+        try:
+            with h5py.File(path, "r") as f:
                 _check_shard(f, name, entry, d, m, manifest, rep, ids, totals, check_values, chunk_rows)
         except OSError as exc:
             rep.problems.append(f"{name}: unreadable HDF5 ({exc})")
     for p in sorted(shard_dir.iterdir()) if shard_dir.is_dir() else []:
         if p.name.endswith(schema.PARTIAL_SUFFIX):
-            rep.warnings.append(f"{p.name}: unfinished shard of an interrupted run; the next featurize removes it")
-        elif p.name not in listed:
+            rep.warnings.append(f"{p.name}: unfinished shard of a running writer or of an interrupted run (the next "
+                                "featurize removes it once its writer is gone)")
+        elif p.name not in listed and is_shard_name(p.name):
             rep.warnings.append(f"{p.name}: shard not in the manifest (ignored by readers; the next featurize "
                                 "adopts it if complete)")
+        elif p.name not in listed:
+            rep.warnings.append(f"{p.name}: not a shard file; readers ignore it")
     counts = manifest["counts"]
     for k, v in totals.items():
         if counts.get(k) != v:
             rep.problems.append(f"manifest counts {k}={counts.get(k)} but the shards hold {v}")
     if len(ids) != len(set(ids)):
         rep.problems.append(f"{len(ids) - len(set(ids))} image id(s) appear more than once")
-    _check_indexes(root, rep)
-    return rep
+    _check_indexes(root, rep, check_sums)
+    from item.store.overlay import check_overlay
+
+    problems, warnings = check_overlay(root, ids)
+    rep.problems += problems
+    rep.warnings += warnings
 
 
 def _check_shard(f, name, entry, d, m, manifest, rep, ids, totals, check_values, chunk_rows) -> None:
     from item.store.manifest import check_version
-    from item.store.writer import shard_stats
 
     try:
         check_version(int(f.attrs.get(schema.A_SCHEMA, -1)), name)
@@ -181,8 +221,8 @@ def _check_shard(f, name, entry, d, m, manifest, rep, ids, totals, check_values,
         rep.problems.append(f"{name}: objects have empty or non-finite boxes")
 
 
-def _check_indexes(root: Path, rep: Report) -> None:
-    from item.store.index import list_indexes
+def _check_indexes(root: Path, rep: Report, check_sums: bool) -> None:
+    from item.store.index import list_indexes, verify_index_files
 
     try:
         infos = list_indexes(root)
@@ -192,18 +232,9 @@ def _check_indexes(root: Path, rep: Report) -> None:
     for info in infos:
         if info.get("problem", "").startswith("unreadable"):
             rep.problems.append(f"index {info['file']}: {info['problem']}")
-        elif not info.get("fresh"):
+            continue
+        if not info.get("fresh"):
             rep.warnings.append(f"index {info['file']}: {info['problem']}")
-        else:
-            faiss_path = root / schema.INDEX_DIR / info["file"].replace(".json", ".faiss")
-            rows_path = root / schema.INDEX_DIR / info["file"].replace(".json", ".rows.npy")
-            if not faiss_path.is_file() or not rows_path.is_file():
-                rep.problems.append(f"index {info['file']}: its .faiss or .rows.npy file is missing")
-                continue
-            try:
-                rows = np.load(rows_path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                rep.problems.append(f"index {info['file']}: unreadable rows file ({exc})")
-                continue
-            if rows.size != info.get("count"):
-                rep.problems.append(f"index {info['file']}: rows file holds {rows.size}, sidecar {info.get('count')}")
+        problem = verify_index_files(root, info, check_sums=check_sums, open_index=True)
+        if problem:
+            rep.problems.append(f"index {info['file']}: {problem}")

@@ -1,0 +1,264 @@
+"""The Python API: what a notebook needs to read a store, train, evaluate, save, load and predict.
+
+    import item
+    store = item.open_store("stores/ufd")
+    X, y, rows = store.features("hierarchical", split="train")
+    head = item.train_head(store, recipe="hierarchical", kind="mlp")
+    item.evaluate(store, head, split="test")          # pandas DataFrame, one row per generator
+    head.save("heads/hier"); head = item.load_head("heads/hier")
+    item.predict(["a.jpg", "b.png"], head)            # pandas DataFrame, one row per image
+
+The ``item`` command calls these same functions; ``import item`` stays light because the package
+exposes them lazily (see ``item/__init__.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from item.errors import InputError
+
+__all__ = ["Store", "Head", "open_store", "train_head", "load_head", "evaluate", "predict"]
+
+
+def _path(store) -> Path:
+    return Path(store.path if isinstance(store, Store) else store)
+
+
+class Store:
+    """A store opened for analysis: metadata, feature matrices, splits and annotations (no model loaded)."""
+
+    def __init__(self, path):
+        from item.store import StoreReader
+
+        self.path = Path(path)
+        StoreReader(self.path).close()  # a missing or malformed store fails here, with its one-line error
+
+    def __repr__(self) -> str:
+        return f"item.open_store({str(self.path)!r})"
+
+    def reader(self):
+        """A fresh ``item.store.StoreReader`` (use it as a context manager)."""
+        from item.store import StoreReader
+
+        return StoreReader(self.path)
+
+    def info(self) -> dict:
+        """What ``item store info --json`` prints."""
+        from item.store import store_info
+
+        return store_info(self.path)
+
+    def table(self):
+        """Per-image metadata (pandas DataFrame, one row per image row; the overlay applied)."""
+        with self.reader() as r:
+            return r.table()
+
+    def features(self, recipe: str = "hierarchical", split: str | None = None, generators=None,
+                 labelled: bool = True):
+        """(X, y, rows): features (n, feature_size) float32, labels (n,) int64 (1 = fake, 0 = real,
+        -1 = unknown) and store rows (n,) int64 of the ok rows in ``split`` (None or 'all': every
+        split) and of ``generators`` (None: all), labelled ones only unless ``labelled`` is False."""
+        from item.classify.features import store_features
+        from item.misalignment import RECIPES
+        from item.store import schema
+
+        if recipe not in RECIPES:
+            raise InputError(f"unknown recipe {recipe!r}. Available: {', '.join(RECIPES)}")
+        split = None if split in (None, "", "all") else split
+        gens = [generators] if isinstance(generators, str) else generators
+        with self.reader() as r:
+            rows = r.select(label=["real", "fake"] if labelled else None, split=split, generator=gens)
+            labels = r.metadata([schema.LABEL])[schema.LABEL][rows].astype(str)
+            X = store_features(r, recipe, rows)
+        y = np.where(labels == "fake", 1, np.where(labels == "real", 0, -1)).astype(np.int64)
+        return X, y, rows
+
+    def split(self, *, val: float = 0.2, test: float = 0.2, by: str = "generator", seed: int = 0,
+              overwrite: bool = False, command: str = ""):
+        """Assign train / val / test to every ok row (stratified, seeded) in the metadata overlay."""
+        from item.store.annotate import split_store
+
+        return split_store(self.path, val=val, test=test, by=by, seed=seed, overwrite=overwrite,
+                           command=command or "item.open_store(...).split()")
+
+    def annotate(self, manifest, command: str = ""):
+        """Update label / generator / split of stored rows from a manifest (CSV or JSON Lines with
+        ``path``, optional ``id``, and any of ``label``, ``generator``, ``split``; empty values keep
+        what is stored). Never encodes an image. Returns an ``AnnotateResult``."""
+        from item.featurize.inputs import normalize_label, read_manifest_records
+        from item.store.annotate import Update, annotate_store
+
+        columns, records = read_manifest_records(str(manifest))
+        fields = [c for c in ("label", "generator", "split") if c in columns]
+        if not fields:
+            raise InputError(f"manifest {manifest}: nothing to annotate; give a label, generator or split column "
+                             f"(found: {', '.join(columns)})")
+        updates = []
+        for origin, rec in records:
+            values = {}
+            for c in fields:
+                raw = rec.get(c)
+                text = "" if raw is None else str(raw).strip()
+                if not text:
+                    continue
+                if c == "label":
+                    text = normalize_label(text)
+                    if text is None:
+                        raise InputError(f"{origin}: unknown label {raw!r} (valid: real, fake, unknown, or 0/1, "
+                                         "nature/ai)")
+                values[c] = text
+            path = str(rec.get("path") or "")
+            ident = str(rec.get("id") or "").strip()
+            if not path and not ident:
+                raise InputError(f"{origin}: no path or id")
+            updates.append(Update(origin=origin, path=path, id=ident, **values))
+        return annotate_store(self.path, updates, command=command or f"item store annotate {manifest}")
+
+
+def open_store(path) -> Store:
+    """Open a store for analysis (``Store``); raises ``item.errors.StoreError`` when there is none."""
+    return Store(path)
+
+
+class Head:
+    """A trained head with its metadata: ``predict_proba``, ``predict`` (at its threshold), ``save``."""
+
+    def __init__(self, estimator, info: dict):
+        self.estimator = estimator
+        self.info = info
+
+    def __repr__(self) -> str:
+        return (f"<item head: {self.info.get('kind')} on {self.recipe}, {self.info.get('feature_size')} features, "
+                f"threshold {self.threshold:.4f}{', RANDOM WEIGHTS' if self.random_weights else ''}>")
+
+    @property
+    def recipe(self) -> str:
+        return self.info["recipe"]
+
+    @property
+    def threshold(self) -> float:
+        return float(self.info["threshold"])
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.info.get("random_weights"))
+
+    def predict_proba(self, X) -> np.ndarray:
+        """X: (n, feature_size) -> (n, 2) float64, columns [P(real), P(fake)]."""
+        return self.estimator.predict_proba(X)
+
+    def predict(self, X) -> np.ndarray:
+        """X: (n, feature_size) -> (n,) int64, 1 = fake at the head's validation threshold."""
+        return (self.predict_proba(X)[:, 1] >= self.threshold).astype(np.int64)
+
+    def save(self, out_dir) -> Path:
+        """Write ``out_dir/head.safetensors`` and ``out_dir/head.json``; returns ``out_dir``."""
+        from item.classify.heads import save_head
+
+        reserved = ("schema_version", "package_version", "kind", "config", "feature_size", "classes", "tensors")
+        save_head(self.estimator, out_dir, {k: v for k, v in self.info.items() if k not in reserved})
+        return Path(out_dir)
+
+
+def _train_config(recipe, kind, train_split, val_split, val_fraction, train_generators, seed, hyper, max_memory=0):
+    from dataclasses import fields
+
+    from item.classify.heads import HeadConfig
+    from item.classify.train import TrainConfig
+
+    known = {f.name for f in fields(HeadConfig)} - {"kind", "random_state"}
+    unknown = sorted(set(hyper) - known)
+    if unknown:
+        raise InputError(f"unknown head option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    if "hidden" in hyper:
+        hyper = {**hyper, "hidden": tuple(int(h) for h in hyper["hidden"])}
+    gens = (train_generators,) if isinstance(train_generators, str) else tuple(train_generators or ())
+    return TrainConfig(recipe=recipe, head=HeadConfig(kind=kind, **hyper), train_split=train_split,
+                       val_split=val_split or None, val_fraction=val_fraction, train_generators=gens, seed=seed,
+                       max_memory=int(max_memory or 0))
+
+
+def train_head(store, *, recipe: str = "hierarchical", kind: str = "mlp", train_split: str = "train",
+               val_split: str | None = "val", val_fraction: float = 0.2, train_generators=None, seed: int = 0,
+               max_memory: int = 0, **hyper) -> Head:
+    """Train a head on a store (``Store`` or path), as ``item train`` does; nothing is written.
+
+    ``hyper``: head hyperparameters of ``item.classify.heads.HeadConfig`` (hidden, dropout, lr, C, ...).
+    ``max_memory``: bytes the feature rows may take (0: half the RAM); more are streamed from the store.
+    ``train_split='all'``: every labelled row outside the validation split.
+    """
+    from item.classify.train import fit_head
+
+    cfg = _train_config(recipe, kind, train_split, val_split, val_fraction, train_generators, seed, hyper, max_memory)
+    estimator, info = fit_head(_path(store), cfg)
+    # The same metadata a saved and reloaded head has (kind, config, feature size).
+    import dataclasses
+
+    info = {"kind": estimator.kind, "config": dataclasses.asdict(estimator._cfg()),
+            "feature_size": int(estimator.n_features_in_), **info}
+    return Head(estimator, info)
+
+
+def load_head(path) -> Head:
+    """A head saved by ``Head.save`` or ``item train --out``."""
+    from item.classify.heads import load_head as _load
+
+    estimator, info = _load(path)
+    return Head(estimator, info)
+
+
+def _head_dir(head, tmp: Path) -> str:
+    """A head directory for functions that read heads from disk (an in-memory Head is saved to ``tmp``)."""
+    if isinstance(head, Head):
+        return str(head.save(tmp / "head"))
+    return str(head)
+
+
+def evaluate(store, head, split: str | None = "test"):
+    """Per-generator metrics of ``head`` (Head or head directory) on ``split`` (pandas DataFrame).
+
+    Columns as ``item eval``; ``DataFrame.attrs`` holds 'threshold', 'random_weights' and 'warnings'.
+    """
+    import tempfile
+
+    import pandas as pd
+
+    from item.classify.train import evaluate as _evaluate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results = _evaluate(_path(store), [_head_dir(head, Path(tmp))], split)
+    (name, res), = results.items()
+    df = pd.DataFrame(res["table"])
+    df.attrs.update({"threshold": res["threshold"], "random_weights": bool(res["info"].get("random_weights")),
+                     "warnings": list(res["warnings"]), "split": split})
+    return df
+
+
+def predict(paths_or_images, head, *, captions=None, device: str = "auto", batch_size: int = 16):
+    """Score images with ``head`` (Head or head directory): a pandas DataFrame, one row per image.
+
+    ``paths_or_images``: files, folders, manifests (CSV / JSON Lines with ``path`` and optional
+    ``caption``) or PIL images, alone or in a list. ``captions``: {path: caption} used instead of
+    the captioner. Columns: path, id, status, reason, p_fake, label, threshold, caption,
+    caption_source, global_alignment, objects; ``attrs`` holds 'random_weights' and 'warnings'.
+    """
+    import tempfile
+
+    import pandas as pd
+
+    from item.classify.predict import predict_files
+
+    items = list(paths_or_images) if isinstance(paths_or_images, (list, tuple)) else [paths_or_images]
+    for it in items:
+        if not isinstance(it, (str, os.PathLike)) and not (hasattr(it, "convert") and hasattr(it, "mode")):
+            raise InputError(f"cannot predict on a {type(it).__name__}: give paths or PIL images")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = predict_files(items, _head_dir(head, Path(tmp)), device=device, batch_size=batch_size,
+                               captions=captions)
+    df = pd.DataFrame(result["rows"])
+    df.attrs.update({"random_weights": result["random_weights"], "warnings": result["warnings"]})
+    return df

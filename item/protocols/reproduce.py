@@ -1,0 +1,157 @@
+"""``item reproduce BENCHMARK``: one benchmark's table, end to end.
+
+layout check -> manifests (the protocol resolved to labelled rows, kept in WORK/manifests for
+audit) -> featurize train and test into WORK/stores/{train,test} (resumable) -> train the heads
+into WORK/heads/<recipe> (kept when already trained on the same store) -> evaluate every test set
+with the protocol's real pairing -> WORK/results.{md,json} and WORK/report.html.
+
+Test-only benchmarks (Chameleon, Co-Spy-Bench, Synthbuster) take heads trained elsewhere (--head).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from item.errors import InputError
+from item.protocols.layout import LayoutReport, check_layout
+from item.protocols.spec import Protocol
+from item.protocols.stores import StoreJob, featurize_jobs, spec_from_head
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    models: str = "default"  # model preset for featurizing (ignored with heads: their models are used)
+    recipes: tuple[str, ...] = ("hierarchical", "visual")  # heads trained, one per feature recipe
+    head_kind: str = "mlp"
+    heads: tuple[str, ...] = ()  # existing head folders to evaluate instead of training
+    device: str = "auto"
+    batch_size: int = 16
+    workers: int = 0
+    allow_missing: bool = False  # run on the sets that are there when some are missing
+    augment: tuple[str, ...] = ()  # train-time augmentation of the training images
+    seed: int = 0
+
+
+@dataclass
+class ReproduceResult:
+    table: dict
+    layout: LayoutReport
+    work: Path
+    files: dict = field(default_factory=dict)
+    heads: dict = field(default_factory=dict)  # label -> head folder
+    random_weights: bool = False
+
+
+def needed_splits(protocol: Protocol, cfg: ReproduceConfig) -> tuple[str, ...]:
+    if cfg.heads:
+        return ("test",)
+    if protocol.test_only:
+        raise InputError(f"{protocol.name} ({protocol.title}) is test-only: give the heads to evaluate with --head "
+                         "(e.g. WORK/heads/hierarchical of `item reproduce genimage`)")
+    return ("train", "val", "test")
+
+
+def _write_manifest(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "generator", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def _head_is_current(head_dir: Path, recipe: str, kind: str, fingerprint: str) -> bool:
+    meta = head_dir / "head.json"
+    if not meta.is_file():
+        return False
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return info.get("recipe") == recipe and info.get("kind") == kind and info.get("store_fingerprint") == fingerprint
+
+
+def run_reproduce(protocol: Protocol, root, work, cfg: ReproduceConfig = ReproduceConfig(), *,
+                  layout: LayoutReport | None = None, log: Callable[[str], None] = lambda s: None,
+                  progress: Callable[[int], None] | None = None) -> ReproduceResult:
+    """Reproduce ``protocol``'s table on the data in ``root``, working in ``work``. See the module docstring."""
+    from item.classify.heads import HeadConfig, load_head
+    from item.classify.reporting import describe_model, write_report
+    from item.classify.train import TrainConfig, evaluate, train_head
+    from item.protocols import tables
+    from item.store import StoreReader
+
+    work = Path(work)
+    splits = needed_splits(protocol, cfg)
+    layout = layout or check_layout(protocol, root, splits)
+    if not layout.ok and not cfg.allow_missing:
+        raise InputError(f"{layout.root} does not match the {protocol.name} layout: {len(layout.missing)} set(s) missing "
+                         f"({'; '.join(layout.missing[:3])}{' ...' if len(layout.missing) > 3 else ''}); fix the folders "
+                         "or pass --allow-missing to run on the sets that are there")
+    missing_train = [n for s, n in layout.missing_parts if s in ("train", "val")]
+    if missing_train:
+        raise InputError(f"the training data of {protocol.name} is missing ({', '.join(missing_train)}): "
+                         "nothing to train on")
+    missing_tests = [n for s, n in layout.missing_parts if s == "test"]
+    if len(missing_tests) == len(protocol.parts("test")):
+        raise InputError(f"none of the {protocol.name} test sets is in {layout.root}")
+    test_rows = layout.rows("test")
+    train_rows = layout.rows("train") + layout.rows("val") if "train" in splits else []
+    manifests = {"test": work / "manifests" / "test.csv"}
+    _write_manifest(test_rows, manifests["test"])
+    if train_rows:
+        manifests["train"] = work / "manifests" / "train.csv"
+        _write_manifest(train_rows, manifests["train"])
+    stores = {"train": work / "stores" / "train", "test": work / "stores" / "test"}
+    jobs = []
+    if train_rows:
+        jobs.append(StoreJob((str(manifests["train"]),), stores["train"], augment=tuple(cfg.augment)))
+    jobs.append(StoreJob((str(manifests["test"]),), stores["test"]))
+    if cfg.heads:
+        infos = [load_head(h)[1] for h in cfg.heads]
+        models = spec_from_head(infos[0])
+    else:
+        models = cfg.models
+    featurize_jobs(jobs, models=models, device=cfg.device, batch_size=cfg.batch_size, workers=cfg.workers, log=log,
+                   progress=progress, command=f"item reproduce {protocol.name}")
+    heads: dict[str, Path] = {}
+    if cfg.heads:
+        for h in cfg.heads:
+            heads[f"ITEM {Path(h).name}"] = Path(h)
+    else:
+        with StoreReader(stores["train"]) as r:
+            fingerprint = r.fingerprint
+        for recipe in cfg.recipes:
+            out = work / "heads" / recipe
+            if _head_is_current(out, recipe, cfg.head_kind, fingerprint):
+                log(f"head {out}: already trained on this store, kept")
+            else:
+                log(f"training the {recipe} head -> {out}")
+                train_head(stores["train"], out, TrainConfig(recipe=recipe, head=HeadConfig(kind=cfg.head_kind),
+                                                             train_split="train", val_split="val", seed=cfg.seed))
+            heads[f"ITEM {recipe}"] = out
+    reals = {p.name: p.pool for p in protocol.parts("test") if p.pool and p.name not in missing_tests}
+    log(f"evaluating {len(heads)} head(s) on {len(protocol.parts('test')) - len(missing_tests)} test set(s)")
+    results = evaluate(stores["test"], [str(h) for h in heads.values()], "test", reals=reals)
+    labels = dict(zip(results, heads))
+    for name, h in zip(results, heads.values()):
+        results[name]["path"] = str(h)
+    with StoreReader(stores["test"]) as r:
+        random_weights = bool(r.random_weights)
+        models_used = {role: describe_model(spec) for role, spec in r.models.items() if isinstance(spec, dict)}
+    table = tables.build_table(protocol, results, labels, random_weights=random_weights, missing=missing_tests,
+                               layout=layout.summary())
+    table["config"] = {**asdict(cfg), "root": str(layout.root), "work": str(work)}
+    table["models"] = models_used
+    files = {"json": work / "results.json", "markdown": work / "results.md", "html": work / "report.html"}
+    tables.write_json(table, files["json"])
+    files["markdown"].write_text(tables.markdown(table), encoding="utf-8")
+    write_report(stores["test"], [str(h) for h in heads.values()], files["html"], "test", reals=reals,
+                 title=f"ITEM on {protocol.title}", results=results,
+                 extra_sections=[(f"{protocol.title}: ITEM beside the published numbers", tables.html_section(table))])
+    return ReproduceResult(table=table, layout=layout, work=work, files=files, heads=heads, random_weights=random_weights)

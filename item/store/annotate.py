@@ -1,0 +1,173 @@
+"""Change stored rows' metadata without re-encoding: ``item store split`` and ``item store annotate``.
+
+Both write the metadata overlay (:mod:`item.store.overlay`); no shard is touched and no model is
+loaded, so they run in seconds on any store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+from item.errors import InputError
+from item.store import schema
+from item.store.overlay import FIELDS, SPLIT_BY, Change, assign_splits, write_changes
+from item.store.reader import StoreReader
+from item.store.writer import storable_text
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class SplitResult:
+    version: int
+    digest: str
+    n_changed: int
+    counts: list[dict]  # {'split', 'label', 'n'}: ok rows per split and label after the change
+
+
+def split_store(root, *, val: float = 0.2, test: float = 0.2, by: str = "generator", seed: int = 0,
+                overwrite: bool = False, command: str = "") -> SplitResult:
+    """Assign train / val / test to every ok row, stratified ``by`` generator (and label) or label, seeded.
+
+    Rows that already have a split are refused unless ``overwrite`` (then every row is reassigned).
+    """
+    if by not in SPLIT_BY:
+        raise InputError(f"unknown --by {by!r}; choose {', '.join(SPLIT_BY)}")
+    with StoreReader(root) as reader:
+        rows = reader.select()
+        if rows.size == 0:
+            raise InputError(f"{root}: no ok rows to split")
+        meta = reader.metadata([schema.ID, schema.LABEL, schema.GENERATOR, schema.SPLIT])
+        have = meta[schema.SPLIT][rows].astype(str)
+        if not overwrite and (have != "").any():
+            found = ", ".join(f"{s} {n}" for s, n in sorted(Counter(have[have != ""].tolist()).items()))
+            raise InputError(f"{int((have != '').sum())} of {rows.size} rows already have a split ({found}); "
+                             "add --overwrite to reassign every row")
+        labels = meta[schema.LABEL][rows].astype(str)
+        groups = None if by == "label" else meta[schema.GENERATOR][rows].astype(str)
+        ids = meta[schema.ID][rows].astype(str)
+        new = assign_splits(ids, labels, groups, val=val, test=test, seed=seed)
+        current = {i: {schema.SPLIT: s} for i, s in zip(ids, have)}
+    res = write_changes(root, [Change(i, split=str(s)) for i, s in zip(ids, new)], current, command=command)
+    counts = Counter(zip(new.tolist(), labels.tolist()))
+    order = {s: k for k, s in enumerate(SPLIT_NAMES)}
+    table = [{"split": s, "label": lab, "n": n} for (s, lab), n in
+             sorted(counts.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1]))]
+    return SplitResult(res.version, res.digest, res.n_changed, table)
+
+
+@dataclass(frozen=True)
+class Update:
+    """One manifest row for ``annotate``: which image (``id`` or ``path``) and its new values (None: keep)."""
+
+    origin: str
+    path: str = ""
+    id: str = ""
+    label: str | None = None
+    generator: str | None = None
+    split: str | None = None
+
+
+@dataclass
+class AnnotateResult:
+    version: int
+    digest: str
+    n_rows: int  # manifest rows read
+    n_matched: int
+    n_changed: int  # stored images whose metadata changed
+    changed_by_field: dict = field(default_factory=dict)
+    matched_by: dict = field(default_factory=dict)  # 'id' / 'path' / 'content' -> rows
+    not_in_store: list = field(default_factory=list)  # (origin, path or id)
+
+
+def _sha256(path: str) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def annotate_store(root, updates: list[Update], command: str = "") -> AnnotateResult:
+    """Match each update to a stored image (by id, by stored or duplicate path, else by the sha256 of
+    the file at its path) and record its new label / generator / split in the overlay.
+
+    Updates that match no stored image are returned in ``not_in_store``. Two updates of one image
+    that disagree are refused (naming both rows).
+    """
+    with StoreReader(root) as reader:
+        meta = reader.metadata([schema.ID, schema.PATH, *FIELDS])
+        ids = meta[schema.ID].astype(str)
+        id_set = set(ids.tolist())
+        by_path = {p: i for p, i in zip(meta[schema.PATH].astype(str), ids)}
+        aliases = reader.aliases()
+        for p, i in zip(aliases[schema.ALIAS_PATH].astype(str), aliases[schema.ALIAS_ID].astype(str)):
+            by_path.setdefault(p, i)
+        current = {i: {c: str(meta[c][k]) for c in FIELDS} for k, i in enumerate(ids)}
+    changes: dict[str, Change] = {}
+    first: dict[str, str] = {}
+    matched_by: Counter = Counter()
+    missing = []
+    for u in updates:
+        key, how = None, ""
+        if u.id:
+            key, how = (u.id, "id") if u.id in id_set else (None, "")
+        elif u.path:
+            key = by_path.get(storable_text(u.path))
+            how = "path"
+            if key is None:
+                digest = _sha256(u.path)
+                key, how = (digest, "content") if digest in id_set else (None, "")
+        if key is None:
+            missing.append((u.origin, u.id or u.path))
+            continue
+        matched_by[how] += 1
+        new = Change(key, label=u.label, generator=u.generator, split=u.split)
+        old = changes.get(key)
+        if old is not None:
+            for c in FIELDS:
+                a, b = getattr(old, c), getattr(new, c)
+                if a is not None and b is not None and a != b:
+                    raise InputError(f"{first[key]} and {u.origin} name the same image with different {c} "
+                                     f"({a!r}, {b!r})")
+                if a is None:
+                    setattr(old, c, b)
+        else:
+            changes[key] = new
+            first[key] = u.origin
+    res = write_changes(root, list(changes.values()), current, command=command)
+    return AnnotateResult(res.version, res.digest, len(updates), sum(matched_by.values()), res.n_changed,
+                          res.changed_by_field, dict(matched_by), missing)
+
+
+def metadata_disagreements(root, rows) -> list[tuple[str, str, str, str]]:
+    """Inputs already stored whose given metadata differs from what readers see.
+
+    ``rows``: (path, label, generator, split) of a featurize run's inputs; an empty value (and label
+    'unknown') counts as not given. Returns (path, field, stored value, given value), one per field.
+    """
+    with StoreReader(root) as reader:
+        meta = reader.metadata([schema.ID, schema.PATH, *FIELDS])
+        row_of = {p: k for k, p in enumerate(meta[schema.PATH].astype(str))}
+        id_row = {i: k for k, i in enumerate(meta[schema.ID].astype(str))}
+        aliases = reader.aliases()
+        for p, i in zip(aliases[schema.ALIAS_PATH].astype(str), aliases[schema.ALIAS_ID].astype(str)):
+            if p not in row_of and i in id_row:
+                row_of[p] = id_row[i]
+    out = []
+    for path, *values in rows:
+        k = row_of.get(storable_text(path))
+        if k is None:
+            continue
+        for c, v in zip(FIELDS, values):
+            if not v or (c == schema.LABEL and v == "unknown"):
+                continue
+            if str(meta[c][k]) != v:
+                out.append((path, c, str(meta[c][k]), v))
+    return out

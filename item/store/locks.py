@@ -1,0 +1,246 @@
+"""The store's locks: flock(2) on small files in the store folder, released by the kernel when
+their process dies.
+
+- ``writer.lock``: every writer (and ``store index``) holds it *shared* for its whole run;
+  ``--overwrite`` needs it *exclusive*, so it never wipes a store someone is writing or indexing.
+- ``writers/ID.lock``: each writer holds its own, exclusively, for its whole run, with a JSON note
+  naming its holder. A shard file of writer ID that is not committed yet is only ever removed by
+  someone who can take this lock, i.e. after that writer died.
+- ``commit.lock``: exclusive and short: held for a commit's rename and manifest replace (and for
+  creating the manifest and cleaning up after dead writers), never while rows are encoded.
+- ``index.lock``: one ``store index`` at a time.
+
+Lock files are opened without following symlinks (a planted ``writer.lock -> victim`` is refused,
+never truncated). A flock belongs to an open file description, which a forked child shares: a
+child that outlived its parent would keep the lock. Forked helpers (the decoding workers) call
+:func:`release_inherited_locks` first thing; it closes their copies, which the parent's locks
+survive.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import secrets
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from item.errors import LockedError, StoreError
+from item.store import schema
+from item.store.files import file_mode, open_existing_or_new
+
+_HELD: set[int] = set()  # lock file descriptors this process holds (closed in forked children)
+
+
+def release_inherited_locks() -> None:
+    """In a forked child: close every lock descriptor inherited from the parent (its locks stay held)."""
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+def _now() -> str:
+    from item.store.manifest import now
+
+    return now()
+
+
+def _open(path: Path) -> int:
+    try:
+        return open_existing_or_new(path)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open the lock file ({exc.strerror or exc})") from None
+
+
+def _flock(fd: int, how: int) -> bool:
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+
+
+def _note(command: str) -> bytes:
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now(),
+                       "command": command}).encode("utf-8")
+
+
+def describe_holder(note: dict) -> str:
+    return (f"pid {note.get('pid', '?')} on {note.get('host', '?')} since {note.get('since', '?')}"
+            + (f" ({note['command']})" if note.get("command") else ""))
+
+
+def _read_note(fd: int) -> dict:
+    try:
+        note = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
+        return note if isinstance(note, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def live_writers(root: Path) -> list[dict]:
+    """Notes of the writers whose ``writers/ID.lock`` is held now (their processes are alive)."""
+    folder = Path(root) / schema.WRITERS_DIR
+    out = []
+    for p in sorted(folder.glob("*" + schema.LOCK_SUFFIX)) if folder.is_dir() else []:
+        if p.is_symlink():
+            continue
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if not _flock(fd, fcntl.LOCK_SH):
+                out.append(dict(_read_note(fd), writer=p.name[:-len(schema.LOCK_SUFFIX)]))
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+    return out
+
+
+def writer_alive(root: Path, writer_id: str) -> bool:
+    """True when writer ``writer_id`` still holds its lock (a process that may still commit)."""
+    return any(w["writer"] == writer_id for w in live_writers(root))
+
+
+def reap_dead_writer_files(root: Path) -> None:
+    """Remove the lock files of writers that are gone (under the commit lock)."""
+    folder = Path(root) / schema.WRITERS_DIR
+    found = list(folder.glob("*" + schema.LOCK_SUFFIX)) + list(folder.glob("*.new")) if folder.is_dir() else []
+    for p in found:
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if _flock(fd, fcntl.LOCK_EX):
+                p.unlink()
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+class WriterLock:
+    """What one writing run holds on store ``root``: ``writer.lock`` (shared, or exclusive for an
+    overwrite) and its own ``writers/ID.lock``. ``id`` names the writer's shards."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.path = self.root / schema.LOCK_FILE
+        self.id = secrets.token_hex(6)
+        self.exclusive = False
+        self.fd: int | None = None
+        self._own: int | None = None
+
+    def acquire(self, command: str = "", *, exclusive: bool = False) -> None:
+        fd = _open(self.path)
+        if not _flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH):
+            os.close(fd)
+            who = "; ".join(describe_holder(w) for w in live_writers(self.root)) or "another process"
+            what = ("--overwrite needs the store to itself, and another process is using it" if exclusive
+                    else "another process is overwriting this store")
+            raise LockedError(f"{self.root}: {what}: {who}; wait for it to finish or use another --store")
+        _HELD.add(fd)
+        own = None
+        try:
+            folder = self.root / schema.WRITERS_DIR
+            folder.mkdir(exist_ok=True)
+            # Created under another name, locked, then renamed into place: a writer's lock file is never
+            # seen unlocked, so nobody takes a live writer for a dead one.
+            fresh = folder / (self.id + ".new")
+            own = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, file_mode())
+            _HELD.add(own)
+            fcntl.flock(own, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.pwrite(own, _note(command), 0)
+            os.replace(fresh, folder / (self.id + schema.LOCK_SUFFIX))
+        except OSError as exc:
+            self.fd, self._own = fd, own
+            self.release()
+            raise StoreError(f"{self.root}: cannot register this writer ({exc.strerror or exc})") from None
+        except BaseException:
+            self.fd, self._own = fd, own
+            self.release()
+            raise
+        self.fd, self._own, self.exclusive = fd, own, exclusive
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def release(self) -> None:
+        if self._own is not None:
+            try:
+                (self.root / schema.WRITERS_DIR / (self.id + schema.LOCK_SUFFIX)).unlink()
+            except OSError:
+                pass
+            _HELD.discard(self._own)
+            os.close(self._own)
+            self._own = None
+        if self.fd is not None:
+            _HELD.discard(self.fd)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self.fd)
+                self.fd = None
+
+
+@contextmanager
+def commit_lock(root: Path, timeout: float = 600.0):
+    """The short exclusive lock of a commit. Waits (polling) up to ``timeout`` seconds."""
+    path = Path(root) / schema.COMMIT_LOCK
+    fd = _open(path)
+    _HELD.add(fd)
+    try:
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while not _flock(fd, fcntl.LOCK_EX):
+            if time.monotonic() > deadline:
+                raise LockedError(f"{path}: held for more than {timeout:.0f} s by another writer; is a commit "
+                                  "stuck on a hung file system?")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        yield
+    finally:
+        _HELD.discard(fd)
+        os.close(fd)  # closing the only descriptor releases the flock
+
+
+class IndexLock:
+    """``store index``: ``writer.lock`` shared (so --overwrite waits) and ``index.lock`` exclusive."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._fds: list[int] = []
+
+    def __enter__(self):
+        for name, how, what in ((schema.LOCK_FILE, fcntl.LOCK_SH, "the store is being overwritten"),
+                                (schema.INDEX_LOCK, fcntl.LOCK_EX, "another `item store index` is running")):
+            fd = _open(self.root / name)
+            if not _flock(fd, how):
+                os.close(fd)
+                self.__exit__()
+                raise LockedError(f"{self.root}: {what}; wait for it to finish")
+            _HELD.add(fd)
+            self._fds.append(fd)
+        return self
+
+    def __exit__(self, *exc):
+        for fd in self._fds:
+            _HELD.discard(fd)
+            os.close(fd)
+        self._fds.clear()
+        return False
