@@ -116,6 +116,37 @@ def _pixel_boxes(rel, width: int, height: int, pad_w: float, pad_h: float):
     return torch.stack([x0, y0, x1, y1], -1), area
 
 
+def select_boxes(p, span_mask, rel_boxes, size: tuple[int, int], padded_size: tuple[float, float],
+                 box_threshold: float, text_threshold: float) -> list[Box | None]:
+    """One Box (or None) per noun from one image's detector output (the rule in the module docstring).
+
+    p: (n_queries, n_tok) float token probabilities; span_mask: (n_nouns, n_tok) bool, each noun's tokens;
+    rel_boxes: (n_queries, 4) float cx, cy, w, h relative to the padded image; size: the real image's
+    (width, height); padded_size: the padded canvas's (width, height) in the real image's pixels.
+    """
+    import torch
+
+    width, height = size
+    neg = torch.tensor(-1.0)
+    noun_score = torch.where(span_mask[None], p[:, None, :], neg).amax(-1)  # (n_queries, n_nouns)
+    any_noun = span_mask.any(0)
+    query_score = torch.where(any_noun[None], p, neg).amax(-1)  # (n_queries,)
+    ok = (query_score[:, None] >= box_threshold) & (noun_score >= text_threshold)
+    ok &= span_mask.any(1)[None]  # a noun truncated out of the prompt stays ungrounded
+    px, area = _pixel_boxes(rel_boxes, width, height, *padded_size)
+    ok &= (area >= min(MIN_BOX_AREA, width * height))[:, None]  # boxes in the padding are no boxes
+    cand = torch.where(ok, noun_score, torch.tensor(-2.0))
+    best_score, best_q = cand.max(0)  # (n_nouns,)
+    out: list[Box | None] = []
+    for j in range(span_mask.shape[0]):
+        if best_score[j] < -1.5:
+            out.append(None)
+            continue
+        x0, y0, x1, y1 = px[best_q[j]].tolist()
+        out.append(Box(x0, y0, x1, y1, float(noun_score[best_q[j], j])))
+    return out
+
+
 @dataclass
 class GroundImage:
     """One image made ready for the detector (picklable: made in the decode workers).
@@ -256,22 +287,8 @@ class Grounder:
             for s, e in spans[b]:
                 masks.append(real & (starts >= s) & (ends <= e))
             span_mask = torch.stack(masks)  # (n_nouns, n_tok) bool
-            p = probs[b, :, :n_tok]  # (n_queries, n_tok)
-            neg = torch.tensor(-1.0)
-            noun_score = torch.where(span_mask[None], p[:, None, :], neg).amax(-1)  # (n_queries, n_nouns)
-            any_noun = span_mask.any(0)
-            query_score = torch.where(any_noun[None], p, neg).amax(-1)  # (n_queries,)
-            ok = (query_score[:, None] >= self.box_threshold) & (noun_score >= self.text_threshold)
-            ok &= span_mask.any(1)[None]  # a noun truncated out of the prompt stays ungrounded
-            px, area = _pixel_boxes(boxes[b], width, height, pad_w, pad_h)
-            ok &= (area >= min(MIN_BOX_AREA, width * height))[:, None]  # boxes in the padding are no boxes
-            cand = torch.where(ok, noun_score, torch.tensor(-2.0))
-            best_score, best_q = cand.max(0)  # (n_nouns,)
-            for j in range(len(spans[b])):
-                if best_score[j] < -1.5:
-                    continue
-                x0, y0, x1, y1 = px[best_q[j]].tolist()
-                result[i][j] = Box(x0, y0, x1, y1, float(noun_score[best_q[j], j]))
+            result[i] = select_boxes(probs[b, :, :n_tok], span_mask, boxes[b], (width, height), (pad_w, pad_h),
+                                     self.box_threshold, self.text_threshold)
         return result
 
 
