@@ -58,12 +58,20 @@ def write_uncommitted_shard(root, compat: dict, records: list, writer_id: str):
 
 
 # -- what runs on the cluster -------------------------------------------------------------------------
-def _identity(spec, config):
-    """(compat, models info, CLIP preprocess) of ``spec``: loaded once on a worker, on its CPU."""
+def _actor_device(config) -> str:
+    """The device the model actors run on: CUDA when they hold GPUs, else the configured one."""
+    return "cuda" if config.gpus_per_actor > 0 else config.device
 
+
+def _identity(spec, config):
+    """(compat, models info, CLIP preprocess) of ``spec``, loaded once on a worker with an actor's resources.
+
+    The store's identity names the device class and precision the rows are computed in, so the models
+    are loaded on the device the actors use.
+    """
     from item.featurize.loading import compat_for, load_models, models_info
 
-    loaded = load_models(spec, "cpu")
+    loaded = load_models(spec, _actor_device(config))
     return compat_for(loaded, config), models_info(loaded), loaded.clip.preprocess
 
 
@@ -85,8 +93,7 @@ class _ModelActor:
         from item.featurize.loading import load_models
         from item.featurize.steps import Featurizer
 
-        device = "cuda" if config.gpus_per_actor > 0 else config.device
-        self.feat = Featurizer(load_models(spec, device), config)
+        self.feat = Featurizer(load_models(spec, _actor_device(config)), config)
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
@@ -195,13 +202,14 @@ def featurize_store_ray(rows, root, *, models, config, progress=None, overwrite=
             raise InputError(f"--ray-address {config.ray_address}: cannot connect to a Ray cluster ({exc})") from None
     try:
         cpus = config.cpus_per_actor
-        compat, info, preprocess = ray.get(ray.remote(_identity).options(num_cpus=cpus).remote(spec, config))
+        identity = ray.remote(_identity).options(num_cpus=cpus, num_gpus=config.gpus_per_actor or None)
+        compat, info, preprocess = ray.get(identity.remote(spec, config))
         with StoreWriter(root, compat=compat, models=info, recipe=config.recipe, shard_size=config.shard_size,
                          overwrite=overwrite, command=command, lock=lock) as writer:
             ids = hash_inputs(rows)
             todo, aliases, n_done = plan(rows, ids, writer.done_ids, writer.known_paths)
             summary.n_already_done, summary.n_duplicates = n_done, len(aliases)
-            bs = config.batch_size
+            bs = config.resolved_batch_size("cuda" if config.gpus_per_actor > 0 else "cpu")
             batches = [todo[s:s + bs] for s in range(0, len(todo), bs)]
             sink = _make_sink(str(writer.root), compat, max(1, math.ceil(config.shard_size / bs)), writer.writer_id)
             sink.writer = writer
