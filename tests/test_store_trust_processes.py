@@ -97,7 +97,8 @@ def test_a_killed_featurize_leaves_no_worker_and_no_lock(tmp_path):
         assert len(workers) >= 2, workers
     finally:
         p.send_signal(signal.SIGKILL)
-        p.communicate()
+        # an orphaned worker would hold the pipes open (and the lock): do not wait for it forever
+        p.communicate(timeout=60)
     # resume at once, with --overwrite: it needs the store to itself, so an orphan holding a lock refuses it
     r = subprocess.run([sys.executable, "-m", "item", "featurize", str(tmp_path / "in"), "--store", str(store),
                         *TINY, "--workers", "0", "--shard-size", "4", "--overwrite"], env=env(),
