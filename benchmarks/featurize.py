@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import os
 import statistics
 import sys
@@ -134,6 +135,77 @@ def pipeline_featurize(rows, models, config) -> dict:
     return summary.to_json()
 
 
+# -- GPU busy fraction ---------------------------------------------------------------------------
+class NvmlSampler:
+    """Mean of NVML's GPU utilisation (% of time a kernel ran) sampled every 50 ms while active; None
+    without NVML (nvidia-ml-py) or a GPU."""
+
+    def __init__(self):
+        self.samples, self._stop, self._thread, self.error = [], None, None, ""
+
+    def __enter__(self):
+        import threading
+
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception as exc:  # no NVML, no GPU
+            self.error = f"{type(exc).__name__}: {exc}"[:200]
+            return self
+        self._stop = threading.Event()
+
+        def run():
+            while not self._stop.is_set():
+                try:
+                    self.samples.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+                except Exception:
+                    break
+                self._stop.wait(0.05)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._thread:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def mean(self):
+        return round(sum(self.samples) / len(self.samples) / 100, 3) if self.samples else None
+
+
+def profiled_gpu_seconds(fn) -> dict:
+    """Run fn() under torch.profiler; the union of the intervals in which a CUDA kernel or copy ran (s),
+    the profiled wall time, and their ratio. CUDA only."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    ivs = sorted((e.start_ns(), e.end_ns()) for e in prof.profiler.kineto_results.events()
+                 if e.device_type() == torch.autograd.DeviceType.CUDA and e.end_ns() > e.start_ns())
+    busy, cur_s, cur_e = 0, None, None
+    for a, b in ivs:
+        if cur_e is None or a > cur_e:
+            if cur_e is not None:
+                busy += cur_e - cur_s
+            cur_s, cur_e = a, b
+        else:
+            cur_e = max(cur_e, b)
+    if cur_e is not None:
+        busy += cur_e - cur_s
+    return {"gpu_busy_seconds": round(busy / 1e9, 3), "profiled_wall_seconds": round(wall, 3),
+            "busy_fraction_of_profiled_wall": round(busy / 1e9 / wall, 3) if wall else None,
+            "n_gpu_events": len(ivs)}
+
+
 def caption_cost(images, models, batch_size: int) -> tuple[float, float]:
     """Seconds to caption `images` in batches of `batch_size`, and mean caption length in words."""
     t = time.perf_counter()
@@ -166,7 +238,7 @@ def forward_bound(rows, models, counts: dict, config, batches: dict, time_captio
 
     from item.featurize.captioner import autocast_for
     from item.featurize.decode import decode_image
-    from item.featurize.grounder import build_prompt, letterbox
+    from item.featurize.grounder import build_prompt
     from item.featurize.nouns import extract_nouns
 
     dev = models.device
@@ -201,13 +273,19 @@ def forward_bound(rows, models, counts: dict, config, batches: dict, time_captio
     g = models.grounder
     with_nouns = [i for i, n in enumerate(nouns) if n]
 
+    prepared = {i: g.prepare(images[i]) for i in with_nouns}
+
     def ground(b):
+        from item.featurize.grounder import collate_pixels
+
         idx = cycle(with_nouns, b)
+        if getattr(g, "family", "") == "owlv2":
+            return _owl_forward(g, [prepared[i] for i in idx], [nouns[i] for i in idx], dev)
         prompts = [build_prompt(nouns[i])[0] for i in idx]
         tok = g.processor.tokenizer(prompts, padding="longest", truncation=True, max_length=g.max_text_len,
                                     return_tensors="pt")
-        pixd = g.processor.image_processor(images=[letterbox(images[i])[0] for i in idx], return_tensors="pt")
-        inputs = {k: v.to(dev) for k, v in {**tok, **pixd}.items()}
+        pix, mask = collate_pixels([prepared[i] for i in idx])
+        inputs = {k: v.to(dev) for k, v in {**tok, "pixel_values": pix, "pixel_mask": mask}.items()}
         sync(dev)
         t = time.perf_counter()
         with torch.inference_mode(), autocast_for(dev):
@@ -224,8 +302,10 @@ def forward_bound(rows, models, counts: dict, config, batches: dict, time_captio
     if time_caption:
         c = models.captioner
 
+        cap_pix = [c.prepare(im) for im in images]
+
         def caption(b):
-            pv = c.processor(images=cycle(images, b), return_tensors="pt")["pixel_values"].to(dev)
+            pv = torch.stack(cycle(cap_pix, b)).to(dev)
             sync(dev)
             t = time.perf_counter()
             with torch.inference_mode(), autocast_for(dev):
@@ -250,13 +330,97 @@ def forward_bound(rows, models, counts: dict, config, batches: dict, time_captio
             "caption_seconds": round(stage_bound.get("caption", 0.0), 3)}
 
 
+def _owl_forward(g, prepared, nouns, dev) -> float:
+    import torch
+
+    from item.featurize.captioner import autocast_for
+    from item.featurize.owl import PROMPT
+
+    n_q = max(len(n) for n in nouns)
+    texts = [q for ns in nouns for q in [PROMPT.format(n) for n in ns] + [""] * (n_q - len(ns))]
+    tok = g.processor.tokenizer(texts, padding="max_length", truncation=True, max_length=g.max_text_len,
+                                return_tensors="pt")
+    inputs = {"input_ids": tok["input_ids"].to(dev), "attention_mask": tok["attention_mask"].to(dev),
+              "pixel_values": torch.stack([p.pixel_values for p in prepared]).to(dev)}
+    sync(dev)
+    t = time.perf_counter()
+    with torch.inference_mode(), autocast_for(dev):
+        g.model(**inputs)
+    sync(dev)
+    return time.perf_counter() - t
+
+
+# -- precision: fp16 / bf16 autocast against fp32 on the same inputs ------------------------------------
+def precision_check(rows, models, n: int, log) -> dict:
+    """Embeddings, boxes and captions under fp32, fp16 and bf16 autocast (CUDA), compared with fp32."""
+    import contextlib
+
+    import torch
+
+    from item.featurize import captioner as cap_mod
+    from item.featurize import grounder as gr_mod
+    from item.featurize.decode import decode_image
+    from item.featurize.encoder import ClipEncoder
+    from item.featurize.nouns import extract_nouns
+
+    rows = rows[:n]
+    images = [decode_image(r.path).image for r in rows]
+    nouns = [extract_nouns(r.caption or "", max_objects=8) for r in rows]
+    texts = list(dict.fromkeys([r.caption for r in rows] + [x for ns in nouns for x in ns]))
+    clip = models.clip
+    pix = torch.stack([clip.preprocess(im) for im in images])
+    orig = (cap_mod.autocast_for, gr_mod.autocast_for, ClipEncoder._autocast)
+    out = {}
+    for name, dtype in (("fp32", None), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        def ctx(*_a, _d=dtype):
+            return torch.autocast("cuda", dtype=_d) if _d is not None else contextlib.nullcontext()
+
+        cap_mod.autocast_for = gr_mod.autocast_for = ctx
+        ClipEncoder._autocast = lambda self, _c=ctx: _c()
+        try:
+            out[name] = {"image_emb": clip.encode_images(pix), "text_emb": clip.encode_texts(texts)[0],
+                         "boxes": models.grounder.ground(images, nouns),
+                         "captions": models.captioner.caption(images) if models.captioner else []}
+        finally:
+            cap_mod.autocast_for, gr_mod.autocast_for, ClipEncoder._autocast = orig
+
+    def emb_cmp(a, b):
+        a16, b16 = a.astype(np.float16).astype(np.float32), b.astype(np.float16).astype(np.float32)
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        return {"min_cosine": round(float(cos.min()), 6), "mean_cosine": round(float(cos.mean()), 6),
+                "max_abs_diff_stored_float16": round(float(np.abs(a16 - b16).max()), 5)}
+
+    def box_cmp(a, b):
+        diffs, n_diff_grounding = [], 0
+        for ba, bb in zip(a, b):
+            for x, y in zip(ba, bb):
+                if (x is None) != (y is None):
+                    n_diff_grounding += 1
+                elif x is not None:
+                    diffs.append(max(abs(x.x0 - y.x0), abs(x.y0 - y.y0), abs(x.x1 - y.x1), abs(x.y1 - y.y1)))
+        d = np.array(diffs) if diffs else np.zeros(1)
+        return {"n_boxes": len(diffs), "grounded_differently": n_diff_grounding,
+                "max_px_diff": round(float(d.max()), 3), "median_px_diff": round(float(np.median(d)), 3),
+                "share_within_1px": round(float((d <= 1.0).mean()), 3)}
+
+    res = {"n_images": len(rows), "n_texts": len(texts)}
+    for name in ("fp16", "bf16"):
+        res[name] = {"clip_image": emb_cmp(out[name]["image_emb"], out["fp32"]["image_emb"]),
+                     "clip_text": emb_cmp(out[name]["text_emb"], out["fp32"]["text_emb"]),
+                     "ground": box_cmp(out[name]["boxes"], out["fp32"]["boxes"]),
+                     "captions_identical": round(float(np.mean([x == y for x, y in zip(
+                         out[name]["captions"], out["fp32"]["captions"])])), 3) if out[name]["captions"] else None}
+        log(f"precision {name} vs fp32: {res[name]}")
+    return res
+
+
 # -- one size --------------------------------------------------------------------------------------
 def med_spread(xs):
     return {"median": round(statistics.median(xs), 3), "min": round(min(xs), 3), "max": round(max(xs), 3),
             "runs": [round(x, 3) for x in xs]}
 
 
-def bench_size(size: str, args, log) -> dict:
+def bench_size(size: str, args, log, save=None) -> dict:
     import torch
 
     from item.featurize.decode import decode_image
@@ -272,7 +436,8 @@ def bench_size(size: str, args, log) -> dict:
     if not use_given:
         rows = [r.__class__(**{**r.__dict__, "caption": None}) for r in rows]
     config = FeaturizeConfig(batch_size=args.batch_size, device=args.device, workers=args.workers,
-                             clip_batch_size=args.clip_batch_size, max_objects=8)
+                             clip_batch_size=args.clip_batch_size, caption_batch_size=args.caption_batch_size,
+                             max_objects=8)
     images = [decode_image(r.path).image for r in rows] if use_given else []
 
     # warm-up: one image through both (first forwards allocate / autotune)
@@ -281,25 +446,36 @@ def bench_size(size: str, args, log) -> dict:
 
     base_s, pipe_s, base_cap, pipe_cap = [], [], [], []
     base_stages, pipe_stages, pipe_summary = Counter(), Counter(), {}
-    for rep in range(args.reps):
-        st = Counter()
-        t = time.perf_counter()
-        naive = naive_featurize(rows, models, config.max_objects, use_given, st)
-        sync(models.device)
-        base_s.append(time.perf_counter() - t)
-        base_stages.update(st)
-        log(f"[{size}] rep {rep}: baseline {base_s[-1]:.2f} s")
-        t = time.perf_counter()
-        pipe_summary = pipeline_featurize(rows, models, config)
-        pipe_s.append(time.perf_counter() - t)
-        pipe_stages.update(pipe_summary["stage_seconds"])
-        log(f"[{size}] rep {rep}: pipeline {pipe_s[-1]:.2f} s  stages {pipe_summary['stage_seconds']}")
+    base_reps = args.reps if args.baseline_reps is None else args.baseline_reps
+    busy_samples = []
+    naive = None
+    for rep in range(max(args.reps, base_reps)):
+        if rep < base_reps or naive is None:
+            st = Counter()
+            t = time.perf_counter()
+            naive = naive_featurize(rows, models, config.max_objects, use_given, st)
+            sync(models.device)
+            base_s.append(time.perf_counter() - t)
+            base_stages.update(st)
+            log(f"[{size}] rep {rep}: baseline {base_s[-1]:.2f} s")
+        if rep < args.reps:
+            t = time.perf_counter()
+            with NvmlSampler() as nv:
+                pipe_summary = pipeline_featurize(rows, models, config)
+            pipe_s.append(time.perf_counter() - t)
+            busy_samples.append(nv.mean)
+            pipe_stages.update(pipe_summary["stage_seconds"])
+            log(f"[{size}] rep {rep}: pipeline {pipe_s[-1]:.2f} s (NVML busy {nv.mean})  "
+                f"stages {pipe_summary['stage_seconds']}")
         if use_given and not args.no_caption_timing:
-            s, words = caption_cost(images, models, 1)
-            base_cap.append(s)
-            s, words = caption_cost(images, models, args.batch_size)
-            pipe_cap.append(s)
-            log(f"[{size}] rep {rep}: captioning baseline {base_cap[-1]:.2f} s, pipeline {pipe_cap[-1]:.2f} s")
+            if rep < base_reps:
+                s, words = caption_cost(images, models, 1)
+                base_cap.append(s)
+            if rep < args.reps:
+                s, words = caption_cost(images, models, config.caption_batch_size)
+                pipe_cap.append(s)
+            log(f"[{size}] rep {rep}: captioning baseline {base_cap[-1] if base_cap else '-'} s, "
+                f"pipeline {pipe_cap[-1]:.2f} s")
     n = len(rows)
     n_nouns = sum(len(r["nouns"]) for r in naive)
     n_crops = sum(r["n_crops"] for r in naive)  # the random presets ground every noun (thresholds 0.0)
@@ -308,7 +484,8 @@ def bench_size(size: str, args, log) -> dict:
               "n_with_nouns": sum(bool(r["nouns"]) for r in naive)}
 
     gpu = models.device.startswith("cuda")
-    batches = ({"clip_image": [1, 64, 256], "clip_text": [1, 64, 256], "ground": [1, 4, 16], "caption": [1, 16, 64]}
+    batches = ({"clip_image": [1, 64, 256], "clip_text": [1, 64, 256], "ground": [1, 4, 8, 16],
+                "caption": [1, 16, 64, 128]}
                if gpu else {"clip_image": [1, 16, 64], "clip_text": [1, 16, 64], "ground": [1, 2], "caption": [1, 8]})
     if args.quick_bound:
         batches = {k: v[:2] for k, v in batches.items()}
@@ -319,7 +496,11 @@ def bench_size(size: str, args, log) -> dict:
     bmed, pmed = statistics.median(base_s), statistics.median(pipe_s)
     res = {
         "size": size, "preset": SIZES[size], "device": models.device, "n_images": n, "reps": args.reps,
-        "captions": args.captions, "batch_size": args.batch_size, "clip_batch_size": args.clip_batch_size,
+        "captions": args.captions, "batch_size": config.resolved_batch_size(models.device),
+        "clip_batch_size": config.clip_batch_size, "caption_batch_size": config.caption_batch_size,
+        "ground_batch_size": config.ground_batch_size or (4 if gpu else 1),
+        "overlap": config.resolved_overlap(models.device), "baseline_reps": base_reps,
+        "gpu_busy_nvml_mean": [b for b in busy_samples], "extras": {},
         "workers": args.workers, "counts": counts, "model_load_seconds": round(load_s, 1),
         "baseline_seconds": med_spread(base_s), "pipeline_seconds": med_spread(pipe_s),
         "baseline_images_per_s": round(n / bmed, 4), "pipeline_images_per_s": round(n / pmed, 4),
@@ -342,6 +523,89 @@ def bench_size(size: str, args, log) -> dict:
             "e2e_speedup": round((bmed + bc) / (pmed + pc), 3),
             "e2e_efficiency": round((bound["featurize_seconds"] + bound["caption_seconds"]) / (pmed + pc), 3),
         })
+    if save:  # the main measurement is safe on disk before the extras run
+        save(res)
+    extras = res["extras"]
+    gpu_dev = models.device.startswith("cuda")
+    if args.overlap_compare:
+        cfg = dataclasses.replace(config, overlap=not config.resolved_overlap(models.device))
+        t = time.perf_counter()
+        summ = pipeline_featurize(rows, models, cfg)
+        extras["overlap_flipped"] = {"overlap": cfg.overlap, "seconds": round(time.perf_counter() - t, 3),
+                                     "stage_seconds": summ["stage_seconds"]}
+        log(f"[{size}] pipeline with overlap={cfg.overlap}: {extras['overlap_flipped']['seconds']} s")
+        if save:
+            save(res)
+    if args.profile and gpu_dev:
+        try:
+            extras["profile"] = profiled_gpu_seconds(lambda: pipeline_featurize(rows, models, config))
+            log(f"[{size}] profiled: {extras['profile']}")
+        except Exception as exc:  # the profiler is optional; never lose the run over it
+            extras["profile"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    for gs in [int(x) for x in args.ground_sizes.split(",") if x.strip()]:
+        from item.featurize.grounder import set_ground_size
+
+        ip = models.grounder.processor.image_processor
+        before = set_ground_size(ip, None)
+        set_ground_size(ip, gs)
+        try:
+            t = time.perf_counter()
+            summ = pipeline_featurize(rows, models, config)
+            extras[f"ground_size_{gs}"] = {"seconds": round(time.perf_counter() - t, 3),
+                                           "stage_seconds": summ["stage_seconds"]}
+            log(f"[{size}] ground size {gs}: {extras[f'ground_size_{gs}']}")
+            if save:
+                save(res)
+        finally:
+            set_ground_size(ip, before)
+    for gname in [x.strip() for x in args.grounders.split(",") if x.strip()]:
+        from item.featurize.grounder import load_grounder
+
+        t = time.perf_counter()
+        other = load_grounder(gname, models.device, box_threshold=0.0, text_threshold=0.0)
+        load_g = time.perf_counter() - t
+        keep, models.grounder = models.grounder, other
+        try:
+            pipeline_featurize(rows[:4], models, config)  # warm-up
+            t = time.perf_counter()
+            summ = pipeline_featurize(rows, models, config)
+            extras[f"grounder_{gname}"] = {"seconds": round(time.perf_counter() - t, 3), "load_seconds": round(load_g, 1),
+                                           "stage_seconds": summ["stage_seconds"], "ground_size": other.ground_size,
+                                           "quality": "unknown (random weights; no real weights here)"}
+            per_item = {}
+            from item.featurize.decode import decode_image as _dec
+            from item.featurize.nouns import extract_nouns as _nouns
+
+            cand = [(r, _nouns(r.caption or "", max_objects=8)) for r in rows]
+            cand = [(other.prepare(_dec(r.path).image), ns) for r, ns in cand if ns][:16]
+            for b in ((1, 4, 16) if gpu_dev else (1, 2)):
+                if len(cand) < b:
+                    break
+                part = cand[:b]
+                other.ground_prepared([c[0] for c in part], [c[1] for c in part])  # warm-up
+                sync(models.device)
+                t = time.perf_counter()
+                other.ground_prepared([c[0] for c in part], [c[1] for c in part])
+                sync(models.device)
+                per_item[str(b)] = round((time.perf_counter() - t) / b, 5)
+            extras[f"grounder_{gname}"]["ground_call_seconds_per_image_by_batch"] = per_item
+            log(f"[{size}] grounder {gname}: {extras[f'grounder_{gname}']}")
+            if save:
+                save(res)
+        finally:
+            models.grounder = keep
+            del other
+            if gpu_dev:
+                torch.cuda.empty_cache()
+    if args.precision and gpu_dev:
+        try:
+            extras["precision"] = precision_check(rows, models, args.precision, log)
+        except Exception as exc:
+            extras["precision"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    if "profile" in extras and "gpu_busy_seconds" in extras["profile"]:
+        res["gpu_busy_fraction"] = round(extras["profile"]["gpu_busy_seconds"] / pmed, 3)
+    if save:
+        save(res)
     del models
     if gpu:
         torch.cuda.empty_cache()
@@ -385,8 +649,17 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--n-images", type=int, default=4)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--clip-batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=0, help="image batch (0: the pipeline's auto)")
+    ap.add_argument("--clip-batch-size", type=int, default=256)
+    ap.add_argument("--caption-batch-size", type=int, default=64)
+    ap.add_argument("--baseline-reps", type=int, default=None, help="repetitions of the baseline (default --reps)")
+    ap.add_argument("--overlap-compare", action="store_true", help="one more pipeline run with overlap flipped")
+    ap.add_argument("--profile", action="store_true", help="one more pipeline run under torch.profiler (CUDA): "
+                    "GPU busy seconds")
+    ap.add_argument("--ground-sizes", default="", help="comma list: one pipeline run per grounder input size")
+    ap.add_argument("--grounders", default="", help="comma list of other grounders (e.g. owlv2-random): one "
+                    "pipeline run each")
+    ap.add_argument("--precision", type=int, default=0, help="compare fp16/bf16 with fp32 on this many images (CUDA)")
     ap.add_argument("--workers", type=int, default=-1)
     ap.add_argument("--captions", choices=("given", "model"), default="given")
     ap.add_argument("--no-caption-timing", action="store_true", help="with --captions given, skip timing BLIP")
@@ -408,7 +681,10 @@ def main(argv=None) -> int:
         if size not in SIZES:
             log(f"unknown size {size!r}; valid: {', '.join(SIZES)}")
             return 2
-        results.append(bench_size(size, args, log))
+        def save(partial, done=tuple(results)):
+            write_result(args.out, "featurize", BANNER, list(done) + [partial], device=args.device)
+
+        results.append(bench_size(size, args, log, save))
     print(table(results))
     write_result(args.out, "featurize", BANNER, results, device=args.device)
     return 0

@@ -42,11 +42,14 @@ def ensure_store(root: Path, n: int, dim: int, n_queries: int, log) -> np.ndarra
     from item.store.writer import StoreWriter
 
     qfile = root.parent / f"queries-{n}-{dim}-{n_queries}.npy"
-    if (root / "manifest.json").exists() and qfile.exists():
+    # A store written with more queries serves fewer: its queries file holds the first ones of the stream.
+    have = sorted(root.parent.glob(f"queries-{n}-{dim}-*.npy"), key=lambda f: int(f.stem.split("-")[-1]))
+    have = [f for f in have if int(f.stem.split("-")[-1]) >= n_queries]
+    if (root / "manifest.json").exists() and have:
         with StoreReader(root) as r:
             if r.n_images == n and r.embed_dim == dim:
                 log(f"reusing store {root}")
-                return np.load(qfile)
+                return np.load(have[0])[:n_queries]
     shutil.rmtree(root, ignore_errors=True)
     root.parent.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
@@ -88,14 +91,9 @@ def latency(idx, q: np.ndarray, n_single: int, k: int) -> dict:
 
 
 def set_param(idx, kind: str, name: str, value) -> None:
-    import faiss
+    from item.store.index import set_search_param
 
-    if kind == "hnsw" and name == "ef_search":
-        idx.index.hnsw.efSearch = int(value)
-    elif kind == "ivfpq" and name == "nprobe":
-        faiss.extract_index_ivf(idx.index).nprobe = int(value)
-    elif kind == "ivfpq" and name == "k_factor":
-        faiss.downcast_index(idx.index).k_factor = float(value)
+    set_search_param(idx.index, kind, name, value)
 
 
 def main(argv=None) -> int:
@@ -110,6 +108,11 @@ def main(argv=None) -> int:
     ap.add_argument("--target-recall", type=float, default=0.95)
     ap.add_argument("--target-ms", type=float, default=2.0)
     ap.add_argument("--hnsw", default="", help="build params, e.g. M=32,ef_construction=80")
+    ap.add_argument("--ivfsq", default="", help="build params, e.g. nlist=1024,refine=0")
+    ap.add_argument("--no-flat-latency", action="store_true",
+                    help="time no queries on the flat index (it only gives the exact answers): a busy machine")
+    ap.add_argument("--tune", type=float, default=None,
+                    help="build with item.store.index's --target-recall tuning (held-out queries) at this recall")
     ap.add_argument("--store-dir", default="/tmp/item-bench-lookup/store")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
@@ -128,14 +131,17 @@ def main(argv=None) -> int:
     if "flat" not in kinds:
         kinds.insert(0, "flat")
     sweeps = {"hnsw": [("ef_search", v) for v in (16, 32, 64, 128, 256)],
-              "ivfpq": [("nprobe", v) for v in (4, 8, 16, 32, 64)]}
+              "ivfpq": [("nprobe", v) for v in (4, 8, 16, 32, 64)],
+              "ivfsq": [("nprobe", v) for v in (4, 8, 12, 16, 24, 32, 48, 64)]}
     results, truth = {}, None
     for kind in kinds:
         params = {}
-        if kind == "hnsw" and args.hnsw:
-            params = {k: int(v) for k, v in (kv.split("=") for kv in args.hnsw.split(","))}
+        given = {"hnsw": args.hnsw, "ivfsq": args.ivfsq}.get(kind)
+        if given:
+            params = {k: int(v) for k, v in (kv.split("=") for kv in given.split(","))}
         t = time.perf_counter()
-        side = build_index(root, kind=kind, params=params)
+        side = build_index(root, kind=kind, params=params,
+                           target_recall=args.tune if kind != "flat" else None)
         build_s = time.perf_counter() - t
         size = index_paths(root, "image", kind)["faiss"].stat().st_size
         r0 = rss_mib()
@@ -145,8 +151,13 @@ def main(argv=None) -> int:
         if kind == "flat":
             truth = found
         rec = recall_at(found, truth, args.k)
-        lat = latency(idx, q, args.single, args.k)
+        if kind == "flat" and args.no_flat_latency:
+            lat = {k: None for k in ("single_p50_ms", "single_p99_ms", "batch100_p50_ms", "batch100_p99_ms",
+                                     "batch100_qps")}
+        else:
+            lat = latency(idx, q, args.single, args.k)
         res = {"build_seconds": round(build_s, 1), "index_bytes": size, "index_mib": round(size / 2**20, 1),
+               "memory_estimate_mib": round(side.get("memory_bytes", 0) / 2**20, 1), "tuning": side.get("tuning"),
                "rss_growth_on_load_mib": round(load_rss, 1), "params": side["params"],
                "recall_at_10": round(rec, 4), **lat}
         log(f"{kind}: {res}")
@@ -158,6 +169,17 @@ def main(argv=None) -> int:
                    **latency(idx, q, min(args.single, 200), args.k)}
             sweep.append(row)
             log(f"  {kind} {name}={value}: recall {row['recall_at_10']}, single p50 {row['single_p50_ms']} ms")
+        if kind == "ivfsq" and side["params"].get("refine"):  # re-ranking depth at the chosen nprobe
+            set_param(idx, kind, "nprobe", side["params"]["nprobe"])
+            for kf in (1, 2, 8):
+                set_param(idx, kind, "k_factor", kf)
+                _, f = idx.search(q, args.k)
+                row = {"nprobe": side["params"]["nprobe"], "k_factor": kf,
+                       "recall_at_10": round(recall_at(f, truth, args.k), 4),
+                       **latency(idx, q, min(args.single, 200), args.k)}
+                sweep.append(row)
+                log(f"  ivfsq k_factor={kf}: recall {row['recall_at_10']}, single p50 {row['single_p50_ms']} ms")
+            set_param(idx, kind, "k_factor", side["params"]["k_factor"])
         if kind == "ivfpq":  # k_factor (re-ranking depth) at the default nprobe
             set_param(idx, kind, "nprobe", side["params"]["nprobe"])
             for kf in (2, 4, 16):

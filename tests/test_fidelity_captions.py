@@ -47,8 +47,15 @@ class FixedCaptioner:
         self.captions = list(captions)
         self.info = {"id": "fixed-blip-large-style", "random_weights": True}
 
+    @staticmethod
+    def prepare(image):  # the captioner's image preparation (no pixels needed here)
+        return image.size
+
+    def caption_prepared(self, pixels):
+        return [self.captions[i % len(self.captions)] for i in range(len(pixels))]
+
     def caption(self, images):
-        return [self.captions[i % len(self.captions)] for i in range(len(images))]
+        return self.caption_prepared([self.prepare(im) for im in images])
 
 
 def test_encoded_caption_is_the_clean_one_and_both_are_kept(tmp_path):

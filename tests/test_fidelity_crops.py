@@ -92,24 +92,34 @@ def test_stored_crops_are_square_crops_through_clip(tmp_path, tiny):
     assert checked >= 3
 
 
-def test_boxes_lying_in_the_padding_never_count(tiny):
-    # 400x20 is padded to 400x134 before grounding: most of what the detector sees is padding
-    g = tiny.grounder
-    rng = np.random.default_rng(5)
-    img = Image.fromarray(rng.integers(0, 255, (20, 400, 3), dtype=np.uint8))
-    nouns = ["dog", "car", "tree", "man", "bike", "road", "sky", "boat"]
-    boxes = g.ground([img], [nouns])[0]
-    for b in boxes:
-        if b is not None:
-            assert b.y1 <= 20 and (b.x1 - b.x0) * (b.y1 - b.y0) >= MIN_BOX_AREA
-    # every query's box, mapped back: those entirely in the padding have no area in the image
-    from item.featurize.grounder import _pixel_boxes
+def test_boxes_lying_in_the_padding_never_count():
+    """A 400x20 image is padded to 400x134 before grounding. The query the detector likes best for 'dog' lies
+    in the padding: it is no box (it used to be clamped into a 1-pixel strip at the image's edge and count as
+    grounded); the best query inside the image wins. A noun whose only query lies in the padding is ungrounded."""
     import torch
 
-    rel = torch.tensor([[0.5, 0.9, 0.2, 0.1],   # lies in the padding below the image
-                        [0.5, 0.05, 0.2, 0.1]])  # lies in the image
-    _, area = _pixel_boxes(rel, 400, 20, 400.0, 134.0)
-    assert area[0] == 0 and area[1] > MIN_BOX_AREA
+    from item.featurize.grounder import select_boxes
+
+    p = torch.tensor([[0.95, 0.10],   # query 0: 'dog' very likely, box in the padding
+                      [0.60, 0.10],   # query 1: 'dog' less likely, box inside the image
+                      [0.10, 0.90]])  # query 2: 'car', box in the padding
+    spans = torch.tensor([[True, False], [False, True]])  # token 0 is 'dog', token 1 is 'car'
+    rel = torch.tensor([[0.5, 0.9, 0.2, 0.1],    # y from 114 to 127 of 134: below the 20-pixel image
+                        [0.5, 0.05, 0.2, 0.1],   # y from 0 to 13: inside
+                        [0.3, 0.8, 0.1, 0.2]])   # y from 94 to 121: below
+    dog, car = select_boxes(p, spans, rel, (400, 20), (400.0, 134.0), 0.3, 0.25)
+    assert car is None
+    assert dog is not None and dog.score == pytest.approx(0.60)
+    assert dog.y1 <= 20 and (dog.x1 - dog.x0) * (dog.y1 - dog.y0) >= MIN_BOX_AREA
+    assert (dog.x0, dog.x1) == pytest.approx((160.0, 240.0))
+
+
+def test_grounded_boxes_of_an_elongated_image_lie_in_it(tiny):
+    rng = np.random.default_rng(5)
+    img = Image.fromarray(rng.integers(0, 255, (20, 400, 3), dtype=np.uint8))
+    for b in tiny.grounder.ground([img], [["dog", "car", "tree", "man", "bike", "road", "sky", "boat"]])[0]:
+        if b is not None:
+            assert b.y1 <= 20 and (b.x1 - b.x0) * (b.y1 - b.y0) >= MIN_BOX_AREA
 
 
 def test_too_elongated_images_are_not_grounded_and_say_why():

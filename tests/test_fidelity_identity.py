@@ -146,6 +146,9 @@ def _as_schema_1(store: Path) -> None:
     m = json.loads((store / schema.MANIFEST).read_text())
     m["schema_version"] = 1
     m["compat"] = {k: v for k, v in m["compat"].items() if k not in schema.IDENTITY_KEYS}
+    schema_1_entry = ("name", "n_images", "n_ok", "n_skipped", "n_objects", "n_grounded", "n_aliases",
+                      "skipped_by_reason")  # what a schema-1 manifest listed per shard (no sizes or checksums)
+    m["shards"] = [{k: v for k, v in e.items() if k in schema_1_entry} for e in m["shards"]]
     (store / schema.MANIFEST).write_text(json.dumps(m))
     for shard in (store / schema.SHARD_DIR).glob("*.h5"):
         with h5py.File(shard, "a") as f:

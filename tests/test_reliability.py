@@ -355,7 +355,9 @@ def test_refusals_say_which_and_why(trained, tmp_path):
     # a store manifest from a newer schema: refused, by every reader and by the CLI in one line
     fresh()
     _edit_json(store / "manifest.json", schema_version=99)
-    with pytest.raises(SchemaError, match="schema 99, newer than the 1.*upgrade"):
+    from item.store.schema import SCHEMA_VERSION
+
+    with pytest.raises(SchemaError, match=f"schema 99, newer than the {SCHEMA_VERSION}.*upgrade"):
         StoreReader(store)
     r = cli("store", "info", store)
     assert r.exit_code == 1 and "newer" in r.output and "Traceback" not in r.output

@@ -97,7 +97,8 @@ def test_a_killed_featurize_leaves_no_worker_and_no_lock(tmp_path):
         assert len(workers) >= 2, workers
     finally:
         p.send_signal(signal.SIGKILL)
-        p.communicate()
+        # an orphaned worker would hold the pipes open (and the lock): do not wait for it forever
+        p.communicate(timeout=60)
     # resume at once, with --overwrite: it needs the store to itself, so an orphan holding a lock refuses it
     r = subprocess.run([sys.executable, "-m", "item", "featurize", str(tmp_path / "in"), "--store", str(store),
                         *TINY, "--workers", "0", "--shard-size", "4", "--overwrite"], env=env(),
@@ -177,9 +178,9 @@ def test_index_train_report_export_on_a_full_disk(tmp_path, small_fs):
     assert listing() == before and not leftovers(fs) and not (fs / "s" / "index").exists()
     assert validate(fs / "s").ok
     # train, report, export: outputs on the full file system
-    r = cli("train", store, "--out", tmp_path / "head", "--head", "logistic")
+    r = cli("train", store, "--out", tmp_path / "head", "--head", "logistic", "--recipe", "global")
     assert r.exit_code == 0, r.output
-    for args in (["train", store, "--out", fs / "head", "--head", "logistic"],
+    for args in (["train", store, "--out", fs / "head", "--head", "logistic", "--recipe", "global"],
                  ["report", store, "--head", tmp_path / "head", "--out", fs / "report.html"],
                  ["store", "export", store, "--out", fs / "meta.csv"]):
         r = cli(*args)

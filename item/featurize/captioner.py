@@ -138,11 +138,24 @@ def autocast_for(device: str):
     return contextlib.nullcontext()
 
 
+class CaptionPrep:
+    """Picklable image preparation of the captioner (resize, normalise): PIL image -> (3, H, W) float32 tensor.
+
+    Runs in the decode worker processes, so the main process only runs generate()."""
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+
+    def __call__(self, image):
+        return self.image_processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"][0]
+
+
 class Captioner:
     """BLIP image captioning, batched and deterministic.
 
     info: JSON-able: id, revision (hub commit) or weights_sha256 (local folder) where known,
     random_weights, generation (the fixed generate() settings).
+    prepare: the picklable image preparation (`CaptionPrep`); `caption_prepared` takes its outputs.
     """
 
     def __init__(self, model, processor, info: dict, device: str, generation: dict):
@@ -151,16 +164,22 @@ class Captioner:
         self.info = info
         self.device = device
         self.generation = dict(generation)
+        self.prepare = CaptionPrep(processor.image_processor)
 
     def caption(self, images) -> list[str]:
         """PIL images -> one caption each (stripped; BLIP's tokenizer lower-cases). One generate() per call."""
+        return self.caption_prepared([self.prepare(im) for im in images])
+
+    def caption_prepared(self, pixels: list) -> list[str]:
+        """`prepare` outputs -> one caption each. One generate() per call; a row's caption ends at its end
+        token (generate pads finished rows and stops when every row has ended)."""
         import torch
 
-        images = [im.convert("RGB") for im in images]
-        if not images:
+        from item.featurize.grounder import to_device
+
+        if not len(pixels):
             return []
-        inputs = self.processor(images=images, return_tensors="pt")
-        pixel_values = inputs["pixel_values"].to(self.device)
+        pixel_values = to_device(torch.stack(list(pixels)), self.device)
         with torch.inference_mode(), autocast_for(self.device):
             out = self.model.generate(pixel_values=pixel_values, **self.generation)
         texts = self.processor.batch_decode(out, skip_special_tokens=True)

@@ -23,15 +23,21 @@ def featurize_cmd(
     pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or a local checkpoint path."),
     captioner: Optional[str] = typer.Option(None, help="Captioner: HF id, local folder, or 'none' (then every "
                                             "row needs a caption from its manifest)."),
-    grounder: Optional[str] = typer.Option(None, help="Grounder: HF id, local folder, or 'none' (global "
-                                           "features only)."),
+    grounder: Optional[str] = typer.Option(None, help="Grounder: HF id, local folder, random name or 'none' "
+                                           "(global features only). Grounding DINO by default; OWLv2 "
+                                           "(google/owlv2-base-patch16-ensemble, owlv2-random) is faster, "
+                                           "its grounding quality for ITEM is not measured."),
+    ground_size: Optional[int] = typer.Option(None, help="Grounder input size, shortest side in pixels "
+                                              "(default: the model's own, 800 for Grounding DINO). Smaller is "
+                                              "faster; what it costs in quality only real weights can tell."),
     box_threshold: Optional[float] = typer.Option(None, help="Grounding DINO box threshold (preset default 0.35)."),
     text_threshold: Optional[float] = typer.Option(None, help="Grounding DINO text threshold (preset default 0.25)."),
     max_objects: int = typer.Option(8, help="At most this many nouns per caption are grounded."),
     perturb: Optional[List[str]] = typer.Option(None, help="Robustness perturbation applied after decoding: "
                                                 "jpeg:75, blur:1.0, resize:0.5; repeat or join with '+'."),
-    batch_size: int = typer.Option(16, help="Images per batch through captioner and grounder."),
-    clip_batch_size: int = typer.Option(64, help="Images or texts per CLIP forward pass."),
+    batch_size: int = typer.Option(0, help="Images per batch (decoded together); 0: 64 on CUDA, 16 on CPU."),
+    caption_batch_size: int = typer.Option(64, help="Images per captioner generate() (capped by --batch-size)."),
+    clip_batch_size: int = typer.Option(256, help="Images or texts per CLIP forward pass."),
     workers: int = typer.Option(-1, help="Decoding processes (-1: auto, 0: in the main process)."),
     shard_size: int = typer.Option(1000, help="Image rows per store shard (at most this many are redone "
                                    "after a crash)."),
@@ -85,7 +91,8 @@ def featurize_cmd(
     if given and missing and given != missing and len(given | missing) > 1:
         warn("captions are given for some labels only: real and fake rows will be captioned by different "
              "sources, which a head can learn instead of misalignment")
-    spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder)
+    spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder,
+                          ground_size=ground_size)
     no_caption = [r for r in disc.rows if not r.caption]
     if spec.captioner == "none" and no_caption:
         from item.errors import InputError
@@ -98,7 +105,8 @@ def featurize_cmd(
         spec = dataclasses.replace(spec, box_threshold=spec.box_threshold if box_threshold is None else box_threshold,
                                    text_threshold=spec.text_threshold if text_threshold is None else text_threshold)
     config = FeaturizeConfig(
-        batch_size=batch_size, clip_batch_size=clip_batch_size, max_objects=max_objects, workers=workers,
+        batch_size=batch_size, clip_batch_size=clip_batch_size, caption_batch_size=caption_batch_size,
+        max_objects=max_objects, workers=workers,
         shard_size=shard_size, perturb=str(perturbation), device=device, noun_prompt=noun_prompt,
         max_pixels=(None if max_pixels == 0 else (max_pixels or DEFAULT_MAX_PIXELS)),
         engine=engine, ray_address=ray_address, ray_actors=ray_actors, gpus_per_actor=gpus_per_actor)

@@ -25,21 +25,31 @@ class Item:
     height: int = 0
     format: str = ""
     reason: str = ""  # skip reason; '' when decoded
+    caption_pixels: object = None  # (3, h, w) captioner input, when the row has no caption
+    ground_input: object = None  # grounder input (GroundImage), when a grounder runs
 
 
 class _DecodeDataset:
-    def __init__(self, items: list[Item], preprocess, perturbation: Perturbation, max_pixels):
+    """Decoding and every model's image preparation, in the worker processes (all parts are picklable)."""
+
+    def __init__(self, items: list[Item], preprocess, perturbation: Perturbation, max_pixels,
+                 caption_prep=None, ground_prep=None):
         self.items, self.preprocess, self.perturbation, self.max_pixels = items, preprocess, perturbation, max_pixels
+        self.caption_prep, self.ground_prep = caption_prep, ground_prep
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
-        return decode_item(self.items[i], self.preprocess, self.perturbation, self.max_pixels)
+        return decode_item(self.items[i], self.preprocess, self.perturbation, self.max_pixels,
+                           self.caption_prep, self.ground_prep)
 
 
-def decode_item(it: Item, preprocess, perturbation: Perturbation, max_pixels) -> Item:
-    """``it`` decoded (or with its skip reason): the image, after perturbation, and its CLIP pixels.
+def decode_item(it: Item, preprocess, perturbation: Perturbation, max_pixels, caption_prep=None,
+                ground_prep=None) -> Item:
+    """``it`` decoded (or with its skip reason): the image, after perturbation, and its CLIP pixels;
+    with ``caption_prep`` / ``ground_prep`` (the captioner's and grounder's picklable ``prepare``) also their
+    inputs, so that only forwards are left for the main process.
 
     An Item that already carries an image (a PIL image handed to ``featurize_images``) is not read from
     disk; it is converted to RGB as files are.
@@ -59,6 +69,10 @@ def decode_item(it: Item, preprocess, perturbation: Perturbation, max_pixels) ->
     img = perturbation.apply(img) if perturbation.steps else img
     out.image, out.width, out.height, out.format = img, img.width, img.height, fmt
     out.pixels = preprocess(img)
+    if caption_prep is not None and not it.row.caption:
+        out.caption_pixels = caption_prep(img)
+    if ground_prep is not None:
+        out.ground_input = ground_prep(img)
     return out
 
 
@@ -80,9 +94,14 @@ def iter_decoded(items: list[Item], models: Models, config: FeaturizeConfig):
     workers = config.workers
     if workers < 0:
         workers = min(4, max(0, (os.cpu_count() or 1) - 1))
-    ds = _DecodeDataset(items, models.clip.preprocess, parse_perturb(config.perturb or None), config.max_pixels)
-    loader = torch.utils.data.DataLoader(ds, batch_size=config.batch_size, shuffle=False, num_workers=workers,
-                                         collate_fn=_as_list, prefetch_factor=4 if workers else None,
-                                         persistent_workers=False,
+    ds = _DecodeDataset(items, models.clip.preprocess, parse_perturb(config.perturb or None), config.max_pixels,
+                        caption_prep=models.captioner.prepare if models.captioner else None,
+                        ground_prep=models.grounder.prepare if models.grounder else None)
+    # Prepared grounder inputs are large (800x1066 float32: 10 MB an image), so fewer batches wait ahead
+    # when they are made.
+    prefetch = 2 if models.grounder is not None else 4
+    loader = torch.utils.data.DataLoader(ds, batch_size=config.resolved_batch_size(models.device), shuffle=False,
+                                         num_workers=workers, collate_fn=_as_list,
+                                         prefetch_factor=prefetch if workers else None, persistent_workers=False,
                                          worker_init_fn=functools.partial(worker_init, os.getpid()) if workers else None)
     yield from loader

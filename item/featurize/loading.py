@@ -43,7 +43,8 @@ def load_models(spec: ModelSpec, device: str = "auto") -> Models:
     clip = load_clip(spec.clip_model, spec.clip_pretrained, device)
     captioner = None if spec.captioner == "none" else load_captioner(spec.captioner, device)
     grounder = None if spec.grounder == "none" else load_grounder(
-        spec.grounder, device, box_threshold=spec.box_threshold, text_threshold=spec.text_threshold)
+        spec.grounder, device, box_threshold=spec.box_threshold, text_threshold=spec.text_threshold,
+        ground_size=spec.ground_size or None)
     return Models(spec, clip, captioner, grounder, device)
 
 

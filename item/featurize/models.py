@@ -31,6 +31,7 @@ class ModelSpec:
         ('tiny-random', 'small-random', 'default-random') or 'none'.
     random_weights: True when any of the three has random weights.
     box_threshold / text_threshold: Grounding DINO thresholds (see `grounder.Grounder`).
+    ground_size: the grounder's input size, shortest side in pixels (``--ground-size``); 0 = the model's own.
     """
 
     clip_model: str
@@ -40,6 +41,7 @@ class ModelSpec:
     random_weights: bool
     box_threshold: float = 0.35
     text_threshold: float = 0.25
+    ground_size: int = 0  # the grounder's input size (shortest side); 0 = the model's own (800 for Grounding DINO)
 
     def to_json(self) -> dict:
         """The spec as recorded in a store's manifest (``models.spec``) and so in a head's head.json."""
@@ -122,7 +124,8 @@ PRESETS: dict[str, ModelSpec] = {
     ),
 }
 
-RANDOM_MODEL_NAMES = RANDOM_NAMES
+#: OWLv2 random builders (item.featurize.owl) count as random names too.
+RANDOM_MODEL_NAMES = RANDOM_NAMES + ("owlv2-tiny-random", "owlv2-random")
 
 
 def _number(value):
@@ -174,6 +177,7 @@ def resolve_models(
     pretrained: str | None = None,
     captioner: str | None = None,
     grounder: str | None = None,
+    ground_size: int | None = None,
 ) -> ModelSpec:
     """The `ModelSpec` of `preset` with the given fields replaced (None keeps the preset's value).
 
@@ -185,13 +189,20 @@ def resolve_models(
     spec = PRESETS[preset]
     changes = {
         k: v
-        for k, v in dict(clip_model=clip, clip_pretrained=pretrained, captioner=captioner, grounder=grounder).items()
+        for k, v in dict(clip_model=clip, clip_pretrained=pretrained, captioner=captioner, grounder=grounder,
+                         ground_size=ground_size).items()
         if v is not None
     }
     if grounder is not None and is_random(grounder) != is_random(spec.grounder):
         # Thresholds belong to the grounder: random ones use 0.0 (see PRESETS), real ones Grounding DINO's own.
         base = PRESETS["tiny-random"] if is_random(grounder) else PRESETS["default"]
         changes.update(box_threshold=base.box_threshold, text_threshold=base.text_threshold)
+    if grounder is not None and not is_random(grounder) and spec.grounder != grounder:
+        from item.featurize.grounder import grounder_family
+        from item.featurize.owl import DEFAULT_BOX_THRESHOLD
+
+        if grounder_family(grounder) == "owlv2":  # OWLv2 has one score per query and its own threshold
+            changes.update(box_threshold=DEFAULT_BOX_THRESHOLD, text_threshold=0.0)
     spec = dataclasses.replace(spec, **changes)
     random_weights = spec.clip_pretrained == "" or is_random(spec.captioner) or is_random(spec.grounder)
     return dataclasses.replace(spec, random_weights=random_weights)

@@ -209,7 +209,7 @@ def featurize_store_ray(rows, root, *, models, config, progress=None, overwrite=
             ids = hash_inputs(rows)
             todo, aliases, n_done = plan(rows, ids, writer.done_ids, writer.known_paths)
             summary.n_already_done, summary.n_duplicates = n_done, len(aliases)
-            bs = config.batch_size
+            bs = config.resolved_batch_size("cuda" if config.gpus_per_actor > 0 else "cpu")
             batches = [todo[s:s + bs] for s in range(0, len(todo), bs)]
             sink = _make_sink(str(writer.root), compat, max(1, math.ceil(config.shard_size / bs)), writer.writer_id)
             sink.writer = writer

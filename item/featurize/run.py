@@ -56,6 +56,33 @@ class RunSummary:
         return d
 
 
+def run_overlapped(batches, feat: Featurizer, write) -> None:
+    """Batch i's `Featurizer.back` (crops, CLIP) runs in one background thread while the main thread
+    decodes and runs batch i+1's `front` (captions, grounding) and writes batch i-1: a bounded pipeline,
+    at most two batches in flight, written in order. Every batch meets the same computation as without
+    the overlap, so the stored bits are the same; an error in either thread ends the run as it would
+    without it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="item-clip") as pool:
+        try:
+            t_dec = time.perf_counter()
+            for batch in batches:
+                feat.seconds["decode"] += time.perf_counter() - t_dec
+                future = pool.submit(feat.back, feat.front(batch))
+                if pending is not None:
+                    write(pending[0], pending[1].result())
+                pending = (batch, future)
+                t_dec = time.perf_counter()
+            if pending is not None:
+                write(pending[0], pending[1].result())
+                pending = None
+        finally:
+            if pending is not None:
+                pending[1].cancel()
+
+
 def featurize_rows(rows: list[InputRow], writer, models: Models, config: FeaturizeConfig, *,
                    progress: Callable[[int], None] | None = None,
                    hash_progress: Callable[[int], None] | None = None,
@@ -83,31 +110,38 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
     n_batches = 0
     # Shards end between batches only (add_batch): a resumed run then re-forms exactly the batches of
     # an uninterrupted one, and with its text cache seeded from the store it computes the same bits.
+
+    def write(batch, records):
+        nonlocal last_flush, n_batches
+        fault("batch")
+        t = time.perf_counter()
+        writer.add_batch(records)
+        for rec in records:
+            if rec.status != "ok":
+                reasons[rec.reason] += 1
+                if len(summary.skipped_examples) < 20:
+                    summary.skipped_examples.append((rec.path, rec.reason))
+        if time.perf_counter() - last_flush > config.flush_seconds:
+            writer.flush()
+        if writer.pending == 0:
+            last_flush = time.perf_counter()
+        feat.seconds["write"] += time.perf_counter() - t
+        summary.n_written += sum(r.status == "ok" for r in records)
+        n_batches += 1
+        if progress:
+            progress(len(batch))
+        if after_batch:
+            after_batch(n_batches)
+
     try:
-        t_dec = time.perf_counter()
-        for batch in iter_decoded(todo, models, config):
-            feat.seconds["decode"] += time.perf_counter() - t_dec
-            records = feat.process(batch)
-            fault("batch")
-            t = time.perf_counter()
-            writer.add_batch(records)
-            for rec in records:
-                if rec.status != "ok":
-                    reasons[rec.reason] += 1
-                    if len(summary.skipped_examples) < 20:
-                        summary.skipped_examples.append((rec.path, rec.reason))
-            if time.perf_counter() - last_flush > config.flush_seconds:
-                writer.flush()
-            if writer.pending == 0:
-                last_flush = time.perf_counter()
-            feat.seconds["write"] += time.perf_counter() - t
-            summary.n_written += sum(r.status == "ok" for r in records)
-            n_batches += 1
-            if progress:
-                progress(len(batch))
-            if after_batch:
-                after_batch(n_batches)
+        if config.resolved_overlap(models.device):
+            run_overlapped(iter_decoded(todo, models, config), feat, write)
+        else:
             t_dec = time.perf_counter()
+            for batch in iter_decoded(todo, models, config):
+                feat.seconds["decode"] += time.perf_counter() - t_dec
+                write(batch, feat.process(batch))
+                t_dec = time.perf_counter()
         # Aliases last: each names an image row that is written by now (or was in an earlier run).
         for a in aliases:
             writer.add_alias(a)

@@ -75,23 +75,40 @@ class Featurizer:
 
         out = []
         bs = self.config.clip_batch_size
+        cuda = str(self.models.device).startswith("cuda")
         for s in range(0, len(pixels), bs):
-            out.append(self._timed("clip_image", self.models.clip.encode_images, torch.stack(pixels[s:s + bs])))
+            chunk = torch.stack(pixels[s:s + bs])
+            if cuda:  # page-locked, so encode_images' non-blocking copy is asynchronous
+                chunk = chunk.pin_memory()
+            out.append(self._timed("clip_image", self.models.clip.encode_images, chunk))
         return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
 
     def process(self, batch: list[Item]) -> list[ImageRecord]:
         """Featurize one batch. Skipped Items become rows with status 'skipped' and their reason."""
+        return self.back(self.front(batch))
+
+    def _captions(self, need: list[Item]) -> list[str]:
+        captioner = self.models.captioner
+        out: list[str] = []
+        bs = max(1, int(self.config.caption_batch_size))
+        for s in range(0, len(need), bs):
+            part = need[s:s + bs]
+            pixels = [it.caption_pixels if it.caption_pixels is not None else captioner.prepare(it.image)
+                      for it in part]
+            out.extend(self._timed("caption", captioner.caption_prepared, pixels))
+        return out
+
+    def front(self, batch: list[Item]) -> dict:
+        """Captions, nouns and boxes of one batch (the captioner's and the grounder's forwards)."""
         from item.featurize.captioner import clean_caption
-        from item.featurize.crops import square_crop
         from item.featurize.grounder import not_groundable
-        from item.misalignment import compute
 
         good = [it for it in batch if not it.reason]
         # captions: given ones as is, the captioner for the rest
         need = [it for it in good if not it.row.caption]
         if need and self.models.captioner is None:
             raise InputError(f"{need[0].row.path}: no caption given and --captioner none")
-        generated = self._timed("caption", self.models.captioner.caption, [it.image for it in need]) if need else []
+        generated = self._captions(need) if need else []
         caption_of = {id(it): (c, self.models.spec.captioner) for it, c in zip(need, generated)}
         raw_captions, captions, sources = [], [], []
         for it in good:
@@ -110,14 +127,27 @@ class Featurizer:
                                 key=lambda i: (good[i].image.width / good[i].image.height, i))
             gbs = self.config.ground_batch_size or (4 if str(self.models.device).startswith("cuda") else 1)
             boxes = [[None] * len(n) for n in nouns]
+            grounder = self.models.grounder
             for s in range(0, len(with_nouns), gbs):
                 part = with_nouns[s:s + gbs]
-                found = self._timed("ground", self.models.grounder.ground, [good[i].image for i in part],
-                                    [nouns[i] for i in part])
+                prepared = [good[i].ground_input if good[i].ground_input is not None else
+                            grounder.prepare(good[i].image) for i in part]
+                found = self._timed("ground", grounder.ground_prepared, prepared, [nouns[i] for i in part])
                 for i, b in zip(part, found):
                     boxes[i] = list(b)
         else:
             boxes = [[None] * len(n) for n in nouns]
+        return {"batch": batch, "good": good, "raw_captions": raw_captions, "captions": captions,
+                "sources": sources, "nouns": nouns, "boxes": boxes, "ground_note": ground_note}
+
+    def back(self, front: dict) -> list[ImageRecord]:
+        """Crops, CLIP embeddings, misalignment and the records of a batch that went through `front`."""
+        from item.featurize.crops import square_crop
+        from item.misalignment import compute
+
+        batch, good, captions, sources = front["batch"], front["good"], front["captions"], front["sources"]
+        nouns, boxes, raw_captions, ground_note = front["nouns"], front["boxes"], front["raw_captions"], \
+            front["ground_note"]
         # CLIP: whole images and crops in one stream of batches
         pixels = [it.pixels for it in good]
         crop_owner = []

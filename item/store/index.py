@@ -46,7 +46,21 @@ INDEX_KINDS = {
     "ivfpq": IndexKind("ivfpq", "inverted lists + product quantisation, re-ranked exactly (IndexRefineFlat); "
                        "fast to build at millions of rows",
                        {"nlist": 0, "m": 0, "nbits": 8, "nprobe": 32, "k_factor": 8}),
+    "ivfsq": IndexKind("ivfsq", "inverted lists + 8-bit scalar quantisation (1 byte a dimension), re-ranked "
+                       "from float16 copies (refine 1) or not (refine 0); high recall at millions of rows, "
+                       "fast to build",
+                       {"nlist": 0, "nprobe": 16, "refine": 1, "k_factor": 4}),
 }
+#: `--kind auto`: chosen from the store's size and the memory budget by `plan_index`.
+AUTO_KIND = "auto"
+#: The search parameter `--target-recall` tunes, per kind, and the values it tries (ascending cost).
+SEARCH_PARAM = {"hnsw": "ef_search", "ivfpq": "nprobe", "ivfsq": "nprobe"}
+SEARCH_GRID = {"ef_search": (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024),
+               "nprobe": (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)}
+#: Up to this many rows `auto` stays exact (flat): one query scans them in about a millisecond or two.
+AUTO_FLAT_ROWS = 100_000
+#: Held-out queries used by `--target-recall` (stored rows, each one's own row left out of its answers).
+TUNE_QUERIES = 500
 INDEX_ON = {"image": schema.IMAGE_EMB, "misalignment": schema.MISALIGNMENT}
 
 
@@ -68,9 +82,88 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / norms
 
 
+def _nlist_for(n: int) -> int:
+    """Inverted lists for n vectors: the power of two nearest sqrt(n) (1M -> 1024), at least 1 and at most
+    n // 39 (faiss wants 39 training points a centroid). A query costs about nlist * dim for choosing its
+    lists plus nprobe * (n / nlist) * dim for scanning them: sqrt(n) balances the two."""
+    if n < 39 * 2:
+        return 1
+    target = 2 ** int(round(np.log2(np.sqrt(n))))
+    return int(max(1, min(target, n // 39, 65536)))
+
+
+def index_bytes(kind: str, n: int, dim: int, params: dict) -> int:
+    """Estimated memory of an index (the file's size and, loaded, its RAM), in bytes."""
+    ids = 8 * n
+    if kind == "flat":
+        return 4 * dim * n
+    if kind == "hnsw":  # float32 vectors + level-0 links (2M int32) + upper levels (~1/M of that)
+        m = int(params.get("M", 32))
+        return 4 * dim * n + int(8 * m * n * (1 + 1 / max(m, 2)))
+    if kind == "ivfsq":
+        return dim * n + ids + (2 * dim * n if int(params.get("refine", 1)) else 0)
+    if kind == "ivfpq":  # codes + exact float32 vectors for the re-ranking
+        return int(params.get("m") or dim // 8) * n + ids + 4 * dim * n
+    raise InputError(f"unknown index kind {kind!r}")
+
+
+def parse_bytes(text) -> int | None:
+    """'4G', '512M', '2.5GiB', '1000000' -> bytes; None/''/0 -> None (no budget)."""
+    if text in (None, "", 0, "0"):
+        return None
+    if isinstance(text, (int, float)):
+        return int(text)
+    t = str(text).strip().upper().replace("IB", "").replace("B", "")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if t[-1:] in "KMGT" else t)
+    except ValueError:
+        raise InputError(f"memory budget {text!r}: use a size such as 4G, 512M or a number of bytes") from None
+    if value <= 0:
+        raise InputError(f"memory budget {text!r} must be positive")
+    return int(value * scale)
+
+
+def plan_index(n: int, dim: int, kind: str = AUTO_KIND, memory_budget: int | None = None) -> tuple[str, dict]:
+    """(kind, params) for n vectors of dim under a memory budget in bytes (None: no limit).
+
+    ``auto``: exact (flat) up to AUTO_FLAT_ROWS rows; above, IVF with 8-bit scalar quantisation and
+    float16 re-ranking (ivfsq, refine 1: 3 bytes a dimension), without the re-ranking copies when those
+    do not fit (1 byte a dimension), and IVF-PQ with as many code bytes as fit when even that does not.
+    A named kind keeps its defaults; its budget is checked. Raises InputError when nothing fits.
+    """
+    if kind != AUTO_KIND:
+        p = _auto_params(kind, n, dim, {})
+        need = index_bytes(kind, n, dim, p)
+        if memory_budget and need > memory_budget:
+            raise InputError(f"a {kind} index of {n} x {dim} needs about {need / 2**20:.0f} MiB, over the memory "
+                             f"budget of {memory_budget / 2**20:.0f} MiB; use --kind auto or a larger budget")
+        return kind, p
+    options = []
+    if n <= AUTO_FLAT_ROWS:
+        options.append(("flat", {}))
+    options += [("ivfsq", {"refine": 1}), ("ivfsq", {"refine": 0})]
+    for kind_, over in options:
+        p = _auto_params(kind_, n, dim, over)
+        if not memory_budget or index_bytes(kind_, n, dim, p) <= memory_budget:
+            return kind_, p
+    # IVF-PQ without the exact copies: the largest code (bytes a vector) that fits.
+    per_row = memory_budget // max(n, 1) - 8
+    ms = [m for m in range(1, dim + 1) if dim % m == 0 and m <= per_row]
+    if not ms:
+        raise InputError(f"no index of {n} x {dim} fits a memory budget of {memory_budget / 2**20:.1f} MiB "
+                         f"(the smallest needs about {(n * 9) / 2**20:.1f} MiB)")
+    p = _auto_params("ivfpq", n, dim, {"m": max(ms), "k_factor": 0})
+    return "ivfpq", p
+
+
 def _auto_params(kind: str, n: int, dim: int, params: dict) -> dict:
     p = dict(INDEX_KINDS[kind].defaults)
     p.update({k: v for k, v in params.items() if v is not None})
+    if kind == "ivfsq":
+        if not p["nlist"]:
+            p["nlist"] = _nlist_for(n)
+        p["nprobe"] = int(min(max(1, p["nprobe"]), p["nlist"]))
     if kind == "ivfpq":
         if not p["nlist"]:
             p["nlist"] = int(max(1, min(4 * int(np.sqrt(max(n, 1))), n // 39 if n >= 39 else 1, 65536)))
@@ -92,25 +185,171 @@ def _new_index(kind: str, dim: int, p: dict, n: int):
         index.hnsw.efConstruction = int(p["ef_construction"])
         index.hnsw.efSearch = int(p["ef_search"])
         return index
+    if kind == "ivfsq":
+        # Past about 4096 lists, choosing a query's lists by a flat scan of every centroid costs more than
+        # scanning the lists: an HNSW graph over the centroids picks them instead.
+        quantizer = "_HNSW32" if int(p["nlist"]) > 4096 else ""
+        spec = f"IVF{int(p['nlist'])}{quantizer},SQ8" + (",Refine(SQfp16)" if int(p["refine"]) else "")
+        index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+        faiss.extract_index_ivf(index).nprobe = int(p["nprobe"])
+        if int(p["refine"]):
+            faiss.downcast_index(index).k_factor = float(p["k_factor"])
+        return index
     nbits = int(p["nbits"]) if n >= 2 ** int(p["nbits"]) * 4 else max(1, int(np.log2(max(n // 4, 2))))
     p["nbits"] = nbits
     quantizer = faiss.IndexFlatIP(dim)
     ivf = faiss.IndexIVFPQ(quantizer, dim, int(p["nlist"]), int(p["m"]), nbits, faiss.METRIC_INNER_PRODUCT)
     ivf.nprobe = int(p["nprobe"])
+    if not p.get("k_factor"):  # no exact copies (a memory budget chose this): codes only
+        return ivf
     refine = faiss.IndexRefineFlat(ivf)
     refine.k_factor = float(p["k_factor"])
     return refine
 
 
+def gpu_available() -> bool:
+    """True when the installed faiss has GPU support and sees a GPU (faiss-gpu imports without one)."""
+    import faiss
+
+    try:
+        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    except Exception:  # a GPU build whose CUDA runtime cannot start
+        return False
+
+
+def _use_gpu(device: str) -> bool:
+    device = str(device or "cpu")
+    if device == "cpu":
+        return False
+    if device == "auto":
+        return gpu_available()
+    if device.startswith("cuda"):
+        if not gpu_available():
+            raise InputError("--device cuda: the installed faiss has no GPU support or sees no GPU (install "
+                             "faiss-gpu instead of faiss-cpu on a GPU machine, or use --device cpu)")
+        return True
+    raise InputError(f"unknown device {device!r}; use auto, cpu or cuda")
+
+
+def _train(index, x: np.ndarray, gpu: bool) -> None:
+    """Train; on the GPU the IVF k-means runs there (its centroids land in the CPU index as usual)."""
+    import faiss
+
+    if gpu:
+        ivf = faiss.extract_index_ivf(index)
+        res = faiss.StandardGpuResources()
+        flat = faiss.IndexFlatIP(ivf.d) if ivf.metric_type == faiss.METRIC_INNER_PRODUCT else faiss.IndexFlatL2(ivf.d)
+        ivf.clustering_index = faiss.index_cpu_to_gpu(res, 0, flat)
+        try:
+            index.train(x)
+        finally:
+            ivf.clustering_index = None
+        return
+    index.train(x)
+
+
+class _ExactTopK:
+    """Exact top-(k+1) inner products of a few queries over vectors that arrive in chunks (numpy)."""
+
+    def __init__(self, queries: np.ndarray, positions: np.ndarray, k: int):
+        self.q, self.pos, self.k = queries, positions, k
+        self.scores = np.full((len(queries), 0), -np.inf, np.float32)
+        self.ids = np.zeros((len(queries), 0), np.int64)
+
+    def update(self, vecs: np.ndarray, start: int) -> None:
+        sims = self.q @ vecs.T  # (n_queries, chunk)
+        ids = np.arange(start, start + vecs.shape[0], dtype=np.int64)
+        ids = np.broadcast_to(ids, sims.shape)
+        # A query's own row is left out: the queries stand for new vectors that are not in the index.
+        sims = np.where(ids == self.pos[:, None], -np.inf, sims)
+        s = np.concatenate([self.scores, sims], axis=1)
+        i = np.concatenate([self.ids, ids], axis=1)
+        keep = min(self.k, s.shape[1])
+        top = np.argpartition(-s, keep - 1, axis=1)[:, :keep]
+        self.scores = np.take_along_axis(s, top, 1)
+        self.ids = np.take_along_axis(i, top, 1)
+
+    def result(self) -> np.ndarray:
+        return self.ids
+
+
+def set_search_param(index, kind: str, name: str, value) -> None:
+    """Set an index's search parameter (ef_search, nprobe, k_factor) in place."""
+    import faiss
+
+    if kind == "hnsw" and name == "ef_search":
+        faiss.downcast_index(index).hnsw.efSearch = int(value)
+    elif kind in ("ivfpq", "ivfsq") and name == "nprobe":
+        faiss.extract_index_ivf(index).nprobe = int(value)
+    elif kind in ("ivfpq", "ivfsq") and name == "k_factor":
+        top = faiss.downcast_index(index)
+        if hasattr(top, "k_factor"):
+            top.k_factor = float(value)
+
+
+def tune_search(index, kind: str, queries: np.ndarray, positions: np.ndarray, truth: np.ndarray,
+                target: float, k: int = 10) -> dict:
+    """The cheapest SEARCH_GRID value of the kind's search parameter with recall@k >= target.
+
+    queries: (q, dim) float32 normalised, stored at ``positions`` in the index; truth: (q, k) exact
+    neighbours without the query itself. Returns {param, chosen, recall_at_k, target_recall, k,
+    n_queries, reached, method, sweep: [{value, recall}]}.
+    """
+    import faiss
+
+    name = SEARCH_PARAM[kind]
+    grid = [v for v in SEARCH_GRID[name]
+            if name != "nprobe" or v <= faiss.extract_index_ivf(index).nlist]
+    if name == "nprobe" and faiss.extract_index_ivf(index).nlist not in grid:
+        grid.append(int(faiss.extract_index_ivf(index).nlist))
+    kk = min(k, truth.shape[1])
+    sweep, chosen = [], None
+    for value in grid:
+        set_search_param(index, kind, name, value)
+        _, found = index.search(queries, kk + 1)
+        hits = 0
+        for f, t, own in zip(found, truth, positions):
+            got = [x for x in f if x != own and x >= 0][:kk]
+            hits += len(set(got) & set(t[:kk].tolist()))
+        recall = hits / max(1, kk * len(queries))
+        sweep.append({"value": int(value), "recall": round(recall, 4)})
+        if recall >= target:
+            chosen = sweep[-1]
+            break
+    reached = chosen is not None
+    if not reached:
+        chosen = max(sweep, key=lambda r: (r["recall"], -r["value"]))
+    set_search_param(index, kind, name, chosen["value"])
+    return {"param": name, "chosen": chosen["value"], "recall_at_k": chosen["recall"], "target_recall": target,
+            "k": kk, "n_queries": int(len(queries)), "reached": reached,
+            "method": "stored rows as held-out queries (each one's own row left out), recall against exact "
+                      "search over every indexed vector",
+            "sweep": sweep}
+
+
 def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | None = None,
                 chunk_rows: int = 65536, progress: Callable[[int], None] | None = None,
-                train_rows: int = 200_000, seed: int = 0) -> dict:
+                train_rows: int = 200_000, seed: int = 0, memory_budget=None,
+                target_recall: float | None = None, k: int = 10, device: str = "cpu") -> dict:
     """Build and save an index over the rows with status 'ok'. Returns the sidecar dict.
 
     Reads the store in chunks of ``chunk_rows`` (the index itself must fit in memory; the store need not).
+    ``kind='auto'`` chooses kind and parameters from the row count and ``memory_budget`` (bytes or '4G';
+    see `plan_index`). ``target_recall`` (approximate kinds): after the build, the search parameter
+    (SEARCH_PARAM) is set to the cheapest value of SEARCH_GRID whose recall@k on TUNE_QUERIES held-out
+    queries reaches it (stored rows as queries, each one's own row left out, against exact search), and the
+    sweep is recorded in the sidecar's ``tuning``. ``device``: 'cuda' trains IVF's k-means on the GPU when
+    faiss has GPU support and sees a GPU ('auto': when available); the file written is a CPU index.
     """
-    _check_choice(kind, INDEX_KINDS, "index kind")
+    import faiss
+
+    if kind != AUTO_KIND:
+        _check_choice(kind, INDEX_KINDS, "index kind")
     _check_choice(on, INDEX_ON, "index target (--on)")
+    budget = parse_bytes(memory_budget)
+    if target_recall is not None and not 0.0 < float(target_recall) <= 1.0:
+        raise InputError(f"--target-recall must be in (0, 1], got {target_recall}")
+    gpu = _use_gpu(device)
     reader = StoreReader(root)
     lock = IndexLock(root)
     try:
@@ -124,16 +363,38 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
         if rows.size == 0:
             raise StoreError(f"{root}: no rows to index (the store has no image with status 'ok')")
         dim = reader.embed_dim if on == "image" else reader.misalignment_dim
-        p = _auto_params(kind, rows.size, dim, params or {})
+        kind, planned = plan_index(rows.size, dim, kind, budget)
+        p = _auto_params(kind, rows.size, dim, {**planned, **(params or {})})
+        if budget and index_bytes(kind, rows.size, dim, p) > budget:
+            raise InputError(f"this {kind} index needs about {index_bytes(kind, rows.size, dim, p) / 2**20:.0f} "
+                             f"MiB, over the memory budget of {budget / 2**20:.0f} MiB")
         index = _new_index(kind, dim, p, rows.size)
+        rng = np.random.default_rng(seed)
         if not index.is_trained:
-            rng = np.random.default_rng(seed)
-            sample = np.sort(rng.choice(rows, size=min(train_rows, rows.size), replace=False))
-            index.train(_normalise(reader.read(column, sample)))
+            n_train = min(train_rows, rows.size)
+            if kind == "ivfsq":  # 128 points a centroid trains k-means well; more only costs time
+                n_train = min(n_train, max(128 * int(p["nlist"]), 10_000))
+            sample = np.sort(rng.choice(rows, size=n_train, replace=False))
+            _train(index, _normalise(reader.read(column, sample)), gpu)
+        tune = target_recall is not None and kind in SEARCH_PARAM
+        truth = None
+        if tune:
+            q_pos = np.sort(rng.choice(rows.size, size=min(TUNE_QUERIES, rows.size), replace=False))
+            queries = _normalise(reader.read(column, rows[q_pos]))
+            truth = _ExactTopK(queries, q_pos, k)
+        start = 0
         for chunk, vecs in reader.iter_chunks(column, rows, chunk_rows=chunk_rows):
-            index.add(_normalise(vecs))
+            vecs = _normalise(vecs)
+            index.add(vecs)
+            if truth is not None:
+                truth.update(vecs, start)
+            start += len(vecs)
             if progress:
                 progress(len(chunk))
+        tuning = None
+        if tune:
+            tuning = tune_search(index, kind, queries, q_pos, truth.result(), float(target_recall), k)
+            p[SEARCH_PARAM[kind]] = tuning["chosen"]
         paths = index_paths(root, on, kind)
         # The sidecar goes last and records the checksums of both files: a kill or a failure part way
         # leaves no index, or an old one whose files no longer match its sidecar (refused), never a
@@ -160,6 +421,9 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
             "format": "item-index", "schema_version": schema.SCHEMA_VERSION, "package_version": __version__,
             "created": now(), "kind": kind, "on": on, "column": column, "metric": "cosine", "dim": dim,
             "params": p, "count": int(rows.size), "shards": list(reader.shards),
+            "memory_bytes": index_bytes(kind, int(rows.size), dim, p), "memory_budget": budget,
+            "trained_on": "cuda" if gpu and kind in ("ivfpq", "ivfsq") else "cpu",
+            "tuning": tuning,
             "store_fingerprint": reader.fingerprint, "models": reader.models,
             "random_weights": reader.random_weights,
             "files": {"faiss": faiss_sum,
@@ -317,7 +581,7 @@ def hit_rows(reader: StoreReader, scores: np.ndarray, rows: np.ndarray, k: int,
 class StoreIndex:
     """A loaded, fresh index: search by vectors, get store rows and cosine scores back."""
 
-    def __init__(self, root, on: str = "image", kind: str | None = None):
+    def __init__(self, root, on: str = "image", kind: str | None = None, device: str = "cpu"):
         import faiss
 
         _check_choice(on, INDEX_ON, "index target (--on)")
@@ -364,9 +628,33 @@ class StoreIndex:
         p = self.info.get("params", {})
         if self.kind == "hnsw":
             self.index.hnsw.efSearch = int(p.get("ef_search", 128))
-        elif self.kind == "ivfpq":
-            faiss.extract_index_ivf(self.index).nprobe = int(p.get("nprobe", 32))
-            faiss.downcast_index(self.index).k_factor = float(p.get("k_factor", 8))
+        elif self.kind in ("ivfpq", "ivfsq"):
+            set_search_param(self.index, self.kind, "nprobe", p.get("nprobe", 32))
+            if p.get("k_factor"):
+                set_search_param(self.index, self.kind, "k_factor", p["k_factor"])
+        self.device = "cpu"
+        if _use_gpu(device):
+            self._to_gpu()
+
+    def _to_gpu(self) -> None:
+        """Search on the GPU: flat and IVF indexes are copied there (faiss.index_cpu_to_gpu); HNSW and the
+        float16 re-ranking stay on the CPU (faiss has no GPU version of them)."""
+        import faiss
+
+        self._gpu_res = faiss.StandardGpuResources()
+        top = faiss.downcast_index(self.index)
+        if isinstance(top, faiss.IndexRefine):
+            base = faiss.index_cpu_to_gpu(self._gpu_res, 0, faiss.downcast_index(top.base_index))
+            refine = faiss.IndexRefine(base, top.refine_index)
+            refine.k_factor = top.k_factor
+            self._gpu_parts = (base, top)  # keep the parts alive: the new IndexRefine does not own them
+            self.index = refine
+        elif self.kind in ("flat", "ivfpq", "ivfsq"):
+            self.index = faiss.index_cpu_to_gpu(self._gpu_res, 0, self.index)
+        else:
+            return
+        self.device = "cuda"
+
 
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """(n_queries, dim) -> (scores (n_queries, k) float32 cosine, rows (n_queries, k) int64; -1 = none)."""

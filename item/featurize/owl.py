@@ -1,0 +1,205 @@
+"""OWLv2 as a grounder: one box per caption noun, behind the same interface as Grounding DINO.
+
+OWLv2 (transformers' ``Owlv2ForObjectDetection``) scores every image patch's box against each text
+query. Each noun is one query, "a photo of a {noun}" (OWL's own prompt style), so nouns never share
+tokens and need no character spans. For noun j: score s[p, j] = sigmoid(logit[p, j]) of patch p; its box
+is the patch with the highest s[p, j], kept when s >= box_threshold (ungrounded, None, otherwise).
+
+The image processor pads each image to a square (bottom and right) and resizes it to the model's input
+size (960 for google/owlv2-base-patch16-ensemble); boxes come back relative to that square and are mapped
+to pixels of the original image and clipped inside it.
+
+**Quality unknown here**: no real OWLv2 weights are reachable from this workplace, so whether its boxes
+serve ITEM's misalignment as well as Grounding DINO's has not been measured. Speed is measured with
+random weights of the real architecture (``owlv2-random``); ``owlv2-tiny-random`` is for tests.
+"""
+
+from __future__ import annotations
+
+from item.errors import InputError
+from item.featurize.captioner import autocast_for
+from item.featurize.grounder import MIN_BOX_AREA, Box, GroundImage, _pixel_boxes, not_groundable, to_device
+
+#: Random builder names of the OWLv2 family (seeded random weights, built offline).
+OWL_RANDOM_NAMES = ("owlv2-tiny-random", "owlv2-random")
+PROMPT = "a photo of a {}"
+#: OWLv2's own detection threshold in its examples; the random presets pass 0.0.
+DEFAULT_BOX_THRESHOLD = 0.1
+
+
+class OwlPrep:
+    """Picklable image preparation: PIL image -> GroundImage (square-padded, resized, normalised)."""
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+
+    def __call__(self, image) -> GroundImage | None:
+        if not_groundable(*image.size):
+            return None
+        rgb = image.convert("RGB")
+        pix = self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"][0]
+        side = max(rgb.size)
+        return GroundImage(pix.contiguous(), rgb.size, (side, side))
+
+
+class OwlGrounder:
+    """OWLv2, batched: one forward per `ground_prepared` call, every image's nouns as its text queries."""
+
+    family = "owlv2"
+
+    def __init__(self, model, processor, info: dict, device: str, box_threshold: float):
+        self.model = model
+        self.processor = processor
+        self.info = info
+        self.device = device
+        self.box_threshold = float(box_threshold)
+        self.text_threshold = 0.0  # OWLv2 has one score per query; kept for a uniform models_info
+        self.max_text_len = int(model.config.text_config.max_position_embeddings)
+        self.prepare = OwlPrep(processor.image_processor)
+
+    @property
+    def ground_size(self) -> int:
+        return _square_size(self.processor.image_processor)
+
+    def ground(self, images, nouns: list[list[str]]) -> list[list[Box | None]]:
+        """PIL images and each image's nouns -> for each image, one Box (or None: ungrounded) per noun."""
+        if len(images) != len(nouns):
+            raise InputError(f"ground got {len(images)} images but {len(nouns)} noun lists")
+        return self.ground_prepared([self.prepare(im) if n else None for im, n in zip(images, nouns)], nouns)
+
+    def ground_prepared(self, prepared: list[GroundImage | None], nouns: list[list[str]]) -> list[list[Box | None]]:
+        import torch
+
+        if len(prepared) != len(nouns):
+            raise InputError(f"ground got {len(prepared)} images but {len(nouns)} noun lists")
+        result: list[list[Box | None]] = [[None] * len(n) for n in nouns]
+        todo = [i for i, n in enumerate(nouns) if n and prepared[i] is not None]
+        if not todo:
+            return result
+        n_q = max(len(nouns[i]) for i in todo)
+        # Every image gets n_q queries (the model wants a rectangle); padding queries are ignored below.
+        texts = []
+        for i in todo:
+            qs = [PROMPT.format(" ".join(str(n).lower().split()) or "object") for n in nouns[i]]
+            texts.extend(qs + [""] * (n_q - len(qs)))
+        tok = self.processor.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_text_len,
+                                       return_tensors="pt")
+        pixel_values = torch.stack([prepared[i].pixel_values for i in todo])
+        inputs = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"],
+                  "pixel_values": pixel_values}
+        inputs = {k: to_device(v, self.device) for k, v in inputs.items()}
+        with torch.inference_mode(), autocast_for(self.device):
+            out = self.model(**inputs)
+        scores = out.logits.float().sigmoid().cpu()  # (batch, n_patches, n_q)
+        boxes = out.pred_boxes.float().cpu()  # (batch, n_patches, 4) cx, cy, w, h relative to the square
+        for b, i in enumerate(todo):
+            width, height = prepared[i].size
+            side_w, side_h = prepared[i].padded
+            px, area = _pixel_boxes(boxes[b], width, height, side_w, side_h)
+            # boxes that lie in the square's padding are no boxes (as for Grounding DINO)
+            s = torch.where((area >= min(MIN_BOX_AREA, width * height))[:, None], scores[b], torch.tensor(-1.0))
+            best, patch = s.max(0)  # (n_q,)
+            for j in range(len(nouns[i])):
+                if float(best[j]) < max(self.box_threshold, 0.0):
+                    continue
+                x0, y0, x1, y1 = px[patch[j]].tolist()
+                result[i][j] = Box(x0, y0, x1, y1, float(best[j]))
+        return result
+
+
+def _square_size(image_processor) -> int:
+    size = image_processor.size
+    get = size.get if hasattr(size, "get") else (lambda k: getattr(size, k, None))
+    return int(get("height") or get("shortest_edge") or 0)
+
+
+def owlv2_config(name: str):
+    """`Owlv2Config` of a random OWLv2: 'owlv2-tiny-random', or 'owlv2-random' (owlv2-base-patch16 shapes)."""
+    from transformers import Owlv2Config
+
+    from item.featurize.tiny import _wordpiece_vocab
+
+    if name == "owlv2-tiny-random":
+        vocab = dict(_wordpiece_vocab(None))
+        text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                    num_attention_heads=2, max_position_embeddings=16, pad_token_id=vocab["[PAD]"],
+                    bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"])
+        vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                      image_size=64, patch_size=16)
+        config = Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)
+    elif name == "owlv2-random":  # google/owlv2-base-patch16-ensemble: ViT-B/16 at 960, CLIP text 512 wide
+        vocab = dict(_wordpiece_vocab(30524))
+        text = dict(vocab_size=len(vocab), max_position_embeddings=16, pad_token_id=vocab["[PAD]"],
+                    bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"])
+        vision = dict(image_size=960, patch_size=16)
+        config = Owlv2Config(text_config=text, vision_config=vision)
+    else:
+        raise ValueError(f"not a random OWLv2 name: {name!r}")
+    config.item_random_weights = True
+    return config
+
+
+def build_owlv2(name: str):
+    """(Owlv2ForObjectDetection in eval mode, Owlv2Processor) with seeded random weights, built offline."""
+    from transformers import Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    from item.featurize.tiny import build_tokenizer, seeded
+
+    config = owlv2_config(name)
+    with seeded():
+        model = Owlv2ForObjectDetection(config).eval()
+    side = config.vision_config.image_size
+    image_processor = Owlv2ImageProcessor(size={"height": side, "width": side})
+    tokenizer = build_tokenizer(None if name == "owlv2-tiny-random" else config.text_config.vocab_size)
+    try:
+        processor = Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    except (TypeError, ValueError):  # a transformers that insists on OWL's own (CLIP) tokenizer class
+        processor = _Processor(image_processor, tokenizer)
+    return model, processor
+
+
+class _Processor:
+    """The two parts OwlGrounder uses, for a transformers whose Owlv2Processor refuses the tiny tokenizer."""
+
+    def __init__(self, image_processor, tokenizer):
+        self.image_processor, self.tokenizer = image_processor, tokenizer
+
+    def save_pretrained(self, folder) -> None:
+        self.image_processor.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+
+def load_owlv2(name_or_path: str, device: str = "cpu", box_threshold: float = DEFAULT_BOX_THRESHOLD,
+               ground_size: int | None = None) -> OwlGrounder:
+    """OWLv2 from a hub id, a local `save_pretrained` folder, or a random name (OWL_RANDOM_NAMES).
+
+    ``ground_size``: the square input side (None = the model's own, 960 for the base model). The model's
+    position embeddings are interpolated for another size (transformers' ``interpolate_pos_encoding``
+    is not used: the size is fixed per run, so the processor's size must match the model's grid).
+    """
+    from transformers import AutoProcessor, Owlv2ForObjectDetection
+
+    from item.featurize.captioner import load_hf_pretrained
+    from item.featurize.tiny import SEED
+
+    if name_or_path in OWL_RANDOM_NAMES:
+        model, processor = build_owlv2(name_or_path)
+        source, random_weights = {"id": name_or_path, "seed": SEED}, True
+    else:
+        model, processor, source = load_hf_pretrained("grounder", name_or_path, Owlv2ForObjectDetection,
+                                                      AutoProcessor, "--grounder")
+        random_weights = bool(getattr(model.config, "item_random_weights", False))
+    native = int(model.config.vision_config.image_size)
+    if ground_size and int(ground_size) != native:
+        raise InputError(f"--ground-size {ground_size}: OWLv2 runs at its own input size {native} here "
+                         "(other sizes would need interpolated position embeddings, not offered)")
+    processor.image_processor.size = {"height": native, "width": native}
+    model.to(device)
+    info = {
+        **source, "class": type(model).__name__, "family": "owlv2", "random_weights": random_weights,
+        "box_threshold": float(box_threshold), "ground_size": native,
+        "input_size": {"height": native, "width": native}, "min_box_area": MIN_BOX_AREA,
+        "prompt": PROMPT.format("{noun}") + " (one query per noun)", "noun_score": "sigmoid of the query's logit",
+        "quality": "not measured in this project (no real weights were reachable)",
+    }
+    return OwlGrounder(model, processor, info, str(device), box_threshold)

@@ -1,0 +1,112 @@
+"""Issue 14, lookup: index parameters from the store's size and a memory budget, --target-recall tuning
+recorded in the sidecar, the ivfsq kind, and the GPU switch on a machine without one."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from item.cli import app
+from item.errors import InputError
+from item.store import StoreIndex, StoreReader
+from item.store.index import index_bytes, index_paths, parse_bytes, plan_index
+from item.store.synthetic import write_synthetic_store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lookup") / "s"
+    return write_synthetic_store(root, 3000, 32, max_objects=0, shard_size=1000)
+
+
+def exact_top(store, queries: np.ndarray, k: int) -> np.ndarray:
+    with StoreReader(store) as r:
+        rows = r.select(status="ok")
+        x = r.read("image_emb", rows).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    return rows[np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :k]]
+
+
+def fresh_queries(n: int, dim: int, seed: int = 7) -> np.ndarray:
+    """New draws from the store's own mixture (records past the store's end, same seed)."""
+    from item.store.synthetic import synthetic_records
+
+    recs = list(synthetic_records(3000 + n, dim, max_objects=0))[3000:]
+    return np.array([r.image_emb for r in recs], np.float32)
+
+
+def test_plan_follows_size_and_memory_budget():
+    assert plan_index(50_000, 768)[0] == "flat"
+    kind, p = plan_index(1_000_000, 768)
+    assert kind == "ivfsq" and p["refine"] == 1 and p["nlist"] == 1024
+    assert index_bytes(kind, 1_000_000, 768, p) < index_bytes("flat", 1_000_000, 768, {})
+    kind, p = plan_index(1_000_000, 768, memory_budget=parse_bytes("1G"))  # no room for float16 copies
+    assert kind == "ivfsq" and p["refine"] == 0 and index_bytes(kind, 1_000_000, 768, p) <= 2**30
+    kind, p = plan_index(10_000_000, 768, memory_budget=parse_bytes("2G"))
+    assert kind == "ivfpq" and index_bytes(kind, 10_000_000, 768, p) - 4 * 768 * 10_000_000 <= 2 * 2**30
+    with pytest.raises(InputError, match="fits"):
+        plan_index(10_000_000, 768, memory_budget=parse_bytes("10M"))
+    with pytest.raises(InputError, match="memory budget"):
+        plan_index(1_000_000, 768, "hnsw", memory_budget=parse_bytes("1G"))
+    assert parse_bytes("512M") == 512 * 2**20 and parse_bytes("2.5GiB") == int(2.5 * 2**30)
+    with pytest.raises(InputError):
+        parse_bytes("lots")
+
+
+@pytest.mark.parametrize("kind,param", [("ivfsq", "nprobe"), ("hnsw", "ef_search")])
+def test_target_recall_is_tuned_at_build_time_and_used(store, kind, param):
+    r = CliRunner().invoke(app, ["store", "index", store, "--kind", kind, "--target-recall", "0.9"])
+    assert r.exit_code == 0, r.output
+    side = json.loads(index_paths(store, "image", kind)["sidecar"].read_text())
+    tuning = side["tuning"]
+    assert tuning["param"] == param and tuning["target_recall"] == 0.9 and tuning["reached"]
+    assert side["params"][param] == tuning["chosen"]
+    assert tuning["sweep"][-1]["recall"] >= 0.9 and all(s["recall"] < 0.9 for s in tuning["sweep"][:-1])
+    assert f"{param} {tuning['chosen']}" in r.output
+    idx = StoreIndex(store, kind=kind)
+    try:
+        got = {"ivfsq": lambda: __import__("faiss").extract_index_ivf(idx.index).nprobe,
+               "hnsw": lambda: idx.index.hnsw.efSearch}[kind]()
+        assert got == tuning["chosen"]
+        q = fresh_queries(100, 32)
+        _, rows = idx.search(q, 10)
+    finally:
+        idx.close()
+    truth = exact_top(store, q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, truth)])
+    assert recall >= 0.8  # new queries, not the tuning ones: near the target, with room for sampling noise
+
+
+def test_auto_kind_and_budget_through_the_cli(store):
+    r = CliRunner().invoke(app, ["store", "index", store, "--kind", "auto"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(index_paths(store, "image", "flat")["sidecar"].read_text())["kind"] == "flat"
+    # 3000 x 32: flat needs 375 KiB; 200K leaves room for 8-bit codes only
+    r = CliRunner().invoke(app, ["store", "index", store, "--kind", "auto", "--memory-budget", "200K",
+                                 "--target-recall", "0.95"])
+    assert r.exit_code == 0, r.output
+    side = json.loads(index_paths(store, "image", "ivfsq")["sidecar"].read_text())
+    assert side["params"]["refine"] == 0 and side["memory_bytes"] <= 200 * 1024
+    assert side["memory_budget"] == 200 * 1024 and side["tuning"]["recall_at_k"] >= 0.95
+    r = CliRunner().invoke(app, ["store", "index", store, "--kind", "flat", "--memory-budget", "100K"])
+    assert r.exit_code == 1 and "memory budget" in r.output
+
+
+def test_bad_target_and_gpu_without_one(store):
+    r = CliRunner().invoke(app, ["store", "index", store, "--kind", "ivfsq", "--target-recall", "1.5"])
+    assert r.exit_code == 1 and "target-recall" in r.output
+    import faiss
+
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        pytest.skip("this machine has a GPU for faiss")
+    r = CliRunner().invoke(app, ["store", "index", store, "--kind", "ivfsq", "--device", "cuda"])
+    assert r.exit_code == 1 and "GPU" in r.output
+    r = CliRunner().invoke(app, ["store", "index", store, "--kind", "ivfsq", "--device", "auto"])
+    assert r.exit_code == 0, r.output
+    side = json.loads(index_paths(store, "image", "ivfsq")["sidecar"].read_text())
+    assert side["trained_on"] == "cpu"
+    idx = StoreIndex(store, kind="ivfsq", device="auto")
+    assert idx.device == "cpu"
+    idx.close()
