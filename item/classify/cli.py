@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from item.cli import RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, info, progress_bar, table, warn
+from item.console import RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, info, progress_bar, table, warn
 
 METRIC_COLUMNS = ["generator", "reals", "n_real", "n_fake", "acc", "real_acc", "fake_acc", "ap", "auroc",
                   "acc_05", "real_acc_05", "fake_acc_05", "oracle_acc"]

@@ -88,20 +88,36 @@ def worker_init(parent: int, _worker_id: int) -> None:
 
 
 def iter_decoded(items: list[Item], models: Models, config: FeaturizeConfig):
-    """Yield lists of decoded Items (batch_size each), decoding ahead in worker processes."""
+    """Yield lists of decoded Items (batch_size each, in input order), decoding ahead in worker processes.
+
+    Workers decode single images, not whole batches: a DataLoader that collates batches hands each batch
+    to one worker, so a batch of 64 (the CUDA default) was decoded and prepared by one process while the
+    others idled, and a run of one or two batches (predict, a server, a benchmark of 64 images) never used
+    them at all (2.9 of 7.5 s on an H100, benchmarks/results/gpu_h100_issue14). The batches themselves
+    are formed here, in the same order, so a run's rows are the same bits either way.
+    """
+    import itertools
+    import math
+
     import torch
 
     workers = config.workers
     if workers < 0:
-        workers = min(4, max(0, (os.cpu_count() or 1) - 1))
+        # On CUDA, image preparation for three models feeds one GPU: more cores pay; on the CPU the models
+        # need the cores themselves.
+        cap = 8 if str(models.device).startswith("cuda") else 4
+        workers = min(cap, max(0, (os.cpu_count() or 1) - 1))
+    batch_size = config.resolved_batch_size(models.device)
     ds = _DecodeDataset(items, models.clip.preprocess, parse_perturb(config.perturb or None), config.max_pixels,
                         caption_prep=models.captioner.prepare if models.captioner else None,
                         ground_prep=models.grounder.prepare if models.grounder else None)
-    # Prepared grounder inputs are large (800x1066 float32: 10 MB an image), so fewer batches wait ahead
-    # when they are made.
-    prefetch = 2 if models.grounder is not None else 4
-    loader = torch.utils.data.DataLoader(ds, batch_size=config.resolved_batch_size(models.device), shuffle=False,
-                                         num_workers=workers, collate_fn=_as_list,
-                                         prefetch_factor=prefetch if workers else None, persistent_workers=False,
+    # About two batches in flight over all workers; prepared grounder inputs are large (800x1066 float32:
+    # 10 MB an image), so one batch ahead when they are made.
+    ahead = 1 if models.grounder is not None else 2
+    prefetch = max(2, math.ceil(ahead * batch_size / workers)) if workers else None
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                                         collate_fn=_as_list, prefetch_factor=prefetch, persistent_workers=False,
                                          worker_init_fn=functools.partial(worker_init, os.getpid()) if workers else None)
-    yield from loader
+    it = iter(loader)
+    while batch := list(itertools.islice(it, batch_size)):
+        yield batch

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from item.cli import emit, emit_json, guarded, info, progress_bar, table, warn
+from item.console import emit, emit_json, guarded, info, progress_bar, table, warn
 
 
 def _csv(text: str | None) -> tuple[str, ...]:

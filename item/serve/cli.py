@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from item.cli import guarded, info, warn
+from item.console import guarded, info, warn
 
 SERVE_EXTRA = "pip install 'item-detect[serve]' (FastAPI, uvicorn, python-multipart)"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from item.cli import emit, emit_json, guarded, info, progress_bar, table, warn
+from item.console import emit, emit_json, guarded, info, progress_bar, table, warn
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
