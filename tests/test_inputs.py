@@ -199,3 +199,17 @@ def test_registry_and_labels():
     assert LABELS == ("real", "fake", "unknown")
     assert {"forensynths", "real-fake", "genimage", "flat", "manifest-csv", "manifest-jsonl"} <= set(LAYOUTS)
     assert all(isinstance(v, str) and v for v in LAYOUTS.values())
+
+
+def test_a_huge_caption_is_refused_for_its_row_only(tmp_path):
+    from item.featurize.inputs import MAX_CAPTION_CHARS
+
+    _touch(tmp_path, "a.png")
+    _touch(tmp_path, "b.png")
+    huge = "a cat " * (MAX_CAPTION_CHARS // 3)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"path": "a.png", "label": "real", "caption": huge}) + "\n"
+                                      + json.dumps({"path": "b.png", "label": "fake", "caption": "a dog"}) + "\n")
+    d = discover([str(tmp_path / "m.jsonl")])
+    assert [os.path.basename(r.path) for r in d.rows] == ["b.png"]
+    assert d.rows[0].caption == "a dog"
+    assert len(d.problems) == 1 and "m.jsonl:1" in d.problems[0] and "longer than" in d.problems[0]

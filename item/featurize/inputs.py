@@ -71,6 +71,9 @@ LABELS = ("real", "fake", "unknown")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".json")
 MANIFEST_COLUMNS = ("path", "label", "generator", "split", "caption")
+#: A given caption longer than this is refused for its row: CLIP encodes 77 tokens (a few hundred
+#: characters), and a caption of megabytes made noun extraction and tokenising take gigabytes.
+MAX_CAPTION_CHARS = 10_000
 
 _LABEL_ALIASES = {
     "real": "real", "0": "real", "nature": "real", "natural": "real",
@@ -304,6 +307,10 @@ def _read_manifest(src: str, problems: list[str]):
             continue
         caption = rec.get("caption")
         caption = None if caption is None or not str(caption).strip() else str(caption).strip()
+        if caption is not None and len(caption) > MAX_CAPTION_CHARS:
+            problems.append(f"{origin}: caption of {len(caption)} characters is longer than the "
+                            f"{MAX_CAPTION_CHARS} allowed (CLIP reads 77 tokens of it)")
+            continue
         rows.append((full, lab, _text(rec.get("generator")), _text(rec.get("split")), caption, origin))
     return layout, rows
 
