@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import math
 import os
+# Only for the job's own in-memory rows (driver -> decode tasks -> actors -> sink), which Ray's object
+# store moves as bytes; nothing read from a file or handed in by a user is ever unpickled.
 import pickle
 import time
 from collections import Counter
