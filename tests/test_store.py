@@ -345,3 +345,19 @@ def test_lock_taken_before_the_writer_is_handed_over(tmp_path):
     with pytest.raises(StoreError, match="not held on this store"):
         StoreWriter(root, compat=synthetic_compat(D, 8), models={}, recipe="hierarchical", lock=other)
     other.release()
+
+
+def test_reader_keeps_few_shard_files_open_and_reads_every_shard(tmp_path):
+    from item.store import reader as reader_module
+
+    root = make_store(tmp_path / "s", n=40, shard_size=2)  # 20 shards
+    with StoreReader(root) as r:
+        whole = r.read("image_emb")
+        ids = r.metadata(["id"])["id"]
+        assert len(r.shards) > reader_module.MAX_OPEN_SHARDS
+        assert len(r._files) <= reader_module.MAX_OPEN_SHARDS
+        # Shards closed on the way are reopened on demand, and give the same values.
+        again = r.read("image_emb", np.arange(r.n_images)[::-1])
+        assert np.array_equal(again, whole[::-1])
+        assert list(r.metadata(["id"])["id"]) == list(ids)
+        assert len(r._files) <= reader_module.MAX_OPEN_SHARDS

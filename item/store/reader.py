@@ -31,6 +31,10 @@ def _decode(arr) -> np.ndarray:
     return out
 
 
+#: Shard files a reader keeps open at once (least recently used closed first).
+MAX_OPEN_SHARDS = 16
+
+
 class StoreReader:
     """Read-only view of the store at ``root`` as its manifest describes it now."""
 
@@ -96,11 +100,16 @@ class StoreReader:
 
     # -- shard access ---------------------------------------------------------------------
     def _file(self, name: str):
-        f = self._files.get(name)
+        f = self._files.pop(name, None)
         if f is None:
             f = open_checked(self.root / schema.SHARD_DIR / name, self._entries[name], self.embed_dim,
                              self.misalignment_dim, self.root)
-            self._files[name] = f
+            # Each open HDF5 file keeps its own caches: a reader that walks every shard of a large store
+            # would hold them all. Keep the most recently used few open (callers use a shard's datasets
+            # before they move to the next shard).
+            while len(self._files) >= MAX_OPEN_SHARDS:
+                self._files.pop(next(iter(self._files))).close()
+        self._files[name] = f  # re-inserted: the dict's order is least recently used first
         return f
 
     def close(self) -> None:
