@@ -219,7 +219,26 @@ def to_device(tensor, device: str):
     return tensor
 
 
-class Grounder:
+class PreparedGrounder:
+    """What every grounder shares: ``ground`` is ``prepare`` (in the decode workers in a run) then
+    ``ground_prepared`` (the forward and box selection), which subclasses implement."""
+
+    def ground(self, images, nouns: list[list[str]]) -> list[list[Box | None]]:
+        """PIL images and each image's nouns -> for each image, one Box (or None: ungrounded) per noun."""
+        if len(images) != len(nouns):
+            raise InputError(f"ground got {len(images)} images but {len(nouns)} noun lists")
+        return self.ground_prepared([self.prepare(im) if n else None for im, n in zip(images, nouns)], nouns)
+
+    @staticmethod
+    def _start(prepared, nouns: list[list[str]]) -> tuple[list[list[Box | None]], list[int]]:
+        """(all-ungrounded result, indices of the images with nouns and a grounder input)."""
+        if len(prepared) != len(nouns):
+            raise InputError(f"ground got {len(prepared)} images but {len(nouns)} noun lists")
+        result: list[list[Box | None]] = [[None] * len(n) for n in nouns]
+        return result, [i for i, n in enumerate(nouns) if n and prepared[i] is not None]
+
+
+class Grounder(PreparedGrounder):
     """Grounding DINO, batched: one forward pass per `ground_prepared` call.
 
     info: JSON-able: id, revision or weights_sha256 where known, random_weights, thresholds, input size.
@@ -242,20 +261,11 @@ class Grounder:
     def ground_size(self) -> int:
         return set_ground_size(self.processor.image_processor, None)
 
-    def ground(self, images, nouns: list[list[str]]) -> list[list[Box | None]]:
-        """PIL images and each image's nouns -> for each image, one Box (or None: ungrounded) per noun."""
-        if len(images) != len(nouns):
-            raise InputError(f"ground got {len(images)} images but {len(nouns)} noun lists")
-        return self.ground_prepared([self.prepare(im) if n else None for im, n in zip(images, nouns)], nouns)
-
     def ground_prepared(self, prepared: list[GroundImage | None], nouns: list[list[str]]) -> list[list[Box | None]]:
         """`prepare` outputs and nouns -> boxes, as `ground`; None (no nouns, or not groundable) grounds nothing."""
         import torch
 
-        if len(prepared) != len(nouns):
-            raise InputError(f"ground got {len(prepared)} images but {len(nouns)} noun lists")
-        result: list[list[Box | None]] = [[None] * len(n) for n in nouns]
-        todo = [i for i, n in enumerate(nouns) if n and prepared[i] is not None]
+        result, todo = self._start(prepared, nouns)
         if not todo:
             return result
         prompts, spans = zip(*(build_prompt(nouns[i]) for i in todo))

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from item.errors import InputError
 from item.featurize.captioner import autocast_for
-from item.featurize.grounder import MIN_BOX_AREA, Box, GroundImage, _pixel_boxes, not_groundable, to_device
+from item.featurize.grounder import (MIN_BOX_AREA, Box, GroundImage, PreparedGrounder, _pixel_boxes,
+                                    not_groundable, to_device)
 
 #: Random builder names of the OWLv2 family (seeded random weights, built offline).
 OWL_RANDOM_NAMES = ("owlv2-tiny-random", "owlv2-random")
@@ -42,7 +43,7 @@ class OwlPrep:
         return GroundImage(pix.contiguous(), rgb.size, (side, side))
 
 
-class OwlGrounder:
+class OwlGrounder(PreparedGrounder):
     """OWLv2, batched: one forward per `ground_prepared` call, every image's nouns as its text queries."""
 
     family = "owlv2"
@@ -61,19 +62,10 @@ class OwlGrounder:
     def ground_size(self) -> int:
         return _square_size(self.processor.image_processor)
 
-    def ground(self, images, nouns: list[list[str]]) -> list[list[Box | None]]:
-        """PIL images and each image's nouns -> for each image, one Box (or None: ungrounded) per noun."""
-        if len(images) != len(nouns):
-            raise InputError(f"ground got {len(images)} images but {len(nouns)} noun lists")
-        return self.ground_prepared([self.prepare(im) if n else None for im, n in zip(images, nouns)], nouns)
-
     def ground_prepared(self, prepared: list[GroundImage | None], nouns: list[list[str]]) -> list[list[Box | None]]:
         import torch
 
-        if len(prepared) != len(nouns):
-            raise InputError(f"ground got {len(prepared)} images but {len(nouns)} noun lists")
-        result: list[list[Box | None]] = [[None] * len(n) for n in nouns]
-        todo = [i for i, n in enumerate(nouns) if n and prepared[i] is not None]
+        result, todo = self._start(prepared, nouns)
         if not todo:
             return result
         n_q = max(len(nouns[i]) for i in todo)
