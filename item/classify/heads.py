@@ -171,6 +171,34 @@ class _Head:
     # _set_state(tensors, cfg).
 
 
+def _step(model, opt, x, y, w) -> None:
+    """One optimiser step on a batch: class-weighted binary cross-entropy of the logits."""
+    import torch.nn.functional as F
+
+    losses = F.binary_cross_entropy_with_logits(model(x).squeeze(1), y, reduction="none")
+    loss = (losses * w).sum() / w.sum().clamp_min(1e-12)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+class EarlyStopping:
+    """Keeps the state of the epoch with the lowest validation loss; says stop after ``patience`` epochs
+    without an improvement (of more than 1e-7)."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best_loss, self.best_state, self.best_epoch, self.stale = math.inf, None, 0, 0
+
+    def update(self, model, loss: float, epoch: int) -> bool:
+        if loss < self.best_loss - 1e-7:
+            self.best_loss, self.best_epoch, self.stale = loss, epoch + 1, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+
 class MLPHead(_Head):
     """Multi-layer perceptron (Linear-ReLU-Dropout blocks, one logit) trained with AdamW.
 
@@ -187,7 +215,6 @@ class MLPHead(_Head):
     def fit(self, X, y, X_val=None, y_val=None, sample_weight=None) -> "MLPHead":
         """X: (n, n_features) float; y: (n,) 0/1; X_val/y_val: optional validation rows; sample_weight: (n,)."""
         import torch
-        import torch.nn.functional as F
 
         cfg = self._cfg()
         X = _check_X(X)
@@ -223,29 +250,19 @@ class MLPHead(_Head):
             # predictions on the benchmark's data to 8 digits, still seeded and deterministic.
             opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
             order_gen = torch.Generator().manual_seed(cfg.random_state)
-            best_loss, best_state, best_epoch, stale = math.inf, None, 0, 0
+            stopper = EarlyStopping(cfg.patience)
             for epoch in range(cfg.max_epochs):
                 model.train()
                 perm = torch.randperm(n, generator=order_gen)
                 for start in range(0, n, cfg.batch_size):
                     idx = perm[start : start + cfg.batch_size]
-                    logits = model(xt[idx]).squeeze(1)
-                    losses = F.binary_cross_entropy_with_logits(logits, yt[idx], reduction="none")
-                    bw = wt[idx]
-                    loss = (losses * bw).sum() / bw.sum().clamp_min(1e-12)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    _step(model, opt, xt[idx], yt[idx], wt[idx])
                 val_loss = _weighted_loss(model, xv, yv, wv)
                 history.append(val_loss)
-                if val_loss < best_loss - 1e-7:
-                    best_loss, best_epoch, stale = val_loss, epoch + 1, 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    stale += 1
-                    if stale >= cfg.patience:
-                        break
-            model.load_state_dict(best_state)
+                if stopper.update(model, val_loss, epoch):
+                    break
+            model.load_state_dict(stopper.best_state)
+            best_epoch = stopper.best_epoch
         model.eval()
 
         self.model_ = model
@@ -254,7 +271,7 @@ class MLPHead(_Head):
         self.n_features_in_ = int(X.shape[1])
         self.n_epochs_ = len(history)
         self.best_epoch_ = best_epoch
-        self.best_val_loss_ = float(best_loss)
+        self.best_val_loss_ = float(stopper.best_loss)
         self.val_loss_curve_ = history
         return self
 

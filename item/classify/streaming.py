@@ -17,7 +17,6 @@ predictions agree within a tolerance (tests/test_train_streaming.py), not bit fo
 
 from __future__ import annotations
 
-import math
 import os
 import re
 
@@ -123,7 +122,7 @@ def fit_mlp_streaming(head, train: StoreRows, y: np.ndarray, val: StoreRows, y_v
     import torch
     import torch.nn.functional as F
 
-    from item.classify.heads import CLASSES, _balanced_weights, _build_mlp
+    from item.classify.heads import CLASSES, EarlyStopping, _balanced_weights, _build_mlp, _step
 
     cfg = head._cfg()
     y = np.asarray(y, np.int64)
@@ -154,7 +153,7 @@ def fit_mlp_streaming(head, train: StoreRows, y: np.ndarray, val: StoreRows, y_v
         model = _build_mlp(train.n_features, cfg)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         order_gen = torch.Generator().manual_seed(cfg.random_state)
-        best_loss, best_state, best_epoch, stale = math.inf, None, 0, 0
+        stopper = EarlyStopping(cfg.patience)
         for epoch in range(cfg.max_epochs):
             model.train()
             for k in torch.randperm(len(train.chunks), generator=order_gen).tolist():
@@ -165,22 +164,13 @@ def fit_mlp_streaming(head, train: StoreRows, y: np.ndarray, val: StoreRows, y_v
                 perm = torch.randperm(b - a, generator=order_gen)
                 for start in range(0, b - a, cfg.batch_size):
                     idx = perm[start:start + cfg.batch_size]
-                    losses = F.binary_cross_entropy_with_logits(model(xt[idx]).squeeze(1), yt[idx], reduction="none")
-                    bw = wt[idx]
-                    loss = (losses * bw).sum() / bw.sum().clamp_min(1e-12)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    _step(model, opt, xt[idx], yt[idx], wt[idx])
             loss_v = val_loss(model)
             history.append(loss_v)
-            if loss_v < best_loss - 1e-7:
-                best_loss, best_epoch, stale = loss_v, epoch + 1, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    break
-        model.load_state_dict(best_state)
+            if stopper.update(model, loss_v, epoch):
+                break
+        model.load_state_dict(stopper.best_state)
+        best_epoch = stopper.best_epoch
     model.eval()
     head.model_ = model
     head.mean_, head.scale_ = mean, scale
@@ -188,7 +178,7 @@ def fit_mlp_streaming(head, train: StoreRows, y: np.ndarray, val: StoreRows, y_v
     head.n_features_in_ = int(train.n_features)
     head.n_epochs_ = len(history)
     head.best_epoch_ = best_epoch
-    head.best_val_loss_ = float(best_loss)
+    head.best_val_loss_ = float(stopper.best_loss)
     head.val_loss_curve_ = history
     return head
 
