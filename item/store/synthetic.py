@@ -99,8 +99,13 @@ def write_synthetic_store_fast(root, n_images: int, embed_dim: int, *, recipe: s
 
     ``align_spread``: the standard deviation of a per-image (and per-object) jitter of the alignment. At 0 the
     image-caption cosine is a function of the label alone and any ``signal`` separates the classes
-    perfectly; above 0 the classes overlap and a head's AUROC measures how well it combines the cues."""
+    perfectly; above 0 the classes overlap and a head's AUROC measures how well it combines the cues.
+    ``recipe=None``: images only (no objects, a seeded 8-float misalignment vector), for lookup benchmarks.
+    """
     from item.misalignment import compute, feature_size
+
+    if recipe is None:
+        max_objects = 0
 
     rng = np.random.default_rng(seed)
     centers = _unit(rng.normal(size=(n_clusters, embed_dim)))
@@ -109,9 +114,10 @@ def write_synthetic_store_fast(root, n_images: int, embed_dim: int, *, recipe: s
     def noise(m):
         return _unit(rng.normal(size=(m, embed_dim)).astype(np.float32))
 
-    compat = synthetic_compat(embed_dim, feature_size(recipe, embed_dim), recipe)
+    mis_dim = feature_size(recipe, embed_dim) if recipe else 8
+    compat = synthetic_compat(embed_dim, mis_dim, recipe or "hierarchical")
     models = {"clip": {"model": "synthetic", "random_weights": True}}
-    with StoreWriter(root, compat=compat, models=models, recipe=recipe, shard_size=shard_size) as w:
+    with StoreWriter(root, compat=compat, models=models, recipe=recipe or "hierarchical", shard_size=shard_size) as w:
         for start in range(0, n_images, shard_size):
             m = min(shard_size, n_images - start)
             i = np.arange(start, start + m)
@@ -127,8 +133,11 @@ def write_synthetic_store_fast(root, n_images: int, embed_dim: int, *, recipe: s
             a_obj = np.clip(align[owner] + align_spread * rng.normal(size=(owner.size, 1)), 0.05, 0.99)
             noun = _unit(a_obj * crop + (1 - a_obj) * noise(owner.size))
             grounded = rng.random(owner.size) > 0.2
-            mis = compute(recipe, img, cap, np.where(grounded[:, None], crop, 0).astype(np.float32), noun, owner,
-                          grounded)
+            if recipe:
+                mis = compute(recipe, img, cap, np.where(grounded[:, None], crop, 0).astype(np.float32), noun,
+                              owner, grounded)
+            else:
+                mis = rng.normal(size=(m, 8)).astype(np.float32)
             u = rng.random(m)
             splits = np.array(SPLITS)[np.minimum(np.searchsorted(cuts, u, side="right"), len(SPLITS) - 1)]
             first = np.r_[0, np.cumsum(n_obj)]
