@@ -236,9 +236,9 @@ def forward_bound(rows, models, counts: dict, config, batches: dict, time_captio
     """Pure model forward time per stage at its best batch size x the stage's items."""
     import torch
 
-    from item.featurize.models.hub import autocast_for
     from item.featurize.inputs.decode import decode_image
     from item.featurize.models.grounding_dino import build_prompt
+    from item.featurize.models.hub import autocast_for
     from item.featurize.text.nouns import extract_nouns
 
     dev = models.device
@@ -357,9 +357,9 @@ def precision_check(rows, models, n: int, log) -> dict:
 
     import torch
 
+    from item.featurize.inputs.decode import decode_image
     from item.featurize.models import blip as cap_mod
     from item.featurize.models import grounding_dino as gr_mod
-    from item.featurize.inputs.decode import decode_image
     from item.featurize.models.clip import ClipEncoder
     from item.featurize.text.nouns import extract_nouns
 
@@ -423,8 +423,8 @@ def med_spread(xs):
 def bench_size(size: str, args, log, save=None) -> dict:
     import torch
 
-    from item.featurize.inputs.decode import decode_image
     from item.featurize import FeaturizeConfig, load_models, resolve_models
+    from item.featurize.inputs.decode import decode_image
 
     t = time.perf_counter()
     models = load_models(resolve_models(SIZES[size]), args.device)

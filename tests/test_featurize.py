@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from item.cli import app
 from item import faults
+from item.cli import app
 from item.featurize import FeaturizeConfig, featurize_store, load_models, resolve_models
 from item.featurize.inputs.discover import discover
 from item.store import StoreReader, validate

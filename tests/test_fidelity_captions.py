@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from item.featurize.text.captions import CLEANUP_VERSION, clean_caption
+from item.featurize.models.loading import compat_for, load_models
 from item.featurize.models.presets import resolve_models
 from item.featurize.run.config import FeaturizeConfig
-from item.featurize.models.loading import compat_for, load_models
 from item.featurize.run.local import featurize_images
+from item.featurize.text.captions import CLEANUP_VERSION, clean_caption
 
 CASES = [
     ("arafed man in a suit and tie standing in front of a building",

@@ -20,12 +20,12 @@ import pytest
 from PIL import Image
 
 from item.featurize.crops import PAD_COLOUR, square_crop, square_region
-from item.featurize.models.grounding import MIN_BOX_AREA, not_groundable
 from item.featurize.models.grounders import load_grounder
+from item.featurize.models.grounding import MIN_BOX_AREA, not_groundable
+from item.featurize.models.loading import load_models
 from item.featurize.models.presets import resolve_models
 from item.featurize.run.config import FeaturizeConfig
 from item.featurize.run.local import featurize_images
-from item.featurize.models.loading import load_models
 
 
 @pytest.mark.parametrize("box,size,want", [

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from item.cli import app
 from item.errors import InputError
-from item.featurize.models.grounding import collate_pixels, letterbox
-from item.featurize.models.grounders import load_grounder
 from item.featurize.inputs.discover import InputRow
+from item.featurize.models.grounders import load_grounder
+from item.featurize.models.grounding import collate_pixels, letterbox
+from item.featurize.models.loading import compat_for, load_models, models_info
 from item.featurize.models.presets import resolve_models
 from item.featurize.run.config import FeaturizeConfig
-from item.featurize.models.loading import compat_for, load_models, models_info
 from item.featurize.run.local import featurize_rows
 from item.store import StoreReader, StoreWriter, validate
 

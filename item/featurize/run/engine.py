@@ -45,9 +45,9 @@ def featurize_store(sources, store, *, models="default", config: FeaturizeConfig
     Rows whose content the store already holds are not computed again. Raises InputError,
     IncompatibleError (the store holds other models' rows), LockedError, StoreError.
     """
-    from item.featurize.run.config import ENGINES
-    from item.featurize.models.loading import as_models, compat_for, models_info
     from item.errors import InputError, StoreError
+    from item.featurize.models.loading import as_models, compat_for, models_info
+    from item.featurize.run.config import ENGINES
     from item.store.writer import StoreWriter, WriterLock
 
     if config.engine not in ENGINES:

@@ -6,11 +6,11 @@ import functools
 import os
 from dataclasses import dataclass
 
-from item.featurize.run.config import FeaturizeConfig
 from item.featurize.inputs.decode import DecodeError, decode_image
 from item.featurize.inputs.discover import InputRow
-from item.featurize.models.loading import Models
 from item.featurize.inputs.perturb import Perturbation, parse_perturb
+from item.featurize.models.loading import Models
+from item.featurize.run.config import FeaturizeConfig
 
 
 @dataclass

@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from item.faults import fault
-from item.featurize.run.config import FeaturizeConfig
 from item.featurize.inputs.discover import InputRow
-from item.featurize.run.loader import Item, iter_decoded
 from item.featurize.models.loading import Models
+from item.featurize.run.config import FeaturizeConfig
+from item.featurize.run.loader import Item, iter_decoded
 from item.featurize.run.planning import hash_inputs, plan, seed_from_store
 from item.featurize.run.steps import Featurizer
 from item.store.writer import ImageRecord

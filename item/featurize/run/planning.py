@@ -12,8 +12,8 @@ import numpy as np
 from item.featurize.inputs.decode import DecodeError, file_id
 from item.featurize.inputs.discover import InputRow
 from item.featurize.run.loader import Item
-from item.featurize.text.nouns import noun_text
 from item.featurize.run.steps import Featurizer
+from item.featurize.text.nouns import noun_text
 from item.store.writer import AliasRecord, storable_text
 
 

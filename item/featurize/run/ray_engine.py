@@ -79,8 +79,8 @@ def _identity(spec, config):
 
 def _decode_batch(row: dict, preprocess, perturb: str, max_pixels) -> dict:
     """One Ray row (a pickled batch of Items) decoded and preprocessed."""
-    from item.featurize.run.loader import decode_item
     from item.featurize.inputs.perturb import parse_perturb
+    from item.featurize.run.loader import decode_item
 
     perturbation = parse_perturb(perturb or None)
     t = time.perf_counter()
@@ -178,8 +178,8 @@ def featurize_store_ray(rows, root, *, models, config, progress=None, overwrite=
 
     from item.featurize.models.loading import Models
     from item.featurize.models.presets import ModelSpec, resolve_models
-    from item.featurize.run.planning import hash_inputs, plan
     from item.featurize.run.local import RunSummary
+    from item.featurize.run.planning import hash_inputs, plan
     from item.store.manifest import now
     from item.store.writer import StoreWriter
 
