@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from item.errors import InputError
+from item.featurize.inputs.perturb import parse_perturb
 from item.featurize.models.hub import resolve_device
 from item.featurize.models.presets import ModelSpec
 from item.featurize.run.config import FeaturizeConfig
 from item.featurize.text.nouns import NOUNS_VERSION  # noqa: F401  (importable from here as before)
-from item.featurize.inputs.perturb import parse_perturb
 
 
 @dataclass
