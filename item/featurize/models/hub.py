@@ -46,8 +46,6 @@ def hub_offline() -> bool:
 
 
 def _weights_sha256(folder: Path) -> str | None:
-    from item.featurize.models.hub import file_sha256
-
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
             return file_sha256(folder / name)
@@ -74,8 +72,6 @@ def load_hf_pretrained(kind: str, name_or_path: str, model_cls, processor_cls, f
     Returns (model, processor, source info dict). Raises ModelLoadError with one line naming the model,
     where it looked and what fixes it.
     """
-    from item.featurize.models.hub import hf_cache_dir, hub_offline
-
     local = Path(name_or_path).expanduser()
     # Hub ids are 'name' or 'org/name'; anything else that looks like a path is treated as one.
     looks_local = local.exists() or name_or_path.startswith((".", os.sep, "~")) or name_or_path.count("/") > 1

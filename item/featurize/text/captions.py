@@ -12,23 +12,15 @@ from __future__ import annotations
 
 import re
 
-
 #: Bump when `clean_caption` changes what it returns.
 CLEANUP_VERSION = "blip-artefacts-1"
 
-
 # "arafed", "araffe", "arafly", "araffed", "arrafed", "arav...": never English words.
 _ARTEFACT = re.compile(r"^ar+a+f+[a-z]*$|^arav[a-z]*$")
-
-
 # A caption opening with "there is/are", "there's", "this is", "these are": the frame goes, and with it the
 # first relative "that is / who are / which is" that only carries the frame on ("that is riding" -> "riding").
 _FRAME = re.compile(r"^(?:there\s+(?:is|are)|there's|this\s+is|these\s+are)\s+(?=\S)")
-
-
 _RELATIVE = re.compile(r"\s(?:that|who|which)\s+(?:is|are)\s+")
-
-
 _VOWEL = re.compile(r"^[aeiou]")
 
 
