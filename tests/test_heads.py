@@ -224,7 +224,7 @@ def test_auto_plan_scales_with_rows():
     cfg = HeadConfig()
     assert cfg.batch_size == 0 and cfg.max_epochs == 0  # auto by default
     small, large, huge = auto_plan(cfg, 600), auto_plan(cfg, 100_000), auto_plan(cfg, 1_000_000)
-    assert small[0] < large[0] == huge[0] == 1024  # small stores keep many steps an epoch
+    assert small[0] < large[0] == huge[0] == 256  # small stores keep many steps an epoch
     assert 600 // small[0] >= 16
     assert small[1] > large[1] > huge[1] >= 4  # more rows, fewer epochs
     assert auto_plan(HeadConfig(batch_size=77, max_epochs=9), 10**6) == (77, 9)  # explicit values are kept

@@ -45,11 +45,11 @@ def train_cmd(
     hidden: str = typer.Option("256", help="MLP hidden sizes, comma-separated."),
     dropout: float = typer.Option(0.2, help="MLP dropout."),
     weight_decay: float = typer.Option(1e-4, help="MLP weight decay."),
-    lr: float = typer.Option(3e-3, help="Peak learning rate (warm-up, then cosine decay; see --schedule)."),
+    lr: float = typer.Option(1e-3, help="MLP peak learning rate (warm-up, then cosine decay; see --schedule)."),
     max_epochs: int = typer.Option(0, help="Epochs (the schedule's length; early stopping on validation loss "
                                    "may end sooner). 0: auto, 1.5M row visits within 4..60 epochs."),
     patience: int = typer.Option(10, help="Early-stopping patience in epochs."),
-    batch_size: int = typer.Option(0, help="Batch size. 0: auto, 1/32 of the training rows within 32..1024."),
+    batch_size: int = typer.Option(0, help="Batch size. 0: auto, 1/32 of the training rows within 32..256."),
     schedule: str = typer.Option("cosine", help="Learning rate: cosine (5% warm-up, cosine decay to 0 over "
                                  "--max-epochs) or constant."),
     precision: str = typer.Option("auto", help="Training arithmetic: auto (bfloat16 on a GPU and on CPUs with "

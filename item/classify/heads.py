@@ -29,8 +29,8 @@ CLASSES = np.array([0, 1])
 _VAL_FRACTION = 0.1
 _PREDICT_BATCH = 8192
 #: Training plan of an MLP when batch_size / max_epochs are 0 (auto), see ``auto_plan``.
-DEFAULT_LR = 3e-3
-AUTO_BATCH = (32, 1024)  # the batch is n_train / AUTO_STEPS_PER_EPOCH within these bounds
+DEFAULT_LR = 1e-3
+AUTO_BATCH = (32, 256)  # the batch is n_train / AUTO_STEPS_PER_EPOCH within these bounds
 AUTO_STEPS_PER_EPOCH = 32
 AUTO_ROW_VISITS = 1_500_000  # epochs = this many row visits / n_train within AUTO_EPOCHS
 AUTO_EPOCHS = (4, 60)
@@ -192,7 +192,8 @@ class _Head:
 
 def auto_plan(cfg: HeadConfig, n_train: int) -> tuple[int, int]:
     """(batch size, epochs) of a fit on ``n_train`` rows: the config's values, or for 0 (auto) a batch of
-    n_train / 32 rows within 32..1024 (so small stores still take 32 steps an epoch) and 1.5M row visits
+    n_train / 32 rows within 32..256 (so small stores still take 32 steps an epoch; larger batches
+    reached a worse best epoch on the benchmark store, BENCHMARKS.md §8) and 1.5M row visits
     within 4..60 epochs (more rows, fewer epochs: each epoch already holds more steps)."""
     batch = cfg.batch_size or int(np.clip(n_train // AUTO_STEPS_PER_EPOCH, *AUTO_BATCH))
     epochs = cfg.max_epochs or int(np.clip(math.ceil(AUTO_ROW_VISITS / max(n_train, 1)), *AUTO_EPOCHS))
