@@ -54,7 +54,7 @@ INDEX_KINDS = {
     "ivfpq4": IndexKind("ivfpq4", "inverted lists + 4-bit fast-scan product quantisation (dim/4 bytes a vector, "
                         "SIMD distance tables), re-ranked from float16 copies read from disk (refine 1) or not "
                         "(refine 0); for tens of millions of rows in a few GB of memory",
-                        {"nlist": 0, "m": 0, "nprobe": 16, "refine": 1, "k_factor": 8}),
+                        {"nlist": 0, "m": 0, "nprobe": 16, "refine": 1, "k_factor": 16}),
 }
 #: `--kind auto`: chosen from the store's size and the memory budget by `plan_index`.
 AUTO_KIND = "auto"
@@ -763,7 +763,7 @@ class StoreIndex:
                 self.reader.close()
                 raise StoreError(f"{paths['vectors'].name}: holds {vectors.shape} {vectors.dtype}, expected "
                                  f"({self.rows.size}, {self.dim}) float16; {rebuild}")
-            self.index = DiskRefined(self.index, vectors, float(p.get("k_factor", 8)))
+            self.index = DiskRefined(self.index, vectors, float(p.get("k_factor", 16)))
         if self.kind == "hnsw":
             self.index.hnsw.efSearch = int(p.get("ef_search", 128))
         elif self.kind in IVF_KINDS:
