@@ -88,6 +88,15 @@ def load_expectations(path: str | Path | None = None) -> dict:
         raise InputError(f"{path}: cannot read the sample expectations ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != EXPECTATIONS_FORMAT or not data.get("samples"):
         raise InputError(f"{path}: not an ITEM sample expectations file (format {EXPECTATIONS_FORMAT!r})")
+    for key, e in data["samples"].items():
+        ok = (isinstance(e, dict) and isinstance(e.get("description"), str) and isinstance(e.get("caption_names"), list)
+              and isinstance(e.get("objects"), list)
+              and all(isinstance(o, dict) and isinstance(o.get("noun"), str) and o.get("boxes")
+                      and all(isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)
+                              for b in o["boxes"]) for o in e["objects"]))
+        if not ok:
+            raise InputError(f"{path}: sample {key!r} needs a description, caption_names and objects "
+                             "(each a noun and boxes of four numbers)")
     return data
 
 

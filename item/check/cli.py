@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -40,20 +41,25 @@ def check_cmd(
     captioner: Optional[str] = typer.Option(None, help="Captioner: HF id, local folder, random name or 'none'."),
     grounder: Optional[str] = typer.Option(None, help="Grounder: HF id, local folder, random name or 'none'."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    expectations: Optional[Path] = typer.Option(None, help="Another expectations file (the format of "
+                                                "item/samples/expected.json; image paths relative to its "
+                                                "folder). Default: the shipped samples."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ):
     """Check the models on the shipped samples: captions name the main object, boxes hit the annotated
     objects, CLIP ranks each sample's own description first, batching changes no box, and (CUDA) fp16
     agrees with fp32. Exit status 0 when every check that ran passed, 1 otherwise."""
-    from item.check import run_checks
+    from item.check import load_expectations, run_checks
     from item.featurize import load_models, resolve_models
 
+    expected = load_expectations(expectations)  # a bad file is refused before any model loads
     spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder)
     if spec.random_weights:
         info(RANDOM_CHECK_LINE)
     info(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''}) ...")
     loaded = load_models(spec, device)
-    report = run_checks(loaded, progress=info)
+    report = run_checks(loaded, expectations=expected, progress=info,
+                        samples_dir=expectations.parent if expectations is not None else None)
     if as_json:
         emit_json(_strict(report.to_json()))
     else:
