@@ -81,7 +81,7 @@ def write_bert_layout_vocab(path: Path, words: list[str]) -> Path:
     return path
 
 
-def tiny_grounding_dino_bert(vocab_file: Path, seed: int = 0):
+def tiny_grounding_dino_bert(vocab_file: Path, seed: int = 0, num_queries: int = 30):
     """(seeded tiny GroundingDinoForObjectDetection whose text model has BERT's vocabulary size, its
     GroundingDinoProcessor over ``vocab_file``). Random weights: only the bookkeeping means anything."""
     import torch
@@ -92,7 +92,7 @@ def tiny_grounding_dino_bert(vocab_file: Path, seed: int = 0):
                           window_size=4, out_features=["stage2", "stage3", "stage4"])
     text = BertConfig(vocab_size=BERT_VOCAB_SIZE, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                       intermediate_size=37, max_position_embeddings=256, pad_token_id=0)
-    config = GroundingDinoConfig(backbone_config=backbone, text_config=text, d_model=32, num_queries=30,
+    config = GroundingDinoConfig(backbone_config=backbone, text_config=text, d_model=32, num_queries=num_queries,
                                  encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
                                  encoder_attention_heads=2, decoder_attention_heads=2, encoder_n_points=2,
                                  decoder_n_points=2, num_feature_levels=4, max_text_len=256)
@@ -102,3 +102,26 @@ def tiny_grounding_dino_bert(vocab_file: Path, seed: int = 0):
     tokenizer = BertTokenizer(vocab=str(vocab_file), do_lower_case=True)
     image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 192})
     return model, GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def with_scaled_logits(model, scale: float, shift: float):
+    """``model`` behind a wrapper whose outputs' logits are ``logits * scale - shift`` (-inf stays -inf).
+
+    A tiny random Grounding DINO's logits are dot products of unit-variance vectors (tens in size), so every
+    probability sits near 0 or 1 and every noun is grounded at any threshold; scaled down and shifted they
+    spread around the real thresholds, so that both the kept and the dropped side of each rule are exercised.
+    Whoever calls the wrapper (the project or transformers' post-processing) sees the same outputs."""
+    import torch
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.config = inner.config
+
+        def forward(self, **inputs):
+            out = self.inner(**inputs)
+            out.logits = out.logits * scale - shift
+            return out
+
+    return Scaled(model).eval()

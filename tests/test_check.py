@@ -107,7 +107,7 @@ def _stand_in_grounder(keys, entries):
             self.boxes = {k: {o["noun"]: o["boxes"][0] for o in e["objects"]} for k, e in zip(keys, entries)}
             self.prepare = _key
 
-        def ground_prepared(self, prepared, nouns):
+        def ground_batch(self, prepared, nouns):
             out = []
             for k, ns in zip(prepared, nouns):
                 got = [self.boxes.get(k, {}).get(n) for n in ns]
