@@ -30,9 +30,9 @@ class FeaturizeConfig:
     # 5.7 ms at 64 (BENCHMARKS.md).
     caption_batch_size: int = 64
     # Images per grounder forward (--ground-batch-size); 0 = auto: 4 on CUDA, 1 on CPU. Only images whose
-    # prepared inputs have one shape share a forward (no padding), so it changes no box beyond float rounding
-    # (on the CPU: none at all, tested); it is recorded in each run's entry of the store manifest, not in the
-    # store's identity. Batching gains little: on an H200 27 ms an image at batch 4, 34 ms at 16 (BENCHMARKS.md).
+    # prepared inputs have one shape share a forward (no image padding), so it changes no box beyond float
+    # rounding (a group's prompts are padded to its longest: 3e-5 px on the samples, CPU). Recorded in each
+    # run's entry of the store manifest, not in the store's identity. Batching gains little: on an H200 27 ms an image at batch 4, 34 ms at 16 (BENCHMARKS.md).
     ground_batch_size: int = 0
     # Run the CLIP stage of batch i in a background thread while batch i+1 is captioned and grounded and
     # batch i-1 written (a bounded pipeline: at most two batches in flight). None = auto: on CUDA only (on the
