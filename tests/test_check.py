@@ -183,6 +183,7 @@ def _small_expectations(tmp_path: Path, n: int = 4) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_runs_from_a_hub_layout_cache_with_one_line_per_check(tmp_path):
     """Captioner and grounder under the default preset's hub ids (tiny random weights saved in the hub's
     layout, read offline), CLIP the tiny random one; text output: RANDOM WEIGHTS first, identity keys, one line

@@ -116,6 +116,7 @@ def _reference(g, img, nouns):
     return answer
 
 
+@pytest.mark.slow
 def test_box_selection_agrees_with_transformers_post_processing_on_many_images(bert_layout):
     rng = np.random.default_rng(19)
     decisions = agree = grounded = ungrounded = delimiter_kept = 0
