@@ -133,7 +133,7 @@ def index_cmd(store: Path = StoreDir,
     with progress_bar(total, f"indexing {on} ({kind})", unit="rows") as advance:
         side = build_index(store, on=on, kind=kind, params=params, progress=advance, memory_budget=memory_budget,
                            target_recall=target_recall, device=device)
-    info(f"indexed {side['count']} rows: {store}/index/{on}-{side['kind']}.faiss "
+    info(f"indexed {side['count']} rows: {store}/index/{side['files']['faiss']['name']} "
          f"(about {side['memory_bytes'] / 2**20:.0f} MiB in memory)")
     tuning = side.get("tuning")
     if tuning:
