@@ -155,12 +155,14 @@ class Head:
         """X: (n, feature_size) -> (n,) int64, 1 = fake at the head's validation threshold."""
         return (self.predict_proba(X)[:, 1] >= self.threshold).astype(np.int64)
 
-    def save(self, out_dir) -> Path:
-        """Write ``out_dir/head.safetensors`` and ``out_dir/head.json``; returns ``out_dir``."""
-        from item.classify.heads import save_head
+    def save(self, out_dir, *, overwrite: bool = False) -> Path:
+        """Write ``out_dir/head.safetensors`` and ``out_dir/head.json`` as one unit; returns ``out_dir``.
 
-        reserved = ("schema_version", "package_version", "kind", "config", "feature_size", "classes", "tensors")
-        save_head(self.estimator, out_dir, {k: v for k, v in self.info.items() if k not in reserved})
+        Refuses (HeadError) a folder that holds a head already unless ``overwrite``."""
+        from item.classify.heads import _RESERVED, save_head
+
+        save_head(self.estimator, out_dir, {k: v for k, v in self.info.items() if k not in _RESERVED},
+                  overwrite=overwrite)
         return Path(out_dir)
 
 

@@ -81,7 +81,7 @@ def train_cmd(
                         hidden=hidden_sizes, dropout=dropout, weight_decay=weight_decay, lr=lr,
                         max_epochs=max_epochs, batch_size=batch_size, patience=patience, C=c,
                         max_memory=parse_memory(max_memory))
-    fitted.save(out)
+    fitted.save(out, overwrite=True)  # as documented: --out replaces a head already there
     meta = load_head(out)[1]
     if meta.get("caption_source_warning"):
         warn(meta["caption_source_warning"])

@@ -220,10 +220,11 @@ def fit_head(store, cfg: TrainConfig):
     return head, info
 
 
-def train_head(store, out, cfg: TrainConfig) -> dict:
-    """Fit a head (``fit_head``) and save it to ``out``. Returns the head's JSON metadata."""
+def train_head(store, out, cfg: TrainConfig, *, overwrite: bool = True) -> dict:
+    """Fit a head (``fit_head``) and save it to ``out`` (replacing a head there unless ``overwrite`` is
+    False). Returns the head's JSON metadata."""
     head, info = fit_head(store, cfg)
-    save_head(head, out, info)
+    save_head(head, out, info, overwrite=overwrite)
     return load_head(out)[1]
 
 
