@@ -78,11 +78,12 @@ class Store:
         return X, y, rows
 
     def split(self, *, val: float = 0.2, test: float = 0.2, by: str = "generator", seed: int = 0,
-              overwrite: bool = False, command: str = ""):
-        """Assign train / val / test to every ok row (stratified, seeded) in the metadata overlay."""
+              overwrite: bool = False, new_only: bool = False, command: str = ""):
+        """Assign train / val / test to every ok row (stratified, seeded) in the metadata overlay;
+        ``new_only``: only to rows without a split (e.g. committed after an earlier split)."""
         from item.store.annotate import split_store
 
-        return split_store(self.path, val=val, test=test, by=by, seed=seed, overwrite=overwrite,
+        return split_store(self.path, val=val, test=test, by=by, seed=seed, overwrite=overwrite, new_only=new_only,
                            command=command or "item.open_store(...).split()")
 
     def annotate(self, manifest, command: str = ""):

@@ -239,3 +239,38 @@ def test_the_seen_ids_digest_keeps_its_false_positive_rate_at_every_size(n):
     # 0.1% stated: 100 expected at most among 100,000; the old filter gave 883 for 4 ids, 231 for 7
     assert fp <= digest.DEFAULT_FP_RATE * 1.2, fp
     assert json.loads(json.dumps(dig)) == dig  # what head.json holds
+
+
+# -- 9. rows committed after `store split` -----------------------------------------------------------
+def test_rows_added_after_a_split_are_named_by_train_and_split_with_new_only(tmp_path):
+    import dataclasses
+
+    store = tmp_path / "s"
+    recs = [dataclasses.replace(r, split="") for r in synthetic_records(60, D)]
+    with writer(store, shard_size=16) as w:
+        for r in recs[:40]:
+            w.add(r)
+    assert cli("store", "split", store).exit_code == 0
+    with StoreReader(store) as rd:
+        before = dict(zip(rd.metadata([schema.ID])[schema.ID].astype(str),
+                          rd.metadata([schema.SPLIT])[schema.SPLIT].astype(str)))
+    with writer(store, shard_size=16) as w:  # a featurize that went on after the split
+        for r in recs[40:]:
+            w.add(r)
+    r = cli("train", store, "--out", tmp_path / "h", "--head", "logistic")
+    assert r.exit_code == 0, r.output
+    assert "20 labelled rows have no split" in r.stderr and "--new-only" in r.stderr
+    line = one_error(cli("store", "split", store))
+    assert "--new-only to split the 20 rows" in line
+    r = cli("store", "split", store, "--new-only", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["n_changed"] == 20 and sum(c["n"] for c in out["counts"]) == 60
+    with StoreReader(store) as rd:
+        ids = rd.metadata([schema.ID])[schema.ID].astype(str)
+        after = dict(zip(ids, rd.metadata([schema.SPLIT])[schema.SPLIT].astype(str)))
+    assert all(after[i] == s for i, s in before.items())  # the earlier split is kept
+    assert all(after[i] in ("train", "val", "test") for i in ids)
+    r = cli("train", store, "--out", tmp_path / "h", "--head", "logistic")
+    assert r.exit_code == 0 and "no split" not in r.stderr, r.output
+    assert "nothing to do" in one_error(cli("store", "split", store, "--new-only"))

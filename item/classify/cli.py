@@ -85,6 +85,8 @@ def train_cmd(
     meta = load_head(out)[1]
     if meta.get("caption_source_warning"):
         warn(meta["caption_source_warning"])
+    if meta.get("unsplit_warning"):
+        warn(meta["unsplit_warning"])
     if as_json:
         emit_json(_strict_json(meta))
         return

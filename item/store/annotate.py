@@ -10,6 +10,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 
 from item.errors import InputError
 from item.store import schema
@@ -29,30 +30,43 @@ class SplitResult:
 
 
 def split_store(root, *, val: float = 0.2, test: float = 0.2, by: str = "generator", seed: int = 0,
-                overwrite: bool = False, command: str = "") -> SplitResult:
+                overwrite: bool = False, new_only: bool = False, command: str = "") -> SplitResult:
     """Assign train / val / test to every ok row, stratified ``by`` generator (and label) or label, seeded.
 
-    Rows that already have a split are refused unless ``overwrite`` (then every row is reassigned).
+    Rows that already have a split are refused unless ``overwrite`` (then every row is reassigned) or
+    ``new_only`` (then only rows without a split are assigned, stratified among themselves, e.g. rows
+    committed after an earlier split; the others keep theirs). ``counts`` covers every ok row after the
+    change.
     """
     if by not in SPLIT_BY:
         raise InputError(f"unknown --by {by!r}; choose {', '.join(SPLIT_BY)}")
+    if overwrite and new_only:
+        raise InputError("--overwrite reassigns every row and --new-only only rows without a split: give one")
     with StoreReader(root) as reader:
         rows = reader.select()
         if rows.size == 0:
             raise InputError(f"{root}: no ok rows to split")
         meta = reader.metadata([schema.ID, schema.LABEL, schema.GENERATOR, schema.SPLIT])
         have = meta[schema.SPLIT][rows].astype(str)
-        if not overwrite and (have != "").any():
+        if not overwrite and not new_only and (have != "").any():
             found = ", ".join(f"{s} {n}" for s, n in sorted(Counter(have[have != ""].tolist()).items()))
+            n_new = int((have == "").sum())
             raise InputError(f"{int((have != '').sum())} of {rows.size} rows already have a split ({found}); "
-                             "add --overwrite to reassign every row")
+                             + (f"add --new-only to split the {n_new} rows without one, or " if n_new else "")
+                             + "add --overwrite to reassign every row")
+        todo = have == "" if new_only else np.ones(rows.size, bool)
+        if not todo.any():
+            raise InputError(f"every one of the {rows.size} ok rows has a split already; nothing to do "
+                             "(--overwrite reassigns them all)")
         labels = meta[schema.LABEL][rows].astype(str)
-        groups = None if by == "label" else meta[schema.GENERATOR][rows].astype(str)
+        groups = None if by == "label" else meta[schema.GENERATOR][rows][todo].astype(str)
         ids = meta[schema.ID][rows].astype(str)
-        new = assign_splits(ids, labels, groups, val=val, test=test, seed=seed)
-        current = {i: {schema.SPLIT: s} for i, s in zip(ids, have)}
-    res = write_changes(root, [Change(i, split=str(s)) for i, s in zip(ids, new)], current, command=command)
-    counts = Counter(zip(new.tolist(), labels.tolist()))
+        new = assign_splits(ids[todo], labels[todo], groups, val=val, test=test, seed=seed)
+        current = {i: {schema.SPLIT: s} for i, s in zip(ids[todo], have[todo])}
+    res = write_changes(root, [Change(i, split=str(s)) for i, s in zip(ids[todo], new)], current, command=command)
+    final = have.copy()
+    final[todo] = new
+    counts = Counter(zip(final.tolist(), labels.tolist()))
     order = {s: k for k, s in enumerate(SPLIT_NAMES)}
     table = [{"split": s, "label": lab, "n": n} for (s, lab), n in
              sorted(counts.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1]))]

@@ -151,13 +151,15 @@ def split_cmd(store: Path = StoreDir,
                                      "and fakes apart) or label."),
               seed: int = typer.Option(0, "--seed", help="Random seed."),
               overwrite: bool = typer.Option(False, "--overwrite", help="Reassign rows that already have a split."),
+              new_only: bool = typer.Option(False, "--new-only", help="Split only the rows without a split (e.g. "
+                                            "added after an earlier split); the others keep theirs."),
               as_json: bool = typer.Option(False, "--json", help="Print JSON for other programs.")):
     """Assign train / val / test splits (seeded, stratified) in the metadata overlay; shards are not touched."""
     from item.api import open_store
 
-    res = open_store(store).split(val=val, test=test, by=by, seed=seed, overwrite=overwrite,
+    res = open_store(store).split(val=val, test=test, by=by, seed=seed, overwrite=overwrite, new_only=new_only,
                                   command=f"item store split {store} --val {val} --test {test} --by {by} "
-                                          f"--seed {seed}")
+                                          f"--seed {seed}" + (" --new-only" if new_only else ""))
     if as_json:
         emit_json({"overlay_version": res.version, "overlay_digest": res.digest, "n_changed": res.n_changed,
                    "counts": res.counts})
