@@ -274,3 +274,26 @@ def test_rows_added_after_a_split_are_named_by_train_and_split_with_new_only(tmp
     r = cli("train", store, "--out", tmp_path / "h", "--head", "logistic")
     assert r.exit_code == 0 and "no split" not in r.stderr, r.output
     assert "nothing to do" in one_error(cli("store", "split", store, "--new-only"))
+
+
+# -- 11. predict's advice names its own options ----------------------------------------------------------
+def test_predict_with_a_hub_model_not_in_the_cache_names_its_own_options(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    folder = tmp_path / "imgs"
+    for i, lab in enumerate(["0_real", "1_fake"] * 3):
+        (folder / lab).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24 + i, 20), (40 * i, 20, 30)).save(folder / lab / f"{i}.png")
+    store, head = tmp_path / "s", tmp_path / "h"
+    assert cli("featurize", folder, "--store", store, "--models", "tiny-random", "--workers", "0").exit_code == 0
+    assert cli("train", store, "--out", head, "--head", "logistic", "--train-split", "all",
+               "--val-fraction", "0.5").exit_code == 0
+    info = json.loads((head / "head.json").read_text())
+    hub = "Salesforce/blip-image-captioning-base"  # a hub id this offline machine has never cached
+    info["compat"]["captioner"] = hub
+    info["models"]["spec"]["captioner"] = hub
+    (head / "head.json").write_text(json.dumps(info))
+    line = one_error(cli("predict", folder / "0_real" / "0.png", "--head", head))
+    assert hub in line and "--model-path" in line and "--captioner" not in line, line
