@@ -277,6 +277,7 @@ def test_rows_added_after_a_split_are_named_by_train_and_split_with_new_only(tmp
 
 
 # -- 11. predict's advice names its own options ----------------------------------------------------------
+@pytest.mark.slow
 def test_predict_with_a_hub_model_not_in_the_cache_names_its_own_options(tmp_path, monkeypatch):
     from PIL import Image
 
@@ -297,3 +298,45 @@ def test_predict_with_a_hub_model_not_in_the_cache_names_its_own_options(tmp_pat
     (head / "head.json").write_text(json.dumps(info))
     line = one_error(cli("predict", folder / "0_real" / "0.png", "--head", head))
     assert hub in line and "--model-path" in line and "--captioner" not in line, line
+
+
+# -- 12. file names that are not UTF-8 -----------------------------------------------------------------
+@pytest.mark.slow
+def test_a_file_name_that_is_not_utf8_is_stored_so_that_it_opens_again(tmp_path):
+    import hashlib
+
+    from PIL import Image
+
+    from item.store import openable_path
+
+    folder = tmp_path / "imgs"
+    (folder / "0_real").mkdir(parents=True)
+    (folder / "1_fake").mkdir(parents=True)
+    raw = os.fsencode(folder / "0_real") + b"/caf\xe9 \\x41.png"  # a Latin-1 name with a backslash in it
+    try:
+        with open(raw, "wb") as f:
+            Image.new("RGB", (30, 20), (200, 30, 40)).save(f, format="PNG")
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    Image.new("RGB", (30, 20), (10, 30, 40)).save(folder / "1_fake" / "plain.png")
+    store = tmp_path / "s"
+    r = cli("featurize", folder, "--store", store, "--models", "tiny-random", "--workers", "0")
+    assert r.exit_code == 0, r.output
+    with StoreReader(store) as rd:
+        meta = rd.metadata([schema.ID, schema.PATH, schema.STATUS])
+    row = [i for i, p in enumerate(meta[schema.PATH].astype(str)) if "caf" in p][0]
+    assert meta[schema.STATUS][row] == schema.STATUS_OK
+    stored = str(meta[schema.PATH][row])
+    stored.encode("utf-8")  # what HDF5 holds is text
+    back = openable_path(stored)
+    assert os.fsencode(back) == raw
+    with open(back, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == str(meta[schema.ID][row])
+    # a name that is UTF-8 comes back as it is
+    plain = [str(p) for p in meta[schema.PATH].astype(str) if "plain" in p][0]
+    assert openable_path(plain) == plain
+    # a second run finds the file already stored (by path), adding nothing
+    r = cli("featurize", folder, "--store", store, "--models", "tiny-random", "--workers", "0")
+    assert r.exit_code == 0, r.output
+    with StoreReader(store) as rd:
+        assert rd.n_images == 2

@@ -452,7 +452,10 @@ class Service:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
                 return self._thumbs[key]
-        path = str(self.meta[schema.PATH][row])  # recorded by featurize, never taken from the request
+        from item.store import openable_path
+
+        # recorded by featurize, never taken from the request (a non-UTF-8 name given back its bytes)
+        path = openable_path(str(self.meta[schema.PATH][row]))
         if not self.decode_slots.acquire(timeout=SLOT_WAIT_S):
             raise RequestError("the server is busy decoding images; try again shortly", status=503, reason="busy")
         try:
