@@ -340,3 +340,64 @@ def test_a_file_name_that_is_not_utf8_is_stored_so_that_it_opens_again(tmp_path)
     assert r.exit_code == 0, r.output
     with StoreReader(store) as rd:
         assert rd.n_images == 2
+
+
+# -- 5. JSON Lines split on \n only ------------------------------------------------------------------
+@pytest.mark.slow
+def test_json_lines_with_unicode_line_separators_inside_strings_lose_no_row(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rows = []
+    for i, sep in enumerate(["\u2028", "\u2029", "\x85", ""]):
+        p = folder / f"{i}.png"
+        Image.new("RGB", (24 + i, 20), (50 * i, 20, 30)).save(p)
+        rows.append({"path": str(p), "label": "real" if i % 2 else "fake", "generator": f"gen{sep}x",
+                     "caption": f"a dog{sep}on grass"})
+    manifest = tmp_path / "m.jsonl"
+    # what json.dumps(..., ensure_ascii=False) writes: the separators raw, inside the strings
+    manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    store = tmp_path / "s"
+    r = cli("featurize", manifest, "--store", store, "--models", "tiny-random", "--workers", "0")
+    assert r.exit_code == 0 and "not valid JSON" not in r.output, r.output
+    with StoreReader(store) as rd:
+        meta = rd.metadata([schema.PATH, schema.CAPTION, schema.GENERATOR])
+    got = {p: (c, g) for p, c, g in zip(*(meta[k].astype(str) for k in (schema.PATH, schema.CAPTION,
+                                                                          schema.GENERATOR)))}
+    assert len(got) == 4
+    for row in rows:
+        assert got[row["path"]][1] == row["generator"]
+    # annotate reads JSON Lines the same way
+    fix = tmp_path / "fix.jsonl"
+    fix.write_text("".join(json.dumps({"path": r_["path"], "generator": "new\u2028gen"}, ensure_ascii=False) + "\n"
+                           for r_ in rows), encoding="utf-8")
+    r = cli("store", "annotate", store, fix, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n_matched"] == 4
+    with StoreReader(store) as rd:
+        assert set(rd.metadata([schema.GENERATOR])[schema.GENERATOR].astype(str)) == {"new\u2028gen"}
+
+
+# -- 8. the same bytes under two labels ---------------------------------------------------------------
+@pytest.mark.slow
+def test_identical_bytes_with_conflicting_labels_get_one_message_naming_both_and_the_fix(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (30, 20), (90, 20, 30)).save(folder / "a.png")
+    shutil.copy(folder / "a.png", folder / "b.png")
+    Image.new("RGB", (30, 22), (10, 20, 30)).save(folder / "c.png")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label\n{folder / 'a.png'},real\n{folder / 'b.png'},fake\n{folder / 'c.png'},real\n")
+    store = tmp_path / "s"
+    r = cli("featurize", manifest, "--store", store, "--models", "tiny-random", "--workers", "0")
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.stderr.splitlines() if "a.png" in ln and "b.png" in ln]
+    assert len(lines) == 1 and "cannot be both" in lines[0], r.stderr
+    assert "already in the store" not in lines[0]
+    assert not any("item store annotate" in ln and "to apply them" in ln for ln in r.stderr.splitlines()), r.stderr
+    # annotate with that manifest says the same, naming both rows
+    line = one_error(cli("store", "annotate", store, manifest))
+    assert "a.png" in line and "b.png" in line and "cannot be both" in line

@@ -148,8 +148,9 @@ def annotate_store(root, updates: list[Update], command: str = "") -> AnnotateRe
             for c in FIELDS:
                 a, b = getattr(old, c), getattr(new, c)
                 if a is not None and b is not None and a != b:
-                    raise InputError(f"{first[key]} and {u.origin} name the same image with different {c} "
-                                     f"({a!r}, {b!r})")
+                    raise InputError(f"{first[key]} and {u.origin} name the same image (identical bytes) with "
+                                     f"different {c} ({a!r}, {b!r}); one image cannot be both: correct one of "
+                                     "these rows")
                 if a is None:
                     setattr(old, c, b)
         else:
@@ -160,28 +161,70 @@ def annotate_store(root, updates: list[Update], command: str = "") -> AnnotateRe
                           res.changed_by_field, dict(matched_by), missing)
 
 
+def _stored_rows_of(reader) -> tuple[dict, dict]:
+    """({stored path or alias path: store row}, metadata) for matching inputs with stored images."""
+    meta = reader.metadata([schema.ID, schema.PATH, *FIELDS])
+    row_of = {p: k for k, p in enumerate(meta[schema.PATH].astype(str))}
+    id_row = {i: k for k, i in enumerate(meta[schema.ID].astype(str))}
+    aliases = reader.aliases()
+    for p, i in zip(aliases[schema.ALIAS_PATH].astype(str), aliases[schema.ALIAS_ID].astype(str)):
+        if p not in row_of and i in id_row:
+            row_of[p] = id_row[i]
+    return row_of, meta
+
+
+def input_conflicts(root, rows) -> list[list[tuple[str, str, str]]]:
+    """Inputs that are one stored image (the same bytes) under different labels, generators or splits.
+
+    ``rows``: (path, label, generator, split) of a run's inputs, as for :func:`metadata_disagreements`.
+    Returns one group per image: [(path, field, given value), ...] for the inputs that disagree (in input
+    order). No annotation can apply both values: one of the rows is wrong and must be corrected.
+    """
+    with StoreReader(root) as reader:
+        row_of, _ = _stored_rows_of(reader)
+    given: dict[int, list] = {}
+    for path, *values in rows:
+        k = row_of.get(storable_text(path))
+        if k is not None:
+            given.setdefault(k, []).append((path, values))
+    out = []
+    for entries in given.values():
+        for j, c in enumerate(FIELDS):
+            named = [(p, v[j]) for p, v in entries if v[j] and not (c == schema.LABEL and v[j] == "unknown")]
+            if len({v for _, v in named}) > 1:
+                out.append([(p, c, v) for p, v in named])
+    return out
+
+
 def metadata_disagreements(root, rows) -> list[tuple[str, str, str, str]]:
     """Inputs already stored whose given metadata differs from what readers see.
 
     ``rows``: (path, label, generator, split) of a featurize run's inputs; an empty value (and label
-    'unknown') counts as not given. Returns (path, field, stored value, given value), one per field.
+    'unknown') counts as not given. Inputs that contradict each other (:func:`input_conflicts`) are
+    left out: annotating cannot resolve them. Returns (path, field, stored value, given value), one per
+    field.
     """
+    conflicting = {(p, c) for group in input_conflicts(root, rows) for p, c, _ in group}
     with StoreReader(root) as reader:
-        meta = reader.metadata([schema.ID, schema.PATH, *FIELDS])
-        row_of = {p: k for k, p in enumerate(meta[schema.PATH].astype(str))}
-        id_row = {i: k for k, i in enumerate(meta[schema.ID].astype(str))}
-        aliases = reader.aliases()
-        for p, i in zip(aliases[schema.ALIAS_PATH].astype(str), aliases[schema.ALIAS_ID].astype(str)):
-            if p not in row_of and i in id_row:
-                row_of[p] = id_row[i]
+        row_of, meta = _stored_rows_of(reader)
     out = []
     for path, *values in rows:
         k = row_of.get(storable_text(path))
         if k is None:
             continue
         for c, v in zip(FIELDS, values):
-            if not v or (c == schema.LABEL and v == "unknown"):
+            if not v or (c == schema.LABEL and v == "unknown") or (path, c) in conflicting:
                 continue
             if str(meta[c][k]) != v:
                 out.append((path, c, str(meta[c][k]), v))
     return out
+
+
+def conflict_message(group: list[tuple[str, str, str]], n_groups: int = 1) -> str:
+    """One line for inputs that are the same bytes under different values of one field, and the fix."""
+    field = group[0][1]
+    named = " and ".join(f"{p} ({field} {v!r})" for p, _, v in group[:3])
+    more = f" ({n_groups - 1} more such images)" if n_groups > 1 else ""
+    return (f"{named} are the same image (identical bytes) given different {field}s{more}; one image cannot be "
+            f"both: correct the {field} of one of these rows in the manifest (the store keeps the first, "
+            f"{group[0][2]!r}; `item store annotate` applies a corrected manifest)")
