@@ -106,13 +106,18 @@ def _host_name(value: str) -> str:
 def allowed_host_names(host: str, extra=()) -> frozenset:
     """The Host names a server listening on ``host`` answers to: loopback names, ``host`` itself and ``extra``.
 
-    Listening on every address (0.0.0.0 or ::) adds this machine's host name and fully qualified name.
+    Listening on every address (0.0.0.0 or ::) adds this machine's host name, fully qualified name and the
+    addresses that name resolves to; any other name or address needs ``extra`` (``--allow-host``).
     """
     import socket
 
     names = set(LOCAL_HOSTS) | {_host_name(host) or host.lower()} | {_host_name(h) for h in extra if h.strip()}
     if host in ("0.0.0.0", "::", "[::]"):
         names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+        try:  # the addresses the machine's name resolves to (best effort: no resolver, no addresses)
+            names |= set(socket.gethostbyname_ex(socket.gethostname())[2])
+        except OSError:
+            pass
     return frozenset(n for n in names if n)
 
 
