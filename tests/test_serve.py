@@ -334,7 +334,7 @@ def _png_header_only(width, height) -> bytes:
 
 
 def test_uploads_have_their_own_pixel_budget_checked_from_the_header(served):
-    from item.featurize.decode import DEFAULT_MAX_PIXELS
+    from item.featurize.inputs.decode import DEFAULT_MAX_PIXELS
 
     c = served["client"]
     limits = c.get("/api/health").json()["limits"]

@@ -67,9 +67,9 @@ def featurize_cmd(
     import dataclasses
 
     from item.featurize import FeaturizeConfig, featurize_store, resolve_models
-    from item.featurize.decode import DEFAULT_MAX_PIXELS
-    from item.featurize.inputs import discover
-    from item.featurize.perturb import parse_perturb
+    from item.featurize.inputs.decode import DEFAULT_MAX_PIXELS
+    from item.featurize.inputs.discover import discover
+    from item.featurize.inputs.perturb import parse_perturb
 
     perturbation = parse_perturb(perturb or None)
     disc = discover(list(sources), label=label, generator=generator, split=split)
@@ -129,7 +129,7 @@ def featurize_cmd(
     for k, v in summary.mixed_identity.items():
         warn(f"--allow-mixed: {k} was {v['run']!r} in this run, the store's is {v['store']!r}")
     if augment:
-        from item.featurize.augment import augment_store
+        from item.featurize.inputs.augment import augment_store
 
         with progress_bar(None, "augmenting") as advance:
             augmented = augment_store(disc.rows, store, models=run_models, config=config, specs=augment,
@@ -155,13 +155,17 @@ def featurize_cmd(
 
 def _after_run_warnings(store: Path, rows, sources) -> None:
     """Rows without a label, and stored rows whose metadata this run's sources now contradict."""
-    from item.store.annotate import metadata_disagreements
+    from item.store.annotate import conflict_message, input_conflicts, metadata_disagreements
 
     unlabelled = sum(r.label == "unknown" for r in rows)
     if unlabelled:
         warn(f"{unlabelled} of {len(rows)} inputs have no label (no label column or value; stored as 'unknown', "
              f"and no head trains on them): add labels and run `item store annotate {store} MANIFEST`")
-    diff = metadata_disagreements(store, [(r.path, r.label, r.generator, r.split) for r in rows])
+    given = [(r.path, r.label, r.generator, r.split) for r in rows]
+    conflicts = input_conflicts(store, given)
+    if conflicts:  # the same bytes under two labels: no annotation can fix that, the manifest must be corrected
+        warn(conflict_message(conflicts[0], len(conflicts)))
+    diff = metadata_disagreements(store, given)
     if diff:
         n = len({d[0] for d in diff})
         path, field, have, given = diff[0]

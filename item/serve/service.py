@@ -142,7 +142,7 @@ class Service:
                  models=None):
         from item.classify.heads import load_head
         from item.classify.train import check_head_fits
-        from item.featurize.decode import DEFAULT_MAX_PIXELS
+        from item.featurize.inputs.decode import DEFAULT_MAX_PIXELS
         from item.store import StoreReader, list_indexes
         from item.store import schema
 
@@ -348,7 +348,7 @@ class Service:
 
     def _featurize_upload(self, data: bytes, caption: str | None):
         """The upload's ImageRecord: header checked, then decoded and featurized under the model lock."""
-        from item.featurize.decode import SKIP_REASONS, DecodeError, decode_image, probe_image
+        from item.featurize.inputs.decode import SKIP_REASONS, DecodeError, decode_image, probe_image
 
         # A name this process makes up, in a folder only it writes: nothing from the request is a path.
         path = os.path.join(self._upload_dir, uuid.uuid4().hex)
@@ -441,7 +441,7 @@ class Service:
         """JPEG bytes of a stored image, longest side THUMB_SIZES[size]; only for ids in the store."""
         from PIL import Image
 
-        from item.featurize.decode import DecodeError, decode_image
+        from item.featurize.inputs.decode import DecodeError, decode_image
         from item.store import schema
 
         if size not in THUMB_SIZES:
