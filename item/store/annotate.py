@@ -180,14 +180,14 @@ def annotate_store(root, updates: list[Update], command: str = "") -> AnnotateRe
             for c in FIELDS:
                 a, b = getattr(old, c), getattr(new, c)
                 if a is not None and b is not None and a != b:
-                    raise InputError(f"{first[key]} and {u.origin} name the same image (identical bytes) with "
-                                     f"different {c} ({a!r}, {b!r}); one image cannot be both: correct one of "
-                                     "these rows")
+                    raise InputError(f"{first[key]} and {u.origin} ({u.path or u.id}) name the same image (identical "
+                                     f"bytes) with different {c} ({a!r}, {b!r}); one image cannot be both: correct "
+                                     "one of these rows")
                 if a is None:
                     setattr(old, c, b)
         else:
             changes[key] = new
-            first[key] = u.origin
+            first[key] = f"{u.origin} ({u.path or u.id})"
     res = write_changes(root, list(changes.values()), current, command=command)
     return AnnotateResult(res.version, res.digest, len(updates), sum(matched_by.values()), res.n_changed,
                           res.changed_by_field, dict(matched_by), missing)
