@@ -64,7 +64,7 @@ def split_store(root, *, val: float = 0.2, test: float = 0.2, by: str = "generat
         new = assign_splits(ids[todo], labels[todo], groups, val=val, test=test, seed=seed)
         current = {i: {schema.SPLIT: s} for i, s in zip(ids[todo], have[todo])}
     res = write_changes(root, [Change(i, split=str(s)) for i, s in zip(ids[todo], new)], current, command=command)
-    final = have.copy()
+    final = have.astype(object)
     final[todo] = new
     counts = Counter(zip(final.tolist(), labels.tolist()))
     order = {s: k for k, s in enumerate(SPLIT_NAMES)}
