@@ -110,7 +110,7 @@ def test_boxes_lying_in_the_padding_never_count():
     rel = torch.tensor([[0.5, 0.9, 0.2, 0.1],    # y from 114 to 127 of 134: below the 20-pixel image
                         [0.5, 0.05, 0.2, 0.1],   # y from 0 to 13: inside
                         [0.3, 0.8, 0.1, 0.2]])   # y from 94 to 121: below
-    dog, car = select_boxes(p, spans, rel, (400, 20), (400.0, 134.0), 0.3, 0.25)
+    dog, car = select_boxes(p, rel, torch.tensor([True, True]), spans, (400, 20), (400.0, 134.0), 0.3, 0.25)
     assert car is None
     assert dog is not None and dog.score == pytest.approx(0.60)
     assert dog.y1 <= 20 and (dog.x1 - dog.x0) * (dog.y1 - dog.y0) >= MIN_BOX_AREA

@@ -173,3 +173,29 @@ def test_schema_1_store_stays_readable_and_is_refused_on_resume(tmp_path):
     assert info["identity"]["device_class"] == schema.UNRECORDED
     r = _featurize(_manifest(tmp_path / "b", 1, seed=3), store)
     assert r.exit_code == 1 and "clip_activation: store has 'unrecorded'" in r.output
+
+
+def test_schema_2_store_reads_its_box_selection_as_unrecorded_and_is_refused_on_resume(tmp_path):
+    """Schema 3 added the grounder's box selection rule to the identity (Grounding DINO's rule changed in
+    issue 19): a schema-2 store stays readable and valid, and new rows, selected by another rule, are refused."""
+    store = tmp_path / "s"
+    assert _featurize(_manifest(tmp_path / "a", 2, seed=1), store).exit_code == 0
+    with StoreReader(store) as r:
+        assert r.compat["box_selection"] == "gdino-all-tokens-1"
+    from item.store.shards import file_sha256
+
+    m = json.loads((store / schema.MANIFEST).read_text())
+    m["schema_version"] = 2
+    m["compat"] = {k: v for k, v in m["compat"].items() if k != "box_selection"}
+    for entry in m["shards"]:  # as ITEM wrote them under schema 2, with their own sizes and checksums
+        shard = store / schema.SHARD_DIR / entry["name"]
+        with h5py.File(shard, "a") as f:
+            f.attrs[schema.A_SCHEMA] = 2
+            f.attrs[schema.A_COMPAT] = json.dumps(m["compat"], sort_keys=True)
+        entry.update(bytes=shard.stat().st_size, sha256=file_sha256(shard))
+    (store / schema.MANIFEST).write_text(json.dumps(m))
+    with StoreReader(store) as r:
+        assert r.compat["box_selection"] == schema.UNRECORDED and r.n_images == 2
+    assert validate(store).ok, validate(store).problems
+    r = _featurize(_manifest(tmp_path / "b", 1, seed=3), store)
+    assert r.exit_code == 1 and "box_selection: store has 'unrecorded'" in r.output

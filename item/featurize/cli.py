@@ -30,6 +30,9 @@ def featurize_cmd(
     ground_size: Optional[int] = typer.Option(None, help="Grounder input size, shortest side in pixels "
                                               "(default: the model's own, 800 for Grounding DINO). Smaller is "
                                               "faster; what it costs in quality only real weights can tell."),
+    ground_batch_size: int = typer.Option(0, min=0, help="Images per grounder forward; 0: 4 on CUDA, 1 on CPU. Only "
+                                          "images of one prepared shape share a forward, so it changes no box "
+                                          "(recorded in the run's manifest entry)."),
     box_threshold: Optional[float] = typer.Option(None, help="Grounding DINO box threshold (preset default 0.35)."),
     text_threshold: Optional[float] = typer.Option(None, help="Grounding DINO text threshold (preset default 0.25)."),
     max_objects: int = typer.Option(8, help="At most this many nouns per caption are grounded."),
@@ -106,6 +109,7 @@ def featurize_cmd(
                                    text_threshold=spec.text_threshold if text_threshold is None else text_threshold)
     config = FeaturizeConfig(
         batch_size=batch_size, clip_batch_size=clip_batch_size, caption_batch_size=caption_batch_size,
+        ground_batch_size=ground_batch_size,
         max_objects=max_objects, workers=workers,
         shard_size=shard_size, perturb=str(perturbation), device=device, noun_prompt=noun_prompt,
         max_pixels=(None if max_pixels == 0 else (max_pixels or DEFAULT_MAX_PIXELS)),

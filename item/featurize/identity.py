@@ -9,6 +9,8 @@ never share a store, and a head trained on one is not applied to the other (see
 - ``caption_cleanup``: the version of the BLIP artefact clean-up applied before CLIP (``captioner.CLEANUP_VERSION``);
 - ``nouns_version`` and ``noun_prompt``: which nouns are found and the text each is encoded as;
 - ``box_threshold`` / ``text_threshold`` / ``ground_input``: the grounder's thresholds and input size;
+- ``box_selection``: the rule that picks a noun's box from the detector's output (the grounder family's
+  ``BOX_SELECTION``; Grounding DINO's changed in issue 19 to keep queries by every prompt token);
 - ``open_clip_version`` / ``transformers_version``: major.minor of the libraries that build the models;
 - ``device_class`` / ``precision``: 'cpu' or 'cuda', and 'fp32' or 'fp16-autocast' (CUDA runs autocast).
 """
@@ -56,6 +58,7 @@ def identity_fields(models, noun_prompt: str) -> dict:
         "box_threshold": float(g.box_threshold) if g is not None else NONE,
         "text_threshold": float(g.text_threshold) if g is not None else NONE,
         "ground_input": json.dumps(g.info.get("input_size"), sort_keys=True) if g is not None else NONE,
+        "box_selection": str(g.info.get("box_selection", NONE)) if g is not None else NONE,
         "open_clip_version": major_minor(open_clip.__version__),
         "transformers_version": tf_version,
         "device_class": "cuda" if str(models.device).startswith("cuda") else "cpu",

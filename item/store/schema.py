@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2  # 2: image column caption_encoded; identity keys in compat (see versions.MIGRATIONS)
+SCHEMA_VERSION = 3  # 2: image column caption_encoded; identity keys in compat. 3: identity key box_selection
+# (see versions.MIGRATIONS)
 STORE_FORMAT = "item-store"
 
 MANIFEST = "manifest.json"
@@ -174,7 +175,7 @@ COLUMN_FALLBACK = {CAPTION_ENCODED: CAPTION}
 # item.featurize.identity for what each means.
 IDENTITY_KEYS = ("clip_activation", "crop_mode", "caption_cleanup", "nouns_version", "noun_prompt",
                  "box_threshold", "text_threshold", "ground_input", "open_clip_version", "transformers_version",
-                 "device_class", "precision")
+                 "device_class", "precision", "box_selection")
 COMPAT_KEYS = ("clip_model", "clip_pretrained", "embed_dim", "preprocess_hash", "captioner", "grounder",
                "recipe", "misalignment_dim", "random_weights", "perturbation", "max_objects") + IDENTITY_KEYS
 #: Identity keys that ``--allow-mixed`` may override: the same models, weights and texts computed by another
@@ -182,7 +183,8 @@ COMPAT_KEYS = ("clip_model", "clip_pretrained", "embed_dim", "preprocess_hash", 
 #: fp32: about 1e-3 per embedding), not in what they mean. Everything else (activation, crops, clean-up,
 #: nouns, prompt, thresholds, input size) changes what is computed and is never mixed.
 ALLOW_MIXED_KEYS = ("open_clip_version", "transformers_version", "device_class", "precision")
-#: What a schema-1 store records for an identity key it never had.
+#: What a store written before an identity key existed records for it (schema 1: every key; schema 2:
+#: box_selection).
 UNRECORDED = "unrecorded"
 
 # Index sidecar keys

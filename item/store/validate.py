@@ -122,7 +122,7 @@ def _check_shard(f, name, entry, d, m, manifest, rep, ids, totals, check_values,
         return
     try:
         shard_compat = json.loads(f.attrs[schema.A_COMPAT])
-        if int(f.attrs.get(schema.A_SCHEMA, -1)) < 2:  # schema 1 recorded no identity keys (manifest._v1_to_v2)
+        if int(f.attrs.get(schema.A_SCHEMA, -1)) < schema.SCHEMA_VERSION:  # keys it never had (versions.MIGRATIONS)
             shard_compat = {**{k: schema.UNRECORDED for k in schema.IDENTITY_KEYS}, **shard_compat}
         if shard_compat != manifest["compat"]:
             rep.problems.append(f"{name}: written with other models/preprocessing than the manifest says")

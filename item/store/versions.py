@@ -29,7 +29,18 @@ def _v1_to_v2(manifest: dict) -> dict:
     return m
 
 
-MIGRATIONS: dict = {1: _v1_to_v2}
+def _v2_to_v3(manifest: dict) -> dict:
+    """Schema 3 records the grounder's box selection rule (identity key box_selection): Grounding DINO's
+    changed (queries are kept by every prompt token, as the reference does, no longer by the nouns' alone), so
+    a schema-2 store's rule reads as 'unrecorded' and new rows are refused, naming the key. Shards and
+    columns are unchanged."""
+    m = dict(manifest)
+    m["compat"] = {"box_selection": schema.UNRECORDED, **manifest.get("compat", {})}
+    m["schema_version"] = 3
+    return m
+
+
+MIGRATIONS: dict = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def check_version(version, what: str) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from item.errors import InputError, ModelLoadError
-from item.featurize.models.hub import file_sha256, hf_cache_dir, hub_offline
+from item.featurize.models.hub import autocast_for, file_sha256, hf_cache_dir, hub_offline
 
 RANDOM_SEED = 0
 _CHECKPOINT_NAMES = (
@@ -86,13 +86,7 @@ class ClipEncoder:
         self.context_length = int(getattr(model, "context_length", None) or getattr(tokenizer, "context_length", 77))
 
     def _autocast(self):
-        import contextlib
-
-        import torch
-
-        if str(self.device).startswith("cuda"):
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
+        return autocast_for(self.device)
 
     def encode_images(self, pixels) -> np.ndarray:
         """(n, 3, H, W) float tensor from `preprocess` -> (n, embed_dim) float32, L2-normalised rows."""

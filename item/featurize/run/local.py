@@ -44,6 +44,7 @@ class RunSummary:
     device: str = ""
     interrupted: bool = False
     mixed_identity: dict = field(default_factory=dict)  # allow_mixed: {key: {'store': v, 'run': v}}
+    ground_batch_size: int = 0  # images per grounder forward in effect (FeaturizeConfig.ground_batch_size)
 
     @property
     def text_cache_hit_rate(self) -> float:
@@ -96,6 +97,7 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
     from item.store.manifest import now
 
     summary = RunSummary(started=now(), n_inputs=len(rows), device=models.device,
+                         ground_batch_size=config.resolved_ground_batch_size(models.device),
                          mixed_identity=dict(mixed_identity or {}))
     t0 = time.perf_counter()
     ids = hash_inputs(rows, hash_progress)
