@@ -62,7 +62,8 @@ def main(argv=None) -> int:
                 cap.caption_prepared(pixels[s:s + args.batch], n)
             times[n].append((time.perf_counter() - t) / len(pixels))
             print(f"rep {rep} {n}: {times[n][-1] * 1000:.1f} ms/image", file=sys.stderr)
-    results = [{"decoding": n, "settings": CAPTION_DECODINGS[n], "ms_per_image": round(1000 * statistics.median(times[n]), 2),
+    results = [{"decoding": n, "settings": CAPTION_DECODINGS[n],
+                "ms_per_image": round(1000 * statistics.median(times[n]), 2),
                 "all_ms_per_image": [round(1000 * x, 2) for x in times[n]], "mean_caption_tokens": round(lengths[n], 2)}
                for n in names]
     ratio = results[0]["ms_per_image"] / results[1]["ms_per_image"]

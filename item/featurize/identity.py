@@ -83,6 +83,7 @@ def adopt_mixable(store_compat: dict, compat: dict) -> tuple[dict, dict]:
     if why:
         k = next(k for k in differ if k in schema.DEVICE_KEYS)
         raise InputError(f"--allow-mixed refused: {k} is {store_compat.get(k)!r} in the store and "
-                         f"{compat.get(k)!r} in this run, and {why}; resume on the store's device or use another --store")
+                         f"{compat.get(k)!r} in this run, and {why}; resume on the store's device or use another "
+                         "--store")
     mixed = {k: {"store": store_compat.get(k), "run": compat.get(k)} for k in differ}
     return {**compat, **{k: store_compat[k] for k in mixed}}, mixed

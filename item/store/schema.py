@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 3  # 2: image column caption_encoded; identity keys in compat. 3: caption_decoding (versions.MIGRATIONS)
+# 2: image column caption_encoded; identity keys in compat. 3: caption_decoding (see versions.MIGRATIONS)
+SCHEMA_VERSION = 3
 STORE_FORMAT = "item-store"
 
 MANIFEST = "manifest.json"
