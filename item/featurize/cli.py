@@ -49,8 +49,8 @@ def featurize_cmd(
                                     "{noun}.') or bare ('{noun}'); recorded in the store."),
     caption_decoding: str = typer.Option("authors", help="How BLIP's captions are decoded: authors (the BLIP "
                                          "authors' captioning: prompt 'a picture of ', 3 beams, 5-20 tokens) or "
-                                         "greedy (no prompt, greedy: cheaper, 3x on the tiny model); recorded in the "
-                                         "store."),
+                                         "greedy (no prompt, greedy search, up to 30 new tokens: ITEM's decoding "
+                                         "before); recorded in the store."),
     allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Resume a store made under another library "
                                      "version, device class or precision (rounding-level differences only; "
                                      "device class and precision only where no captioner or grounder ran; "

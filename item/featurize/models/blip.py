@@ -18,7 +18,7 @@ key ``caption_decoding``):
   its ``max_length`` / ``min_length`` count the prompt's tokens, as the authors' do.
 - ``greedy``: ITEM's decoding before caption_decoding existed (stores of schema 2 and older read as it):
   greedy, no prompt, at most 30 new tokens (a config's ``item_max_new_tokens`` lowers it: the tiny random
-  model uses 12). Cheaper than the beam search: 3x on the tiny random model (BENCHMARKS.md section 8).
+  model uses 12). Its cost against the beam search depends on where captions end: BENCHMARKS.md section 8.
 """
 
 from __future__ import annotations

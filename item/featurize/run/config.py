@@ -43,7 +43,7 @@ class FeaturizeConfig:
     cpus_per_actor: float = 0.5  # below 1 so that actors and the decode tasks fit a small machine
     noun_prompt: str = DEFAULT_NOUN_PROMPT  # a name in nouns.NOUN_PROMPTS: the text each noun is encoded as
     # How BLIP's captions are decoded: a name in blip.CAPTION_DECODINGS ('authors': the BLIP authors' prompt and
-    # beam search; 'greedy': cheaper, 3x on the tiny model). Part of a store's identity (compat caption_decoding).
+    # beam search; 'greedy': no prompt, up to 30 new tokens). Part of a store's identity (compat caption_decoding).
     caption_decoding: str = "authors"
 
     def resolved_batch_size(self, device: str) -> int:
