@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 3  # 2: image column caption_encoded; identity keys in compat. 3: identity key box_selection
-# (see versions.MIGRATIONS)
+# 2: image column caption_encoded; identity keys in compat. 3: identity keys caption_decoding and
+# box_selection (see versions.MIGRATIONS)
+SCHEMA_VERSION = 3
 STORE_FORMAT = "item-store"
 
 MANIFEST = "manifest.json"
@@ -173,7 +174,7 @@ COLUMN_FALLBACK = {CAPTION_ENCODED: CAPTION}
 # Keys of manifest['compat']: rows that differ in any of them never share a store. The identity keys
 # (from clip_activation on) say what decides the numbers beyond the models' names; see
 # item.featurize.identity for what each means.
-IDENTITY_KEYS = ("clip_activation", "crop_mode", "caption_cleanup", "nouns_version", "noun_prompt",
+IDENTITY_KEYS = ("clip_activation", "crop_mode", "caption_decoding", "caption_cleanup", "nouns_version", "noun_prompt",
                  "box_threshold", "text_threshold", "ground_input", "open_clip_version", "transformers_version",
                  "device_class", "precision", "box_selection")
 COMPAT_KEYS = ("clip_model", "clip_pretrained", "embed_dim", "preprocess_hash", "captioner", "grounder",
@@ -183,8 +184,36 @@ COMPAT_KEYS = ("clip_model", "clip_pretrained", "embed_dim", "preprocess_hash", 
 #: fp32: about 1e-3 per embedding), not in what they mean. Everything else (activation, crops, clean-up,
 #: nouns, prompt, thresholds, input size) changes what is computed and is never mixed.
 ALLOW_MIXED_KEYS = ("open_clip_version", "transformers_version", "device_class", "precision")
-#: What a store written before an identity key existed records for it (schema 1: every key; schema 2:
-#: box_selection).
+#: Of ALLOW_MIXED_KEYS, the ones that may differ only where no captioner or grounder ran (captions given,
+#: no grounding): fp16 against fp32 can flip a greedy or beam caption token and a box past its threshold,
+#: which changes what is computed, not its rounding. CLIP alone differs at rounding level.
+DEVICE_KEYS = ("device_class", "precision")
+#: The compat value of "captioner" / "grounder" when none ran.
+NO_MODEL = "none"
+
+
+def models_ran(compat: dict) -> bool:
+    """Whether a captioner or a grounder ran under identity ``compat`` (a key it lacks counts as ran)."""
+    return any(compat.get(k, "") != NO_MODEL for k in ("captioner", "grounder"))
+
+
+def mixable_keys(*compats: dict) -> tuple:
+    """The identity keys ``--allow-mixed`` may let differ between ``compats``: ALLOW_MIXED_KEYS, less
+    DEVICE_KEYS when a captioner or grounder ran under any of them."""
+    ran = any(models_ran(c) for c in compats)
+    return tuple(k for k in ALLOW_MIXED_KEYS if not (ran and k in DEVICE_KEYS))
+
+
+def why_not_mixable(keys, *compats: dict) -> str:
+    """One sentence saying why the DEVICE_KEYS among ``keys`` cannot be mixed ('' when none is refused)."""
+    held = [k for k in keys if k in DEVICE_KEYS and k not in mixable_keys(*compats)]
+    if not held:
+        return ""
+    return (f"{' and '.join(held)} may differ only where no captioner or grounder ran (captions given, "
+            "--grounder none): fp16 against fp32 can change a caption's words and which boxes pass a threshold")
+#: What a store written before an identity key existed records for it (schema 1: every key but
+#: caption_decoding; schema 2: box_selection; schema-2 stores record the legacy greedy caption decoding,
+#: versions.migrate_compat).
 UNRECORDED = "unrecorded"
 
 # Index sidecar keys

@@ -50,7 +50,7 @@ def compat_for(models: Models, config: FeaturizeConfig) -> dict:
 
     clip = models.clip.info
     return {
-        **identity_fields(models, config.noun_prompt),
+        **identity_fields(models, config.noun_prompt, config.caption_decoding),
         "clip_model": clip["model"],
         "clip_pretrained": clip["pretrained"],
         "embed_dim": int(clip["embed_dim"]),

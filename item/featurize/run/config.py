@@ -44,6 +44,9 @@ class FeaturizeConfig:
     gpus_per_actor: float = 0.0  # GPUs per model actor (0 on CPU; 1 or a fraction on GPU clusters)
     cpus_per_actor: float = 0.5  # below 1 so that actors and the decode tasks fit a small machine
     noun_prompt: str = DEFAULT_NOUN_PROMPT  # a name in nouns.NOUN_PROMPTS: the text each noun is encoded as
+    # How BLIP's captions are decoded: a name in blip.CAPTION_DECODINGS ('authors': the BLIP authors' prompt and
+    # beam search; 'greedy': no prompt, up to 30 new tokens). Part of a store's identity (compat caption_decoding).
+    caption_decoding: str = "authors"
 
     def resolved_batch_size(self, device: str) -> int:
         return self.batch_size or (64 if str(device).startswith("cuda") else 16)

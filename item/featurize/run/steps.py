@@ -95,7 +95,10 @@ class Featurizer:
             part = need[s:s + bs]
             pixels = [it.caption_pixels if it.caption_pixels is not None else captioner.prepare(it.image)
                       for it in part]
-            out.extend(self._timed("caption", captioner.caption_prepared, pixels))
+            if getattr(captioner, "decodings", None):  # BLIP; a stand-in part decodes its own way
+                out.extend(self._timed("caption", captioner.caption_prepared, pixels, self.config.caption_decoding))
+            else:
+                out.extend(self._timed("caption", captioner.caption_prepared, pixels))
         return out
 
     def front(self, batch: list[Item]) -> dict:
@@ -145,7 +148,7 @@ class Featurizer:
 
     def back(self, front: dict) -> list[ImageRecord]:
         """Crops, CLIP embeddings, misalignment and the records of a batch that went through `front`."""
-        from item.featurize.crops import square_crop
+        from item.featurize.crops import pad_colour, square_crop
         from item.misalignment import compute
 
         batch, good, captions, sources = front["batch"], front["good"], front["captions"], front["sources"]
@@ -155,10 +158,11 @@ class Featurizer:
         pixels = [it.pixels for it in good]
         crop_owner = []
         t = time.perf_counter()
+        pad = pad_colour(self.models.clip.info.get("preprocess", {}).get("mean"))
         for i, (it, bx) in enumerate(zip(good, boxes)):
             for j, b in enumerate(bx):
                 if b is not None:
-                    crop = square_crop(it.image, (b.x0, b.y0, b.x1, b.y1))
+                    crop = square_crop(it.image, (b.x0, b.y0, b.x1, b.y1), pad)
                     pixels.append(self.models.clip.preprocess(crop))
                     crop_owner.append((i, j))
         self.seconds["crop"] += time.perf_counter() - t
