@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from item.classify.audit import estimate_jpeg_quality, file_cues
+from item.classify.audit import file_cues
+from item.imagefile import estimate_jpeg_quality
 from item.cli import app
 
 

@@ -19,7 +19,6 @@ paths still exist; a cue that neither gives is reported as unavailable and left 
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 
@@ -27,77 +26,9 @@ import numpy as np
 
 from item.errors import InputError
 
-#: IJG's standard luminance quantisation table (JPEG standard, Annex K, table K.1), natural (row-major) order.
-IJG_LUMINANCE = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61,
-    12, 12, 14, 19, 26, 58, 60, 55,
-    14, 13, 16, 24, 40, 57, 69, 56,
-    14, 17, 22, 29, 51, 87, 80, 62,
-    18, 22, 37, 56, 68, 109, 103, 77,
-    24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101,
-    72, 92, 95, 98, 112, 100, 103, 99,
-], dtype=np.float64)
+from item.imagefile import UNKNOWN, file_cues  # noqa: F401  (file_cues: part of this module's API)
 
-#: Row-major index of each zig-zag position (Pillow may hand tables in either order; both are tried).
-_ZIGZAG = np.array([
-    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14,
-    21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60,
-    61, 54, 47, 55, 62, 63])
-
-UNKNOWN = -1  # integer cue not known (quality of a non-JPEG, size of a vanished file)
 CUE_NAMES = ("format", "jpeg_quality", "width", "height", "aspect", "exif", "file_size")
-
-
-def _ijg_tables() -> np.ndarray:
-    """(100, 64) float64: the IJG luminance table scaled for quality 1..100 (libjpeg's jpeg_quality_scaling)."""
-    out = np.empty((100, 64))
-    for q in range(1, 101):
-        scale = 5000 / q if q < 50 else 200 - 2 * q
-        out[q - 1] = np.clip(np.floor((IJG_LUMINANCE * scale + 50) / 100), 1, 255)
-    return out
-
-
-_TABLES = None
-
-
-def estimate_jpeg_quality(luminance) -> tuple[int, float]:
-    """The IJG quality (1..100) whose scaled luminance table best fits ``luminance`` (64 values, natural or
-    zig-zag order), and the mean absolute difference of that fit (0.0: the table is exactly IJG's)."""
-    global _TABLES
-    if _TABLES is None:
-        _TABLES = _ijg_tables()
-    table = np.asarray(list(luminance), dtype=np.float64).reshape(-1)
-    if table.size != 64:
-        raise InputError(f"a JPEG quantisation table has 64 entries, not {table.size}")
-    best = (UNKNOWN, math.inf)
-    for candidate in (table, table[np.argsort(_ZIGZAG)]):
-        err = np.abs(_TABLES - candidate).mean(axis=1)
-        q = int(np.argmin(err))
-        if err[q] < best[1]:
-            best = (q + 1, float(err[q]))
-    return best
-
-
-def file_cues(path) -> dict:
-    """The cues of one file, read from it: {format, jpeg_quality, width, height, exif, file_size}.
-
-    Raises InputError when the file cannot be read as an image."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        size = os.path.getsize(path)
-        with Image.open(path) as im:
-            fmt = (im.format or "").upper()
-            quality = UNKNOWN
-            q = getattr(im, "quantization", None)
-            if fmt == "JPEG" and q:
-                quality = estimate_jpeg_quality(q[min(q)])[0]
-            exif = bool(im.info.get("exif")) or len(im.getexif()) > 0
-            return {"format": fmt, "jpeg_quality": quality, "width": int(im.width), "height": int(im.height),
-                    "exif": exif, "file_size": int(size)}
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read its image header ({exc})") from None
 
 
 @dataclass
@@ -390,12 +321,15 @@ def html_section(audit: dict) -> str:
             bottom += share
         axes[0].set_title("file format share")
         axes[0].legend(fontsize=7)
+        plotted = False
         for lab, colour in (("real", "tab:blue"), ("fake", "tab:red")):
             q = audit["per_class"][lab].get("jpeg_qualities") or {}
             if q:
                 axes[1].bar([int(k) for k in q], list(q.values()), color=colour, alpha=0.6, label=lab)
-        axes[1].set_title("JPEG quality (estimated) by class")
-        axes[1].legend(fontsize=7)
+                plotted = True
+        axes[1].set_title("JPEG quality (estimated) by class" + ("" if plotted else ": no JPEG files"))
+        if plotted:
+            axes[1].legend(fontsize=7)
         sizes = [(d["file_size_median"] or 0) / 1024 for _, _, d in groups]
         axes[2].barh(names, sizes, color=["tab:red" if lab == "fake" else "tab:blue" for _, lab, _ in groups])
         axes[2].set_title("median file size (KiB)")

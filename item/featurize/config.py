@@ -42,6 +42,9 @@ class FeaturizeConfig:
     gpus_per_actor: float = 0.0  # GPUs per model actor (0 on CPU; 1 or a fraction on GPU clusters)
     cpus_per_actor: float = 0.5  # below 1 so that actors and the decode tasks fit a small machine
     noun_prompt: str = DEFAULT_NOUN_PROMPT  # a name in nouns.NOUN_PROMPTS: the text each noun is encoded as
+    # How the caller re-encoded the fakes before this run (item reproduce --align-format, e.g. 'jpeg:96'); ''
+    # for files as given. Recorded in the store's identity (compat 'alignment'): aligned rows never mix with others.
+    alignment: str = ""
 
     def resolved_batch_size(self, device: str) -> int:
         return self.batch_size or (64 if str(device).startswith("cuda") else 16)

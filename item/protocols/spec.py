@@ -69,6 +69,7 @@ class Anchor:
     mean_over: tuple[str, ...] = ()
     trained_on: str = ""
     threshold: str = ""
+    alignment: str = ""  # how the test fakes were re-encoded for these numbers ('' = as distributed), e.g. 'jpeg:96'
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ def protocol_from_dict(doc: dict, path: str = "") -> Protocol:
         anchors.append(Anchor(method=a["method"], paper=a.get("paper", ""), source=a["source"], verified=a["verified"],
                               results=dict(a.get("results") or {}), mean=dict(a.get("mean") or {}),
                               mean_over=tuple(a.get("mean_over") or ()), trained_on=a.get("trained_on", ""),
-                              threshold=a.get("threshold", "")))
+                              threshold=a.get("threshold", ""), alignment=a.get("alignment", "")))
     layouts = []
     for i, lay in enumerate(doc.get("layouts") or []):
         at = f"{where}: layouts[{i}]"

@@ -72,7 +72,16 @@ def _v1_to_v2(manifest: dict) -> dict:
     return m
 
 
-MIGRATIONS: dict = {1: _v1_to_v2}
+def _v2_to_v3(manifest: dict) -> dict:
+    """Schema 3 records file cues per image (file_size, jpeg_quality, exif: read as UNKNOWN_CUE in older shards,
+    schema.COLUMN_DEFAULT) and the compat key ``alignment``: a schema-2 store was never format-aligned ('')."""
+    m = dict(manifest)
+    m["compat"] = schema.upgrade_compat(manifest.get("compat", {}), 2)
+    m["schema_version"] = 3
+    return m
+
+
+MIGRATIONS: dict = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def check_version(version, what: str) -> None:

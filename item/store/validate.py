@@ -121,9 +121,8 @@ def _check_shard(f, name, entry, d, m, manifest, rep, ids, totals, check_values,
         rep.problems.append(f"{name}: not marked complete")
         return
     try:
-        shard_compat = json.loads(f.attrs[schema.A_COMPAT])
-        if int(f.attrs.get(schema.A_SCHEMA, -1)) < 2:  # schema 1 recorded no identity keys (manifest._v1_to_v2)
-            shard_compat = {**{k: schema.UNRECORDED for k in schema.IDENTITY_KEYS}, **shard_compat}
+        # Keys added since the shard's schema read as the migrations give them (manifest.MIGRATIONS).
+        shard_compat = schema.upgrade_compat(json.loads(f.attrs[schema.A_COMPAT]), int(f.attrs.get(schema.A_SCHEMA, -1)))
         if shard_compat != manifest["compat"]:
             rep.problems.append(f"{name}: written with other models/preprocessing than the manifest says")
     except (KeyError, ValueError):
