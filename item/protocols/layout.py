@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from item.featurize.inputs import IMAGE_EXTENSIONS
+from item.featurize.inputs.discover import IMAGE_EXTENSIONS
 from item.protocols.spec import SPLITS, Protocol
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEMA_VERSION = 3  # 2: image column caption_encoded; identity keys in compat. 3: file cues (file_size,
-# jpeg_quality, exif) per image; compat key alignment (see manifest.MIGRATIONS)
+# jpeg_quality, exif) per image; compat key alignment (see versions.MIGRATIONS)
 STORE_FORMAT = "item-store"
 
 MANIFEST = "manifest.json"
@@ -200,7 +200,7 @@ UNRECORDED = "unrecorded"
 
 def upgrade_compat(compat: dict, version: int) -> dict:
     """A compat recorded under schema ``version`` (a shard's attribute, a manifest's section) as this schema
-    reads it: keys added since take the value the migrations give them (manifest.MIGRATIONS)."""
+    reads it: keys added since take the value the migrations give them (versions.MIGRATIONS)."""
     out = dict(compat)
     if version < 2:
         out = {**{k: UNRECORDED for k in IDENTITY_KEYS}, **out}

@@ -121,7 +121,7 @@ def _check_shard(f, name, entry, d, m, manifest, rep, ids, totals, check_values,
         rep.problems.append(f"{name}: not marked complete")
         return
     try:
-        # Keys added since the shard's schema read as the migrations give them (manifest.MIGRATIONS).
+        # Keys added since the shard's schema read as the migrations give them (versions.MIGRATIONS).
         shard_compat = schema.upgrade_compat(json.loads(f.attrs[schema.A_COMPAT]), int(f.attrs.get(schema.A_SCHEMA, -1)))
         if shard_compat != manifest["compat"]:
             rep.problems.append(f"{name}: written with other models/preprocessing than the manifest says")
