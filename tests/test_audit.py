@@ -122,8 +122,8 @@ def test_png_fakes_and_jpeg_reals_are_called_a_shortcut(cue_store):
     assert data["per_class"]["real"]["formats"] == {"JPEG": SPLITS["test"]}
     assert data["per_class"]["real"]["jpeg_quality_median"] == 90
     assert data["per_class"]["real"]["exif_share"] == 1.0 and data["per_class"]["fake"]["exif_share"] == 0.0
-    # The files are still there, and this store recorded the cues when it was featurized.
-    assert set(data["sources"].values()) <= {"store", "files"}
+    # This store recorded the cues when it was featurized (schema 3): nothing is read from the files.
+    assert set(data["sources"].values()) == {"store"}
     assert [g["generator"] for g in tc["per_generator"]] == ["gen", "mean"]
 
 
@@ -150,3 +150,42 @@ def test_report_holds_the_audit_with_its_plots(cue_store, tmp_path):
     assert "Trivial cues: can the labels be read off the files?" in text
     assert "labels are predictable from file format and size alone" in text
     assert "file cues by class and generator" in text
+
+
+def _older_store(tmp_path, keep_files=True):
+    """A store whose rows carry no recorded file cues (as schema-2 stores): synthetic rows pointing at real files,
+    reals JPEG and fakes PNG."""
+    from item.store import StoreWriter
+    from item.store.synthetic import synthetic_compat, synthetic_records
+
+    rng = np.random.default_rng(3)
+    compat = synthetic_compat(16, 8)
+    with StoreWriter(tmp_path / "old", compat=compat, models={"clip": {"model": "synthetic", "random_weights": True}},
+                     recipe="hierarchical") as w:
+        for i, rec in enumerate(synthetic_records(90, 16, generators=("gen_a",), seed=3)):
+            folder = tmp_path / "files"
+            folder.mkdir(exist_ok=True)
+            path = folder / f"{i:03d}.{'png' if rec.label == 'fake' else 'jpg'}"
+            _noise(rng, (40, 32)).save(path, quality=80)
+            rec.path, rec.format, rec.width, rec.height = str(path), "PNG" if rec.label == "fake" else "JPEG", 40, 32
+            assert rec.file_size == -1 and rec.jpeg_quality == -1  # nothing recorded
+            w.add(rec)
+    return tmp_path / "old"
+
+
+def test_a_store_without_recorded_cues_reads_them_from_its_files(tmp_path):
+    store = _older_store(tmp_path)
+    data = json.loads(ok("audit", store, "--json").stdout)
+    assert data["sources"]["jpeg_quality"] == "files" and data["sources"]["file_size"] == "files"
+    assert data["per_class"]["real"]["jpeg_quality_median"] == 80
+    assert data["trivial_cue"]["test_acc"] >= 0.9
+    assert "jpeg_quality" in data["trivial_cue"]["features"]
+    # The files gone: the store's own columns (format, size) still audit; the rest is said to be unavailable.
+    import shutil
+
+    shutil.rmtree(tmp_path / "files")
+    r = ok("audit", store)
+    assert "file_size: unavailable (not recorded in the store; the files are gone)" in r.stderr
+    data = json.loads(ok("audit", store, "--json").stdout)
+    assert "jpeg_quality" not in data["trivial_cue"]["features"] and "format=PNG" in data["trivial_cue"]["features"]
+    assert data["trivial_cue"]["test_acc"] >= 0.9  # the format alone gives the labels away here

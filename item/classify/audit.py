@@ -108,6 +108,24 @@ def cue_matrix(cues: Cues, formats: list[str], fill: np.ndarray | None = None) -
     return X, [n for n, _ in cols]
 
 
+#: Which cue each design-matrix column comes from (one-hot format columns: 'format').
+_COLUMN_CUE = {"jpeg_quality": "jpeg_quality", "log2_width": "width", "log2_height": "height",
+               "log2_aspect": "aspect", "exif": "exif", "log2_file_size": "file_size", "bits_per_pixel": "file_size"}
+
+
+def _design(cue_sets: list[Cues], formats: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(keep (n_columns,) bool, fill (n_columns,) float64, names): a column is left out when its cue is unavailable
+    in any of ``cue_sets`` (the first is the training set); missing entries of the others take the training median."""
+    X, names = cue_matrix(cue_sets[0], formats)
+    gone = {c for cs in cue_sets for c, src in cs.source.items() if src.startswith("unavailable")}
+    keep = np.array([_COLUMN_CUE.get(n, "format") not in gone for n in names]) & ~np.all(np.isnan(X), axis=0)
+    fill = np.zeros(len(names))
+    for j in np.flatnonzero(keep):
+        col = X[:, j][~np.isnan(X[:, j])]
+        fill[j] = float(np.median(col)) if col.size else 0.0
+    return keep, fill, names
+
+
 def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 50) -> tuple[np.ndarray, float]:
     """L2-regularised logistic regression by Newton's method, classes weighted equally.
 
@@ -228,10 +246,8 @@ def audit_store(store, split: str = "test", *, train_store=None, train_split: st
         raise InputError(f"{store}: split {split!r} needs real and fake rows for the audit")
     if train_cues is not None and len(set(y_tr.tolist())) == 2:
         formats = sorted(set(train_cues.format.astype(str).tolist()))
-        X_tr, names = cue_matrix(train_cues, formats)
-        keep = ~np.all(np.isnan(X_tr), axis=0)
-        fill = np.where(keep, np.nanmedian(np.where(np.isnan(X_tr), np.nan, X_tr), axis=0), 0.0) if keep.any() else None
-        fill = np.nan_to_num(fill)
+        sets = [train_cues, cues] + ([val_cues] if val_cues is not None else [])
+        keep, fill, names = _design(sets, formats)
         X_tr = cue_matrix(train_cues, formats, fill)[0][:, keep]
         X_te = cue_matrix(cues, formats, fill)[0][:, keep]
         mu, sd = X_tr.mean(axis=0), X_tr.std(axis=0)
@@ -249,9 +265,7 @@ def audit_store(store, split: str = "test", *, train_store=None, train_split: st
     else:
         # No training split: 5-fold cross-validation on the audited rows (each fold scored by a head that never saw it).
         formats = sorted(set(cues.format.astype(str).tolist()))
-        X, names = cue_matrix(cues, formats)
-        keep = ~np.all(np.isnan(X), axis=0)
-        fill = np.nan_to_num(np.nanmedian(X, axis=0))
+        keep, fill, names = _design([cues], formats)
         X = cue_matrix(cues, formats, fill)[0][:, keep]
         s_te = np.empty(rows.size)
         fold = np.random.default_rng(0).permutation(rows.size) % 5

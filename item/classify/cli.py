@@ -283,8 +283,10 @@ def audit_cmd(
            for r in tc["per_generator"]], ["generator", "reals", "n_real", "n_fake", "acc", "auroc"],
           title="trivial-cue head per generator")
     for cue, src in res["sources"].items():
-        if src != "store":
+        if "unavailable" in src:
             warn(f"{cue}: {src}")
+        elif src != "store":
+            info(f"{cue}: read from the files (the store did not record it)")
 
 
 def demo_cmd(
