@@ -39,13 +39,24 @@ def protocols_cmd(
     emit(f"{p.name}: {p.title}\n{p.reference}\n\n{p.description}\n\nlayout: {p.layout}")
     for src in p.layout_sources:
         emit(f"  - {src.get('what')} [{src.get('source')}; verified: {src.get('verified')}]")
+    if p.layouts:
+        emit("accepted layouts (the one finding the most sets is used, and named):")
+        for lay in p.layouts:
+            emit(f"  - {lay.name}: {lay.what} [{lay.source}; verified: {lay.verified}]")
     for split in ("train", "val", "test"):
         if p.parts(split):
             emit(f"{split}: " + ", ".join(f"{t.name}" + (f" (reals: {t.pool})" if t.pool else "") for t in p.parts(split)))
     emit(f"metrics: {p.metric_convention}")
     emit("anchors:")
     for a in p.anchors:
-        emit(f"  - {a.method}: {a.source} [{'numbers read' if a.verified == 'read' else 'not verified, numbers left out'}]")
+        emit(f"  - {a.method}: {a.source} [{'numbers read' if a.verified == 'read' else 'not verified, numbers left out'}]"
+             + (f" (fakes re-encoded: {a.alignment})" if a.alignment else ""))
+    if p.ignore:
+        emit(f"known and not used: {', '.join(p.ignore)}")
+    if p.notes:
+        emit("notes:")
+        for n in p.notes:
+            emit(f"  - {n}")
 
 
 def reproduce_cmd(
