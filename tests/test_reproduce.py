@@ -140,8 +140,10 @@ def test_genimage_missing_set_is_refused_then_run_with_allow_missing(genimage_ru
     assert any(ln.startswith("biggan (missing)") for ln in lines)
     assert any(ln.startswith("mean (7 of the protocol's sets)") for ln in lines)
     header = next(ln for ln in lines if ln.startswith("test set"))
-    for col in ("ITEM hierarchical acc", "ResNet-50 acc", "NPR acc", "AIDE acc", "UnivFD acc"):
+    for col in ("ITEM hierarchical acc", "ResNet-50 acc", "NPR acc", "AIDE acc", "UnivFD acc",
+                "DDA [fakes jpeg:96] acc"):  # DDA's mean was measured with its fakes re-encoded, and says so
         assert col in header
+    assert "files as distributed (no format alignment)" in lines[1]  # the title: ITEM's own alignment
     assert "ITEM visual" not in header  # --heads hierarchical only
     doc = json.loads((work / "results.json").read_text())
     rows = {row["test_set"]: row for row in doc["rows"]}

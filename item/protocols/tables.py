@@ -118,7 +118,10 @@ def _flat(table: dict, *, head_metrics=None, anchor_metrics=None) -> tuple[list,
     cols += [f"{h} {LABELS[k]}" for h in heads for k in head_metrics]
     a_cols = [(m, k) for m in anchors for k in anchor_metrics
               if any(k in r["anchors"].get(m, {}) for r in table["rows"]) or k in table["mean"]["anchors"].get(m, {})]
-    cols += [f"{m} {LABELS[k]}" for m, k in a_cols]
+    # An anchor measured on re-encoded fakes says so in its column name (e.g. 'DDA [fakes jpeg:96] acc').
+    shown = {a["method"]: a["method"] + (f" [fakes {a['alignment']}]" if a.get("alignment") else "")
+             for a in table["anchors"]}
+    cols += [f"{shown[m]} {LABELS[k]}" for m, k in a_cols]
     out = []
     for r in table["rows"] + [table["mean"]]:
         is_mean = r["test_set"] == "mean"
@@ -131,7 +134,7 @@ def _flat(table: dict, *, head_metrics=None, anchor_metrics=None) -> tuple[list,
             for k in head_metrics:
                 d[f"{h} {LABELS[k]}"] = pct(r["item"][h][k])
         for m, k in a_cols:
-            d[f"{m} {LABELS[k]}"] = pct(r["anchors"].get(m, {}).get(k))
+            d[f"{shown[m]} {LABELS[k]}"] = pct(r["anchors"].get(m, {}).get(k))
         out.append(d)
     return out, cols
 
