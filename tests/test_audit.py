@@ -138,7 +138,7 @@ def test_shared_formats_and_sizes_are_not_a_shortcut(fair_store):
 def test_an_unknown_split_is_one_line(cue_store):
     r = cli("audit", cue_store, "--split", "nope")
     assert r.exit_code == 1
-    assert "no rows in split 'nope'" in r.stderr and "train" in r.stderr
+    assert "no labelled rows in split 'nope'" in r.stderr and "train" in r.stderr
 
 
 def test_report_holds_the_audit_with_its_plots(cue_store, tmp_path):

@@ -25,10 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from item.errors import InputError
-
-from item.imagefile import UNKNOWN, file_cues  # noqa: F401  (file_cues: part of this module's API)
-
-CUE_NAMES = ("format", "jpeg_quality", "width", "height", "aspect", "exif", "file_size")
+from item.imagefile import UNKNOWN, file_cues
 
 
 @dataclass
@@ -48,21 +45,18 @@ def store_cues(reader, rows: np.ndarray) -> Cues:
     """The cues of store ``rows`` (int64, sorted): from the store's columns, the rest from the files."""
     from item.store import schema
 
-    extra = [c for c in getattr(schema, "AUDIT_COLUMNS", ()) if c in schema.METADATA_COLUMNS]
-    meta = reader.metadata([schema.PATH, schema.WIDTH, schema.HEIGHT, schema.FORMAT] + extra, rows=rows)
+    meta = reader.metadata([schema.PATH, schema.WIDTH, schema.HEIGHT, schema.FORMAT, *schema.AUDIT_COLUMNS], rows=rows)
     n = rows.size
     fmt = np.array([str(f).upper() for f in meta[schema.FORMAT]], dtype=object)
     cues = Cues(format=fmt, jpeg_quality=np.full(n, UNKNOWN, dtype=np.int64),
                 width=meta[schema.WIDTH].astype(np.int64), height=meta[schema.HEIGHT].astype(np.int64),
                 exif=np.full(n, np.nan), file_size=np.full(n, np.nan))
-    known = np.zeros(n, dtype=bool)
-    if extra:  # schema 3: recorded at featurize time (UNKNOWN in rows of older shards)
-        size = meta[schema.FILE_SIZE].astype(np.float64)
-        known = size >= 0
-        cues.file_size[known] = size[known]
-        cues.jpeg_quality[known] = meta[schema.JPEG_QUALITY].astype(np.int64)[known]
-        ex = meta[schema.EXIF].astype(np.int64)
-        cues.exif[known] = ex[known]
+    # Recorded at featurize time since schema 3; UNKNOWN in rows of older shards (schema.COLUMN_DEFAULT).
+    size = meta[schema.FILE_SIZE].astype(np.float64)
+    known = size >= 0
+    cues.file_size[known] = size[known]
+    cues.jpeg_quality[known] = meta[schema.JPEG_QUALITY].astype(np.int64)[known]
+    cues.exif[known] = meta[schema.EXIF].astype(np.int64)[known]
     from_files = 0
     for i in np.flatnonzero(~known):
         path = str(meta[schema.PATH][i])
@@ -205,10 +199,11 @@ def verdict(test_acc: float) -> str:
     return f"file format and size do not predict the labels: test accuracy {test_acc:.2f}"
 
 
-def audit_store(store, split: str = "test", *, train_store=None, train_split: str = "train", val_split: str = "val",
+def audit_store(store, split: str | None = "test", *, train_store=None, train_split: str = "train", val_split: str = "val",
                 reals: dict | None = None) -> dict:
     """Audit ``store``'s ``split`` for trivial cues. See the module docstring.
 
+    split: None audits every row (the head is then cross-validated unless ``train_store`` is given).
     train_store: where the train / val splits are (default: ``store``; `item reproduce` keeps them in a
     store of its own). Without a train split the head is fitted by 5-fold cross-validation on the audited
     split itself, and the result says so. reals: {generator: real generator} pairing for the per-generator rows.
@@ -220,29 +215,31 @@ def audit_store(store, split: str = "test", *, train_store=None, train_split: st
     from item.store import StoreReader, schema
 
     with StoreReader(store) as r:
-        rows = r.select(split=split)
+        rows = r.select(split=split, label=["real", "fake"])  # rows labelled 'unknown' say nothing here
         if rows.size == 0:
             splits = sorted(set(r.metadata([schema.SPLIT])[schema.SPLIT].astype(str).tolist()))
-            raise InputError(f"{store}: no rows in split {split!r}; splits: {', '.join(splits) or '-'}")
+            raise InputError(f"{store}: no labelled rows in split {split!r}; splits: {', '.join(splits) or '-'}")
         y = _labels(r, rows)
         gens = r.metadata([schema.GENERATOR], rows=rows)[schema.GENERATOR].astype(str)
         cues = store_cues(r, rows)
         random_weights = bool(r.random_weights)
     train_cues = val_cues = None
     with StoreReader(train_store or store) as r:
-        tr = r.select(split=train_split, label=["real", "fake"])
-        va = r.select(split=val_split, label=["real", "fake"])
+        if split is None and train_store is None:
+            tr = va = np.array([], dtype=np.int64)  # every row is audited: none left to train on
+        else:
+            tr = r.select(split=train_split, label=["real", "fake"])
+            va = r.select(split=val_split, label=["real", "fake"])
         if tr.size:
             y_tr, train_cues = _labels(r, tr), store_cues(r, tr)
             if va.size:
                 y_va, val_cues = _labels(r, va), store_cues(r, va)
-    labelled = np.isin(y, (0, 1))
     out = {"store": str(store), "split": split, "random_weights": random_weights, "n_images": int(rows.size),
            "per_class": {lab: _describe(cues, y == k) for lab, k in (("real", 0), ("fake", 1))},
            "per_generator": {g: {lab: _describe(cues, (gens == g) & (y == k)) for lab, k in (("real", 0), ("fake", 1))}
                              for g in sorted(set(gens.tolist()))},
            "sources": dict(cues.source)}
-    if len(set(y[labelled].tolist())) < 2:
+    if len(set(y.tolist())) < 2:
         raise InputError(f"{store}: split {split!r} needs real and fake rows for the audit")
     if train_cues is not None and len(set(y_tr.tolist())) == 2:
         formats = sorted(set(train_cues.format.astype(str).tolist()))

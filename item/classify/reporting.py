@@ -71,7 +71,7 @@ def write_report(store, heads: list, out, split: str | None = "test", map_points
         from item.errors import InputError
 
         try:
-            audit = audit_store(store, split or "test", reals=reals)
+            audit = audit_store(store, split, reals=reals)
         except InputError as exc:
             audit = {"error": str(exc)}
     if audit.get("error"):
