@@ -117,7 +117,9 @@ class LayoutReport:
 
     def lines(self) -> list[str]:
         out = [f"layout of {self.root} against {self.protocol} ({', '.join(self.splits)}):"]
-        if self.layout:
+        if self.layout and self.layout_rule.startswith("no layout"):
+            out.append(f"  layout: none recognised ({self.layout_rule.replace('the first listed', repr(self.layout))})")
+        elif self.layout:
             out.append(f"  layout recognised: {self.layout}: {self.layout_rule}")
         n_ok = sum(1 for k in self.parts if k not in set(self.missing_parts))
         pools = [m for m in self.missing if m.startswith("real pool ")]
