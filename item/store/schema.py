@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # 2: image column caption_encoded; identity keys in compat. 3: identity keys caption_decoding and
-# box_selection (see versions.MIGRATIONS)
+# box_selection; file cues (file_size, jpeg_quality, exif) per image; compat key alignment (see
+# versions.MIGRATIONS)
 SCHEMA_VERSION = 3
 STORE_FORMAT = "item-store"
 
@@ -67,6 +68,10 @@ WIDTH = "width"
 HEIGHT = "height"
 FORMAT = "format"
 PERTURBATION = "perturbation"
+# File cues recorded at decode time (schema 3), what `item audit` reads: UNKNOWN_CUE when not known.
+FILE_SIZE = "file_size"  # bytes of the file as read
+JPEG_QUALITY = "jpeg_quality"  # IJG quality (1..100) best fitting the luminance quantisation table; UNKNOWN_CUE if not JPEG
+EXIF = "exif"  # 1 when the file carries EXIF data, 0 when not
 IMAGE_EMB = "image_emb"
 CAPTION_EMB = "caption_emb"
 MISALIGNMENT = "misalignment"
@@ -138,6 +143,9 @@ IMAGE_COLUMNS = (
     Column(HEIGHT, "int32"),
     Column(FORMAT, "str"),
     Column(PERTURBATION, "str"),
+    Column(FILE_SIZE, "int64"),
+    Column(JPEG_QUALITY, "int32"),
+    Column(EXIF, "int32"),
     Column(IMAGE_EMB, "emb"),
     Column(CAPTION_EMB, "emb"),
     Column(MISALIGNMENT, "vec"),
@@ -168,8 +176,13 @@ VECTOR_COLUMNS = (IMAGE_EMB, CAPTION_EMB, MISALIGNMENT)
 
 #: Columns added after schema 1: shards written before read them as the named older column (schema 1 stores
 #: encoded the caption as it was, so their encoded caption is the caption).
-COLUMN_SINCE = {CAPTION_ENCODED: 2}
+COLUMN_SINCE = {CAPTION_ENCODED: 2, FILE_SIZE: 3, JPEG_QUALITY: 3, EXIF: 3}
 COLUMN_FALLBACK = {CAPTION_ENCODED: CAPTION}
+#: Columns added later that no older column stands for: shards written before read them as this constant.
+UNKNOWN_CUE = -1
+COLUMN_DEFAULT = {FILE_SIZE: UNKNOWN_CUE, JPEG_QUALITY: UNKNOWN_CUE, EXIF: UNKNOWN_CUE}
+#: The file cues `item audit` reads from the store (UNKNOWN_CUE in rows of shards older than schema 3).
+AUDIT_COLUMNS = (FILE_SIZE, JPEG_QUALITY, EXIF)
 
 # Keys of manifest['compat']: rows that differ in any of them never share a store. The identity keys
 # (from clip_activation on) say what decides the numbers beyond the models' names; see
@@ -178,7 +191,10 @@ IDENTITY_KEYS = ("clip_activation", "crop_mode", "caption_decoding", "caption_cl
                  "box_threshold", "text_threshold", "ground_input", "open_clip_version", "transformers_version",
                  "device_class", "precision", "box_selection")
 COMPAT_KEYS = ("clip_model", "clip_pretrained", "embed_dim", "preprocess_hash", "captioner", "grounder",
-               "recipe", "misalignment_dim", "random_weights", "perturbation", "max_objects") + IDENTITY_KEYS
+               "recipe", "misalignment_dim", "random_weights", "perturbation", "max_objects",
+               "alignment") + IDENTITY_KEYS
+#: ``alignment``: how the store's fakes were re-encoded before featurizing (``item reproduce --align-format``,
+#: e.g. 'jpeg:96'); '' for files as given. Stores older than schema 3 were never aligned: ''.
 #: Identity keys that ``--allow-mixed`` may override: the same models, weights and texts computed by another
 #: library release, on another device class or in another precision differ at rounding level (fp16 against
 #: fp32: about 1e-3 per embedding), not in what they mean. Everything else (activation, crops, clean-up,

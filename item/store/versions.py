@@ -31,6 +31,8 @@ def migrate_compat(compat: dict, version: int) -> dict:
         c["caption_decoding"] = "greedy" if c.get("captioner", "") != schema.NO_MODEL else "-"
         # ... and the grounder's box selection rule, which changed for Grounding DINO: unknown before.
         c.setdefault("box_selection", schema.UNRECORDED)
+        # ... and whether the fakes were re-encoded first (item reproduce --align-format): never, before it.
+        c.setdefault("alignment", "")
     return c
 
 
@@ -49,7 +51,9 @@ def _v2_to_v3(manifest: dict) -> dict:
     """Schema 3 records two identity keys. ``caption_decoding``: older stores captioned greedily, so they read
     as 'greedy', or '-' where no captioner ran. ``box_selection``: Grounding DINO's rule changed (queries are
     kept by every prompt token, as the reference does, no longer by the nouns' alone), so a schema-2 store's
-    rule reads as 'unrecorded' and new rows are refused, naming the key. Shards are unchanged."""
+    rule reads as 'unrecorded' and new rows are refused, naming the key. It also records file cues per image
+    (file_size, jpeg_quality, exif: read as UNKNOWN_CUE in older shards, schema.COLUMN_DEFAULT) and the compat
+    key ``alignment``: a schema-2 store was never format-aligned ('')."""
     m = dict(manifest)
     m["compat"] = migrate_compat(manifest.get("compat", {}), 2)
     m["schema_version"] = 3

@@ -62,6 +62,7 @@ def compat_for(models: Models, config: FeaturizeConfig) -> dict:
         "random_weights": any_random_weights(models),
         "perturbation": str(parse_perturb(config.perturb or None)),
         "max_objects": int(config.max_objects),
+        "alignment": str(config.alignment or ""),
     }
 
 

@@ -47,6 +47,9 @@ class FeaturizeConfig:
     # How BLIP's captions are decoded: a name in blip.CAPTION_DECODINGS ('authors': the BLIP authors' prompt and
     # beam search; 'greedy': no prompt, up to 30 new tokens). Part of a store's identity (compat caption_decoding).
     caption_decoding: str = "authors"
+    # How the caller re-encoded the fakes before this run (item reproduce --align-format, e.g. 'jpeg:96'); ''
+    # for files as given. Recorded in the store's identity (compat 'alignment'): aligned rows never mix with others.
+    alignment: str = ""
 
     def resolved_batch_size(self, device: str) -> int:
         return self.batch_size or (64 if str(device).startswith("cuda") else 16)

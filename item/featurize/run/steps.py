@@ -216,5 +216,6 @@ class Featurizer:
                 **base, caption=raw_captions[i], caption_encoded=captions[i], reason=ground_note.get(i, ""),
                 caption_source=sources[i], caption_truncated=bool(truncated[i]),
                 nouns=list(nouns[i]), width=it.width, height=it.height, format=it.format,
+                file_size=it.file_size, jpeg_quality=it.jpeg_quality, exif=it.exif,
                 image_emb=image_emb[i], caption_emb=caption_emb[i], misalignment=mis[i], objects=objects))
         return records
