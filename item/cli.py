@@ -71,7 +71,7 @@ def _attach() -> None:
     from item.store.cli import app as store_app
 
     app.add_typer(store_app, name="store", help="Inspect, validate, export and index an embedding store.")
-    for module in ("item.featurize.cli", "item.classify.cli", "item.serve.cli", "item.protocols.cli"):
+    for module in ("item.featurize.cli", "item.classify.cli", "item.serve.cli", "item.protocols.cli", "item.check.cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -29,14 +29,17 @@ HEAD_COMPAT_KEYS = ("clip_model", "clip_pretrained", "embed_dim", "preprocess_ha
                     "random_weights", "max_objects") + schema.IDENTITY_KEYS
 
 
-def identity_diff(want: dict, have: dict, keys, allow_mixed: bool = False) -> tuple[list[str], bool]:
+def identity_diff(want: dict, have: dict, keys, allow_mixed: bool = False,
+                  mixable_keys=None) -> tuple[list[str], bool]:
     """(keys of ``keys`` that ``want`` records and ``have`` differs in, whether --allow-mixed would allow them all).
 
-    With ``allow_mixed`` the keys of schema.ALLOW_MIXED_KEYS are left out."""
+    With ``allow_mixed`` the mixable keys are left out: ``mixable_keys``, by default schema.mixable_keys of
+    the two identities (device class and precision only where no captioner or grounder ran)."""
+    allowed = schema.mixable_keys(want, have) if mixable_keys is None else tuple(mixable_keys)
     diff = [k for k in keys if k in want and want.get(k) != have.get(k)]
-    mixable = bool(diff) and all(k in schema.ALLOW_MIXED_KEYS for k in diff)
+    mixable = bool(diff) and all(k in allowed for k in diff)
     if allow_mixed:
-        diff = [k for k in diff if k not in schema.ALLOW_MIXED_KEYS]
+        diff = [k for k in diff if k not in allowed]
     return diff, mixable
 
 
@@ -66,6 +69,20 @@ def no_rows_message(reader: StoreReader, split: str, option: str) -> str:
                 f"`item store split {reader.root}`, or use {option} all for every labelled row")
     return (f"no labelled rows in split {split!r}; splits in the store: {', '.join(splits)} "
             f"({option} all: every labelled row)")
+
+
+def unsplit_warning(reader: StoreReader, cfg: TrainConfig) -> str | None:
+    """A warning when labelled ok rows have no split while training picks rows by split (they are left out)."""
+    if cfg.train_split == "all":
+        return None  # every labelled row outside validation is used
+    meta = reader.metadata([schema.SPLIT, schema.LABEL, schema.STATUS])
+    ok = meta[schema.STATUS] == schema.STATUS_OK
+    labelled = ok & np.isin(meta[schema.LABEL].astype(str), ["real", "fake"])
+    n = int((labelled & (meta[schema.SPLIT].astype(str) == "")).sum())
+    if n == 0 or n == int(labelled.sum()):
+        return None  # none missing, or no splits at all (refused elsewhere with its own message)
+    return (f"{n} labelled rows have no split (added after `item store split`?) and were not used; assign "
+            f"them with `item store split {reader.root} --new-only`")
 
 
 def caption_sources(reader: StoreReader, rows: np.ndarray) -> dict:
@@ -214,6 +231,7 @@ def fit_head(store, cfg: TrainConfig):
             "overlay": overlay_version(reader.overlay),
             "caption_sources": sources,
             "caption_source_warning": caption_source_warning(sources),
+            "unsplit_warning": unsplit_warning(reader, cfg),
             # Which images fitted and calibrated this head, by content: eval finds them in any store.
             "seen_ids": {"train": digest.build(meta[schema.ID][train]), "val": digest.build(meta[schema.ID][val])},
             "random_weights": reader.random_weights,
@@ -222,10 +240,11 @@ def fit_head(store, cfg: TrainConfig):
     return head, info
 
 
-def train_head(store, out, cfg: TrainConfig) -> dict:
-    """Fit a head (``fit_head``) and save it to ``out``. Returns the head's JSON metadata."""
+def train_head(store, out, cfg: TrainConfig, *, overwrite: bool = True) -> dict:
+    """Fit a head (``fit_head``) and save it to ``out`` (replacing a head there unless ``overwrite`` is
+    False). Returns the head's JSON metadata."""
     head, info = fit_head(store, cfg)
-    save_head(head, out, info)
+    save_head(head, out, info, overwrite=overwrite)
     return load_head(out)[1]
 
 
@@ -257,14 +276,17 @@ def _fit_streamed_if_large(reader, cfg: TrainConfig, head, train, y, val, yv, ha
 def check_head_fits(head_info: dict, compat: dict, where: str, allow_mixed: bool = False) -> None:
     """Refuse a head trained on embeddings of other models / preprocessing / identity than ``compat`` describes.
 
-    ``allow_mixed`` lets differences in schema.ALLOW_MIXED_KEYS (library versions, device class, precision) pass.
+    ``allow_mixed`` lets differences in schema.mixable_keys pass (library versions; device class and precision
+    only where no captioner or grounder ran).
     """
     want = head_info.get("compat", {})
     keys, mixable = identity_diff(want, compat, HEAD_COMPAT_KEYS, allow_mixed)
     diff = [f"{k}: head {want.get(k)!r}, {where} {compat.get(k)!r}" for k in keys]
     if diff:
+        why = schema.why_not_mixable(keys, want, compat)
         raise IncompatibleError(f"the head was trained on other models or settings than {where}: " + "; ".join(diff)
-                                + ("; pass --allow-mixed to apply it anyway" if mixable else ""))
+                                + ("; pass --allow-mixed to apply it anyway" if mixable else "")
+                                + (f" ({why})" if why else ""))
     fs = feature_size(head_info["recipe"], int(compat["embed_dim"]))
     if fs != int(head_info["feature_size"]):
         raise HeadError(f"recipe {head_info['recipe']} gives {fs} features here, the head expects "

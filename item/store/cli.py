@@ -48,6 +48,9 @@ def info_cmd(store: Path = StoreDir,
     emit("metadata overlay " + (f"version {ov['version']} ({ov['n_rows']} rows annotated, digest {ov['digest']}, "
                                  f"{ov['updated']})" if ov["version"] else "none (labels and splits as featurized)"))
     emit("identity         " + ", ".join(f"{k}={v}" for k, v in d["identity"].items()))
+    c = d["captions"]
+    emit(f"captions         {c['without_nouns']} without any noun, {c['not_english']} not in English "
+         f"(counted in {c['runs_counted']} of {c['runs']} runs; nouns are read in English only)")
     if d["groups"]:
         table(d["groups"], ["generator", "label", "split", "n"], title="rows with status ok:")
     for ix in d["indexes"]:
@@ -135,7 +138,7 @@ def index_cmd(store: Path = StoreDir,
     with progress_bar(total, f"indexing {on} ({kind})", unit="rows") as advance:
         side = build_index(store, on=on, kind=kind, params=params, progress=advance, memory_budget=memory_budget,
                            target_recall=target_recall, device=device)
-    info(f"indexed {side['count']} rows: {store}/index/{on}-{side['kind']}.faiss "
+    info(f"indexed {side['count']} rows: {store}/index/{side['files']['faiss']['name']} "
          f"(about {side['memory_bytes'] / 2**20:.0f} MiB in memory"
          + (f", {side['disk_bytes'] / 2**20:.0f} MiB of float16 re-ranking copies on disk" if side.get("disk_bytes")
             else "") + ")")
@@ -155,14 +158,17 @@ def split_cmd(store: Path = StoreDir,
                                      "and fakes apart) or label."),
               seed: int = typer.Option(0, "--seed", help="Random seed."),
               overwrite: bool = typer.Option(False, "--overwrite", help="Reassign rows that already have a split."),
+              new_only: bool = typer.Option(False, "--new-only", help="Split only the rows without a split (e.g. "
+                                            "added after an earlier split); the others keep theirs."),
               as_json: bool = typer.Option(False, "--json", help="Print JSON for other programs.")):
     """Assign train / val / test splits (seeded, stratified) in the metadata overlay; shards are not touched."""
     from item.store.annotate import split_store
     from item.store.reader import StoreReader
 
     StoreReader(store).close()  # a missing or malformed store fails here, with its one-line error
-    res = split_store(store, val=val, test=test, by=by, seed=seed, overwrite=overwrite,
-                      command=f"item store split {store} --val {val} --test {test} --by {by} --seed {seed}")
+    res = split_store(store, val=val, test=test, by=by, seed=seed, overwrite=overwrite, new_only=new_only,
+                      command=f"item store split {store} --val {val} --test {test} --by {by} --seed {seed}"
+                              + (" --new-only" if new_only else ""))
     if as_json:
         emit_json({"overlay_version": res.version, "overlay_digest": res.digest, "n_changed": res.n_changed,
                    "counts": res.counts})
