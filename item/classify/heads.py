@@ -193,7 +193,7 @@ class _Head:
 def auto_plan(cfg: HeadConfig, n_train: int) -> tuple[int, int]:
     """(batch size, epochs) of a fit on ``n_train`` rows: the config's values, or for 0 (auto) a batch of
     n_train / 32 rows within 32..256 (so small stores still take 32 steps an epoch; larger batches
-    reached a worse best epoch on the benchmark store, BENCHMARKS.md §8) and 1.5M row visits
+    reached a worse best epoch on the benchmark store, BENCHMARKS.md §9) and 1.5M row visits
     within 4..60 epochs (more rows, fewer epochs: each epoch already holds more steps)."""
     batch = cfg.batch_size or int(np.clip(n_train // AUTO_STEPS_PER_EPOCH, *AUTO_BATCH))
     epochs = cfg.max_epochs or int(np.clip(math.ceil(AUTO_ROW_VISITS / max(n_train, 1)), *AUTO_EPOCHS))
