@@ -38,7 +38,7 @@ while [ $# -gt 0 ]; do
 done
 if [ "$SMALL" = 1 ]; then
   N=${N:-2}; REPS=${REPS:-1}; BOUND="--quick-bound"; EXTRAS=0; LOOKUP_N=${LOOKUP_N:-0}
-  THREADS="--threads ${THREADS:-2}"; LIMIT=${LIMIT:-3000}
+  THREADS="--threads ${THREADS:-2}"; LIMIT=${LIMIT:-1500}; PRESETS=${PRESETS:-"fast small default"}
 else
   N=${N:-64}; REPS=${REPS:-2}; BOUND=""; EXTRAS=1; LOOKUP_N=${LOOKUP_N:-0}; THREADS=""; LIMIT=${LIMIT:-130}
 fi

@@ -62,6 +62,9 @@ class OwlGrounder(PreparedGrounder):
     def ground_size(self) -> int:
         return _square_size(self.processor.image_processor)
 
+    def auto_batch_size(self, device: str) -> int:
+        return 4 if str(device).startswith("cuda") else 1
+
     def ground_prepared(self, prepared: list[GroundImage | None], nouns: list[list[str]]) -> list[list[Box | None]]:
         import torch
 

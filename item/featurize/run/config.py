@@ -29,9 +29,13 @@ class FeaturizeConfig:
     # Images per captioner generate(); the image batch caps it. BLIP on an H200: 21.7 ms an image at 16,
     # 5.7 ms at 64 (BENCHMARKS.md).
     caption_batch_size: int = 64
-    # Images per Grounding DINO forward; 0 = auto: 4 on CUDA, 1 on CPU. It pads a batch to its largest
-    # image, and batching gains little: on an H200 27 ms an image at batch 4, 34 ms at 16 (BENCHMARKS.md).
+    # Images per grounder forward; 0 = auto, the grounder's own (``auto_batch_size``): Grounding DINO and OWLv2
+    # 4 on CUDA (H200: 27 ms an image at 4, 34 ms at 16, BENCHMARKS.md), OmDet-Turbo 16; 1 on the CPU.
     ground_batch_size: int = 0
+    # Synchronise the GPU at the end of every stage so that the stage timers hold each stage's own GPU time
+    # (``--profile-stages``). Off by default: a device-wide synchronize also waits for the overlapped CLIP
+    # thread's kernels. The stored bits are the same either way.
+    profile_stages: bool = False
     # Run the CLIP stage of batch i in a background thread while batch i+1 is captioned and grounded and
     # batch i-1 written (a bounded pipeline: at most two batches in flight). None = auto: on CUDA only (on the
     # CPU the two threads would share the same cores). The stored bits are the same either way.

@@ -36,11 +36,15 @@ class Featurizer:
         self.perturbation = str(parse_perturb(config.perturb or None))
 
     def _timed(self, stage: str, fn, *args):
+        """fn(*args), its seconds added to ``stage``. Every stage ends in a copy to the host (boxes, captions,
+        embeddings), which waits for its own kernels; a device-wide synchronize here would also wait for the
+        other thread's (the overlapped CLIP stage) and forbid the overlap, so it happens only when
+        ``config.profile_stages`` asks for exact per-stage GPU time."""
         t = time.perf_counter()
         try:
             return fn(*args)
         finally:
-            if str(self.models.device).startswith("cuda"):
+            if self.config.profile_stages and str(self.models.device).startswith("cuda"):
                 import torch
 
                 torch.cuda.synchronize()
@@ -125,9 +129,9 @@ class Featurizer:
             # Like-shaped images share a forward, so little of it is padding.
             with_nouns = sorted((i for i, n in enumerate(nouns) if n),
                                 key=lambda i: (good[i].image.width / good[i].image.height, i))
-            gbs = self.config.ground_batch_size or (4 if str(self.models.device).startswith("cuda") else 1)
-            boxes = [[None] * len(n) for n in nouns]
             grounder = self.models.grounder
+            gbs = self.config.ground_batch_size or grounder.auto_batch_size(self.models.device)
+            boxes = [[None] * len(n) for n in nouns]
             for s in range(0, len(with_nouns), gbs):
                 part = with_nouns[s:s + gbs]
                 prepared = [good[i].ground_input if good[i].ground_input is not None else
