@@ -59,7 +59,11 @@ def test_new_grounder_writes_a_store_that_names_its_family(tmp_path, grounder, f
                 assert 0 <= box[0] < box[2] <= meta["width"][row] and 0 <= box[1] < box[3] <= meta["height"][row]
     assert validate(store).ok
     info = CliRunner().invoke(app, ["store", "info", str(store), "--json"])
-    assert info.exit_code == 0 and family in info.stdout
+    assert info.exit_code == 0
+    assert json.loads(info.stdout)["models"]["grounder"]["family"] == family
+    text = CliRunner().invoke(app, ["store", "info", str(store)])
+    assert text.exit_code == 0 and f"{grounder} [{family}]" in text.stdout
+    assert "box_threshold=0.0" in text.stdout
     # a resume under another grounder (family) is refused, naming what differs
     for other in ("tiny-random", "owlv2-tiny-random"):
         r = CliRunner().invoke(app, base + ["--grounder", other])
