@@ -450,9 +450,11 @@ def bench_size(size: str, args, log, save=None) -> dict:
                              max_objects=8)
     images = [decode_image(r.path).image for r in rows] if use_given else []
 
-    # warm-up: one image through both (first forwards allocate / autotune)
-    naive_featurize(rows[:1], models, config.max_objects, use_given, Counter())
-    pipeline_featurize(rows[:2] if models.device.startswith("cuda") else rows[:1], models, config)
+    # warm-up: one image through both (first forwards allocate / autotune). Not on the CPU, where it
+    # costs as much as the measurement itself and first calls carry no autotuning.
+    if models.device.startswith("cuda"):
+        naive_featurize(rows[:1], models, config.max_objects, use_given, Counter())
+        pipeline_featurize(rows[:2], models, config)
 
     base_s, pipe_s, base_cap, pipe_cap = [], [], [], []
     base_stages, pipe_stages, pipe_summary = Counter(), Counter(), {}

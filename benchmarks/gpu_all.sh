@@ -3,7 +3,9 @@
 # throughout (speed only); the script builds every model itself (the lent machine has no network).
 #
 #   bash benchmarks/gpu_all.sh                      # on the GPU machine: at most about 9 minutes
-#   bash benchmarks/gpu_all.sh --device cpu --small # the same presets on the CPU at small sizes (2 images)
+#   bash benchmarks/gpu_all.sh --device cpu --small # the same presets on the CPU at small sizes (1 image, 1 rep,
+#                                                   # no warm-up: a full-size preset takes 10-40 min on 2 shared cores)
+#   PARALLEL=1 with --small runs the presets side by side (a busy shared machine; each then runs slower)
 #
 # For each preset (default, small, fast: default-random, small-random, fast-random) one run of
 # benchmarks/featurize.py measures, on the same images: the naive one-image-at-a-time baseline, the
@@ -37,7 +39,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ "$SMALL" = 1 ]; then
-  N=${N:-2}; REPS=${REPS:-1}; BOUND="--quick-bound"; EXTRAS=0; LOOKUP_N=${LOOKUP_N:-0}
+  N=${N:-1}; REPS=${REPS:-1}; BOUND="--quick-bound"; EXTRAS=0; LOOKUP_N=${LOOKUP_N:-0}
   THREADS="--threads ${THREADS:-2}"; LIMIT=${LIMIT:-1500}; PRESETS=${PRESETS:-"fast small default"}
 else
   N=${N:-64}; REPS=${REPS:-2}; BOUND=""; EXTRAS=1; LOOKUP_N=${LOOKUP_N:-0}; THREADS=""; LIMIT=${LIMIT:-130}
@@ -76,9 +78,11 @@ part() {  # part SECONDS command...: one measurement, its own time limit, logged
   local limit=$1; shift
   echo "== $(date -u +%H:%M:%S) (limit ${limit}s; load $(cut -d' ' -f1-3 /proc/loadavg)) $*" >>"$LOG"
   timeout "$limit" "$@" >>"$LOG" 2>&1
-  echo "== $(date -u +%H:%M:%S) exit $? (load $(cut -d' ' -f1-3 /proc/loadavg))" >>"$LOG"
+  local rc=$?  # before any command substitution below resets $?
+  echo "== $(date -u +%H:%M:%S) exit $rc (load $(cut -d' ' -f1-3 /proc/loadavg))" >>"$LOG"
 }
 
+pids=""
 for p in $PRESETS; do
   extra=""
   if [ "$EXTRAS" = 1 ] && [ "$DEVICE" != cpu ]; then
@@ -88,9 +92,16 @@ for p in $PRESETS; do
   if [ "$EXTRAS" = 1 ] && [ "$DEVICE" != cpu ] && [ "$p" = default ]; then
     extra="$extra --ground-sizes 512,640 --grounders owlv2-random,mm-gdino-random --precision 16"; limit=${DEFAULT_LIMIT:-260}
   fi
-  part "$limit" $NICE python3 benchmarks/featurize.py --size "$p" --device "$DEVICE" --n-images "$N" --reps "$REPS" \
-    --baseline-reps 1 --profile $BOUND $THREADS $extra --out "$OUT/featurize_$p.json"
+  if [ "${PARALLEL:-0}" = 1 ]; then
+    part "$limit" $NICE python3 benchmarks/featurize.py --size "$p" --device "$DEVICE" --n-images "$N" --reps "$REPS" \
+      --baseline-reps 1 --profile $BOUND $THREADS $extra --out "$OUT/featurize_$p.json" &
+    pids="$pids $!"
+  else
+    part "$limit" $NICE python3 benchmarks/featurize.py --size "$p" --device "$DEVICE" --n-images "$N" --reps "$REPS" \
+      --baseline-reps 1 --profile $BOUND $THREADS $extra --out "$OUT/featurize_$p.json"
+  fi
 done
+[ -n "$pids" ] && wait $pids
 if [ "$LOOKUP_N" != 0 ]; then
   part "${LOOKUP_LIMIT:-100}" python3 benchmarks/lookup_gpu.py --n "$LOOKUP_N" --queries "${LOOKUP_Q:-5000}" \
     --batch 1000 --out "$OUT/lookup_gpu.json"
