@@ -51,7 +51,7 @@ def samples():
 def bench(preset: str, reps: int, device: str, log) -> dict:
     import item
     from item.featurize import FeaturizeConfig, featurize_store
-    from item.featurize.inputs import InputRow
+    from item.featurize.inputs.discover import InputRow
     from item.serve.service import ServeConfig, Service
 
     rows = samples()
