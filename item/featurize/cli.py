@@ -17,7 +17,7 @@ def featurize_cmd(
     label: Optional[str] = typer.Option(None, help="Label for folders without label sub-folders: real|fake|unknown."),
     generator: Optional[str] = typer.Option(None, help="Generator name for rows whose layout gives none."),
     split: Optional[str] = typer.Option(None, help="Split name (train|val|test) for rows whose layout gives none."),
-    models: str = typer.Option("default", help="Model preset: default, small, tiny-random, small-random, "
+    models: str = typer.Option("default", help="Model preset: default, small, fast, tiny-random, small-random, "
                                "default-random."),
     clip: Optional[str] = typer.Option(None, help="open_clip model name (overrides the preset), e.g. ViT-L-14."),
     pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or a local checkpoint path."),
@@ -47,6 +47,8 @@ def featurize_cmd(
     max_pixels: Optional[int] = typer.Option(None, help="Decompression-bomb limit in pixels (default: "
                                              "Pillow's, 89,478,485); 0 removes the limit."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    profile_stages: bool = typer.Option(False, "--profile-stages", help="Synchronise the GPU after every stage so "
+                                        "that the summary's stage times are each stage's own (slower: no overlap)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete what the store holds and start afresh."),
     noun_prompt: str = typer.Option("photo", help="Text each noun is encoded as: photo ('a photo of a "
                                     "{noun}.') or bare ('{noun}'); recorded in the store."),
@@ -122,7 +124,8 @@ def featurize_cmd(
         shard_size=shard_size, perturb=str(perturbation), device=device, noun_prompt=noun_prompt,
         caption_decoding=caption_decoding,
         max_pixels=(None if max_pixels == 0 else (max_pixels or DEFAULT_MAX_PIXELS)),
-        engine=engine, ray_address=ray_address, ray_actors=ray_actors, gpus_per_actor=gpus_per_actor)
+        engine=engine, ray_address=ray_address, ray_actors=ray_actors, gpus_per_actor=gpus_per_actor,
+        profile_stages=profile_stages)
     command = "item featurize " + " ".join(sources)
     info(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''})"
          f"{' in ' + str(ray_actors) + ' Ray actors' if engine == 'ray' else ''} ...")

@@ -63,6 +63,8 @@ def _describe_model(spec) -> str:
         return str(spec)
     keys = [k for k in ("model", "pretrained", "id", "name", "path") if spec.get(k)]
     text = " ".join(f"{spec[k]}" for k in keys) or "-"
+    if spec.get("family"):  # a grounder's family (grounding-dino, owlv2, omdet-turbo, mm-grounding-dino)
+        text += f" [{spec['family']}]"
     if spec.get("random_weights"):
         text += " (random weights)"
     return text
