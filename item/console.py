@@ -88,7 +88,8 @@ def guarded(fn):
 
 @contextmanager
 def progress_bar(total: int | None, description: str, unit: str = "img"):
-    """A rich progress bar on stderr with items per second; yields ``advance(n)``."""
+    """A rich progress bar on stderr with items per second; yields ``advance(n, total=None)`` (``total``
+    sets the bar's length once it is known)."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
@@ -107,7 +108,9 @@ def progress_bar(total: int | None, description: str, unit: str = "img"):
     with Progress(*columns, console=_stderr(), transient=False, disable=not sys.stderr.isatty()) as prog:
         task = prog.add_task(description, total=total)
 
-        def advance(n: int = 1) -> None:
+        def advance(n: int = 1, total: int | None = None) -> None:
+            if total is not None:
+                prog.update(task, total=total)
             prog.advance(task, n)
 
         yield advance
