@@ -380,7 +380,8 @@ class Service:
         rows = self.ok_rows[mask]
         page = rows[offset:offset + limit]
         return {"total": int(rows.size), "offset": offset, "limit": limit, "facets": self.facets,
-                "rows": [{k: v for k, v in self._hit(int(r), 1.0).items() if k != "similarity"} for r in page]}
+                "rows": [{k: v for k, v in self._hit(int(r), 1.0).items() if k != "similarity"} for r in page],
+                "random_weights": self.random_weights}
 
     def thumbnail(self, image_id: str, size: str = "small") -> bytes:
         """JPEG bytes of a stored image, longest side THUMB_SIZES[size]; only for ids in the store."""
