@@ -181,3 +181,20 @@ def test_demo_offline_without_weights_fails_and_leaves_no_folder(tmp_path, monke
     r = cli("demo", "--out", out, "--device", "cpu")
     assert r.exit_code == 1, (r.stdout, r.stderr)
     assert not out.exists()
+
+
+def test_help_shows_real_metavariables_and_the_store_group_names_every_subcommand():
+    from item.cli import app as root
+    from typer.main import get_command
+
+    group = get_command(root)
+    commands = [[name] for name in group.commands if name != "store"]
+    commands += [["store", name] for name in group.commands["store"].commands]
+    for cmd in commands:
+        text = ok(*cmd, "--help").stdout
+        usage = text.splitlines()[0]
+        assert "{" not in usage and not re.search(r"<(path|str|int|float|bool|list\[)", text), (cmd, text)
+    top = ok("--help").stdout
+    line = next(ln for ln in top.splitlines() if ln.strip().startswith("store "))
+    for sub in group.commands["store"].commands:
+        assert sub in line, (sub, line)

@@ -396,6 +396,8 @@ def test_serve_command_loads_once_warns_off_localhost_and_answers(served, monkey
                                      "0.0.0.0", "--port", "8123", "--device", "cpu"])
     assert r.exit_code == 0, (r.stdout, r.stderr, r.exception)
     assert "NO authentication" in r.stderr and "RANDOM WEIGHTS" in r.stderr and "loading models" in r.stderr
+    assert r.stdout.splitlines()[0].startswith("RANDOM WEIGHTS")  # the first line, before anything loads
+    assert "/docs" not in r.stderr and "curl -F file=@" in r.stderr  # no page that needs a CDN
     assert seen["host"] == "0.0.0.0" and seen["port"] == 8123 and seen["page"] == 200
     assert seen["health"]["store"]["n_ok"] == N and [h["name"] for h in seen["health"]["heads"]] == ["hier"]
     r = CliRunner().invoke(cli_app, ["serve", str(served["store"]), "--head", str(served["heads"][0]), "--device",
