@@ -105,7 +105,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 def _attach() -> None:
     from item.store.cli import app as store_app
 
-    app.add_typer(store_app, name="store", help="Inspect, validate, export, index, split and annotate a store.")
+    app.add_typer(store_app, name="store", help="A store: info, validate, export, index, split, annotate.")
     for module in ("item.featurize.cli", "item.classify.cli", "item.serve.cli", "item.protocols.cli"):
         try:
             mod = __import__(module, fromlist=["register"])
