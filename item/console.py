@@ -13,9 +13,7 @@ from contextlib import contextmanager
 
 import typer
 
-#: The first line of every result computed with random weights (text); JSON carries ``random_weights``.
-RANDOM_WEIGHTS_LINE = ("RANDOM WEIGHTS: features come from randomly initialised models; these numbers are not "
-                       "detection accuracy")
+from item.outputs import RANDOM_WEIGHTS_LINE  # noqa: F401  (one definition; cli modules import it from here)
 
 
 _CONTROL = None

@@ -27,6 +27,23 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+#: The first line of every result computed with random weights (text); JSON carries ``random_weights``.
+RANDOM_WEIGHTS_LINE = ("RANDOM WEIGHTS: features come from randomly initialised models; these numbers are not "
+                       "detection accuracy")
+
+
+class RandomWeightsWarning(UserWarning):
+    """What the Python API warns with when a result comes from random weights."""
+
+
+def warn_random_weights(random_weights: bool, stacklevel: int = 3) -> None:
+    """The Python API's RANDOM WEIGHTS line: a warning (shown once per call site in a notebook)."""
+    if random_weights:
+        import warnings
+
+        warnings.warn(RANDOM_WEIGHTS_LINE, RandomWeightsWarning, stacklevel=stacklevel)
+
+
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_BASE = "https://item-detect.example/schemas/"  # an identifier only; nothing is fetched from it
 

@@ -307,10 +307,13 @@ def _readme_python_block() -> str:
 def test_readme_python_example_runs_as_written(feat, tmp_path, monkeypatch):
     (tmp_path / "stores").mkdir()
     shutil.copytree(feat["store"], tmp_path / "stores" / "mine")
-    shutil.copy(feat["rows"][13]["path"], tmp_path / "suspicious.png")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the example makes its own image to score
     code = _readme_python_block()
     assert "item.open_store" in code and "item.predict" in code
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
-    assert (tmp_path / "heads" / "hier" / "head.json").is_file()
+    from item.outputs import RandomWeightsWarning
+
+    with pytest.warns(RandomWeightsWarning, match="RANDOM WEIGHTS"):
+        exec(compile(code, "README.md", "exec"), scope)
+    assert (tmp_path / "heads" / "hier" / "head.json").is_file() and (tmp_path / "example.png").is_file()
+    assert scope["scores"].attrs["random_weights"] is True and scope["scores"]["status"].tolist() == ["ok"]

@@ -112,12 +112,19 @@ def train_cmd(
         from item.errors import InputError
 
         raise InputError(f"--hidden {hidden!r}: give comma-separated integers, e.g. 512,128") from None
-    fitted = train_head(store, recipe=recipe, kind=kind, train_split=train_split, val_split=val_split,
-                        val_fraction=val_fraction, seed=seed,
-                        train_generators=tuple(g.strip() for g in (train_generators or "").split(",") if g.strip()),
-                        hidden=hidden_sizes, dropout=dropout, weight_decay=weight_decay, lr=lr,
-                        max_epochs=max_epochs, batch_size=batch_size, patience=patience, C=c,
-                        max_memory=parse_memory(max_memory))
+    import warnings
+
+    from item.outputs import RandomWeightsWarning
+
+    with warnings.catch_warnings():  # the command says RANDOM WEIGHTS in its own first line
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        fitted = train_head(store, recipe=recipe, kind=kind, train_split=train_split, val_split=val_split,
+                            val_fraction=val_fraction, seed=seed,
+                            train_generators=tuple(g.strip() for g in (train_generators or "").split(",")
+                                                   if g.strip()),
+                            hidden=hidden_sizes, dropout=dropout, weight_decay=weight_decay, lr=lr,
+                            max_epochs=max_epochs, batch_size=batch_size, patience=patience, C=c,
+                            max_memory=parse_memory(max_memory))
     fitted.save(out)
     meta = load_head(out)[1]
     if meta.get("caption_source_warning"):

@@ -21,7 +21,7 @@ HEAD_METRICS = ("acc", "acc_05", "real_acc", "fake_acc", "real_acc_05", "fake_ac
 #: Short column labels; "oracle" is always said to have seen the test labels.
 LABELS = {"acc": "acc", "acc_05": "acc@0.5", "real_acc": "real", "fake_acc": "fake", "real_acc_05": "real@0.5",
           "fake_acc_05": "fake@0.5", "ap": "AP", "auroc": "AUROC", "oracle_acc": "oracle acc (test labels)"}
-RANDOM_LINE = "RANDOM WEIGHTS: features come from randomly initialised models; these numbers are not detection accuracy"
+from item.outputs import RANDOM_WEIGHTS_LINE as RANDOM_LINE  # noqa: E402  (one definition)
 
 
 def pct(value) -> str:
