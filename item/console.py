@@ -31,6 +31,16 @@ def safe_text(text, keep_newlines: bool = True) -> str:
     return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
+def human_bytes(n) -> str:
+    """A size for people: 4978 -> '4.9 KiB', 3 * 2**30 -> '3.0 GiB' (never 'about 0 MiB')."""
+    n = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{int(n)} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
 def _stderr():
     from rich.console import Console
 

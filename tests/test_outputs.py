@@ -243,3 +243,19 @@ def test_readme_documents_the_defaults_the_commands_have():
                  ("neighbors", "-k"), ("serve", "--port"), ("serve", "-k"), ("store split", "--val"),
                  ("store index", "--kind"), ("demo", "--out"), ("reproduce", "--kind")]:
         assert want in checked, (want, checked)
+
+
+def test_report_has_the_model_spec_as_a_table_distinct_map_colours_and_index_sizes_are_true(made, tmp_path):
+    from item.classify.report import map_colours
+
+    ok("report", made["store"], "--head", made["head"], "--out", tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    spec = html[html.index("model spec"):]
+    assert spec.index('<table class="inner">') < spec.index("clip_model") < spec.index("</table>")
+    colours = map_colours(["real"] + [f"g{i}" for i in range(12)])
+    assert len(set(colours.values())) == 13
+    assert not {"#1f77b4", "#d62728", "#e41a1c", "#377eb8"} & {c for n, c in colours.items() if n != "real"}
+    line = made["text"]["store index"].stderr
+    size = (made["store"] / "index" / "image-flat.faiss").stat().st_size
+    assert "about 0 MiB" not in line and re.search(r"\(\d+(\.\d)? (bytes|KiB) on disk", line), line
+    assert size < 2**20  # a small store's index: its size is said in bytes or KiB, not rounded to 0 MiB

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from item.console import RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, info, progress_bar, table, warn
+from item.console import (RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, human_bytes, info, progress_bar, table,
+                          warn)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -156,8 +157,9 @@ def index_cmd(store: Path = StoreDir,
     with progress_bar(total, f"indexing {on} ({kind})", unit="rows") as advance:
         side = build_index(store, on=on, kind=kind, params=params, progress=advance, memory_budget=memory_budget,
                            target_recall=target_recall, device=device)
-    info(f"indexed {side['count']} rows: {store}/index/{on}-{side['kind']}.faiss "
-         f"(about {side['memory_bytes'] / 2**20:.0f} MiB in memory)")
+    on_disk = sum(int(f.get("bytes", 0)) for f in (side.get("files") or {}).values())
+    info(f"indexed {side['count']} rows: {store}/index/{on}-{side['kind']}.faiss ({human_bytes(on_disk)} on disk, "
+         f"about {human_bytes(side['memory_bytes'])} in memory by the estimate)")
     tuning = side.get("tuning")
     if tuning:
         msg = (f"{tuning['param']} {tuning['chosen']}: recall@{tuning['k']} {tuning['recall_at_k']} on "
