@@ -63,7 +63,7 @@ def sample_rows(n: int, workdir: Path):
     are written to `workdir`: their repeated captions raise the text-cache hit rate (say so)."""
     from PIL import Image, ImageOps
 
-    from item.featurize.inputs import InputRow
+    from item.featurize.inputs.discover import InputRow
 
     sample_dir = ROOT / "item" / "samples"
     base = list(csv.DictReader(open(sample_dir / "manifest.csv")))
@@ -87,8 +87,8 @@ def sample_rows(n: int, workdir: Path):
 # -- the naive baseline ----------------------------------------------------------------------------
 def naive_featurize(rows, models, max_objects: int, use_given: bool, seconds: Counter) -> list[dict]:
     """One image at a time: decode, caption, nouns, ground, CLIP image + each crop, caption + each noun."""
-    from item.featurize.decode import decode_image
-    from item.featurize.nouns import extract_nouns
+    from item.featurize.inputs.decode import decode_image
+    from item.featurize.text.nouns import extract_nouns
     from item.misalignment import compute
 
     clip, dev = models.clip, models.device
@@ -236,10 +236,10 @@ def forward_bound(rows, models, counts: dict, config, batches: dict, time_captio
     """Pure model forward time per stage at its best batch size x the stage's items."""
     import torch
 
-    from item.featurize.captioner import autocast_for
-    from item.featurize.decode import decode_image
-    from item.featurize.grounder import build_prompt
-    from item.featurize.nouns import extract_nouns
+    from item.featurize.inputs.decode import decode_image
+    from item.featurize.models.grounding_dino import build_prompt
+    from item.featurize.models.hub import autocast_for
+    from item.featurize.text.nouns import extract_nouns
 
     dev = models.device
     gpu = dev.startswith("cuda")
@@ -276,7 +276,7 @@ def forward_bound(rows, models, counts: dict, config, batches: dict, time_captio
     prepared = {i: g.prepare(images[i]) for i in with_nouns}
 
     def ground(b):
-        from item.featurize.grounder import collate_pixels
+        from item.featurize.models.grounding import collate_pixels
 
         idx = cycle(with_nouns, b)
         if getattr(g, "family", "") == "owlv2":
@@ -333,8 +333,8 @@ def forward_bound(rows, models, counts: dict, config, batches: dict, time_captio
 def _owl_forward(g, prepared, nouns, dev) -> float:
     import torch
 
-    from item.featurize.captioner import autocast_for
-    from item.featurize.owl import PROMPT
+    from item.featurize.models.hub import autocast_for
+    from item.featurize.models.owlv2 import PROMPT
 
     n_q = max(len(n) for n in nouns)
     texts = [q for ns in nouns for q in [PROMPT.format(n) for n in ns] + [""] * (n_q - len(ns))]
@@ -357,11 +357,11 @@ def precision_check(rows, models, n: int, log) -> dict:
 
     import torch
 
-    from item.featurize import captioner as cap_mod
-    from item.featurize import grounder as gr_mod
-    from item.featurize.decode import decode_image
-    from item.featurize.encoder import ClipEncoder
-    from item.featurize.nouns import extract_nouns
+    from item.featurize.inputs.decode import decode_image
+    from item.featurize.models import blip as cap_mod
+    from item.featurize.models import grounding_dino as gr_mod
+    from item.featurize.models.clip import ClipEncoder
+    from item.featurize.text.nouns import extract_nouns
 
     rows = rows[:n]
     images = [decode_image(r.path).image for r in rows]
@@ -423,8 +423,8 @@ def med_spread(xs):
 def bench_size(size: str, args, log, save=None) -> dict:
     import torch
 
-    from item.featurize.decode import decode_image
     from item.featurize import FeaturizeConfig, load_models, resolve_models
+    from item.featurize.inputs.decode import decode_image
 
     t = time.perf_counter()
     models = load_models(resolve_models(SIZES[size]), args.device)
@@ -543,7 +543,7 @@ def bench_size(size: str, args, log, save=None) -> dict:
         except Exception as exc:  # the profiler is optional; never lose the run over it
             extras["profile"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     for gs in [int(x) for x in args.ground_sizes.split(",") if x.strip()]:
-        from item.featurize.grounder import set_ground_size
+        from item.featurize.models.grounding import set_ground_size
 
         ip = models.grounder.processor.image_processor
         before = set_ground_size(ip, None)
@@ -559,7 +559,7 @@ def bench_size(size: str, args, log, save=None) -> dict:
         finally:
             set_ground_size(ip, before)
     for gname in [x.strip() for x in args.grounders.split(",") if x.strip()]:
-        from item.featurize.grounder import load_grounder
+        from item.featurize.models.grounders import load_grounder
 
         t = time.perf_counter()
         other = load_grounder(gname, models.device, box_threshold=0.0, text_threshold=0.0)
@@ -573,8 +573,8 @@ def bench_size(size: str, args, log, save=None) -> dict:
                                            "stage_seconds": summ["stage_seconds"], "ground_size": other.ground_size,
                                            "quality": "unknown (random weights; no real weights here)"}
             per_item = {}
-            from item.featurize.decode import decode_image as _dec
-            from item.featurize.nouns import extract_nouns as _nouns
+            from item.featurize.inputs.decode import decode_image as _dec
+            from item.featurize.text.nouns import extract_nouns as _nouns
 
             cand = [(r, _nouns(r.caption or "", max_objects=8)) for r in rows]
             cand = [(other.prepare(_dec(r.path).image), ns) for r, ns in cand if ns][:16]

@@ -90,33 +90,9 @@ class Store:
         """Update label / generator / split of stored rows from a manifest (CSV or JSON Lines with
         ``path``, optional ``id``, and any of ``label``, ``generator``, ``split``; empty values keep
         what is stored). Never encodes an image. Returns an ``AnnotateResult``."""
-        from item.featurize.inputs import normalize_label, read_manifest_records
-        from item.store.annotate import Update, annotate_store
+        from item.store.annotate import annotate_store, updates_from_manifest
 
-        columns, records = read_manifest_records(str(manifest))
-        fields = [c for c in ("label", "generator", "split") if c in columns]
-        if not fields:
-            raise InputError(f"manifest {manifest}: nothing to annotate; give a label, generator or split column "
-                             f"(found: {', '.join(columns)})")
-        updates = []
-        for origin, rec in records:
-            values = {}
-            for c in fields:
-                raw = rec.get(c)
-                text = "" if raw is None else str(raw).strip()
-                if not text:
-                    continue
-                if c == "label":
-                    text = normalize_label(text)
-                    if text is None:
-                        raise InputError(f"{origin}: unknown label {raw!r} (valid: real, fake, unknown, or 0/1, "
-                                         "nature/ai)")
-                values[c] = text
-            path = str(rec.get("path") or "")
-            ident = str(rec.get("id") or "").strip()
-            if not path and not ident:
-                raise InputError(f"{origin}: no path or id")
-            updates.append(Update(origin=origin, path=path, id=ident, **values))
+        updates = updates_from_manifest(manifest)
         return annotate_store(self.path, updates, command=command or f"item store annotate {manifest}")
 
 

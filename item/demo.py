@@ -40,7 +40,7 @@ def run_demo(out_dir, *, models: str = "default", device: str = "auto", overwrit
     from item.classify.reporting import write_report
     from item.classify.train import TrainConfig, train_head
     from item.featurize import FeaturizeConfig, featurize_store, load_models, resolve_models
-    from item.featurize.inputs import discover
+    from item.featurize.inputs.discover import discover
 
     out = Path(out_dir)
     store = out / "store"

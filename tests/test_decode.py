@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from item.featurize import decode as dec
-from item.featurize.decode import SKIP_REASONS, DecodeError, decode_image, file_id
+from item.featurize.inputs import decode as dec
+from item.featurize.inputs.decode import SKIP_REASONS, DecodeError, decode_image, file_id
 
 
 def _reason(path, **kw):

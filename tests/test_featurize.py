@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from item.cli import app
 from item import faults
+from item.cli import app
 from item.featurize import FeaturizeConfig, featurize_store, load_models, resolve_models
-from item.featurize.inputs import discover
+from item.featurize.inputs.discover import discover
 from item.store import StoreReader, validate
 
 SAMPLES = Path(__file__).resolve().parents[1] / "item" / "samples"
@@ -262,7 +262,7 @@ def test_extreme_sizes_are_featurized(tmp_path, models):
 
 def test_models_saved_to_disk_load_through_the_cli(tmp_path, models):
     """A checkpoint saved by the test goes through the same loading path pretrained weights take."""
-    from item.featurize.tiny import save_tiny_models
+    from item.featurize.models.tiny import save_tiny_models
 
     paths = save_tiny_models(tmp_path / "weights")
     make_image(tmp_path / "data" / "real" / "a.png", 5)

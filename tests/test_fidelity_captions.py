@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from item.featurize.captioner import CLEANUP_VERSION, clean_caption
-from item.featurize.models import resolve_models
-from item.featurize.pipeline import FeaturizeConfig, compat_for, featurize_images, load_models
+from item.featurize.models.loading import compat_for, load_models
+from item.featurize.models.presets import resolve_models
+from item.featurize.run.config import FeaturizeConfig
+from item.featurize.run.local import featurize_images
+from item.featurize.text.captions import CLEANUP_VERSION, clean_caption
 
 CASES = [
     ("arafed man in a suit and tie standing in front of a building",
@@ -103,7 +105,7 @@ def _greedy_by_hand(model, processor, image, max_new_tokens: int) -> str:
 
 def test_blip_captions_equal_greedy_decoding_by_hand():
     """Second path for the captioner: its captions are BLIP's greedy decoding, token for token."""
-    from item.featurize.captioner import load_captioner
+    from item.featurize.models.blip import load_captioner
 
     cap = load_captioner("tiny-random")
     rng = np.random.default_rng(2)

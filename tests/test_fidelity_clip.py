@@ -113,8 +113,8 @@ def test_models_small_loads_every_part_from_the_hub_cache(vit_b_32_hub, tmp_path
     """``--models small`` through the hub ids its preset names: CLIP the real ViT-B-32 architecture (random
     weights, as above); captioner and grounder the tiny random configs saved under the preset's repo ids
     (full-size BLIP base and Grounding DINO would take minutes on a CPU; their loading path is the same)."""
-    from item.featurize import tiny
-    from item.featurize.models import PRESETS
+    from item.featurize.models import tiny
+    from item.featurize.models.presets import PRESETS
     from tests.fidelity_hub import save_transformers
 
     hf_home, checkpoint = vit_b_32_hub
@@ -155,8 +155,8 @@ def test_local_checkpoint_takes_the_activation_from_its_config(tmp_path):
     import json
     import shutil
 
-    from item.featurize import tiny
-    from item.featurize.encoder import load_clip, trained_activation
+    from item.featurize.models import tiny
+    from item.featurize.models.clip import load_clip, trained_activation
 
     paths = tiny.save_tiny_models(tmp_path / "m")
     ckpt = Path(paths["clip_pretrained"])
@@ -193,8 +193,8 @@ def test_open_clip_activation_mismatch_is_an_error(tmp_path, monkeypatch):
     import open_clip
 
     from item.errors import ModelLoadError
-    from item.featurize import tiny
-    from item.featurize.encoder import load_clip
+    from item.featurize.models import tiny
+    from item.featurize.models.clip import load_clip
     from tests.fidelity_hub import snapshot_dir
 
     cfg_dir = tmp_path / "cfg"

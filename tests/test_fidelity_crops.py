@@ -20,9 +20,12 @@ import pytest
 from PIL import Image
 
 from item.featurize.crops import PAD_COLOUR, square_crop, square_region
-from item.featurize.grounder import MIN_BOX_AREA, load_grounder, not_groundable
-from item.featurize.models import resolve_models
-from item.featurize.pipeline import FeaturizeConfig, featurize_images, load_models
+from item.featurize.models.grounders import load_grounder
+from item.featurize.models.grounding import MIN_BOX_AREA, not_groundable
+from item.featurize.models.loading import load_models
+from item.featurize.models.presets import resolve_models
+from item.featurize.run.config import FeaturizeConfig
+from item.featurize.run.local import featurize_images
 
 
 @pytest.mark.parametrize("box,size,want", [
@@ -98,7 +101,7 @@ def test_boxes_lying_in_the_padding_never_count():
     grounded); the best query inside the image wins. A noun whose only query lies in the padding is ungrounded."""
     import torch
 
-    from item.featurize.grounder import select_boxes
+    from item.featurize.models.grounding_dino import select_boxes
 
     p = torch.tensor([[0.95, 0.10],   # query 0: 'dog' very likely, box in the padding
                       [0.60, 0.10],   # query 1: 'dog' less likely, box inside the image

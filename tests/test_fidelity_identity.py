@@ -16,9 +16,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from item.cli import app
-from item.featurize.models import resolve_models
-from item.featurize.pipeline import FeaturizeConfig, compat_for, featurize_rows, load_models, models_info
-from item.featurize.inputs import discover
+from item.featurize.inputs.discover import discover
+from item.featurize.models.loading import compat_for, load_models, models_info
+from item.featurize.models.presets import resolve_models
+from item.featurize.run.config import FeaturizeConfig
+from item.featurize.run.local import featurize_rows
 from item.store import StoreReader, StoreWriter, validate
 from item.store import schema
 from item.store.synthetic import synthetic_compat, write_synthetic_store

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from item.featurize.captioner import clean_caption
-from item.featurize.nouns import NOUNS_VERSION, extract_nouns
+from item.featurize.text.captions import clean_caption
+from item.featurize.text.nouns import NOUNS_VERSION, extract_nouns
 
 CASES = [
     # aircraft and vehicles (BLIP's usual words for them)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from item.errors import InputError
-from item.featurize.inputs import LABELS, LAYOUTS, discover
+from item.featurize.inputs.discover import LABELS, LAYOUTS, discover
 
 
 def _touch(root, rel):
@@ -202,7 +202,7 @@ def test_registry_and_labels():
 
 
 def test_a_huge_caption_is_refused_for_its_row_only(tmp_path):
-    from item.featurize.inputs import MAX_CAPTION_CHARS
+    from item.featurize.inputs.discover import MAX_CAPTION_CHARS
 
     _touch(tmp_path, "a.png")
     _touch(tmp_path, "b.png")

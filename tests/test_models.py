@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from item.errors import InputError, ModelLoadError
-from item.featurize.models import PRESETS, ModelSpec, resolve_models
+from item.featurize.models.presets import PRESETS, ModelSpec, resolve_models
 
 
 def _images() -> list[Image.Image]:
@@ -27,21 +27,21 @@ def _images() -> list[Image.Image]:
 
 @pytest.fixture(scope="module")
 def clip():
-    from item.featurize.encoder import load_clip
+    from item.featurize.models.clip import load_clip
 
     return load_clip(PRESETS["tiny-random"].clip_model, PRESETS["tiny-random"].clip_pretrained)
 
 
 @pytest.fixture(scope="module")
 def captioner():
-    from item.featurize.captioner import load_captioner
+    from item.featurize.models.blip import load_captioner
 
     return load_captioner("tiny-random")
 
 
 @pytest.fixture(scope="module")
 def grounder():
-    from item.featurize.grounder import load_grounder
+    from item.featurize.models.grounders import load_grounder
 
     spec = PRESETS["tiny-random"]
     return load_grounder(spec.grounder, box_threshold=spec.box_threshold, text_threshold=spec.text_threshold)
@@ -115,7 +115,7 @@ def test_clip_truncation_flag(clip):
 
 
 def test_clip_deterministic_and_preprocess_picklable(clip):
-    from item.featurize.encoder import load_clip
+    from item.featurize.models.clip import load_clip
 
     again = load_clip(PRESETS["tiny-random"].clip_model, "")
     im = _images()[2]
@@ -132,7 +132,7 @@ def test_clip_deterministic_and_preprocess_picklable(clip):
 
 
 def test_captioner_deterministic_strings(captioner):
-    from item.featurize.captioner import load_captioner
+    from item.featurize.models.blip import load_captioner
 
     images = _images()
     first = captioner.caption(images)
@@ -149,7 +149,7 @@ def test_captioner_deterministic_strings(captioner):
 
 
 def test_grounder_one_entry_per_noun_inside_image(grounder):
-    from item.featurize.grounder import Box
+    from item.featurize.models.grounding import Box
 
     images = _images()
     nouns = [["man", "bike", "traffic light"], [], ["dog", "dog"]]
@@ -166,7 +166,7 @@ def test_grounder_one_entry_per_noun_inside_image(grounder):
 
 
 def test_grounder_thresholds_leave_nouns_ungrounded(grounder):
-    from item.featurize.grounder import Grounder
+    from item.featurize.models.grounding_dino import Grounder
 
     strict = Grounder(grounder.model, grounder.processor, dict(grounder.info), "cpu", 1.01, 1.01)
     assert strict.ground(_images()[:1], [["man", "bike"]]) == [[None, None]]
@@ -178,7 +178,7 @@ def test_grounder_noun_score_comes_from_its_token_span(grounder):
     """Each noun's score equals the max probability over its own tokens, found by character offsets."""
     import torch
 
-    from item.featurize.grounder import build_prompt
+    from item.featurize.models.grounding_dino import build_prompt
 
     image = _images()[0]
     nouns = ["red car", "tree"]
@@ -201,10 +201,10 @@ def test_grounder_noun_score_comes_from_its_token_span(grounder):
 
 
 def test_save_and_load_tiny_models_from_local_paths(tmp_path, clip, captioner, grounder):
-    from item.featurize.captioner import load_captioner
-    from item.featurize.encoder import load_clip
-    from item.featurize.grounder import load_grounder
-    from item.featurize.tiny import save_tiny_models
+    from item.featurize.models.blip import load_captioner
+    from item.featurize.models.clip import load_clip
+    from item.featurize.models.grounders import load_grounder
+    from item.featurize.models.tiny import save_tiny_models
 
     paths = save_tiny_models(tmp_path / "models")
     assert os.path.isfile(paths["clip_pretrained"])
@@ -236,9 +236,9 @@ def test_save_and_load_tiny_models_from_local_paths(tmp_path, clip, captioner, g
 
 @pytest.mark.parametrize("kind", ["clip", "captioner", "grounder"])
 def test_missing_weights_offline_fail_fast_one_line(kind, monkeypatch, tmp_path):
-    from item.featurize.captioner import load_captioner
-    from item.featurize.encoder import load_clip
-    from item.featurize.grounder import load_grounder
+    from item.featurize.models.blip import load_captioner
+    from item.featurize.models.clip import load_clip
+    from item.featurize.models.grounders import load_grounder
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -264,9 +264,9 @@ def test_missing_weights_offline_fail_fast_one_line(kind, monkeypatch, tmp_path)
 
 
 def test_missing_local_paths_are_one_line_errors(tmp_path):
-    from item.featurize.captioner import load_captioner
-    from item.featurize.encoder import load_clip
-    from item.featurize.grounder import load_grounder
+    from item.featurize.models.blip import load_captioner
+    from item.featurize.models.clip import load_clip
+    from item.featurize.models.grounders import load_grounder
 
     missing = str(tmp_path / "nope")
     for load in (lambda: load_clip("ViT-B-32", missing + ".safetensors"), lambda: load_captioner(missing),
@@ -283,9 +283,9 @@ def test_missing_local_paths_are_one_line_errors(tmp_path):
 
 def test_tiny_builders_are_fast_and_offline(clip, captioner, grounder):
     """Building all three tiny models (imports already paid by the fixtures) takes well under a few seconds."""
-    from item.featurize.captioner import load_captioner
-    from item.featurize.encoder import load_clip
-    from item.featurize.grounder import load_grounder
+    from item.featurize.models.blip import load_captioner
+    from item.featurize.models.clip import load_clip
+    from item.featurize.models.grounders import load_grounder
 
     start = time.perf_counter()
     load_clip("item-tiny-clip", "")

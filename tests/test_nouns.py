@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from item.featurize.nouns import extract_nouns  # noqa: E402
+from item.featurize.text.nouns import extract_nouns  # noqa: E402
 
 CASES = [
     # BLIP-style

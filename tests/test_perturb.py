@@ -5,7 +5,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from item.errors import InputError
-from item.featurize.perturb import Perturbation, parse_perturb
+from item.featurize.inputs.perturb import Perturbation, parse_perturb
 
 
 def _img():

@@ -252,7 +252,7 @@ def test_write_failure_is_one_line_and_resumable(tmp_path, monkeypatch, fault, c
 
 # -- 6. non-finite embeddings ---------------------------------------------------------------------
 def test_non_finite_embedding_skips_that_image(tmp_path, monkeypatch):
-    from item.featurize.encoder import ClipEncoder
+    from item.featurize.models.clip import ClipEncoder
 
     make_folder(tmp_path / "in", 10)
     Image.new("RGB", (30, 20), (0, 0, 0)).save(tmp_path / "in" / "1_fake" / "black.png")

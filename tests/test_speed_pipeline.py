@@ -12,10 +12,13 @@ from typer.testing import CliRunner
 
 from item.cli import app
 from item.errors import InputError
-from item.featurize.grounder import collate_pixels, letterbox, load_grounder
-from item.featurize.inputs import InputRow
-from item.featurize.models import resolve_models
-from item.featurize.pipeline import FeaturizeConfig, compat_for, featurize_rows, load_models, models_info
+from item.featurize.inputs.discover import InputRow
+from item.featurize.models.grounders import load_grounder
+from item.featurize.models.grounding import collate_pixels, letterbox
+from item.featurize.models.loading import compat_for, load_models, models_info
+from item.featurize.models.presets import resolve_models
+from item.featurize.run.config import FeaturizeConfig
+from item.featurize.run.local import featurize_rows
 from item.store import StoreReader, StoreWriter, validate
 
 CAPTIONS = ["a dog on a red sofa next to a cat", None, "two men riding bikes on a road", None,
@@ -213,7 +216,7 @@ def test_owlv2_grounder_through_the_cli(tmp_path):
 
 
 def test_owlv2_loads_from_a_saved_folder_with_the_same_boxes(tmp_path):
-    from item.featurize.owl import build_owlv2
+    from item.featurize.models.owlv2 import build_owlv2
 
     model, processor = build_owlv2("owlv2-tiny-random")
     folder = tmp_path / "owl"

@@ -332,7 +332,7 @@ def test_a_planted_lock_symlink_is_refused_and_files_are_group_readable(tmp_path
 
 # -- folder discovery through symlinks -------------------------------------------------------------
 def test_symlinked_folders_are_labelled_where_they_are_listed(tmp_path):
-    from item.featurize.inputs import discover
+    from item.featurize.inputs.discover import discover
 
     src = tmp_path / "data"
     for name in ("real/a.png", "fake/b.png", "shared_nature/n.png"):

@@ -57,10 +57,10 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 
 def no_models(monkeypatch):
     """Make every model loader fail loudly: whatever still works loads no model."""
-    import item.featurize.captioner as captioner
-    import item.featurize.encoder as encoder
-    import item.featurize.grounder as grounder
-    import item.featurize.loading as loading
+    import item.featurize.models.blip as captioner
+    import item.featurize.models.clip as encoder
+    import item.featurize.models.grounders as grounder
+    import item.featurize.models.loading as loading
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded")

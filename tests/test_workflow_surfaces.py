@@ -58,9 +58,9 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 
 def refuse(monkeypatch, *names):
     """Make the named model loaders fail loudly (captioner, grounder, clip)."""
-    import item.featurize.captioner as captioner
-    import item.featurize.encoder as encoder
-    import item.featurize.grounder as grounder
+    import item.featurize.models.blip as captioner
+    import item.featurize.models.clip as encoder
+    import item.featurize.models.grounders as grounder
 
     where = {"captioner": (captioner, "load_captioner"), "grounder": (grounder, "load_grounder"),
              "clip": (encoder, "load_clip")}

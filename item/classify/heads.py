@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from item.errors import HeadError, IncompatibleError, InputError, SchemaError
+from item.names import HEAD_CONFIG_FILE
 
 SCHEMA_VERSION = 1
 WEIGHTS_FILE = "head.safetensors"
-CONFIG_FILE = "head.json"
+CONFIG_FILE = HEAD_CONFIG_FILE  # featurize reads it too: it lives in item.names
 CLASSES = np.array([0, 1])
 _VAL_FRACTION = 0.1
 _PREDICT_BATCH = 8192

@@ -32,7 +32,7 @@ def check_named_models(compat: dict, allowed_paths=()) -> None:
     A head.json is a file users exchange: it must not make ITEM open an arbitrary local file."""
     import open_clip
 
-    from item.featurize.models import PRESETS, is_random
+    from item.featurize.models.presets import PRESETS, is_random
 
     allowed = {os.path.realpath(p) for p in allowed_paths}
     preset_values = {v for s in PRESETS.values() for v in (s.clip_model, s.clip_pretrained, s.captioner, s.grounder)}
@@ -69,7 +69,7 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
     loaded here would compute other numbers than ``compat`` records; ``allow_mixed`` lets
     schema.ALLOW_MIXED_KEYS (library versions, device class, precision) differ."""
     from item.featurize import FeaturizeConfig, ModelSpec, compat_for, featurize_images, load_models
-    from item.featurize.nouns import DEFAULT_NOUN_PROMPT
+    from item.featurize.text.nouns import DEFAULT_NOUN_PROMPT
 
     spec = ModelSpec.from_head({"compat": compat, "models": models})
     if log is not None:
@@ -98,7 +98,7 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], dict[str, str]]:
     """(absolute paths, {path: given caption}): files as given, folders walked recursively for image
     files (sorted), manifests (CSV / JSON Lines with ``path`` and optional ``caption``) read."""
-    from item.featurize.inputs import IMAGE_EXTENSIONS, MANIFEST_EXTENSIONS, read_manifest_records
+    from item.featurize.inputs.discover import IMAGE_EXTENSIONS, MANIFEST_EXTENSIONS, read_manifest_records
 
     out, captions = [], {}
     for p in inputs:
@@ -289,7 +289,7 @@ def _file_query(reader: StoreReader, query: str, on: str, column: str, device: s
     ``--on image`` loads CLIP's image tower only; ``--on misalignment`` needs the caption, the nouns and
     the boxes, so it runs the whole featurize path.
     """
-    from item.featurize.decode import DecodeError, file_id
+    from item.featurize.inputs.decode import DecodeError, file_id
 
     try:
         fid = file_id(query)
@@ -303,7 +303,7 @@ def _file_query(reader: StoreReader, query: str, on: str, column: str, device: s
         return reader.read(column, [row]), {"query": query, "kind": "file", "id": fid, "stored_row": row,
                                             "caption": str(status[schema.CAPTION][row]), "models_loaded": []}
     if on == "image":
-        from item.featurize.lookup import embed_image_files
+        from item.featurize.run.lookup import embed_image_files
 
         from item.featurize import ModelSpec
 

@@ -135,7 +135,7 @@ def select_training_rows(reader: StoreReader, cfg: TrainConfig) -> tuple[np.ndar
         if train.size == 0:
             raise InputError(f"every training row is in the validation split {cfg.val_split!r}")
     if val.size == 0:
-        # Augmented copies (item.featurize.augment) follow their original: the hold-out is drawn from
+        # Augmented copies (item.featurize.inputs.augment) follow their original: the hold-out is drawn from
         # original rows, and a copy of a held-out image neither trains nor validates.
         copies = _augmented_rows(reader, train)
         base = np.setdiff1d(train, copies)
@@ -143,7 +143,7 @@ def select_training_rows(reader: StoreReader, cfg: TrainConfig) -> tuple[np.ndar
         tr, va = stratified_holdout(y, cfg.seed, cfg.val_fraction)
         train, val = base[tr], base[va]
         if copies.size:
-            from item.featurize.augment import base_id
+            from item.featurize.inputs.augment import base_id
 
             ids = reader.metadata([schema.ID])[schema.ID]
             held = {str(i) for i in ids[val]}

@@ -17,17 +17,17 @@ the functions that need them).
 from __future__ import annotations
 
 _EXPORTS = {
-    "featurize_store": "item.featurize.run",
-    "featurize_images": "item.featurize.run",
-    "RunSummary": "item.featurize.run",
-    "FeaturizeConfig": "item.featurize.config",
-    "ENGINES": "item.featurize.config",
-    "ModelSpec": "item.featurize.models",
-    "PRESETS": "item.featurize.models",
-    "resolve_models": "item.featurize.models",
-    "Models": "item.featurize.loading",
-    "load_models": "item.featurize.loading",
-    "compat_for": "item.featurize.loading",
+    "featurize_store": "item.featurize.run.engine",
+    "featurize_images": "item.featurize.run.local",
+    "RunSummary": "item.featurize.run.local",
+    "FeaturizeConfig": "item.featurize.run.config",
+    "ENGINES": "item.featurize.run.config",
+    "ModelSpec": "item.featurize.models.presets",
+    "PRESETS": "item.featurize.models.presets",
+    "resolve_models": "item.featurize.models.presets",
+    "Models": "item.featurize.models.loading",
+    "load_models": "item.featurize.models.loading",
+    "compat_for": "item.featurize.models.loading",
 }
 
 __all__ = sorted(_EXPORTS)

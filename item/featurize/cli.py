@@ -67,9 +67,9 @@ def featurize_cmd(
     import dataclasses
 
     from item.featurize import FeaturizeConfig, featurize_store, resolve_models
-    from item.featurize.decode import DEFAULT_MAX_PIXELS
-    from item.featurize.inputs import discover
-    from item.featurize.perturb import parse_perturb
+    from item.featurize.inputs.decode import DEFAULT_MAX_PIXELS
+    from item.featurize.inputs.discover import discover
+    from item.featurize.inputs.perturb import parse_perturb
 
     perturbation = parse_perturb(perturb or None)
     disc = discover(list(sources), label=label, generator=generator, split=split)
@@ -129,7 +129,7 @@ def featurize_cmd(
     for k, v in summary.mixed_identity.items():
         warn(f"--allow-mixed: {k} was {v['run']!r} in this run, the store's is {v['store']!r}")
     if augment:
-        from item.featurize.augment import augment_store
+        from item.featurize.inputs.augment import augment_store
 
         with progress_bar(None, "augmenting") as advance:
             augmented = augment_store(disc.rows, store, models=run_models, config=config, specs=augment,

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 
-from item.featurize.captioner import CLEANUP_VERSION
 from item.featurize.crops import CROP_MODE
-from item.featurize.nouns import NOUNS_VERSION, noun_prompt_template
+from item.featurize.text.captions import CLEANUP_VERSION
+from item.featurize.text.nouns import NOUNS_VERSION, noun_prompt_template
 
 NONE = "-"  # a part of the identity that does not apply (no grounder, no transformers model)
 

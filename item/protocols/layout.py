@@ -18,7 +18,7 @@ import fnmatch
 import os
 from dataclasses import dataclass, field
 
-from item.featurize.inputs import IMAGE_EXTENSIONS
+from item.featurize.inputs.discover import IMAGE_EXTENSIONS
 from item.protocols.spec import SPLITS, Protocol
 
 

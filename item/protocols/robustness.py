@@ -72,7 +72,7 @@ def run_robustness(source: str, head, work, cfg: RobustnessConfig = RobustnessCo
     from item.classify.heads import load_head
     from item.classify.reporting import write_report
     from item.classify.train import evaluate
-    from item.featurize.perturb import parse_perturb
+    from item.featurize.inputs.perturb import parse_perturb
     from item.protocols import tables
     from item.store import StoreReader
 

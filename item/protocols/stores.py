@@ -50,9 +50,9 @@ def featurize_jobs(jobs: list[StoreJob], *, models="default", device: str = "aut
     models: a preset name or a ModelSpec. Returns one JobResult per job, in order.
     """
     from item.featurize import FeaturizeConfig, ModelSpec, featurize_store, load_models, resolve_models
-    from item.featurize.augment import augment_store
-    from item.featurize.inputs import discover
-    from item.featurize.perturb import parse_perturb
+    from item.featurize.inputs.augment import augment_store
+    from item.featurize.inputs.discover import discover
+    from item.featurize.inputs.perturb import parse_perturb
 
     spec = models if isinstance(models, ModelSpec) else resolve_models(models)
     loaded = None

@@ -16,8 +16,8 @@ class LoadedModels:
         """manifest: the store's manifest (its ``compat`` and ``models`` say which models to load)."""
         from item.classify.train import HEAD_COMPAT_KEYS, identity_diff
         from item.featurize import FeaturizeConfig, ModelSpec, load_models
-        from item.featurize.loading import any_random_weights, compat_for
-        from item.featurize.nouns import NOUN_PROMPTS
+        from item.featurize.models.loading import any_random_weights, compat_for
+        from item.featurize.text.nouns import NOUN_PROMPTS
 
         compat = manifest.get("compat", {})
         self.models = load_models(ModelSpec.from_store(manifest), device)
@@ -39,7 +39,7 @@ class LoadedModels:
         self.device = self.models.device
 
     def info(self) -> dict:
-        from item.featurize.loading import models_info
+        from item.featurize.models.loading import models_info
 
         return models_info(self.models)
 

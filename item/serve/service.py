@@ -87,7 +87,7 @@ class Service:
                  models=None):
         from item.classify.heads import load_head
         from item.classify.train import check_head_fits
-        from item.featurize.decode import DEFAULT_MAX_PIXELS
+        from item.featurize.inputs.decode import DEFAULT_MAX_PIXELS
         from item.store import StoreReader, list_indexes
         from item.store import schema
 
@@ -266,7 +266,7 @@ class Service:
                        k: int | None = None) -> dict:
         """Score one uploaded image: verdict per head, caption, objects, neighbours, generators."""
         from item.classify.features import record_features
-        from item.featurize.decode import SKIP_REASONS, DecodeError, decode_image
+        from item.featurize.inputs.decode import SKIP_REASONS, DecodeError, decode_image
         from item.store import schema
 
         k = self._k(k)
@@ -387,7 +387,7 @@ class Service:
         """JPEG bytes of a stored image, longest side THUMB_SIZES[size]; only for ids in the store."""
         from PIL import Image
 
-        from item.featurize.decode import DecodeError, decode_image
+        from item.featurize.inputs.decode import DecodeError, decode_image
         from item.store import schema
 
         if size not in THUMB_SIZES:

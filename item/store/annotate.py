@@ -84,6 +84,38 @@ class AnnotateResult:
     warnings: list = field(default_factory=list)  # e.g. a label flipped while the generator was kept
 
 
+def updates_from_manifest(manifest) -> list[Update]:
+    """The Updates a CSV / JSON Lines manifest asks for: ``path`` and / or ``id``, and any of ``label``,
+    ``generator``, ``split`` (empty values keep what the store holds). Raises InputError."""
+    from item.featurize.inputs.discover import normalize_label, read_manifest_records
+
+    columns, records = read_manifest_records(str(manifest))
+    fields = [c for c in ("label", "generator", "split") if c in columns]
+    if not fields:
+        raise InputError(f"manifest {manifest}: nothing to annotate; give a label, generator or split column "
+                         f"(found: {', '.join(columns)})")
+    updates = []
+    for origin, rec in records:
+        values = {}
+        for c in fields:
+            raw = rec.get(c)
+            text = "" if raw is None else str(raw).strip()
+            if not text:
+                continue
+            if c == "label":
+                text = normalize_label(text)
+                if text is None:
+                    raise InputError(f"{origin}: unknown label {raw!r} (valid: real, fake, unknown, or 0/1, "
+                                     "nature/ai)")
+            values[c] = text
+        path = str(rec.get("path") or "")
+        ident = str(rec.get("id") or "").strip()
+        if not path and not ident:
+            raise InputError(f"{origin}: no path or id")
+        updates.append(Update(origin=origin, path=path, id=ident, **values))
+    return updates
+
+
 def _sha256(path: str) -> str | None:
     h = hashlib.sha256()
     try:

@@ -178,11 +178,12 @@ def split_cmd(store: Path = StoreDir,
               overwrite: bool = typer.Option(False, "--overwrite", help="Reassign rows that already have a split."),
               as_json: bool = typer.Option(False, "--json", help="Print JSON for other programs.")):
     """Assign train / val / test splits (seeded, stratified) in the metadata overlay; shards are not touched."""
-    from item.api import open_store
+    from item.store.annotate import split_store
+    from item.store.reader import StoreReader
 
-    res = open_store(store).split(val=val, test=test, by=by, seed=seed, overwrite=overwrite,
-                                  command=f"item store split {store} --val {val} --test {test} --by {by} "
-                                          f"--seed {seed}")
+    StoreReader(store).close()  # a missing or malformed store fails here, with its one-line error
+    res = split_store(store, val=val, test=test, by=by, seed=seed, overwrite=overwrite,
+                      command=f"item store split {store} --val {val} --test {test} --by {by} --seed {seed}")
     random_weights = _random(store)
     if as_json:
         emit_json({"overlay_version": res.version, "overlay_digest": res.digest, "n_changed": res.n_changed,
@@ -201,11 +202,13 @@ def annotate_cmd(store: Path = StoreDir,
                                                  "generator, split.", show_default=False),
                  as_json: bool = typer.Option(False, "--json", help="Print JSON for other programs.")):
     """Update label, generator and split of stored rows from a manifest, without re-encoding an image."""
-    from item.api import open_store
+    from item.store.annotate import annotate_store, updates_from_manifest
+    from item.store.reader import StoreReader
 
-    res = open_store(store).annotate(manifest, command=f"item store annotate {store} {manifest}")
+    StoreReader(store).close()  # a missing or malformed store fails here, with its one-line error
+    res = annotate_store(store, updates_from_manifest(manifest), command=f"item store annotate {store} {manifest}")
     random_weights = _random(store)
-    warnings = list(getattr(res, "warnings", []))
+    warnings = list(res.warnings)
     if as_json:
         emit_json({"overlay_version": res.version, "overlay_digest": res.digest, "n_rows": res.n_rows,
                    "n_matched": res.n_matched, "n_changed": res.n_changed, "changed_by_field": res.changed_by_field,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2  # 2: image column caption_encoded; identity keys in compat (see manifest.MIGRATIONS)
+SCHEMA_VERSION = 2  # 2: image column caption_encoded; identity keys in compat (see versions.MIGRATIONS)
 STORE_FORMAT = "item-store"
 
 MANIFEST = "manifest.json"

@@ -110,7 +110,7 @@ def encode(images: list[ImageRecord], aliases: list[AliasRecord], *, compat: dic
         f.attrs[schema.A_MISALIGNMENT_DIM] = m
         f.attrs[schema.A_COMPAT] = json.dumps(compat, sort_keys=True)
         f.attrs[schema.A_WRITER] = writer_id
-        from item.store.manifest import now
+        from item.store.versions import now
 
         f.attrs[schema.A_CREATED] = now()
         for group, cols_of in ((schema.G_IMAGES, schema.IMAGE_COLUMNS), (schema.G_OBJECTS, schema.OBJECT_COLUMNS),
@@ -240,7 +240,7 @@ def open_checked(path: Path, entry: dict, embed_dim: int, misalignment_dim: int,
     """Open a listed shard read-only, refusing (StoreError, one line) one that does not match its entry."""
     import h5py
 
-    from item.store.manifest import check_version
+    from item.store.versions import check_version
 
     hint = f"run `item store validate {root}`"
     try:

@@ -17,9 +17,9 @@ random weights of the real architecture (``owlv2-random``); ``owlv2-tiny-random`
 from __future__ import annotations
 
 from item.errors import InputError
-from item.featurize.captioner import autocast_for
-from item.featurize.grounder import (MIN_BOX_AREA, Box, GroundImage, PreparedGrounder, _pixel_boxes,
-                                    not_groundable, to_device)
+from item.featurize.models.grounding import (MIN_BOX_AREA, Box, GroundImage, PreparedGrounder, _pixel_boxes,
+                                             not_groundable)
+from item.featurize.models.hub import autocast_for, to_device
 
 #: Random builder names of the OWLv2 family (seeded random weights, built offline).
 OWL_RANDOM_NAMES = ("owlv2-tiny-random", "owlv2-random")
@@ -109,7 +109,7 @@ def owlv2_config(name: str):
     """`Owlv2Config` of a random OWLv2: 'owlv2-tiny-random', or 'owlv2-random' (owlv2-base-patch16 shapes)."""
     from transformers import Owlv2Config
 
-    from item.featurize.tiny import _wordpiece_vocab
+    from item.featurize.models.tiny import _wordpiece_vocab
 
     if name == "owlv2-tiny-random":
         vocab = dict(_wordpiece_vocab(None))
@@ -135,7 +135,7 @@ def build_owlv2(name: str):
     """(Owlv2ForObjectDetection in eval mode, Owlv2Processor) with seeded random weights, built offline."""
     from transformers import Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
 
-    from item.featurize.tiny import build_tokenizer, seeded
+    from item.featurize.models.tiny import build_tokenizer, seeded
 
     config = owlv2_config(name)
     with seeded():
@@ -171,8 +171,8 @@ def load_owlv2(name_or_path: str, device: str = "cpu", box_threshold: float = DE
     """
     from transformers import AutoProcessor, Owlv2ForObjectDetection
 
-    from item.featurize.captioner import load_hf_pretrained
-    from item.featurize.tiny import SEED
+    from item.featurize.models.hub import load_hf_pretrained
+    from item.featurize.models.tiny import SEED
 
     if name_or_path in OWL_RANDOM_NAMES:
         model, processor = build_owlv2(name_or_path)

@@ -13,12 +13,12 @@ import dataclasses
 import numpy as np
 
 from item.errors import IncompatibleError
-from item.featurize.models import ModelSpec
+from item.featurize.models.presets import ModelSpec
 
 
 def load_image_tower(spec: ModelSpec, device: str = "auto"):
     """The run's models with CLIP alone loaded (captioner and grounder switched off)."""
-    from item.featurize.loading import load_models
+    from item.featurize.models.loading import load_models
 
     return load_models(dataclasses.replace(spec, captioner="none", grounder="none"), device)
 
@@ -32,11 +32,11 @@ def embed_image_files(paths: list[str], spec: ModelSpec, *, device: str = "auto"
     """
     import os
 
-    from item.featurize.inputs import InputRow
-    from item.featurize.config import FeaturizeConfig
-    from item.featurize.loader import Item, iter_decoded
-    from item.featurize.planning import hash_inputs
-    from item.featurize.steps import Featurizer
+    from item.featurize.inputs.discover import InputRow
+    from item.featurize.run.config import FeaturizeConfig
+    from item.featurize.run.loader import Item, iter_decoded
+    from item.featurize.run.planning import hash_inputs
+    from item.featurize.run.steps import Featurizer
 
     models = load_image_tower(spec, device)
     if expect:

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from item.errors import InputError
-from item.featurize.tiny import RANDOM_NAMES, TINY_CLIP_MODEL  # stdlib-only module: no heavy imports
+from item.featurize.models.tiny import RANDOM_NAMES, TINY_CLIP_MODEL  # stdlib-only module: no heavy imports
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class ModelSpec:
         if isinstance(head_or_json, dict):
             info = head_or_json
         else:
-            from item.classify.heads import CONFIG_FILE  # light: heavy imports there live inside functions
+            from item.names import HEAD_CONFIG_FILE as CONFIG_FILE
 
             path = Path(head_or_json)
             path = path / CONFIG_FILE if path.is_dir() else path
@@ -124,7 +124,7 @@ PRESETS: dict[str, ModelSpec] = {
     ),
 }
 
-#: OWLv2 random builders (item.featurize.owl) count as random names too.
+#: OWLv2 random builders (item.featurize.models.owlv2) count as random names too.
 RANDOM_MODEL_NAMES = RANDOM_NAMES + ("owlv2-tiny-random", "owlv2-random")
 
 
@@ -198,8 +198,8 @@ def resolve_models(
         base = PRESETS["tiny-random"] if is_random(grounder) else PRESETS["default"]
         changes.update(box_threshold=base.box_threshold, text_threshold=base.text_threshold)
     if grounder is not None and not is_random(grounder) and spec.grounder != grounder:
-        from item.featurize.grounder import grounder_family
-        from item.featurize.owl import DEFAULT_BOX_THRESHOLD
+        from item.featurize.models.grounders import grounder_family
+        from item.featurize.models.owlv2 import DEFAULT_BOX_THRESHOLD
 
         if grounder_family(grounder) == "owlv2":  # OWLv2 has one score per query and its own threshold
             changes.update(box_threshold=DEFAULT_BOX_THRESHOLD, text_threshold=0.0)

@@ -1,6 +1,6 @@
 """Seeded random models of the real classes, built offline: for tests, demos and speed benchmarks.
 
-Three random presets exist (see `item.featurize.models.PRESETS`):
+Three random presets exist (see `item.featurize.models.presets.PRESETS`):
 
 - ``tiny-random``: tiny configs of the same classes (open_clip CLIP, BLIP, Grounding DINO). Built in well
   under a second, same weights on every build (seeded), so tests and `item demo` run offline.

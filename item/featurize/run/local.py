@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from item.faults import fault
-from item.featurize.config import FeaturizeConfig
-from item.featurize.inputs import InputRow
-from item.featurize.loader import Item, iter_decoded
-from item.featurize.loading import Models
-from item.featurize.planning import hash_inputs, plan, seed_from_store
-from item.featurize.steps import Featurizer
+from item.featurize.inputs.discover import InputRow
+from item.featurize.models.loading import Models
+from item.featurize.run.config import FeaturizeConfig
+from item.featurize.run.loader import Item, iter_decoded
+from item.featurize.run.planning import hash_inputs, plan, seed_from_store
+from item.featurize.run.steps import Featurizer
 from item.store.writer import ImageRecord
 
 
@@ -160,83 +160,6 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
     return summary
 
 
-def input_rows(sources) -> list[InputRow]:
-    """InputRows from folders / manifests / image files (discovered), or InputRows as they are."""
-    from item.errors import InputError
-    from item.featurize.inputs import discover
-
-    sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
-    if all(isinstance(s, InputRow) for s in sources):
-        rows = sources
-    else:
-        rows = discover([os.fspath(s) for s in sources]).rows
-    if not rows:
-        raise InputError("no image found in the given sources")
-    return rows
-
-
-def featurize_store(sources, store, *, models="default", config: FeaturizeConfig = FeaturizeConfig(),
-                    progress: Callable[[int], None] | None = None, overwrite: bool = False,
-                    command: str = "", allow_mixed: bool = False) -> RunSummary:
-    """Featurize ``sources`` into the store at ``store`` (created, or resumed where a run stopped).
-
-    sources: folders, manifests (.csv / .jsonl) or image files (discovered with their layouts), or a list
-        of InputRows already discovered.
-    models: a preset name, a ModelSpec, or Models already loaded (a caller featurizing often loads once).
-    config: how the run works; ``config.engine`` picks the single-process loop or a Ray Data job.
-    progress: called with the number of inputs each batch finished.
-    overwrite: delete what the store holds first. command: recorded in the lock note and manifest.
-    allow_mixed: resume a store whose identity differs only in schema.ALLOW_MIXED_KEYS (library versions,
-        device class, precision: rounding-level differences); the run records its own values in the
-        manifest's run entry (``mixed_identity``). Local engine only.
-
-    Rows whose content the store already holds are not computed again. Raises InputError,
-    IncompatibleError (the store holds other models' rows), LockedError, StoreError.
-    """
-    from item.featurize.config import ENGINES
-    from item.featurize.loading import as_models, compat_for, models_info
-    from item.errors import InputError, StoreError
-    from item.store.writer import StoreWriter, WriterLock
-
-    if config.engine not in ENGINES:
-        raise InputError(f"unknown engine {config.engine!r}; valid engines: {', '.join(ENGINES)}")
-    if config.engine == "ray":
-        from item.featurize.ray_engine import import_ray
-
-        import_ray()  # without the extra: one line saying how to install it, before anything is created
-    rows = input_rows(sources)
-    root = os.fspath(store)
-    try:
-        os.makedirs(root, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"{root}: cannot create the store folder ({exc.strerror or exc})") from None
-    # The store's writer lock is taken before models load (minutes with real weights): an --overwrite
-    # that another process would block is refused at once, not after its models have loaded.
-    lock = WriterLock(root)
-    lock.acquire(command, exclusive=overwrite)
-    try:
-        if config.engine == "ray":
-            from item.featurize.ray_engine import featurize_store_ray
-
-            if allow_mixed:
-                raise InputError("--allow-mixed works with the local engine only; resume this store without --engine ray")
-
-            return featurize_store_ray(rows, root, models=models, config=config, progress=progress,
-                                       overwrite=overwrite, command=command, lock=lock)
-        loaded = as_models(models, config.device)
-        compat, mixed = compat_for(loaded, config), {}
-        if allow_mixed and not overwrite and os.path.isfile(os.path.join(root, "manifest.json")):
-            from item.featurize.identity import adopt_mixable
-            from item.store.manifest import read_manifest
-
-            compat, mixed = adopt_mixable(read_manifest(root)["compat"], compat)
-        with StoreWriter(root, compat=compat, models=models_info(loaded), recipe=config.recipe,
-                         shard_size=config.shard_size, overwrite=overwrite, command=command, lock=lock) as writer:
-            return featurize_rows(rows, writer, loaded, config, progress=progress, mixed_identity=mixed)
-    finally:
-        lock.release()
-
-
 def _image_id(image) -> str:
     """Content id of an in-memory PIL image: sha256 over its mode, size and pixel bytes."""
     import hashlib
@@ -260,7 +183,7 @@ def featurize_images(images_or_paths, *, models, captions=None,
     their reason. A PIL image's record has the path ``<image N>`` (N its position) unless it has a
     ``filename``, and an id hashed from its pixels.
     """
-    from item.featurize.loading import as_models
+    from item.featurize.models.loading import as_models
 
     config = config or FeaturizeConfig(workers=0)
     loaded = as_models(models, config.device)

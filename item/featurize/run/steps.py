@@ -8,11 +8,11 @@ from collections import Counter
 import numpy as np
 
 from item.errors import InputError
-from item.featurize.config import FeaturizeConfig
-from item.featurize.loader import Item
-from item.featurize.loading import Models
-from item.featurize.nouns import extract_nouns, noun_text
-from item.featurize.perturb import parse_perturb
+from item.featurize.inputs.perturb import parse_perturb
+from item.featurize.models.loading import Models
+from item.featurize.run.config import FeaturizeConfig
+from item.featurize.run.loader import Item
+from item.featurize.text.nouns import extract_nouns, noun_text
 from item.store.writer import ImageRecord, ObjectRecord
 
 #: Skip reason of an image whose embeddings or misalignment came out NaN or infinite (a model
@@ -100,8 +100,8 @@ class Featurizer:
 
     def front(self, batch: list[Item]) -> dict:
         """Captions, nouns and boxes of one batch (the captioner's and the grounder's forwards)."""
-        from item.featurize.captioner import clean_caption
-        from item.featurize.grounder import not_groundable
+        from item.featurize.models.grounding import not_groundable
+        from item.featurize.text.captions import clean_caption
 
         good = [it for it in batch if not it.reason]
         # captions: given ones as is, the captioner for the rest

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from item.featurize.decode import DEFAULT_MAX_PIXELS
-from item.featurize.nouns import DEFAULT_NOUN_PROMPT
+from item.featurize.inputs.decode import DEFAULT_MAX_PIXELS
+from item.featurize.text.nouns import DEFAULT_NOUN_PROMPT
 
 #: How a run is executed: "local" (this process, decoding in worker processes) or "ray" (a Ray Data job).
 ENGINES = ("local", "ray")

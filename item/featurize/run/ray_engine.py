@@ -71,7 +71,7 @@ def _identity(spec, config):
     The store's identity names the device class and precision the rows are computed in, so the models
     are loaded on the device the actors use.
     """
-    from item.featurize.loading import compat_for, load_models, models_info
+    from item.featurize.models.loading import compat_for, load_models, models_info
 
     loaded = load_models(spec, _actor_device(config))
     return compat_for(loaded, config), models_info(loaded), loaded.clip.preprocess
@@ -79,8 +79,8 @@ def _identity(spec, config):
 
 def _decode_batch(row: dict, preprocess, perturb: str, max_pixels) -> dict:
     """One Ray row (a pickled batch of Items) decoded and preprocessed."""
-    from item.featurize.loader import decode_item
-    from item.featurize.perturb import parse_perturb
+    from item.featurize.inputs.perturb import parse_perturb
+    from item.featurize.run.loader import decode_item
 
     perturbation = parse_perturb(perturb or None)
     t = time.perf_counter()
@@ -92,8 +92,8 @@ class _ModelActor:
     """Holds the loaded models (once per actor) and turns decoded batches into ImageRecords."""
 
     def __init__(self, spec, config):
-        from item.featurize.loading import load_models
-        from item.featurize.steps import Featurizer
+        from item.featurize.models.loading import load_models
+        from item.featurize.run.steps import Featurizer
 
         self.feat = Featurizer(load_models(spec, _actor_device(config)), config)
 
@@ -176,10 +176,10 @@ def featurize_store_ray(rows, root, *, models, config, progress=None, overwrite=
     ray = import_ray()
     from ray.data import ActorPoolStrategy
 
-    from item.featurize.loading import Models
-    from item.featurize.models import ModelSpec, resolve_models
-    from item.featurize.planning import hash_inputs, plan
-    from item.featurize.run import RunSummary
+    from item.featurize.models.loading import Models
+    from item.featurize.models.presets import ModelSpec, resolve_models
+    from item.featurize.run.local import RunSummary
+    from item.featurize.run.planning import hash_inputs, plan
     from item.store.manifest import now
     from item.store.writer import StoreWriter
 

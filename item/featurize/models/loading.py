@@ -5,22 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from item.errors import InputError
-from item.featurize.config import FeaturizeConfig
-from item.featurize.models import ModelSpec
-from item.featurize.nouns import NOUNS_VERSION  # noqa: F401  (importable from here as before)
-from item.featurize.perturb import parse_perturb
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda[:N]")
-    return device
+from item.featurize.inputs.perturb import parse_perturb
+from item.featurize.models.hub import resolve_device
+from item.featurize.models.presets import ModelSpec
+from item.featurize.run.config import FeaturizeConfig
+from item.featurize.text.nouns import NOUNS_VERSION  # noqa: F401  (importable from here as before)
 
 
 @dataclass
@@ -35,9 +24,9 @@ class Models:
 
 
 def load_models(spec: ModelSpec, device: str = "auto") -> Models:
-    from item.featurize.captioner import load_captioner
-    from item.featurize.encoder import load_clip
-    from item.featurize.grounder import load_grounder
+    from item.featurize.models.blip import load_captioner
+    from item.featurize.models.clip import load_clip
+    from item.featurize.models.grounders import load_grounder
 
     device = resolve_device(device)
     clip = load_clip(spec.clip_model, spec.clip_pretrained, device)
@@ -91,7 +80,7 @@ def models_info(models: Models) -> dict:
 
 def as_models(models, device: str = "auto") -> Models:
     """Loaded Models from a preset name, a ModelSpec, or Models already loaded (returned as they are)."""
-    from item.featurize.models import resolve_models
+    from item.featurize.models.presets import resolve_models
 
     if isinstance(models, Models):
         return models

@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
-from item.featurize.inputs import InputRow
-from item.featurize.perturb import parse_perturb
+from item.featurize.inputs.discover import InputRow
+from item.featurize.inputs.perturb import parse_perturb
 
 AUGMENT_SPLIT = "train"
 ID_SEPARATOR = "+"
@@ -102,7 +102,7 @@ def augment_store(rows: list[InputRow], store, *, models, config, specs, progres
     models: loaded Models (or a preset / ModelSpec, loaded here); config: the FeaturizeConfig of the
     store's run (its perturbation is the store's). Takes the store's writer lock like any writer.
     """
-    from item.featurize.loading import as_models, compat_for, models_info
+    from item.featurize.models.loading import as_models, compat_for, models_info
     from item.store.writer import StoreWriter
 
     loaded = as_models(models, config.device)
@@ -115,7 +115,7 @@ def add_augmented_rows(rows: list[InputRow], writer, models, config, specs, *,
                        progress: Callable[[int], None] | None = None) -> dict[str, int]:
     """Featurize perturbed copies of the training rows into ``writer``'s store; {spec: rows written}."""
     from item.errors import InputError
-    from item.featurize.run import featurize_rows
+    from item.featurize.run.local import featurize_rows
 
     train = [r for r in rows if r.split == AUGMENT_SPLIT]
     if specs and not train:

@@ -3,7 +3,7 @@
 Pointing at local CLIP weights: pass the checkpoint file (``.safetensors``, ``.bin`` or ``.pt``) as
 `pretrained`, e.g. ``load_clip('ViT-L-14', '/models/vit-l-14.safetensors')``; a folder holding one checkpoint
 also works. For an architecture open_clip does not ship, put open_clip's ``open_clip_config.json``
-(``{"model_cfg": ..., "preprocess_cfg": ...}``, as `item.featurize.tiny.save_tiny_models` writes it) beside
+(``{"model_cfg": ..., "preprocess_cfg": ...}``, as `item.featurize.models.tiny.save_tiny_models` writes it) beside
 the checkpoint: it is registered under the given model name before loading.
 
 Models are built as their weights were trained. The activation (QuickGELU or GELU) is an architecture
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from item.errors import InputError, ModelLoadError
+from item.featurize.models.hub import file_sha256, hf_cache_dir, hub_offline
 
 RANDOM_SEED = 0
 _CHECKPOINT_NAMES = (
@@ -35,34 +36,6 @@ _CHECKPOINT_NAMES = (
     "model.safetensors", "pytorch_model.bin",
 )
 _PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
-_hash_cache: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes (memoised on path, size and mtime for this process)."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _hash_cache:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _hash_cache[key] = h.hexdigest()
-    return _hash_cache[key]
-
-
-def hf_cache_dir() -> str:
-    """Where the Hugging Face hub cache lives now (HF_HOME / HF_HUB_CACHE aware)."""
-    try:
-        from huggingface_hub import constants
-
-        return str(constants.HF_HUB_CACHE)
-    except Exception:  # pragma: no cover - huggingface_hub always ships with transformers / open_clip
-        return os.path.expanduser("~/.cache/huggingface/hub")
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class _Preprocess:
@@ -246,7 +219,7 @@ def _hub_source(model: str, tag: str) -> dict:
     """{'hub': repo, 'revision': commit} of the cached hub files a pretrained tag loaded, where known."""
     import open_clip
 
-    from item.featurize.captioner import hub_revision
+    from item.featurize.models.hub import hub_revision
 
     hub = (open_clip.pretrained.get_pretrained_cfg(model, tag) or {}).get("hf_hub", "").strip("/") if tag else ""
     if not hub:
@@ -265,7 +238,7 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
     import open_clip
     import torch
 
-    from item.featurize import tiny
+    from item.featurize.models import tiny
 
     if model == tiny.TINY_CLIP_MODEL:
         tiny.register_tiny_clip()

@@ -6,11 +6,11 @@ import functools
 import os
 from dataclasses import dataclass
 
-from item.featurize.config import FeaturizeConfig
-from item.featurize.decode import DecodeError, decode_image
-from item.featurize.inputs import InputRow
-from item.featurize.loading import Models
-from item.featurize.perturb import Perturbation, parse_perturb
+from item.featurize.inputs.decode import DecodeError, decode_image
+from item.featurize.inputs.discover import InputRow
+from item.featurize.inputs.perturb import Perturbation, parse_perturb
+from item.featurize.models.loading import Models
+from item.featurize.run.config import FeaturizeConfig
 
 
 @dataclass
@@ -54,7 +54,7 @@ def decode_item(it: Item, preprocess, perturbation: Perturbation, max_pixels, ca
     An Item that already carries an image (a PIL image handed to ``featurize_images``) is not read from
     disk; it is converted to RGB as files are.
     """
-    from item.featurize.decode import _to_rgb
+    from item.featurize.inputs.decode import _to_rgb
 
     out = Item(it.id, it.row)
     if it.image is not None:
@@ -82,7 +82,7 @@ def _as_list(batch):
 
 def worker_init(parent: int, _worker_id: int) -> None:
     """First thing in a decoding worker: never hold the store's locks, never outlive the run."""
-    from item.featurize.workers import detach_from_parent_run
+    from item.featurize.run.workers import detach_from_parent_run
 
     detach_from_parent_run(parent)
 

@@ -9,11 +9,11 @@ from typing import Callable
 
 import numpy as np
 
-from item.featurize.decode import DecodeError, file_id
-from item.featurize.inputs import InputRow
-from item.featurize.loader import Item
-from item.featurize.nouns import noun_text
-from item.featurize.steps import Featurizer
+from item.featurize.inputs.decode import DecodeError, file_id
+from item.featurize.inputs.discover import InputRow
+from item.featurize.run.loader import Item
+from item.featurize.run.steps import Featurizer
+from item.featurize.text.nouns import noun_text
 from item.store.writer import AliasRecord, storable_text
 
 

@@ -1,0 +1,186 @@
+"""What every grounder family shares: the Box a noun is grounded to, which images can be grounded, the
+letterbox canvas, image preparation in the decode workers, batching pixels, box conversion, and
+``PreparedGrounder`` (``ground`` = ``prepare`` + ``ground_prepared``).
+
+Each family (grounding_dino, owlv2, and any later one) imports from here; this module imports none of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from item.errors import InputError
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box in pixels of the original image, clipped inside it: 0 <= x0 < x1 <= width, 0 <= y0 < y1 <= height,
+    covering at least MIN_BOX_AREA pixels of it (or the whole of a smaller image)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    score: float
+
+
+#: Images more elongated than this are padded (right or bottom, grey) before grounding: the detector's
+#: resize caps the long side, and a 10000x10 image would otherwise shrink to feature maps of zero or
+#: one cell, which Grounding DINO's group norms cannot take. Boxes are mapped back to the image.
+MAX_ASPECT = 3.0
+
+
+#: Images are also padded to at least this many pixels a side (very small images, same reason).
+MIN_SIDE = 32
+
+
+#: Beyond this aspect ratio an image is not grounded at all (its nouns are stored ungrounded, the row's
+#: reason says why): padded to MAX_ASPECT it would be mostly padding, and a 1x50000 image padded at full
+#: size took 16667x50000 pixels (gigabytes) before the detector's own resize.
+MAX_GROUND_ASPECT = 20.0
+
+
+#: The padded canvas is never larger than this many pixels: a padded image is shrunk first. The bound sits
+#: well above what the detector's resize keeps (800x1333 for Grounding DINO), so only the padding is saved.
+MAX_CANVAS_PIXELS = 2666 * 2666
+
+
+#: A box whose area inside the real image (not the padding) is below this many pixels is no box: its noun
+#: is ungrounded (for images smaller than this, the box must cover the whole image).
+MIN_BOX_AREA = 16.0
+
+
+def not_groundable(width: int, height: int) -> str:
+    """Why an image of this size is not grounded ('' when it is)."""
+    if width < 1 or height < 1:
+        return "not grounded: empty image"
+    aspect = max(width / height, height / width)
+    if aspect > MAX_GROUND_ASPECT:
+        return (f"not grounded: aspect ratio {aspect:.0f}:1 is beyond the grounder's "
+                f"{MAX_GROUND_ASPECT:.0f}:1")
+    return ""
+
+
+def letterbox(image):
+    """(padded RGB image, (padded width, padded height) in the original image's pixels).
+
+    The original sits at the top-left corner. When padding is needed and the canvas would exceed
+    MAX_CANVAS_PIXELS, the image is shrunk first, so the canvas never does.
+    """
+    from PIL import Image
+
+    w, h = image.size
+    pw = max(w, MIN_SIDE, int(np.ceil(h / MAX_ASPECT)))
+    ph = max(h, MIN_SIDE, int(np.ceil(w / MAX_ASPECT)))
+    if (pw, ph) == (w, h):
+        return image, (w, h)
+    scale = min(1.0, float(np.sqrt(MAX_CANVAS_PIXELS / (pw * ph))))
+    sw, sh = w, h
+    if scale < 1.0:
+        sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
+        image = image.resize((sw, sh), Image.BICUBIC)
+    cw = max(sw, MIN_SIDE, int(np.ceil(sh / MAX_ASPECT)))
+    ch = max(sh, MIN_SIDE, int(np.ceil(sw / MAX_ASPECT)))
+    canvas = Image.new("RGB", (cw, ch), (124, 116, 104))
+    canvas.paste(image, (0, 0))
+    return canvas, (cw * w / sw, ch * h / sh)
+
+
+def _pixel_boxes(rel, width: int, height: int, pad_w: float, pad_h: float):
+    """(n, 4) relative cx, cy, w, h in a (pad_w, pad_h) canvas -> ((n, 4) boxes clipped to the image,
+    (n,) area of each box inside the real image). A box in the padding has area 0."""
+    import torch
+
+    cx, cy, bw, bh = rel.unbind(-1)
+    x0 = ((cx - bw / 2) * pad_w).clamp(0, width)
+    x1 = ((cx + bw / 2) * pad_w).clamp(0, width)
+    y0 = ((cy - bh / 2) * pad_h).clamp(0, height)
+    y1 = ((cy + bh / 2) * pad_h).clamp(0, height)
+    area = (x1 - x0).clamp(min=0) * (y1 - y0).clamp(min=0)
+    return torch.stack([x0, y0, x1, y1], -1), area
+
+
+@dataclass
+class GroundImage:
+    """One image made ready for the detector (picklable: made in the decode workers).
+
+    pixel_values: (3, h, w) float32 tensor, resized and normalised by the model's own image processor.
+    size: (width, height) of the original image; padded: (width, height) of the canvas it was placed on,
+    in the original image's pixels (`letterbox`).
+    """
+
+    pixel_values: object
+    size: tuple[int, int]
+    padded: tuple[float, float]
+
+
+class GroundPrep:
+    """Picklable image preparation of a grounder (letterbox, resize, normalise): PIL image -> GroundImage.
+
+    Runs in the decode worker processes, like CLIP's preprocessing, so the main process only tokenises,
+    runs the forward and selects boxes. Images the grounder does not take (`not_groundable`) give None.
+    """
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+
+    def __call__(self, image) -> GroundImage | None:
+        if not_groundable(*image.size):
+            return None
+        original = image.convert("RGB")
+        rgb, padded = letterbox(original)
+        pix = self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"][0]
+        return GroundImage(pix.contiguous(), original.size, padded)
+
+
+def collate_pixels(prepared: list[GroundImage]):
+    """(pixel_values (n, 3, H, W) float32, pixel_mask (n, H, W) int64): zero padding at the right and bottom
+    up to the batch's largest height and width, mask 1 on real pixels, as the image processor pads a batch."""
+    import torch
+
+    h = max(int(g.pixel_values.shape[1]) for g in prepared)
+    w = max(int(g.pixel_values.shape[2]) for g in prepared)
+    pix = torch.zeros((len(prepared), 3, h, w), dtype=torch.float32)
+    mask = torch.zeros((len(prepared), h, w), dtype=torch.int64)
+    for b, g in enumerate(prepared):
+        _, gh, gw = g.pixel_values.shape
+        pix[b, :, :gh, :gw] = g.pixel_values
+        mask[b, :gh, :gw] = 1
+    return pix, mask
+
+
+def set_ground_size(image_processor, ground_size: int | None) -> int:
+    """Set the detector's input size (shortest side; longest side capped at the same 1333/800 ratio as the
+    model's default) and return the shortest side in effect. None keeps the processor's own size. The new
+    size keeps the type of the old one, so that the recorded ``input_size`` has the same keys either way."""
+    size = image_processor.size
+    if ground_size:
+        if int(ground_size) < MIN_SIDE:
+            raise InputError(f"--ground-size must be at least {MIN_SIDE} pixels, got {ground_size}")
+        s = int(ground_size)
+        new = {"shortest_edge": s, "longest_edge": int(round(s * 1333 / 800))}
+        image_processor.size = new if isinstance(size, dict) else type(size)(**new)
+        size = image_processor.size
+    shortest = size.get("shortest_edge") if hasattr(size, "get") else getattr(size, "shortest_edge", None)
+    return int(shortest or 0)
+
+
+class PreparedGrounder:
+    """What every grounder shares: ``ground`` is ``prepare`` (in the decode workers in a run) then
+    ``ground_prepared`` (the forward and box selection), which subclasses implement."""
+
+    def ground(self, images, nouns: list[list[str]]) -> list[list[Box | None]]:
+        """PIL images and each image's nouns -> for each image, one Box (or None: ungrounded) per noun."""
+        if len(images) != len(nouns):
+            raise InputError(f"ground got {len(images)} images but {len(nouns)} noun lists")
+        return self.ground_prepared([self.prepare(im) if n else None for im, n in zip(images, nouns)], nouns)
+
+    @staticmethod
+    def _start(prepared, nouns: list[list[str]]) -> tuple[list[list[Box | None]], list[int]]:
+        """(all-ungrounded result, indices of the images with nouns and a grounder input)."""
+        if len(prepared) != len(nouns):
+            raise InputError(f"ground got {len(prepared)} images but {len(nouns)} noun lists")
+        result: list[list[Box | None]] = [[None] * len(n) for n in nouns]
+        return result, [i for i, n in enumerate(nouns) if n and prepared[i] is not None]
