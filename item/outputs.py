@@ -167,6 +167,12 @@ DOCUMENTS = {
                                   description="item neighbors DIR --generator NAME --json"),
     "cli_eval": _doc({"warnings": _arr(_STR), "split": _STR, "thresholds": {"type": "object"},
                       "heads": _arr(_STR), "rows": _arr(_ref("eval_row"))}, description="item eval --json"),
+    "cli_featurize": _doc({"n_inputs": _INT, "n_already_done": _INT, "n_duplicates": _INT, "n_written": _INT,
+                           "n_skipped": _INT, "skipped_by_reason": {"type": "object"}, "seconds": _NUM,
+                           "images_per_second": _NUM, "device": _STR},
+                          required=["n_inputs", "n_written", "n_skipped", "skipped_by_reason"], closed=False,
+                          description="item featurize --json: the run's summary (also appended to the manifest's "
+                                      "runs)"),
     "cli_train": _doc({"kind": _STR, "recipe": _STR, "threshold": _NUM, "feature_size": _INT},
                       required=["kind", "recipe", "threshold", "feature_size"], closed=False,
                       description="item train --json: the head's metadata (head.json)"),

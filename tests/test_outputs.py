@@ -57,8 +57,9 @@ def made(tmp_path_factory):
         w.writeheader()
         w.writerows(rows)
     store = base / "store"
-    ok("featurize", base / "m.csv", "--store", store, "--models", "tiny-random", "--workers", "0")
-    text = {"store split": ok("store", "split", store, "--val", "0.25", "--test", "0.25")}
+    text = {"featurize": ok("featurize", base / "m.csv", "--store", store, "--models", "tiny-random", "--workers",
+                            "0")}
+    text["store split"] = ok("store", "split", store, "--val", "0.25", "--test", "0.25")
     head = base / "head"
     text["train"] = ok("train", store, "--out", head, *FAST)
     text["store index"] = ok("store", "index", store, "--on", "image", "--kind", "flat")
@@ -101,6 +102,8 @@ def test_every_json_output_fits_its_schema_and_says_random_weights(made, tmp_pat
     fixes = tmp_path / "fix.csv"
     fixes.write_text(f"path,split\n{made['rows'][2]['path']},train\n")
     docs = {
+        "cli_featurize": ok("featurize", made["base"] / "m.csv", "--store", store, "--models", "tiny-random",
+                            "--workers", "0", "--json"),
         "cli_store_info": ok("store", "info", store, "--json"),
         "cli_store_validate": ok("store", "validate", store, "--quick", "--json"),
         "cli_store_annotate": ok("store", "annotate", store, fixes, "--json"),

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from item.console import emit_json, guarded, info, progress_bar, table, warn
+from item.console import RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, info, progress_bar, table, warn
 
 
 def featurize_cmd(
@@ -72,6 +72,10 @@ def featurize_cmd(
     from item.featurize.inputs.perturb import parse_perturb
 
     perturbation = parse_perturb(perturb or None)
+    spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder,
+                          ground_size=ground_size)
+    if spec.random_weights and not as_json:  # the first line, before discovery and hours of work
+        emit(RANDOM_WEIGHTS_LINE)
     disc = discover(list(sources), label=label, generator=generator, split=split)
     for src, layout in disc.layouts.items():
         info(f"{src}: {layout}")
@@ -91,8 +95,6 @@ def featurize_cmd(
     if given and missing and given != missing and len(given | missing) > 1:
         warn("captions are given for some labels only: real and fake rows will be captioned by different "
              "sources, which a head can learn instead of misalignment")
-    spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder,
-                          ground_size=ground_size)
     no_caption = [r for r in disc.rows if not r.caption]
     if spec.captioner == "none" and no_caption:
         from item.errors import InputError
@@ -138,7 +140,7 @@ def featurize_cmd(
             info(f"augmentation {aug}: {n} training copies written")
     _after_run_warnings(store, disc.rows, sources)
     if as_json:
-        emit_json(summary.to_json())
+        emit_json({**summary.to_json(), "random_weights": bool(spec.random_weights)})
         return
     info(f"done in {summary.seconds:.1f} s on {summary.device}: {summary.n_written} images written, "
          f"{summary.n_skipped} skipped, {summary.n_already_done} already in the store, "
