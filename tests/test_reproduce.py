@@ -16,6 +16,10 @@ from item.protocols import get_protocol
 from item.store import StoreReader
 from tests._protocol_trees import chameleon_tree, genimage_tree, ufd_tree
 
+# Each module fixture featurizes a whole made-up benchmark tree and trains heads (minutes on 2 cores):
+# the quick subset (-m "not slow") leaves these out; test_protocols.py covers the protocol files.
+pytestmark = pytest.mark.slow
+
 RANDOM = "RANDOM WEIGHTS"
 
 

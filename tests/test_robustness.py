@@ -40,6 +40,7 @@ def augmented(tmp_path_factory):
     return data, store, head, first, again
 
 
+@pytest.mark.slow  # the module's augmented store: featurized clean and augmented
 def test_augmented_copies_are_rows_of_their_own(augmented):
     data, store, _, first, again = augmented
     assert "augmentation jpeg:75: 8 training copies written" in first.stderr
@@ -60,6 +61,7 @@ def test_augmented_copies_are_rows_of_their_own(augmented):
             assert not np.allclose(emb[0], emb[1])  # encoded from the perturbed pixels
 
 
+@pytest.mark.slow  # the module's augmented store: featurized clean and augmented
 def test_copies_train_but_never_validate_or_test(augmented, tmp_path):
     _, store, head, _, _ = augmented
     info = json.loads((head / "head.json").read_text())
@@ -84,6 +86,7 @@ def test_augment_needs_training_rows(tmp_path):
     assert r.exit_code == 1 and "training rows only" in r.stderr
 
 
+@pytest.mark.slow  # the module's augmented store: featurized clean and augmented
 def test_robustness_sweep_writes_stores_tables_and_plots(augmented, tmp_path):
     data, _, head, _, _ = augmented
     work = tmp_path / "rob"

@@ -467,6 +467,7 @@ def _wait(driver, predicate, what, timeout=90):
     return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: predicate(d), message=what)
 
 
+@pytest.mark.slow  # starts Chromium and a real server
 def test_page_in_chromium_upload_verdict_boxes_neighbours_banner_rejection(served, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
