@@ -75,8 +75,8 @@ def served(tmp_path_factory):
             w.writerow([str(SAMPLES / p), label, gen, split])
     store = base / "store"
     ok("featurize", base / "m.csv", "--store", store, "--models", "tiny-random", "--workers", "0")
-    ok("train", store, "--out", base / "hier", "--head", "logistic")
-    ok("train", store, "--out", base / "visual", "--head", "logistic", "--recipe", "visual")
+    ok("train", store, "--out", base / "hier", "--kind", "logistic")
+    ok("train", store, "--out", base / "visual", "--kind", "logistic", "--recipe", "visual")
     ok("store", "index", store, "--on", "image", "--kind", "flat")
     before = _tree(store)
     service = Service(ServeConfig(store=str(store), heads=(str(base / "hier"), str(base / "visual")), device="cpu"))
