@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from item.cli import app
 from item.store import StoreReader
 from tests._protocol_trees import images
+from tests._schemas import assert_valid
 
 RANDOM = "RANDOM WEIGHTS"
 
@@ -92,7 +93,7 @@ def test_robustness_sweep_writes_stores_tables_and_plots(augmented, tmp_path):
     work = tmp_path / "rob"
     r = ok("robustness", data / "test", "--head", head, "--work", work, "--perturb", "jpeg:50,blur:1")
     assert r.stdout.splitlines()[0].startswith(RANDOM)
-    doc = json.loads((work / "robustness.json").read_text())
+    doc = assert_valid(json.loads((work / "robustness.json").read_text()), "cli_robustness")
     assert doc["perturbations"] == ["", "jpeg:50", "blur:1.0"]
     assert list(doc["results"]) == ["none", "jpeg:50", "blur:1.0"]
     for spec, by in doc["results"].items():
