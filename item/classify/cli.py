@@ -228,9 +228,10 @@ def predict_cmd(
     if as_json:
         emit_json(_strict_json(res))
         return
-    table([{"path": r["path"], "p_fake": r.get("p_fake", float("nan")),
-            "label": r.get("label", f"skipped: {r['reason']}"), "caption": r.get("caption", "")} for r in res["rows"]],
-          ["path", "p_fake", "label", "caption"])
+    ok_row = lambda r: r["status"] == "ok"  # noqa: E731
+    table([{"path": r["path"], "p_fake": r["p_fake"] if ok_row(r) else float("nan"),
+            "label": r["label"] if ok_row(r) else f"skipped: {r['reason']}", "caption": r["caption"] or ""}
+           for r in res["rows"]], ["path", "p_fake", "label", "caption"])
 
 
 def neighbors_cmd(
