@@ -61,6 +61,7 @@ def test_samples_manifest_cli(tmp_path):
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.slow  # 37 sample images featurized (about 36 CPU s)
 def test_given_captions_are_stored_as_given(tmp_path, models):
     """The shipped samples with their reference captions given (COCO's, for the real photos)."""
     import csv
