@@ -79,11 +79,12 @@ class Store:
         return X, y, rows
 
     def split(self, *, val: float = 0.2, test: float = 0.2, by: str = "generator", seed: int = 0,
-              overwrite: bool = False, command: str = ""):
-        """Assign train / val / test to every ok row (stratified, seeded) in the metadata overlay."""
+              overwrite: bool = False, new_only: bool = False, command: str = ""):
+        """Assign train / val / test to every ok row (stratified, seeded) in the metadata overlay;
+        ``new_only``: only to rows without a split (e.g. committed after an earlier split)."""
         from item.store.annotate import split_store
 
-        return split_store(self.path, val=val, test=test, by=by, seed=seed, overwrite=overwrite,
+        return split_store(self.path, val=val, test=test, by=by, seed=seed, overwrite=overwrite, new_only=new_only,
                            command=command or "item.open_store(...).split()")
 
     def annotate(self, manifest, command: str = ""):
@@ -132,12 +133,14 @@ class Head:
         """X: (n, feature_size) -> (n,) int64, 1 = fake at the head's validation threshold."""
         return (self.predict_proba(X)[:, 1] >= self.threshold).astype(np.int64)
 
-    def save(self, out_dir) -> Path:
-        """Write ``out_dir/head.safetensors`` and ``out_dir/head.json``; returns ``out_dir``."""
-        from item.classify.heads import save_head
+    def save(self, out_dir, *, overwrite: bool = False) -> Path:
+        """Write ``out_dir/head.safetensors`` and ``out_dir/head.json`` as one unit; returns ``out_dir``.
 
-        reserved = ("schema_version", "package_version", "kind", "config", "feature_size", "classes", "tensors")
-        save_head(self.estimator, out_dir, {k: v for k, v in self.info.items() if k not in reserved})
+        Refuses (HeadError) a folder that holds a head already unless ``overwrite``."""
+        from item.classify.heads import _RESERVED, save_head
+
+        save_head(self.estimator, out_dir, {k: v for k, v in self.info.items() if k not in _RESERVED},
+                  overwrite=overwrite)
         return Path(out_dir)
 
 

@@ -16,7 +16,8 @@ Points (where they are checked):
 - ``shard-renamed``: the shard is renamed into place, before the manifest lists it;
 - ``manifest-tmp``: the manifest's temporary file is written and fsynced, before ``os.replace``;
 - ``index-written``: an index's ``.faiss`` and ``.rows.npy`` are in place, before its JSON sidecar;
-- ``overwrite-moved``: ``--overwrite`` moved the old manifest aside, before the old shards and index.
+- ``overwrite-moved``: ``--overwrite`` moved the old manifest aside, before the old shards and index;
+- ``head-weights-written``: a head's ``head.safetensors`` is in place, before its ``head.json``.
 
 Example: ``ITEM_FAULT=shard-renamed:2 item featurize ...`` dies right after renaming its second shard.
 Unset (the normal case) it costs one dictionary lookup per call.
@@ -29,7 +30,8 @@ import os
 import signal
 import time
 
-POINTS = ("batch", "shard-written", "shard-renamed", "manifest-tmp", "index-written", "overwrite-moved")
+POINTS = ("batch", "shard-written", "shard-renamed", "manifest-tmp", "index-written", "overwrite-moved",
+          "head-weights-written")
 
 _hits: dict[str, int] = {}
 

@@ -163,6 +163,11 @@ def test_tampered_shapes_refused(tmp_path, fitted):
     tensors = load_file(str(path))
     tensors["layers.0.weight"] = np.zeros((7, N_FEATURES), np.float32)
     save_file(tensors, str(path))
+    with pytest.raises(HeadError, match="not the file head.json describes"):  # its checksum first (issue 21)
+        load_head(tmp_path)
+    cfg = json.loads((tmp_path / "head.json").read_text())
+    del cfg["weights_sha256"]  # a head saved before the checksum: the shapes are still checked
+    (tmp_path / "head.json").write_text(json.dumps(cfg))
     with pytest.raises(HeadError, match="layers.0.weight"):
         load_head(tmp_path)
     del tensors["layers.0.weight"]

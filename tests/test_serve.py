@@ -50,6 +50,7 @@ PICKS = [
     ("fake/sdturbo_sdxlturbo_example.png", "fake", "SDXL-Turbo", "test"),
 ]
 N = len(PICKS)
+LOCAL = "http://127.0.0.1:8000"  # what a browser on this machine sends as Host (TestClient's default is 'testserver')
 ARTIFACTS = Path(os.environ.get("ITEM_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 
 
@@ -80,7 +81,7 @@ def served(tmp_path_factory):
     ok("store", "index", store, "--on", "image", "--kind", "flat")
     before = _tree(store)
     service = Service(ServeConfig(store=str(store), heads=(str(base / "hier"), str(base / "visual")), device="cpu"))
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOCAL)
     yield {"store": store, "heads": [base / "hier", base / "visual"], "service": service, "client": client,
            "base": base, "before": before}
     service.close()
@@ -210,7 +211,7 @@ def test_uploads_are_bounded_in_bytes_and_pixels(served):
     small = Service(ServeConfig(store=str(served["store"]), heads=(str(served["heads"][0]),), max_upload_bytes=5000,
                                 max_pixels=2000), models=served["service"].models)
     try:
-        client = TestClient(create_app(small))
+        client = TestClient(create_app(small), base_url=LOCAL)
         _error(client.post("/api/predict", files={"file": ("big.png", _png((200, 200)))}), 413, "upload-too-large")
         # far over the limit: refused from Content-Length, or while streaming when there is none
         _error(client.post("/api/predict", files={"file": ("huge.png", b"\0" * 300_000)}), 413, "upload-too-large")
@@ -371,6 +372,141 @@ def test_concurrent_uploads_are_safe_and_leave_nothing_behind(served):
     assert _tree(served["store"]) == served["before"]  # the store was only read
 
 
+# -- issue 21: bounded decoding, other sites, token ------------------------------------------------
+def _png_header_only(width, height) -> bytes:
+    """A PNG whose header declares width x height RGBA and whose pixel data is cut short: 100 bytes that
+    would be a multi-GB decode. Refused from the header, it never reaches the decoder."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+
+
+def test_uploads_have_their_own_pixel_budget_checked_from_the_header(served):
+    from item.featurize.inputs.decode import DEFAULT_MAX_PIXELS
+
+    c = served["client"]
+    limits = c.get("/api/health").json()["limits"]
+    assert 0 < limits["max_pixels"] < DEFAULT_MAX_PIXELS  # lower than featurize's
+    # 9400 x 9400 RGBA is just under featurize's limit: the server refuses it before decoding a pixel
+    # (a decode would have found the data cut short and said 'truncated')
+    body = _error(c.post("/api/predict", files={"file": ("bomb.png", _png_header_only(9400, 9400))}), 413, "too-large")
+    assert f"{limits['max_pixels']:,}" in body["error"]
+    assert os.listdir(served["service"]._upload_dir) == []
+    # the page says the limit
+    page = c.get("/").text
+    assert 'id="limits"' in page and "megapixels" in page
+
+
+class _Gated:
+    """The served models, with featurize held until ``go`` is set (``inside`` says one is waiting there)."""
+
+    def __init__(self, models):
+        self._models, self.inside, self.go = models, threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._models, name)
+
+    def featurize(self, paths, captions=None):
+        self.inside.set()
+        assert self.go.wait(120)
+        return self._models.featurize(paths, captions)
+
+
+def test_uploads_beyond_the_queue_are_refused_503_and_the_queue_frees(served):
+    gated = _Gated(served["service"].models)
+    one = Service(ServeConfig(store=str(served["store"]), heads=(str(served["heads"][0]),), max_pending=1),
+                  models=gated)
+    try:
+        client = TestClient(create_app(one), base_url=LOCAL)
+        png = (SAMPLES / "real/coffee.png").read_bytes()
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(client.post, "/api/predict", files={"file": ("a.png", png)})
+            assert gated.inside.wait(120)
+            _error(client.post("/api/predict", files={"file": ("b.png", png)}), 503, "busy")
+            gated.go.set()
+            assert first.result().status_code == 200
+        assert client.post("/api/predict", files={"file": ("c.png", png)}).status_code == 200  # the place came back
+    finally:
+        one.close()
+
+
+def test_other_sites_cannot_read_or_post(served):
+    c = served["client"]
+    png = _png(flat=True)
+    # DNS rebinding: another site's name pointed at 127.0.0.1 reaches the server with its own Host
+    for path in ("/api/rows", "/", "/api/health"):
+        _error(c.get(path, headers={"host": "evil.example"}), 421, "unknown-host")
+    _error(c.get("/api/rows", headers={"host": "evil.example:8000"}), 421, "unknown-host")
+    assert c.get("/api/rows", headers={"host": "localhost:8000"}).status_code == 200
+    # a form or fetch posted from another site's page carries its Origin
+    for origin in ("http://evil.example", "null", "http://127.0.0.1:9999"):
+        _error(c.post("/api/predict", files={"file": ("a.png", png)}, headers={"origin": origin}), 403, "cross-origin")
+    assert c.post("/api/predict", files={"file": ("a.png", png)}, headers={"origin": LOCAL}).status_code == 200
+    assert c.post("/api/predict", files={"file": ("a.png", png)}).status_code == 200  # curl sends no Origin
+    # no CORS: a preflight gets no permission, and no answer names another origin
+    pre = c.options("/api/predict", headers={"origin": "http://evil.example", "access-control-request-method": "POST"})
+    assert pre.status_code >= 400 and not any(h.startswith("access-control-") for h in pre.headers)
+    got = c.get("/api/rows", headers={"origin": "http://evil.example"})
+    assert not any(h.startswith("access-control-") for h in got.headers)
+    # --allow-host adds a name
+    named = Service(ServeConfig(store=str(served["store"]), heads=(str(served["heads"][0]),),
+                                allowed_hosts=("item.lab.example",)), models=served["service"].models)
+    try:
+        cn = TestClient(create_app(named), base_url="http://item.lab.example")
+        assert cn.get("/api/rows").status_code == 200
+        _error(cn.get("/api/rows", headers={"host": "evil.example"}), 421, "unknown-host")
+    finally:
+        named.close()
+
+
+def test_a_token_is_required_on_every_request_when_set(served):
+    token = "s3cret-token-for-tests-0123456789"
+    guarded_service = Service(ServeConfig(store=str(served["store"]), heads=(str(served["heads"][0]),),
+                                          host="0.0.0.0", token=token), models=served["service"].models)
+    try:
+        c = TestClient(create_app(guarded_service), base_url=LOCAL)
+        for path in ("/", "/api/rows", "/api/health"):
+            _error(c.get(path), 401, "token-required")
+        _error(c.get("/api/rows", headers={"authorization": "Bearer wrong"}), 401, "token-required")
+        _error(c.get("/api/rows?token=" + token), 401, "token-required")  # only the page takes it in the URL
+        assert c.get("/api/rows", headers={"authorization": f"Bearer {token}"}).status_code == 200
+        page = c.get("/", params={"token": token})
+        assert page.status_code == 200 and "SameSite=Strict" in page.headers["set-cookie"]
+        assert "HttpOnly" in page.headers["set-cookie"]
+        assert c.get("/api/rows").status_code == 200  # the browser's cookie now carries it
+    finally:
+        guarded_service.close()
+
+
+def test_serve_command_flags_for_hosts_token_and_queue(served, monkeypatch):
+    import uvicorn
+
+    seen = {}
+
+    def run(app, host, port, **kw):
+        client = TestClient(app, base_url="http://lab-box:8123")
+        seen["anon"] = client.get("/api/health").status_code
+        seen["health"] = client.get("/api/health", headers={"authorization": "Bearer " + "t" * 20}).json()
+        seen["evil"] = client.get("/api/health", headers={"host": "evil.example",
+                                                          "authorization": "Bearer " + "t" * 20}).status_code
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    r = CliRunner().invoke(cli_app, ["serve", str(served["store"]), "--head", str(served["heads"][0]), "--host",
+                                     "0.0.0.0", "--device", "cpu", "--token", "t" * 20, "--allow-host", "lab-box",
+                                     "--max-pending", "2", "--max-pixels", "1000000"])
+    assert r.exit_code == 0, (r.stdout, r.stderr, r.exception)
+    assert "NO authentication" not in r.stderr and "token" in r.stderr
+    assert seen["anon"] == 401 and seen["evil"] == 421
+    assert seen["health"]["limits"]["max_pending"] == 2 and seen["health"]["limits"]["max_pixels"] == 1_000_000
+    r = CliRunner().invoke(cli_app, ["serve", str(served["store"]), "--head", str(served["heads"][0]), "--token", "short"])
+    assert r.exit_code == 1 and "16 characters" in r.stderr
+
+
 # -- the command ----------------------------------------------------------------------------------
 def test_serve_without_the_extra_is_one_line_saying_what_to_install(served, monkeypatch):
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now raises ImportError
@@ -387,7 +523,7 @@ def test_serve_command_loads_once_warns_off_localhost_and_answers(served, monkey
 
     def run(app, host, port, **kw):  # instead of listening: drive the app the command built
         seen.update(host=host, port=port)
-        client = TestClient(app)
+        client = TestClient(app, base_url=LOCAL)
         seen["health"] = client.get("/api/health").json()
         seen["page"] = client.get("/").status_code
 

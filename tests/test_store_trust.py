@@ -253,10 +253,12 @@ def test_a_stale_foreign_or_damaged_index_is_refused_and_neighbors_searches_exac
         for p in (a / schema.INDEX_DIR).iterdir():
             shutil.copy(p, ix / p.name)
     elif damage == "reordered":
-        rows = np.load(ix / "image-flat.rows.npy")
-        np.save(ix / "image-flat.rows.npy", rows[::-1].copy())
+        rows_file = next(ix.glob("image-flat.*.rows.npy"))  # the build's own name (issue 21)
+        rows = np.load(rows_file)
+        np.save(rows_file, rows[::-1].copy())
     else:
-        (ix / "image-flat.faiss").write_bytes(b"\0" * (ix / "image-flat.faiss").stat().st_size)
+        faiss_file = next(ix.glob("image-flat.*.faiss"))
+        faiss_file.write_bytes(b"\0" * faiss_file.stat().st_size)
     r = cli("neighbors", b, "0", "-k", "5", "--json")
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
     res = json.loads(r.stdout)

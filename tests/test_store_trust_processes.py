@@ -211,3 +211,38 @@ def shutil_copy(src: Path, dst: Path) -> None:
     import shutil
 
     shutil.copytree(src, dst)
+
+
+def test_a_removed_writer_lock_lets_no_overwrite_run_under_a_live_featurize(tmp_path):
+    """Issue 21, case 3, as reported: `rm STORE/writer.lock` while a featurize writes, then --overwrite."""
+    folder, store = tmp_path / "imgs", tmp_path / "s"
+    make_folder(folder, 16)
+    args = [sys.executable, "-m", "item", "featurize", str(folder), "--store", str(store), *TINY, "--workers", "0",
+            "--shard-size", "4"]
+    # the writer sleeps after its second batch (two shards committed), holding its locks
+    first = subprocess.Popen(args, env=env("batch:2:sleep=15"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (store / schema.MANIFEST).exists() or not json.loads((store / schema.MANIFEST).read_text())["shards"]:
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        (store / schema.LOCK_FILE).unlink()
+        over = subprocess.run(args + ["--overwrite"], env=env(), capture_output=True, text=True, timeout=300)
+        assert "still running" in one_error(over.stderr, over.returncode)
+        with StoreReader(store) as rd:
+            kept = rd.n_images
+        assert kept >= 4
+        _, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    # the first run found its writer.lock replaced: it stops with an error instead of claiming rows
+    assert first.returncode == 1 and "removed or replaced" in err and "written" not in err.splitlines()[-1], err
+    with StoreReader(store) as rd:
+        assert rd.n_images >= kept  # nothing it committed was lost
+    assert validate(store).ok
+    rerun = subprocess.run(args, env=env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    with StoreReader(store) as rd:
+        assert rd.n_images == 16

@@ -125,10 +125,12 @@ def train_cmd(
                             hidden=hidden_sizes, dropout=dropout, weight_decay=weight_decay, lr=lr,
                             max_epochs=max_epochs, batch_size=batch_size, patience=patience, C=c,
                             max_memory=parse_memory(max_memory))
-    fitted.save(out)
+    fitted.save(out, overwrite=True)  # as documented: --out replaces a head already there
     meta = load_head(out)[1]
     if meta.get("caption_source_warning"):
         warn(meta["caption_source_warning"])
+    if meta.get("unsplit_warning"):
+        warn(meta["unsplit_warning"])
     if as_json:
         emit_json(_strict_json({**meta, "random_weights": bool(meta.get("random_weights"))}))
         return

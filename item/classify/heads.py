@@ -416,7 +416,8 @@ def make_head(config: HeadConfig):
     return HEADS[config.kind](config)
 
 
-_RESERVED = ("schema_version", "package_version", "kind", "config", "feature_size", "classes", "tensors")
+_RESERVED = ("schema_version", "package_version", "kind", "config", "feature_size", "classes", "tensors",
+             "weights_sha256")
 
 
 def _json_default(obj):
@@ -431,13 +432,18 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def save_head(head, out_dir, meta: dict) -> None:
+def save_head(head, out_dir, meta: dict, *, overwrite: bool = False) -> None:
     """Write ``out_dir/head.safetensors`` and ``out_dir/head.json``.
 
     head.json holds schema_version, package_version, kind, config, feature_size, classes, the shape
-    and dtype of every tensor, and the keys of ``meta`` as given, at top level (meta may not use
-    those reserved names). Each file is written under a temporary name and moved into place with
-    ``os.replace``; the JSON goes last, so a head.json on disk means the weights beside it are complete.
+    and dtype of every tensor, the sha256 of the weights file (``weights_sha256``), and the keys of
+    ``meta`` as given, at top level (meta may not use those reserved names). Each file is written
+    under a temporary name and moved into place with ``os.replace``; the JSON goes last. The two
+    files are one unit: :func:`load_head` refuses weights whose checksum is not the one head.json
+    records, so a save killed between them leaves a head that is refused (with the command that
+    replaces it), never new weights used with the old threshold and fingerprint.
+
+    An existing head in ``out_dir`` is refused (HeadError) unless ``overwrite``.
     """
     import item
 
@@ -464,16 +470,26 @@ def save_head(head, out_dir, meta: dict) -> None:
         text = json.dumps(info, indent=2, default=_json_default, allow_nan=True)
     except TypeError as err:
         raise InputError(f"head metadata is not JSON serialisable: {err}") from None
+    import hashlib
+
     from safetensors.numpy import save
 
+    from item.faults import fault
     from item.store.files import atomic_write_bytes
 
     out_dir = Path(out_dir)
+    if not overwrite and any((out_dir / f).exists() for f in (WEIGHTS_FILE, CONFIG_FILE)):
+        raise HeadError(f"{out_dir}: a head is saved there already; choose another folder or pass overwrite=True "
+                        "to replace it")
+    # One metadata key only: safetensors writes its metadata map in hash order, so with two keys
+    # the same head gave different bytes from run to run. The schema version lives in head.json.
+    weights = save(tensors, metadata={"format": "np"})
+    info["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+    text = json.dumps(info, indent=2, default=_json_default, allow_nan=True)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        # One metadata key only: safetensors writes its metadata map in hash order, so with two keys
-        # the same head gave different bytes from run to run. The schema version lives in head.json.
-        atomic_write_bytes(out_dir / WEIGHTS_FILE, save(tensors, metadata={"format": "np"}))
+        atomic_write_bytes(out_dir / WEIGHTS_FILE, weights)
+        fault("head-weights-written")
         atomic_write_bytes(out_dir / CONFIG_FILE, (text + "\n").encode("utf-8"))
     except OSError as exc:
         raise HeadError(f"{out_dir}: cannot write the head ({exc.strerror or exc}); nothing usable was "
@@ -487,7 +503,9 @@ def load_head(path) -> tuple:
     unknown kind, and tensors whose names or shapes do not match head.json; refuses a newer
     schema_version with SchemaError. Reads safetensors and JSON only; never unpickles.
     """
-    from safetensors.numpy import load_file
+    import hashlib
+
+    from safetensors.numpy import load as load_bytes
 
     path = Path(path)
     head_dir = path.parent if path.name in (WEIGHTS_FILE, CONFIG_FILE) and not path.is_dir() else path
@@ -529,7 +547,17 @@ def load_head(path) -> tuple:
     if listed != expected:
         raise HeadError(f"{config_path}: its tensor list does not fit its own config and feature_size {n_features}")
     try:
-        tensors = load_file(str(weights_path))
+        raw = weights_path.read_bytes()
+    except OSError as err:
+        raise HeadError(f"cannot read {weights_path}: {err.strerror or err}") from None
+    recorded = info.get("weights_sha256")
+    if recorded is not None and hashlib.sha256(raw).hexdigest() != recorded:
+        store = info.get("store") or "STORE"
+        raise HeadError(f"{head_dir}: head.safetensors is not the file head.json describes (a save interrupted "
+                        f"between its two files, or files mixed from two heads); it is not used. Train it again: "
+                        f"`item train {store} --out {head_dir}`")
+    try:
+        tensors = load_bytes(raw)
     except Exception as err:  # safetensors raises its own SafetensorError for a corrupt header
         raise HeadError(f"cannot read {weights_path}: {err}") from None
     missing = sorted(set(expected) - set(tensors))

@@ -58,9 +58,19 @@ def check_named_models(compat: dict, allowed_paths=()) -> None:
                         "(ORG/NAME) nor a path you passed; pass --model-path PATH to allow a local folder")
 
 
+def own_flags_message(message: str, local_flag: str | None = "--model-path") -> str:
+    """A model-loading error in predict's terms: the loaders' advice names featurize's flags (--captioner,
+    --pretrained, ...), which predict does not take; it loads the recorded models, or a local copy
+    passed with ``local_flag`` (None: the command takes none)."""
+    kept = [part for part in message.split("; ") if "--" not in part]
+    return ("; ".join(kept) + "; the recorded models are loaded from the Hugging Face cache (set HF_HOME to one that "
+            "holds them, or allow network access)"
+            + (f", or from a local copy you pass with {local_flag} PATH" if local_flag else ""))
+
+
 def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16,
-                   captions: dict[str, str] | None = None, allow_mixed: bool = False, progress=None,
-                   log=None):
+                   captions: dict[str, str] | None = None, allow_mixed: bool = False,
+                   local_flag: str | None = "--model-path", progress=None, log=None):
     """Featurize files with the models ``compat``/``models`` record. Returns (records, loaded compat).
 
     ``progress(n)`` is called after each batch of ``batch_size`` images with the number done;
@@ -68,6 +78,7 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
     ``captions``: {path: caption} used instead of the captioner. Refuses (IncompatibleError) when what
     loaded here would compute other numbers than ``compat`` records; ``allow_mixed`` lets
     schema.ALLOW_MIXED_KEYS (library versions, device class, precision) differ."""
+    from item.errors import ModelLoadError
     from item.featurize import FeaturizeConfig, ModelSpec, compat_for, featurize_images, load_models
     from item.featurize.text.nouns import DEFAULT_NOUN_PROMPT
 
@@ -75,7 +86,10 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
     if log is not None:
         log(f"loading models ({compat.get('clip_model')}, {compat.get('captioner')}, {compat.get('grounder')}"
             f"{', RANDOM WEIGHTS' if compat.get('random_weights') else ''}) ...")
-    loaded = load_models(spec, device)
+    try:
+        loaded = load_models(spec, device)
+    except ModelLoadError as exc:
+        raise ModelLoadError(own_flags_message(str(exc), local_flag)) from None
     prompt = compat.get("noun_prompt", DEFAULT_NOUN_PROMPT)
     config = FeaturizeConfig(workers=0, batch_size=batch_size, device=device,
                              max_objects=int(compat.get("max_objects", 8)), recipe=compat.get("recipe", "hierarchical"),
@@ -314,7 +328,8 @@ def _file_query(reader: StoreReader, query: str, on: str, column: str, device: s
         return np.asarray(emb, np.float32)[None], {"query": query, "kind": "file", "id": fid,
                                                    "models_loaded": ["clip"]}
     # a lookup tolerates rounding-level differences (another device or precision than the store's)
-    records, _ = featurize_like([query], reader.compat, reader.models, device=device, allow_mixed=True)
+    records, _ = featurize_like([query], reader.compat, reader.models, device=device, allow_mixed=True,
+                                local_flag=None)
     rec = records[0]
     if rec.status != schema.STATUS_OK:
         raise InputError(f"{query}: cannot be featurized ({rec.reason})")

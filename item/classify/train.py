@@ -68,6 +68,20 @@ def no_rows_message(reader: StoreReader, split: str, option: str) -> str:
             f"({option} all: every labelled row)")
 
 
+def unsplit_warning(reader: StoreReader, cfg: TrainConfig) -> str | None:
+    """A warning when labelled ok rows have no split while training picks rows by split (they are left out)."""
+    if cfg.train_split == "all":
+        return None  # every labelled row outside validation is used
+    meta = reader.metadata([schema.SPLIT, schema.LABEL, schema.STATUS])
+    ok = meta[schema.STATUS] == schema.STATUS_OK
+    labelled = ok & np.isin(meta[schema.LABEL].astype(str), ["real", "fake"])
+    n = int((labelled & (meta[schema.SPLIT].astype(str) == "")).sum())
+    if n == 0 or n == int(labelled.sum()):
+        return None  # none missing, or no splits at all (refused elsewhere with its own message)
+    return (f"{n} labelled rows have no split (added after `item store split`?) and were not used; assign "
+            f"them with `item store split {reader.root} --new-only`")
+
+
 def caption_sources(reader: StoreReader, rows: np.ndarray) -> dict:
     """{label: {'given': n, 'model': n}} over ``rows``: who wrote the captions a head learns from."""
     meta = reader.metadata([schema.LABEL, schema.CAPTION_SOURCE])
@@ -212,6 +226,7 @@ def fit_head(store, cfg: TrainConfig):
             "overlay": overlay_version(reader.overlay),
             "caption_sources": sources,
             "caption_source_warning": caption_source_warning(sources),
+            "unsplit_warning": unsplit_warning(reader, cfg),
             # Which images fitted and calibrated this head, by content: eval finds them in any store.
             "seen_ids": {"train": digest.build(meta[schema.ID][train]), "val": digest.build(meta[schema.ID][val])},
             "random_weights": reader.random_weights,
@@ -220,10 +235,11 @@ def fit_head(store, cfg: TrainConfig):
     return head, info
 
 
-def train_head(store, out, cfg: TrainConfig) -> dict:
-    """Fit a head (``fit_head``) and save it to ``out``. Returns the head's JSON metadata."""
+def train_head(store, out, cfg: TrainConfig, *, overwrite: bool = True) -> dict:
+    """Fit a head (``fit_head``) and save it to ``out`` (replacing a head there unless ``overwrite`` is
+    False). Returns the head's JSON metadata."""
     head, info = fit_head(store, cfg)
-    save_head(head, out, info)
+    save_head(head, out, info, overwrite=overwrite)
     return load_head(out)[1]
 
 

@@ -157,13 +157,17 @@ def featurize_cmd(
 
 def _after_run_warnings(store: Path, rows, sources) -> None:
     """Rows without a label, and stored rows whose metadata this run's sources now contradict."""
-    from item.store.annotate import metadata_disagreements
+    from item.store.annotate import conflict_message, input_conflicts, metadata_disagreements
 
     unlabelled = sum(r.label == "unknown" for r in rows)
     if unlabelled:
         warn(f"{unlabelled} of {len(rows)} inputs have no label (no label column or value; stored as 'unknown', "
              f"and no head trains on them): add labels and run `item store annotate {store} MANIFEST`")
-    diff = metadata_disagreements(store, [(r.path, r.label, r.generator, r.split) for r in rows])
+    given = [(r.path, r.label, r.generator, r.split) for r in rows]
+    conflicts = input_conflicts(store, given)
+    if conflicts:  # the same bytes under two labels: no annotation can fix that, the manifest must be corrected
+        warn(conflict_message(conflicts[0], len(conflicts)))
+    diff = metadata_disagreements(store, given)
     if diff:
         n = len({d[0] for d in diff})
         path, field, have, given = diff[0]

@@ -4,12 +4,20 @@ Every error is JSON ``{"error": message, "reason": word}`` with a 4xx status for
 got wrong (a non-image upload is 415 naming the decode reason, never a 500). The page is one HTML
 file shipped in the package; each response gets a fresh CSP nonce for its inline script and style,
 so no other script can run in it.
+
+Other sites are kept out (:class:`_SiteGuard`): a request whose Host header is not one this server
+answers to is refused 421 (a page on another site that rebinds its DNS name to 127.0.0.1 sends its
+own name as Host), a state-changing request (POST, PUT, PATCH, DELETE) that carries an Origin other
+than the server's own is refused 403, and no CORS header is ever sent, so no other origin may read a
+response. With a token, every request must also present it (``Authorization: Bearer TOKEN``, or the
+cookie the page sets when opened once as ``/?token=TOKEN``).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time, and
 # they are imported inside create_app.
 import secrets
 from functools import lru_cache
+from urllib.parse import parse_qs, urlsplit
 from importlib import resources
 from typing import Optional
 
@@ -77,6 +85,99 @@ class _BodyLimit:
         await self.app(scope, replay, send)
 
 
+#: Names of this machine's loopback that a local browser may send as Host.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+#: Methods that change or spend something: they need no Origin or the server's own.
+_UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+TOKEN_COOKIE = "item_serve_token"
+
+
+def _host_name(value: str) -> str:
+    """'Example.org:8000' -> 'example.org'; '[::1]:8000' -> '::1'; '' for what cannot be parsed."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        return value[1:end] if end > 0 else ""
+    if value.count(":") > 1:  # a bare IPv6 address
+        return value
+    return value.rsplit(":", 1)[0] if ":" in value else value
+
+
+def allowed_host_names(host: str, extra=()) -> frozenset:
+    """The Host names a server listening on ``host`` answers to: loopback names, ``host`` itself and ``extra``.
+
+    Listening on every address (0.0.0.0 or ::) adds this machine's host name, fully qualified name and the
+    addresses that name resolves to; any other name or address needs ``extra`` (``--allow-host``).
+    """
+    import socket
+
+    names = set(LOCAL_HOSTS) | {_host_name(host) or host.lower()} | {_host_name(h) for h in extra if h.strip()}
+    if host in ("0.0.0.0", "::", "[::]"):
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+        try:  # the addresses the machine's name resolves to (best effort: no resolver, no addresses)
+            names |= set(socket.gethostbyname_ex(socket.gethostname())[2])
+        except OSError:
+            pass
+    return frozenset(n for n in names if n)
+
+
+class _SiteGuard:
+    """ASGI middleware: Host allow-list, same-origin state changes, optional token (see the module doc)."""
+
+    def __init__(self, app, hosts: frozenset, token):
+        self.app, self.hosts, self.token = app, hosts, token
+
+    async def _refuse(self, scope, receive, send, status, message, reason):
+        await _error(status, message, reason)(scope, receive, send)
+
+    def _has_token(self, headers: dict, scope) -> tuple[bool, bool]:
+        """(presented, from_query): whether the request carries the token, and whether it came in ?token=."""
+        auth = headers.get(b"authorization", b"").decode("latin-1")
+        if auth.lower().startswith("bearer ") and secrets.compare_digest(auth[7:].strip(), self.token):
+            return True, False
+        for part in headers.get(b"cookie", b"").decode("latin-1").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == TOKEN_COOKIE and secrets.compare_digest(value, self.token):
+                return True, False
+        if scope.get("path") == "/":
+            given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
+            if given and secrets.compare_digest(given, self.token):
+                return True, True
+        return False, False
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode("latin-1")
+        if _host_name(host) not in self.hosts:
+            return await self._refuse(scope, receive, send, 421, f"this server does not answer for host {host!r}; "
+                                      "start it with --allow-host NAME to accept that name", "unknown-host")
+        origin = headers.get(b"origin")
+        if scope["method"] in _UNSAFE and origin is not None:
+            o = urlsplit(origin.decode("latin-1"))
+            if o.scheme not in ("http", "https") or o.netloc.lower() != host.lower():
+                return await self._refuse(scope, receive, send, 403, "cross-site requests are refused: the Origin "
+                                          f"{origin.decode('latin-1')!r} is not this server", "cross-origin")
+        if self.token:
+            presented, from_query = self._has_token(headers, scope)
+            if not presented:
+                return await self._refuse(scope, receive, send, 401, "this server needs its token: send "
+                                          "'Authorization: Bearer TOKEN', or open /?token=TOKEN once in the browser",
+                                          "token-required")
+            if from_query:  # the page keeps the token in a cookie no other site's request carries
+                async def send_with_cookie(message):
+                    if message["type"] == "http.response.start":
+                        message = dict(message)
+                        message["headers"] = list(message.get("headers", [])) + [(
+                            b"set-cookie", f"{TOKEN_COOKIE}={self.token}; HttpOnly; SameSite=Strict; Path=/"
+                            .encode("latin-1"))]
+                    await send(message)
+
+                return await self.app(scope, receive, send_with_cookie)
+        return await self.app(scope, receive, send)
+
+
 def create_app(service: Service):
     """A FastAPI app answering from ``service`` (already loaded; the app never reloads it)."""
     from fastapi import FastAPI, File, Form, Query, Request, UploadFile
@@ -91,6 +192,9 @@ def create_app(service: Service):
                               "images and known generators it resembles.")
     app.state.service = service
     app.add_middleware(_BodyLimit, limit=service.config.max_upload_bytes + _MULTIPART_SLACK)
+    # Added last, so it runs first: nothing from another site is read, parsed or decoded.
+    app.add_middleware(_SiteGuard, hosts=allowed_host_names(service.config.host, service.config.allowed_hosts),
+                       token=service.config.token)
 
     @app.middleware("http")
     async def _headers(request: Request, call_next):

@@ -59,13 +59,21 @@ def serve_cmd(
     store: Path = typer.Argument(..., help="A featurized store (opened read-only).", show_default=False),
     heads: List[Path] = typer.Option(..., "--head", help="Head directory; repeat to show several heads' verdicts."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on. Anything but loopback is reachable by "
-                             "others, and the server has no authentication."),
+                             "others: give it a --token."),
     port: int = typer.Option(8000, help="Port to listen on."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N] (for the models that score uploads)."),
     k: int = typer.Option(10, "-k", help="Neighbours shown by default."),
     max_upload_mb: float = typer.Option(20.0, help="Largest upload accepted, in MiB."),
-    max_pixels: Optional[int] = typer.Option(None, help="Largest upload in pixels (default: featurize's, Pillow's "
-                                             "89,478,485); 0 removes the limit."),
+    max_pixels: Optional[int] = typer.Option(None, help="Largest upload in pixels, read from its header before "
+                                             "decoding (default 25,000,000: lower than featurize's, since a "
+                                             "server decodes for others); 0 removes the limit."),
+    max_pending: int = typer.Option(8, help="Uploads admitted at once (scored one at a time; the rest wait, "
+                                    "holding only their bytes); more are answered 503."),
+    allow_host: List[str] = typer.Option([], "--allow-host", help="Another Host name to answer to (repeat); by "
+                                         "default only loopback names and --host are accepted."),
+    token: Optional[str] = typer.Option(None, envvar="ITEM_SERVE_TOKEN", help="Require this token on every "
+                                        "request (header 'Authorization: Bearer TOKEN'; a browser opens "
+                                        "/?token=TOKEN once). Also read from $ITEM_SERVE_TOKEN."),
 ):
     """Serve a web page and JSON API: score an image, see why, and what it resembles."""
     from item.errors import InputError
@@ -77,6 +85,11 @@ def serve_cmd(
         raise InputError("--max-upload-mb must be positive")
     if max_pixels is not None and max_pixels < 0:
         raise InputError("--max-pixels must be 0 (no limit) or positive")
+    if max_pending < 1:
+        raise InputError("--max-pending must be at least 1")
+    if token is not None and len(token) < 16:
+        raise InputError("--token must be at least 16 characters (e.g. python -c 'import secrets; "
+                         "print(secrets.token_urlsafe())')")
     import uvicorn
 
     from item.serve.app import create_app
@@ -84,18 +97,20 @@ def serve_cmd(
 
     if not 1 <= k <= MAX_K:
         raise InputError(f"-k {k}: give 1..{MAX_K}")
-    if not is_local_host(host):
+    if not is_local_host(host) and not token:
         warn(f"--host {host}: this server has NO authentication. Anyone who can reach {host}:{port} can upload "
              "images and read the store's paths, captions and thumbnails. Keep it on 127.0.0.1 (reach it through "
-             "an SSH tunnel) or put it behind a reverse proxy that authenticates.")
+             "an SSH tunnel), give it a --token, or put it behind a reverse proxy that authenticates.")
     config = ServeConfig(store=str(store), heads=tuple(str(h) for h in heads), device=device,
-                         max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, k=k)
+                         max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, k=k,
+                         max_pending=max_pending, allowed_hosts=tuple(allow_host), host=host, token=token or None)
     if _any_random(store, heads):  # the first line, before minutes of loading
         emit(RANDOM_WEIGHTS_LINE)
     service = Service(config, log=info)
     try:
         info(f"serving on http://{host}:{port}/ (the JSON API's schema: http://{host}:{port}/openapi.json; e.g. "
-             f"curl -F file=@image.jpg http://{host}:{port}/api/predict); Ctrl-C stops")
+             f"curl -F file=@image.jpg http://{host}:{port}/api/predict); Ctrl-C stops"
+             + ("; every request needs the token (open /?token=TOKEN once in a browser)" if token else ""))
         uvicorn.run(create_app(service), host=host, port=port, log_level="info")
     finally:
         service.close()

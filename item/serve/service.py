@@ -9,7 +9,14 @@ Concurrency: the web server answers requests in a pool of threads. Two locks ser
 not safe to share: ``model_lock`` in front of the models (one upload is featurized at a time; the
 models hold no per-request state, and on a GPU one forward at a time is also what fits), and
 ``store_lock`` in front of the store reader and the indexes (h5py file handles and the reader's
-caches are shared objects). Thumbnails are decoded outside both locks.
+caches are shared objects). Pixels are decoded only inside a bounded slot: an upload's (checked
+and then featurized) inside ``model_lock``, a thumbnail's inside ``decode_slots``; so at most one
+upload image and ``THUMB_DECODES`` thumbnails are in memory as pixels at any time. Uploads wait in
+a queue of ``max_pending`` places (the one being scored included); a request that finds it full is
+answered 503 at once, and a thumbnail that waits more than ``SLOT_WAIT_S`` for a slot is answered
+503. An upload's pixel count is checked from its header against the server's own budget
+(``DEFAULT_UPLOAD_PIXELS``, lower than featurize's) before any pixel is decoded, and after a large
+image the memory it used is handed back to the system (``gc`` and glibc's ``malloc_trim``).
 
 Nothing a request sends becomes a path: uploads are written under a name this process makes up in
 a private temporary folder, and thumbnails are served only for ids found in the store, from the
@@ -36,6 +43,17 @@ from item.errors import InputError, ItemError
 
 #: Largest upload accepted by default (bytes).
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+#: Largest upload accepted by default (pixels, width * height from the header): a 24-megapixel camera
+#: frame fits; featurize's limit (Pillow's 89,478,485) would let one request hold several GB.
+DEFAULT_UPLOAD_PIXELS = 25_000_000
+#: Uploads admitted at once (being scored or waiting for the models) unless configured otherwise.
+DEFAULT_MAX_PENDING = 8
+#: Thumbnails decoded at once.
+THUMB_DECODES = 2
+#: Longest wait for a decode slot before a request is answered 503 (seconds).
+SLOT_WAIT_S = 30.0
+#: Images at least this large (pixels) are followed by handing freed memory back to the system.
+_TRIM_AFTER_PIXELS = 4_000_000
 #: Longest caption a request may give (characters).
 MAX_CAPTION_CHARS = 1000
 #: Most neighbours one request may ask for.
@@ -63,8 +81,33 @@ class ServeConfig:
     heads: tuple[str, ...]
     device: str = "auto"
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
-    max_pixels: int | None = None  # None: featurize's default (Pillow's limit); 0: no limit
+    max_pixels: int | None = None  # None: DEFAULT_UPLOAD_PIXELS; 0: no limit
     k: int = 10
+    max_pending: int = DEFAULT_MAX_PENDING
+    #: Host names (besides loopback names and ``host``) a request's Host header may carry.
+    allowed_hosts: tuple[str, ...] = ()
+    #: The address the server listens on (its Host header is accepted).
+    host: str = "127.0.0.1"
+    #: When set, every request must present it (header ``Authorization: Bearer TOKEN`` or the cookie the
+    #: page sets from ``/?token=TOKEN``).
+    token: str | None = None
+
+
+def release_memory() -> None:
+    """Hand memory freed by a large decode back to the system: a collection, then glibc's malloc_trim.
+
+    Without the trim, glibc keeps the freed arenas of a multi-GB decode mapped and the server's resident
+    size stays at its peak. A no-op where there is no glibc (macOS, musl).
+    """
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def vote(hits: list[dict]) -> list[dict]:
@@ -93,9 +136,15 @@ class Service:
 
         if not config.heads:
             raise InputError("give at least one --head")
+        if config.max_pending < 1:
+            raise InputError(f"max_pending must be at least 1, got {config.max_pending}")
         self.config = config
-        self.max_pixels = DEFAULT_MAX_PIXELS if config.max_pixels is None else (config.max_pixels or None)
+        self.max_pixels = DEFAULT_UPLOAD_PIXELS if config.max_pixels is None else (config.max_pixels or None)
+        # Stored images were accepted by featurize under its own limit: their thumbnails use it.
+        self.thumb_max_pixels = DEFAULT_MAX_PIXELS
         self.model_lock = threading.Lock()
+        self.pending = threading.BoundedSemaphore(config.max_pending)
+        self.decode_slots = threading.BoundedSemaphore(THUMB_DECODES)
         self.store_lock = threading.Lock()
         log(f"opening store {config.store} (read-only)")
         self.reader = StoreReader(config.store)
@@ -266,7 +315,6 @@ class Service:
                        k: int | None = None) -> dict:
         """Score one uploaded image: verdict per head, caption, objects, neighbours, generators."""
         from item.classify.features import record_features
-        from item.featurize.inputs.decode import SKIP_REASONS, DecodeError, decode_image
         from item.store import schema
 
         k = self._k(k)
@@ -278,24 +326,13 @@ class Service:
             if caption and len(caption) > MAX_CAPTION_CHARS:
                 raise RequestError(f"the caption has {len(caption)} characters, more than {MAX_CAPTION_CHARS}",
                                    reason="caption-too-long")
-        # A name this process makes up, in a folder only it writes: nothing from the request is a path.
-        path = os.path.join(self._upload_dir, uuid.uuid4().hex)
+        if not self.pending.acquire(blocking=False):
+            raise RequestError(f"the server is busy: {self.config.max_pending} uploads are already being scored or "
+                               "waiting; try again shortly", status=503, reason="busy")
         try:
-            with open(path, "wb") as f:
-                f.write(data)
-            try:  # the featurize decode rules, checked before the models are touched
-                decode_image(path, max_pixels=self.max_pixels)
-            except DecodeError as exc:
-                status = 413 if exc.reason == "too-large" else 415
-                raise RequestError(f"not a usable image: {exc.reason} ({SKIP_REASONS[exc.reason]})",
-                                   status=status, reason=exc.reason) from None
-            with self.model_lock:
-                rec = self.models.featurize([path], {path: caption} if caption else None)[0]
+            rec = self._featurize_upload(data, caption)
         finally:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+            self.pending.release()
         if rec.status != schema.STATUS_OK:
             raise RequestError(f"the image could not be featurized: {rec.reason}", status=422, reason=rec.reason)
         verdicts = self._verdicts(lambda recipe: record_features(recipe, [rec]))
@@ -317,6 +354,39 @@ class Service:
                           global_alignment=glob, objects=objects, **self._lookups(rec.image_emb, rec.misalignment, k,
                                                                                   exclude),
                           in_store=stored is not None, warnings=self._warnings(rec.caption_source))
+
+    def _featurize_upload(self, data: bytes, caption: str | None):
+        """The upload's ImageRecord: header checked, then decoded and featurized under the model lock."""
+        from item.featurize.inputs.decode import SKIP_REASONS, DecodeError, decode_image, probe_image
+
+        # A name this process makes up, in a folder only it writes: nothing from the request is a path.
+        path = os.path.join(self._upload_dir, uuid.uuid4().hex)
+        pixels = 0
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+            try:
+                # The header alone (no pixel decoded) decides the size: a bomb is refused before it costs memory.
+                w, h = probe_image(path, max_pixels=self.max_pixels)
+                pixels = w * h
+                with self.model_lock:
+                    # The featurize decode rules, checked before the models are touched; one image's pixels
+                    # in memory at a time, since the models run one upload at a time anyway.
+                    decode_image(path, max_pixels=self.max_pixels)
+                    return self.models.featurize([path], {path: caption} if caption else None)[0]
+            except DecodeError as exc:
+                status = 413 if exc.reason == "too-large" else 415
+                limit = f"; this server accepts at most {self.max_pixels:,} pixels" if (
+                    exc.reason == "too-large" and self.max_pixels) else ""
+                raise RequestError(f"not a usable image: {exc.reason} ({SKIP_REASONS[exc.reason]}){limit}",
+                                   status=status, reason=exc.reason) from None
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            if pixels >= _TRIM_AFTER_PIXELS:
+                release_memory()
 
     def row_view(self, image_id: str, k: int | None = None) -> dict:
         """A stored image's view from its stored embeddings (nothing is re-encoded)."""
@@ -398,13 +468,25 @@ class Service:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
                 return self._thumbs[key]
-        path = str(self.meta[schema.PATH][row])  # recorded by featurize, never taken from the request
+        from item.store import openable_path
+
+        # recorded by featurize, never taken from the request (a non-UTF-8 name given back its bytes)
+        path = openable_path(str(self.meta[schema.PATH][row]))
+        if not self.decode_slots.acquire(timeout=SLOT_WAIT_S):
+            raise RequestError("the server is busy decoding images; try again shortly", status=503, reason="busy")
         try:
-            img = decode_image(path, max_pixels=self.max_pixels).image
-        except DecodeError as exc:
-            raise RequestError(f"the stored image's file cannot be read now ({exc.reason})", status=404,
-                               reason=exc.reason) from None
-        img.thumbnail((THUMB_SIZES[size], THUMB_SIZES[size]), Image.Resampling.BICUBIC)
+            try:
+                img = decode_image(path, max_pixels=self.thumb_max_pixels,
+                                   draft=(THUMB_SIZES[size], THUMB_SIZES[size])).image
+            except DecodeError as exc:
+                raise RequestError(f"the stored image's file cannot be read now ({exc.reason})", status=404,
+                                   reason=exc.reason) from None
+            big = img.width * img.height >= _TRIM_AFTER_PIXELS
+            img.thumbnail((THUMB_SIZES[size], THUMB_SIZES[size]), Image.Resampling.BICUBIC)
+        finally:
+            self.decode_slots.release()
+        if big:
+            release_memory()
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=85)
         data = buf.getvalue()
@@ -443,9 +525,10 @@ class Service:
             "neighbors": {on: (f"index {ix.kind}" if (ix := self.indexes.get(on)) else "exact")
                           for on in ("image", "misalignment")},
             "limits": {"max_upload_bytes": self.config.max_upload_bytes, "max_pixels": self.max_pixels,
-                       "max_k": MAX_K, "k": self.config.k},
+                       "max_k": MAX_K, "k": self.config.k,
+                       "max_pending": self.config.max_pending},
             "random_weights": self.random_weights,
         }
 
 
-__all__ = ["ItemError", "RequestError", "ServeConfig", "Service", "vote"]
+__all__ = ["DEFAULT_UPLOAD_PIXELS", "ItemError", "RequestError", "ServeConfig", "Service", "release_memory", "vote"]

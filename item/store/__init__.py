@@ -2,6 +2,7 @@
 
 from item.store.index import INDEX_KINDS, INDEX_ON, StoreIndex, build_index, list_indexes
 from item.store.reader import StoreReader
+from item.store.records import openable_path
 from item.store.schema import SCHEMA_VERSION
 from item.store.summary import export_metadata, store_info
 from item.store.validate import validate
@@ -11,5 +12,5 @@ from item.store.writer import (AliasRecord, ImageRecord, ObjectRecord, StagedSha
 __all__ = [
     "INDEX_KINDS", "INDEX_ON", "SCHEMA_VERSION", "AliasRecord", "ImageRecord", "ObjectRecord", "StagedShard",
     "StoreIndex", "StoreReader", "StoreWriter", "WriterLock", "build_index", "commit_shards", "export_metadata",
-    "list_indexes", "stage_shard", "store_info", "validate",
+    "list_indexes", "openable_path", "stage_shard", "store_info", "validate",
 ]

@@ -10,6 +10,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 
 from item.errors import InputError
 from item.store import schema
@@ -29,30 +30,43 @@ class SplitResult:
 
 
 def split_store(root, *, val: float = 0.2, test: float = 0.2, by: str = "generator", seed: int = 0,
-                overwrite: bool = False, command: str = "") -> SplitResult:
+                overwrite: bool = False, new_only: bool = False, command: str = "") -> SplitResult:
     """Assign train / val / test to every ok row, stratified ``by`` generator (and label) or label, seeded.
 
-    Rows that already have a split are refused unless ``overwrite`` (then every row is reassigned).
+    Rows that already have a split are refused unless ``overwrite`` (then every row is reassigned) or
+    ``new_only`` (then only rows without a split are assigned, stratified among themselves, e.g. rows
+    committed after an earlier split; the others keep theirs). ``counts`` covers every ok row after the
+    change.
     """
     if by not in SPLIT_BY:
         raise InputError(f"unknown --by {by!r}; choose {', '.join(SPLIT_BY)}")
+    if overwrite and new_only:
+        raise InputError("--overwrite reassigns every row and --new-only only rows without a split: give one")
     with StoreReader(root) as reader:
         rows = reader.select()
         if rows.size == 0:
             raise InputError(f"{root}: no ok rows to split")
         meta = reader.metadata([schema.ID, schema.LABEL, schema.GENERATOR, schema.SPLIT])
         have = meta[schema.SPLIT][rows].astype(str)
-        if not overwrite and (have != "").any():
+        if not overwrite and not new_only and (have != "").any():
             found = ", ".join(f"{s} {n}" for s, n in sorted(Counter(have[have != ""].tolist()).items()))
+            n_new = int((have == "").sum())
             raise InputError(f"{int((have != '').sum())} of {rows.size} rows already have a split ({found}); "
-                             "add --overwrite to reassign every row")
+                             + (f"add --new-only to split the {n_new} rows without one, or " if n_new else "")
+                             + "add --overwrite to reassign every row")
+        todo = have == "" if new_only else np.ones(rows.size, bool)
+        if not todo.any():
+            raise InputError(f"every one of the {rows.size} ok rows has a split already; nothing to do "
+                             "(--overwrite reassigns them all)")
         labels = meta[schema.LABEL][rows].astype(str)
-        groups = None if by == "label" else meta[schema.GENERATOR][rows].astype(str)
+        groups = None if by == "label" else meta[schema.GENERATOR][rows][todo].astype(str)
         ids = meta[schema.ID][rows].astype(str)
-        new = assign_splits(ids, labels, groups, val=val, test=test, seed=seed)
-        current = {i: {schema.SPLIT: s} for i, s in zip(ids, have)}
-    res = write_changes(root, [Change(i, split=str(s)) for i, s in zip(ids, new)], current, command=command)
-    counts = Counter(zip(new.tolist(), labels.tolist()))
+        new = assign_splits(ids[todo], labels[todo], groups, val=val, test=test, seed=seed)
+        current = {i: {schema.SPLIT: s} for i, s in zip(ids[todo], have[todo])}
+    res = write_changes(root, [Change(i, split=str(s)) for i, s in zip(ids[todo], new)], current, command=command)
+    final = have.astype(object)
+    final[todo] = new
+    counts = Counter(zip(final.tolist(), labels.tolist()))
     order = {s: k for k, s in enumerate(SPLIT_NAMES)}
     table = [{"split": s, "label": lab, "n": n} for (s, lab), n in
              sorted(counts.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1]))]
@@ -167,13 +181,14 @@ def annotate_store(root, updates: list[Update], command: str = "") -> AnnotateRe
             for c in FIELDS:
                 a, b = getattr(old, c), getattr(new, c)
                 if a is not None and b is not None and a != b:
-                    raise InputError(f"{first[key]} and {u.origin} name the same image with different {c} "
-                                     f"({a!r}, {b!r})")
+                    raise InputError(f"{first[key]} and {u.origin} ({u.path or u.id}) name the same image (identical "
+                                     f"bytes) with different {c} ({a!r}, {b!r}); one image cannot be both: correct "
+                                     "one of these rows")
                 if a is None:
                     setattr(old, c, b)
         else:
             changes[key] = new
-            first[key] = u.origin
+            first[key] = f"{u.origin} ({u.path or u.id})"
     res = write_changes(root, list(changes.values()), current, command=command)
     return AnnotateResult(res.version, res.digest, len(updates), sum(matched_by.values()), res.n_changed,
                           res.changed_by_field, dict(matched_by), missing,
@@ -200,28 +215,70 @@ def generator_warnings(changes, current: dict, origin_of: dict) -> list[str]:
     return out
 
 
+def _stored_rows_of(reader) -> tuple[dict, dict]:
+    """({stored path or alias path: store row}, metadata) for matching inputs with stored images."""
+    meta = reader.metadata([schema.ID, schema.PATH, *FIELDS])
+    row_of = {p: k for k, p in enumerate(meta[schema.PATH].astype(str))}
+    id_row = {i: k for k, i in enumerate(meta[schema.ID].astype(str))}
+    aliases = reader.aliases()
+    for p, i in zip(aliases[schema.ALIAS_PATH].astype(str), aliases[schema.ALIAS_ID].astype(str)):
+        if p not in row_of and i in id_row:
+            row_of[p] = id_row[i]
+    return row_of, meta
+
+
+def input_conflicts(root, rows) -> list[list[tuple[str, str, str]]]:
+    """Inputs that are one stored image (the same bytes) under different labels, generators or splits.
+
+    ``rows``: (path, label, generator, split) of a run's inputs, as for :func:`metadata_disagreements`.
+    Returns one group per image: [(path, field, given value), ...] for the inputs that disagree (in input
+    order). No annotation can apply both values: one of the rows is wrong and must be corrected.
+    """
+    with StoreReader(root) as reader:
+        row_of, _ = _stored_rows_of(reader)
+    given: dict[int, list] = {}
+    for path, *values in rows:
+        k = row_of.get(storable_text(path))
+        if k is not None:
+            given.setdefault(k, []).append((path, values))
+    out = []
+    for entries in given.values():
+        for j, c in enumerate(FIELDS):
+            named = [(p, v[j]) for p, v in entries if v[j] and not (c == schema.LABEL and v[j] == "unknown")]
+            if len({v for _, v in named}) > 1:
+                out.append([(p, c, v) for p, v in named])
+    return out
+
+
 def metadata_disagreements(root, rows) -> list[tuple[str, str, str, str]]:
     """Inputs already stored whose given metadata differs from what readers see.
 
     ``rows``: (path, label, generator, split) of a featurize run's inputs; an empty value (and label
-    'unknown') counts as not given. Returns (path, field, stored value, given value), one per field.
+    'unknown') counts as not given. Inputs that contradict each other (:func:`input_conflicts`) are
+    left out: annotating cannot resolve them. Returns (path, field, stored value, given value), one per
+    field.
     """
+    conflicting = {(p, c) for group in input_conflicts(root, rows) for p, c, _ in group}
     with StoreReader(root) as reader:
-        meta = reader.metadata([schema.ID, schema.PATH, *FIELDS])
-        row_of = {p: k for k, p in enumerate(meta[schema.PATH].astype(str))}
-        id_row = {i: k for k, i in enumerate(meta[schema.ID].astype(str))}
-        aliases = reader.aliases()
-        for p, i in zip(aliases[schema.ALIAS_PATH].astype(str), aliases[schema.ALIAS_ID].astype(str)):
-            if p not in row_of and i in id_row:
-                row_of[p] = id_row[i]
+        row_of, meta = _stored_rows_of(reader)
     out = []
     for path, *values in rows:
         k = row_of.get(storable_text(path))
         if k is None:
             continue
         for c, v in zip(FIELDS, values):
-            if not v or (c == schema.LABEL and v == "unknown"):
+            if not v or (c == schema.LABEL and v == "unknown") or (path, c) in conflicting:
                 continue
             if str(meta[c][k]) != v:
                 out.append((path, c, str(meta[c][k]), v))
     return out
+
+
+def conflict_message(group: list[tuple[str, str, str]], n_groups: int = 1) -> str:
+    """One line for inputs that are the same bytes under different values of one field, and the fix."""
+    field = group[0][1]
+    named = " and ".join(f"{p} ({field} {v!r})" for p, _, v in group[:3])
+    more = f" ({n_groups - 1} more such images)" if n_groups > 1 else ""
+    return (f"{named} are the same image (identical bytes) given different {field}s{more}; one image cannot be "
+            f"both: correct the {field} of one of these rows in the manifest (the store keeps the first, "
+            f"{group[0][2]!r}; `item store annotate` applies a corrected manifest)")

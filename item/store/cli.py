@@ -158,8 +158,8 @@ def index_cmd(store: Path = StoreDir,
         side = build_index(store, on=on, kind=kind, params=params, progress=advance, memory_budget=memory_budget,
                            target_recall=target_recall, device=device)
     on_disk = sum(int(f.get("bytes", 0)) for f in (side.get("files") or {}).values())
-    info(f"indexed {side['count']} rows: {store}/index/{on}-{side['kind']}.faiss ({human_bytes(on_disk)} on disk, "
-         f"about {human_bytes(side['memory_bytes'])} in memory by the estimate)")
+    info(f"indexed {side['count']} rows: {store}/index/{side['files']['faiss']['name']} ({human_bytes(on_disk)} on "
+         f"disk, about {human_bytes(side['memory_bytes'])} in memory by the estimate)")
     tuning = side.get("tuning")
     if tuning:
         msg = (f"{tuning['param']} {tuning['chosen']}: recall@{tuning['k']} {tuning['recall_at_k']} on "
@@ -176,14 +176,17 @@ def split_cmd(store: Path = StoreDir,
                                      "and fakes apart) or label."),
               seed: int = typer.Option(0, "--seed", help="Random seed."),
               overwrite: bool = typer.Option(False, "--overwrite", help="Reassign rows that already have a split."),
+              new_only: bool = typer.Option(False, "--new-only", help="Split only the rows without a split (e.g. "
+                                            "added after an earlier split); the others keep theirs."),
               as_json: bool = typer.Option(False, "--json", help="Print JSON for other programs.")):
     """Assign train / val / test splits (seeded, stratified) in the metadata overlay; shards are not touched."""
     from item.store.annotate import split_store
     from item.store.reader import StoreReader
 
     StoreReader(store).close()  # a missing or malformed store fails here, with its one-line error
-    res = split_store(store, val=val, test=test, by=by, seed=seed, overwrite=overwrite,
-                      command=f"item store split {store} --val {val} --test {test} --by {by} --seed {seed}")
+    res = split_store(store, val=val, test=test, by=by, seed=seed, overwrite=overwrite, new_only=new_only,
+                      command=f"item store split {store} --val {val} --test {test} --by {by} --seed {seed}"
+                              + (" --new-only" if new_only else ""))
     random_weights = _random(store)
     if as_json:
         emit_json({"overlay_version": res.version, "overlay_digest": res.digest, "n_changed": res.n_changed,

@@ -73,7 +73,7 @@ def stage_shard(root, images: list[ImageRecord], aliases: list[AliasRecord], *, 
     if number is None:
         number = int.from_bytes(secrets.token_bytes(4), "big")
     name = schema.shard_name(number, writer_id)
-    data = shards.encode(images, aliases, compat=compat, writer_id=writer_id)
+    data = shards.encode(images, aliases, compat=compat, writer_id=writer_id, name=name)
     path = Path(root) / schema.SHARD_DIR / shards.partial_name(name)
     files.write_new(path, data)
     try:
@@ -129,17 +129,20 @@ class Committed:
 
 
 def commit_shards(root, staged: list[StagedShard], committed: Committed | None = None, *,
-                  runs: list[dict] | None = None) -> tuple[dict, list[StagedShard]]:
+                  runs: list[dict] | None = None, check=None) -> tuple[dict, list[StagedShard]]:
     """Commit staged shards (in order) under the commit lock; returns (manifest, conflicting shards).
 
     A staged shard holding an image id that another writer committed meanwhile is not committed
     (it would list that image twice): its partial file is removed and it is returned among the
     conflicts, for the caller to stage its rows again without the duplicates. ``runs``: run summaries
-    to append to the manifest in the same replace.
+    to append to the manifest in the same replace. ``check``: called under the commit lock before
+    anything is renamed (a writer's :meth:`~item.store.locks.WriterLock.verify`); it raises to refuse.
     """
     root = Path(root)
     committed = committed or Committed(root)
     with commit_lock(root):
+        if check is not None:
+            check()
         manifest = read_manifest(root)
         committed.refresh(manifest)
         ok, conflicts = [], []

@@ -1,12 +1,20 @@
 """FAISS indexes over a store's image embeddings or misalignment vectors (cosine similarity).
 
 Vectors are L2-normalised and searched by inner product, so scores are cosines. Each index has
-three files under DIR/index/: ``ON-KIND.faiss`` (faiss.write_index, no pickle), ``ON-KIND.rows.npy``
-(the store row of every indexed vector, read with allow_pickle=False) and ``ON-KIND.json``, the
-sidecar written last, which makes the index visible. The sidecar records the store fingerprint it
-was built from (compat, and every shard's name, counts, size and checksum) and the size and sha256
-of its two files: an index is fresh only while the store's fingerprint is the same, and it is used
-only when its files are the ones the sidecar describes. A stale, foreign or damaged index is
+three files under DIR/index/: ``ON-KIND.BUILD.faiss`` (faiss.write_index, no pickle),
+``ON-KIND.BUILD.rows.npy`` (the store row of every indexed vector, read with allow_pickle=False)
+and ``ON-KIND.json``, the sidecar, which names the other two and makes the index visible. BUILD is
+random per build, so a build never writes over the files the current sidecar names: the sidecar is
+replaced atomically last, then the previous build's files are removed. A reader therefore sees the
+old index or the new one, never a new ``.faiss`` with an old rows file or sidecar; a build killed
+part way leaves the old index usable and files no sidecar names, which ``validate`` reports with
+the command that finishes the job (building again removes them). Sidecars written before BUILD
+names existed name no files: their files are ``ON-KIND.faiss`` and ``ON-KIND.rows.npy``.
+
+The sidecar records the store fingerprint it was built from (compat, and every shard's name, counts,
+size and checksum) and the size and sha256 of its two files: an index is fresh only while the
+store's fingerprint is the same, and it is used only when its files are the ones the sidecar
+describes. A stale, foreign or damaged index is
 refused, never silently used. Building takes ``index.lock`` and ``writer.lock`` shared
 (:class:`~item.store.locks.IndexLock`), so two builds never race and ``--overwrite`` waits.
 """
@@ -16,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -70,9 +79,56 @@ def _check_choice(value: str, registry: dict, what: str) -> None:
 
 
 def index_paths(root, on: str, kind: str) -> dict[str, Path]:
+    """The sidecar of index ``on``-``kind``, and the data file names of sidecars that name none (legacy)."""
     base = Path(root) / schema.INDEX_DIR / f"{on}-{kind}"
     return {"faiss": base.with_suffix(".faiss"), "rows": Path(str(base) + ".rows.npy"),
             "sidecar": base.with_suffix(".json")}
+
+
+_DATA_SUFFIX = {"faiss": ".faiss", "rows": ".rows.npy"}
+
+
+def data_files(root, info: dict) -> dict[str, Path]:
+    """The .faiss and .rows.npy files the sidecar ``info`` (with its ``file`` name) describes.
+
+    A name that is not a plain file name of this index (``ON-KIND.*``) is ignored, so a planted sidecar
+    cannot point a reader outside the index folder; the legacy names are used then (and fail their checks).
+    """
+    folder = Path(root) / schema.INDEX_DIR
+    stem = str(info.get("file", "")).removesuffix(".json")
+    recorded = info.get("files") if isinstance(info.get("files"), dict) else {}
+    out = {}
+    for key, suffix in _DATA_SUFFIX.items():
+        name = (recorded.get(key) or {}).get("name") if isinstance(recorded.get(key), dict) else None
+        ok = isinstance(name, str) and "/" not in name and "\\" not in name and name.startswith(stem + ".") \
+            and name.endswith(suffix)
+        out[key] = folder / (name if ok else stem + suffix)
+    return out
+
+
+def orphan_files(root) -> list[Path]:
+    """Index data files no sidecar names: left by a build killed or failed before its sidecar."""
+    folder = Path(root) / schema.INDEX_DIR
+    if not folder.is_dir():
+        return []
+    named = set()
+    for side in folder.glob("*.json"):
+        try:
+            info = json.loads(side.read_text("utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict):
+            info["file"] = side.name
+            named.update(p.name for p in data_files(root, info).values())
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.name.endswith(tuple(_DATA_SUFFIX.values())) and p.name not in named)
+
+
+def orphan_command(root, path: Path) -> str:
+    """The command that rebuilds the index an orphan data file belongs to (which also removes it)."""
+    on_kind = path.name.split(".", 1)[0]
+    on, _, kind = on_kind.partition("-")
+    return f"item store index {root} --on {on} --kind {kind}"
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -396,19 +452,25 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
             tuning = tune_search(index, kind, queries, q_pos, truth.result(), float(target_recall), k)
             p[SEARCH_PARAM[kind]] = tuning["chosen"]
         paths = index_paths(root, on, kind)
-        # The sidecar goes last and records the checksums of both files: a kill or a failure part way
-        # leaves no index, or an old one whose files no longer match its sidecar (refused), never a
-        # torn one that is used. A failure leaves the temporary files removed.
+        # New data files under names of their own, then the sidecar naming them replaces the old one in one
+        # rename, then the old build's files go: a kill or a failure part way leaves the old index whole (or
+        # none) and files no sidecar names, never a mix that is used.
+        build = secrets.token_hex(6)
+        stem = paths["sidecar"].with_suffix("")
+        new_files = {key: Path(f"{stem}.{build}{suffix}") for key, suffix in _DATA_SUFFIX.items()}
+        old_files = _current_files(root, paths["sidecar"])
         made_dir = not paths["faiss"].parent.exists()
         try:
             paths["faiss"].parent.mkdir(exist_ok=True)
-            faiss_sum = _write_index(index, paths["faiss"])
+            faiss_sum = _write_index(index, new_files["faiss"])
             del index
             buf = io.BytesIO()
             np.save(buf, rows.astype(np.int64), allow_pickle=False)
             rows_bytes = buf.getvalue()
-            files.atomic_write_bytes(paths["rows"], rows_bytes)
+            files.atomic_write_bytes(new_files["rows"], rows_bytes)
         except OSError as exc:
+            for f in new_files.values():
+                f.unlink(missing_ok=True)
             if made_dir:
                 try:
                     paths["faiss"].parent.rmdir()
@@ -426,18 +488,38 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
             "tuning": tuning,
             "store_fingerprint": reader.fingerprint, "models": reader.models,
             "random_weights": reader.random_weights,
-            "files": {"faiss": faiss_sum,
-                      "rows": {"bytes": len(rows_bytes), "sha256": hashlib.sha256(rows_bytes).hexdigest()}},
+            "files": {"faiss": {"name": new_files["faiss"].name, **faiss_sum},
+                      "rows": {"name": new_files["rows"].name, "bytes": len(rows_bytes),
+                               "sha256": hashlib.sha256(rows_bytes).hexdigest()}},
         }
         try:
             atomic_write_json(paths["sidecar"], sidecar)
         except OSError as exc:
+            for f in new_files.values():
+                f.unlink(missing_ok=True)
             raise StoreError(f"{root}: cannot write the index sidecar ({exc.strerror or exc}); the store's rows "
                              "are unchanged; fix the cause and build it again") from None
+        # The old build's files, and any a killed build of this index left behind (we hold index.lock).
+        keep = {f.name for f in new_files.values()}
+        for f in set(old_files) | {o for o in orphan_files(root) if o.name.split(".", 1)[0] == stem.name}:
+            if f.name not in keep:
+                f.unlink(missing_ok=True)
         return sidecar
     finally:
         reader.close()
         lock.__exit__()
+
+
+def _current_files(root, sidecar: Path) -> list[Path]:
+    """The data files the sidecar now at ``sidecar`` names (none when there is none or it is unreadable)."""
+    try:
+        info = json.loads(sidecar.read_text("utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(info, dict):
+        return []
+    info["file"] = sidecar.name
+    return list(data_files(root, info).values())
 
 
 def _write_index(index, path: Path) -> dict:
@@ -527,9 +609,7 @@ def verify_index_files(root, info: dict, *, check_sums: bool = True, open_index:
     Checks presence, sizes, checksums (``check_sums``), the rows file (int64, in range, no repeats) and,
     with ``open_index``, reads the index and compares its size and dimension. Never raises.
     """
-    side = Path(root) / schema.INDEX_DIR / info["file"]
-    base = side.with_suffix("")
-    paths = {"faiss": base.with_suffix(".faiss"), "rows": Path(str(base) + ".rows.npy")}
+    paths = data_files(root, info)
     recorded = info.get("files") if isinstance(info.get("files"), dict) else {}
     for key, path in paths.items():
         if not path.is_file():
@@ -603,6 +683,7 @@ class StoreIndex:
             self.reader.close()
             raise StoreError(f"{paths['sidecar'].name}: unreadable index sidecar ({exc}); {rebuild}") from None
         self.info["file"] = paths["sidecar"].name
+        paths.update(data_files(root, self.info))
         try:
             check_version(self.info.get("schema_version"), str(paths["sidecar"]))
             problem = _staleness(self.reader, self.info) or verify_index_files(root, self.info)

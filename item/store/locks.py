@@ -4,11 +4,20 @@ their process dies.
 - ``writer.lock``: every writer (and ``store index``) holds it *shared* for its whole run;
   ``--overwrite`` needs it *exclusive*, so it never wipes a store someone is writing or indexing.
 - ``writers/ID.lock``: each writer holds its own, exclusively, for its whole run, with a JSON note
-  naming its holder. A shard file of writer ID that is not committed yet is only ever removed by
+  naming its holder (and whether it is an overwrite). A shard file of writer ID that is not committed yet is only ever removed by
   someone who can take this lock, i.e. after that writer died.
 - ``commit.lock``: exclusive and short: held for a commit's rename and manifest replace (and for
   creating the manifest and cleaning up after dead writers), never while rows are encoded.
 - ``index.lock``: one ``store index`` at a time.
+
+A flock protects an open file, not a name: after ``rm writer.lock`` the next process locks a new
+file while running writers still hold the old one. So nobody trusts writer.lock alone: a taker
+checks that the file it locked is still the one at the path (same device and inode), an
+``--overwrite`` also refuses while any ``writers/ID.lock`` is held by a live process, a plain writer
+refuses while a live writer's note says it is overwriting, and every commit re-checks (under
+``commit.lock``) that this writer's two lock files are still the ones at their paths
+(:meth:`WriterLock.verify`): a run whose lock was removed or replaced stops with an error instead of
+reporting rows that an overwrite may have removed.
 
 Lock files are opened without following symlinks (a planted ``writer.lock -> victim`` is refused,
 never truncated). A flock belongs to an open file description, which a forked child shares: a
@@ -71,9 +80,19 @@ def _flock(fd: int, how: int) -> bool:
         raise
 
 
-def _note(command: str) -> bytes:
+def _note(command: str, exclusive: bool = False) -> bytes:
     return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now(),
-                       "command": command}).encode("utf-8")
+                       "command": command, "exclusive": bool(exclusive)}).encode("utf-8")
+
+
+def _is_file_at(fd: int, path: Path) -> bool:
+    """True when the open file ``fd`` is the file now at ``path`` (not removed, not replaced)."""
+    try:
+        at = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    mine = os.fstat(fd)
+    return (at.st_dev, at.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def describe_holder(note: dict) -> str:
@@ -145,15 +164,34 @@ class WriterLock:
         self.fd: int | None = None
         self._own: int | None = None
 
+    def _take_writer_lock(self, exclusive: bool) -> int:
+        """writer.lock, flocked, and still the file at its path (it may be replaced between open and flock)."""
+        for _ in range(20):
+            fd = _open(self.path)
+            if not _flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH):
+                os.close(fd)
+                who = "; ".join(describe_holder(w) for w in live_writers(self.root)) or "another process"
+                what = ("--overwrite needs the store to itself, and another process is using it" if exclusive
+                        else "another process is overwriting this store")
+                raise LockedError(f"{self.root}: {what}: {who}; wait for it to finish or use another --store")
+            if _is_file_at(fd, self.path):
+                return fd
+            os.close(fd)  # removed or replaced meanwhile: lock the file that is there now
+        raise LockedError(f"{self.path}: keeps being replaced; is another program removing it?")
+
     def acquire(self, command: str = "", *, exclusive: bool = False) -> None:
-        fd = _open(self.path)
-        if not _flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH):
-            os.close(fd)
-            who = "; ".join(describe_holder(w) for w in live_writers(self.root)) or "another process"
-            what = ("--overwrite needs the store to itself, and another process is using it" if exclusive
-                    else "another process is overwriting this store")
-            raise LockedError(f"{self.root}: {what}: {who}; wait for it to finish or use another --store")
+        fd = self._take_writer_lock(exclusive)
         _HELD.add(fd)
+        # writer.lock may have been removed by hand while writers ran: their own locks still say who is alive.
+        alive = [w for w in live_writers(self.root) if exclusive or w.get("exclusive")]
+        if alive:
+            _HELD.discard(fd)
+            os.close(fd)
+            who = "; ".join(describe_holder(w) for w in alive)
+            what = ("--overwrite needs the store to itself, and a writer is still running" if exclusive
+                    else "another process is overwriting this store")
+            raise LockedError(f"{self.root}: {what} ({who}; its writer.lock was removed or replaced); wait for it "
+                              "to finish or use another --store")
         own = None
         try:
             folder = self.root / schema.WRITERS_DIR
@@ -164,7 +202,7 @@ class WriterLock:
             own = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, file_mode())
             _HELD.add(own)
             fcntl.flock(own, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.pwrite(own, _note(command), 0)
+            os.pwrite(own, _note(command, exclusive), 0)
             os.replace(fresh, folder / (self.id + schema.LOCK_SUFFIX))
         except OSError as exc:
             self.fd, self._own = fd, own
@@ -179,6 +217,24 @@ class WriterLock:
     @property
     def held(self) -> bool:
         return self.fd is not None
+
+    def verify(self) -> None:
+        """Raise LockedError unless writer.lock and writers/ID.lock are still the files this writer locked.
+
+        Called under ``commit.lock`` before every commit: a lock file removed or replaced by hand means
+        another process may have taken the store (an --overwrite may have removed this run's rows), so
+        this run must stop rather than commit or report rows it can no longer vouch for.
+        """
+        if self.fd is None:
+            raise LockedError(f"{self.root}: this writer no longer holds its lock")
+        own_path = self.root / schema.WRITERS_DIR / (self.id + schema.LOCK_SUFFIX)
+        for fd, path in ((self.fd, self.path), (self._own, own_path)):
+            if fd is not None and not _is_file_at(fd, path):
+                raise LockedError(
+                    f"{self.root}: {path.name} was removed or replaced while this run was writing, so another "
+                    "process (an --overwrite) may have changed the store under it; stopping without committing "
+                    "more. Check the store with `item store validate` and run featurize again to add what is "
+                    "missing.")
 
     def release(self) -> None:
         if self._own is not None:

@@ -3,6 +3,8 @@ the same bytes). Plain dataclasses: featurize builds them, the writer checks and
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -70,18 +72,47 @@ def storable_text(text: str) -> str:
     A file name whose bytes are not UTF-8 reaches Python as lone surrogates (PEP 383,
     ``os.fsdecode``), which UTF-8 cannot encode; such text is stored with every byte that is not
     UTF-8 written as the four characters ``\\xNN`` (e.g. ``caf\\xe9.png`` for the bytes
-    ``b"caf\\xe9.png"``), and any other lone surrogate as ``\\udNNN``. Compare paths through this
-    function when matching them with stored ones.
+    ``b"caf\\xe9.png"``), its backslashes as ``\\x5c``, and any other lone surrogate as ``\\udNNN``;
+    :func:`openable_path` gives the original name back. Compare paths through this function when
+    matching them with stored ones.
     """
     try:
         text.encode("utf-8")
         return text
     except UnicodeEncodeError:
         pass
+    # A backslash of the name itself is written \\x5c too, so that :func:`openable_path` can undo this exactly.
+    text = text.replace("\\", "\\x5c")
     try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_ESCAPE = re.compile(r"\\x([0-9a-f]{2})|\\u(d[89a-f][0-9a-f]{2})")
+
+
+def openable_path(stored: str) -> str:
+    """A path as the store keeps it -> a name that opens the file again (the inverse of :func:`storable_text`).
+
+    A file name that was not UTF-8 is stored with its foreign bytes written as ``\\xNN``; this gives those
+    bytes back (as the lone surrogates ``os.fsdecode`` makes, which ``open`` turns into the original
+    bytes). A valid UTF-8 name that really contains the characters ``\\xNN`` is the one ambiguity: the
+    name that exists on disk wins, and the stored text when neither does.
+    """
+    if "\\" not in stored or not _ESCAPE.search(stored):
+        return stored
+    out, at = bytearray(), 0
+    for m in _ESCAPE.finditer(stored):
+        out += stored[at:m.start()].encode("utf-8", "surrogateescape")
+        if m.group(1):
+            out.append(int(m.group(1), 16))
+        else:  # a lone surrogate that was not a byte: keep it as the surrogate it was
+            out += chr(int(m.group(2), 16)).encode("utf-8", "surrogatepass")
+        at = m.end()
+    out += stored[at:].encode("utf-8", "surrogateescape")
+    candidate = os.fsdecode(bytes(out))
+    return candidate if os.path.lexists(candidate) else stored
 
 
 _TEXT_FIELDS = ("path", "label", "generator", "split", "reason", "caption", "caption_source", "caption_encoded",

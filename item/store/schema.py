@@ -9,9 +9,11 @@ A store is a directory::
     DIR/writers/ID.lock          flock(2) held by writer ID for its run; JSON naming the holder
     DIR/shards/shard-ID-NNNNNN.h5  immutable HDF5 shards of writer ID, each a contiguous block of image rows
                                  (stores written before several writers were allowed: shard-NNNNNN.h5)
-    DIR/index/ON-KIND.faiss      FAISS index over image embeddings or misalignment vectors
-    DIR/index/ON-KIND.rows.npy   (count,) int64 store rows of the index's vectors, in index order
-    DIR/index/ON-KIND.json       sidecar: kind, parameters, count, the shards it covers
+    DIR/index/ON-KIND.BUILD.faiss     FAISS index over image embeddings or misalignment vectors
+    DIR/index/ON-KIND.BUILD.rows.npy  (count,) int64 store rows of the index's vectors, in index order
+    DIR/index/ON-KIND.json       sidecar: kind, parameters, count, the shards it covers, and the names
+                                 and checksums of its two data files (BUILD differs per build; sidecars
+                                 that name no files mean ON-KIND.faiss and ON-KIND.rows.npy)
 
 A shard has three groups: ``images`` (one row per distinct file content), ``objects`` (one row
 per noun of each image, ragged: image row ``i`` owns objects
@@ -98,6 +100,7 @@ A_MISALIGNMENT_DIM = "misalignment_dim"
 A_COMPAT = "compat_json"
 A_CREATED = "created"
 A_WRITER = "writer_id"
+A_NAME = "shard_name"  # the file name the shard was committed under (absent in shards written before issue 21)
 
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"

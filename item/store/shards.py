@@ -93,8 +93,13 @@ def columns(images: list[ImageRecord], aliases: list[AliasRecord], embed_dim: in
     return {schema.G_IMAGES: img, schema.G_OBJECTS: objs, schema.G_ALIASES: al}
 
 
-def encode(images: list[ImageRecord], aliases: list[AliasRecord], *, compat: dict, writer_id: str = "") -> bytes:
-    """The bytes of a complete shard file holding ``images`` (with their objects) and ``aliases``."""
+def encode(images: list[ImageRecord], aliases: list[AliasRecord], *, compat: dict, writer_id: str = "",
+           name: str = "") -> bytes:
+    """The bytes of a complete shard file holding ``images`` (with their objects) and ``aliases``.
+
+    ``name``: the file name it will be committed under, kept as an attribute so that a reader can tell
+    a shard renamed or swapped with another (same sizes and counts) from the one the manifest lists.
+    """
     import h5py
 
     d, m = int(compat["embed_dim"]), int(compat["misalignment_dim"])
@@ -110,6 +115,7 @@ def encode(images: list[ImageRecord], aliases: list[AliasRecord], *, compat: dic
         f.attrs[schema.A_MISALIGNMENT_DIM] = m
         f.attrs[schema.A_COMPAT] = json.dumps(compat, sort_keys=True)
         f.attrs[schema.A_WRITER] = writer_id
+        f.attrs[schema.A_NAME] = name
         from item.store.versions import now
 
         f.attrs[schema.A_CREATED] = now()
@@ -205,9 +211,21 @@ def check_entry(i: int, entry) -> str:
 def check_open_shard(f, entry: dict, embed_dim: int, misalignment_dim: int) -> str:
     """What disagrees between an open shard and its manifest entry and the store's dims ('' if nothing).
 
-    Cheap: attributes and dataset shapes only, so every reader can afford it on every open.
+    Cheap: attributes and dataset shapes only, so every reader can afford it on every open. A shard
+    that names itself (attribute ``shard_name``) must carry the entry's name; an older one without it
+    must at least come from the entry's writer (see :func:`open_checked` for what else is checked).
     """
     try:
+        own = f.attrs.get(schema.A_NAME)
+        own = own.decode("utf-8") if isinstance(own, bytes) else own
+        if own and own != entry.get("name"):
+            return (f"the file holds shard {own}, not {entry.get('name')}: shard files were renamed or swapped; "
+                    "put them back under their own names or restore the store")
+        writer = f.attrs.get(schema.A_WRITER)
+        writer = writer.decode("utf-8") if isinstance(writer, bytes) else writer
+        if not own and writer and entry.get("writer") and writer != entry["writer"]:
+            return (f"the file was written by writer {writer}, the manifest's entry by {entry['writer']}: shard "
+                    "files were renamed or swapped")
         if int(f.attrs.get(schema.A_EMBED_DIM, -1)) != embed_dim:
             return f"embed_dim is {f.attrs.get(schema.A_EMBED_DIM)} in the shard, {embed_dim} in the manifest"
         if int(f.attrs.get(schema.A_MISALIGNMENT_DIM, -1)) != misalignment_dim:
@@ -236,6 +254,13 @@ def check_open_shard(f, entry: dict, embed_dim: int, misalignment_dim: int) -> s
     return ""
 
 
+#: Shards without a ``shard_name`` attribute (written before it existed) up to this size have their
+#: checksum compared with the manifest's on open, once per process: what tells two such shards of one
+#: writer, swapped, apart. Larger ones are checked by ``item store validate`` only.
+LEGACY_CHECKSUM_MAX_BYTES = 64 * 1024 * 1024
+_LEGACY_VERIFIED: set[tuple] = set()
+
+
 def open_checked(path: Path, entry: dict, embed_dim: int, misalignment_dim: int, root) -> object:
     """Open a listed shard read-only, refusing (StoreError, one line) one that does not match its entry."""
     import h5py
@@ -256,6 +281,14 @@ def open_checked(path: Path, entry: dict, embed_dim: int, misalignment_dim: int,
         problem = check_open_shard(f, entry, embed_dim, misalignment_dim)
         if problem:
             raise StoreError(f"{path}: {problem}; {hint}")
+        if not f.attrs.get(schema.A_NAME) and entry.get("sha256"):
+            st = path.stat()
+            key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, entry["sha256"])
+            if st.st_size <= LEGACY_CHECKSUM_MAX_BYTES and key not in _LEGACY_VERIFIED:
+                if file_sha256(path) != entry["sha256"]:
+                    raise StoreError(f"{path}: its checksum differs from the manifest's (a shard renamed, swapped "
+                                     f"or changed); {hint}")
+                _LEGACY_VERIFIED.add(key)
     except BaseException:
         f.close()
         raise

@@ -222,7 +222,7 @@ def _check_shard(f, name, entry, d, m, manifest, rep, ids, totals, check_values,
 
 
 def _check_indexes(root: Path, rep: Report, check_sums: bool) -> None:
-    from item.store.index import list_indexes, verify_index_files
+    from item.store.index import list_indexes, orphan_command, orphan_files, verify_index_files
 
     try:
         infos = list_indexes(root)
@@ -237,4 +237,10 @@ def _check_indexes(root: Path, rep: Report, check_sums: bool) -> None:
             rep.warnings.append(f"index {info['file']}: {info['problem']}")
         problem = verify_index_files(root, info, check_sums=check_sums, open_index=True)
         if problem:
-            rep.problems.append(f"index {info['file']}: {problem}")
+            rebuild = f"item store index {root} --on {info.get('on')} --kind {info.get('kind')}"
+            rep.problems.append(f"index {info['file']}: {problem}"
+                                + ("" if "item store index" in problem else f"; rebuild it with `{rebuild}`"))
+    for orphan in orphan_files(root):
+        rep.warnings.append(f"index/{orphan.name}: left by an index build that did not finish (no sidecar names "
+                            f"it); the index in use, if any, is the previous one; run `{orphan_command(root, orphan)}` "
+                            "to finish the job (it removes the file)")

@@ -79,6 +79,7 @@ class StoreWriter:
         self.auto_flush = auto_flush
         self._committed = Committed(self.root)
         try:
+            self._lock.verify()
             manifest = open_store(self.root, compat=self.compat, models=models, recipe=recipe,
                                   overwrite=overwrite, exclusive=self._lock.exclusive)
             self._committed.refresh(manifest)
@@ -179,7 +180,8 @@ class StoreWriter:
                 staged = stage_shard(self.root, self._images, self._aliases, compat=self.compat,
                                      writer_id=self.writer_id, number=self._seq)
                 self._seq += 1
-                self.manifest, conflicts = commit_shards(self.root, [staged], self._committed)
+                self.manifest, conflicts = commit_shards(self.root, [staged], self._committed,
+                                                         check=self._lock.verify)
                 if not conflicts:
                     self._images, self._aliases = [], []
                     return
@@ -191,7 +193,8 @@ class StoreWriter:
         write tasks of a distributed job. Returns those not committed because another writer committed
         some of their images meanwhile (their files are removed; a rerun featurizes what they missed)."""
         try:
-            self.manifest, conflicts = commit_shards(self.root, list(staged), self._committed)
+            self.manifest, conflicts = commit_shards(self.root, list(staged), self._committed,
+                                                     check=self._lock.verify)
         except OSError as exc:
             raise self._write_error(exc) from None
         for s in staged:
@@ -204,7 +207,8 @@ class StoreWriter:
         try:
             self.flush()
             try:
-                self.manifest, _ = commit_shards(self.root, [], self._committed, runs=self._runs)
+                self.manifest, _ = commit_shards(self.root, [], self._committed, runs=self._runs,
+                                                 check=self._lock.verify)
                 self._runs = []
             except OSError as exc:
                 raise self._write_error(exc) from None

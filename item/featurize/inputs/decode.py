@@ -205,13 +205,8 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Decoded:
-    """Decode the file at ``path`` (str, bytes or PathLike) to 8-bit RGB.
-
-    Returns Decoded(image: RGB PIL image (height, width, 3) uint8, width, height, format).
-    Raises DecodeError with a reason from SKIP_REASONS; never any other exception for
-    bad files.
-    """
+def _open(path, max_pixels: int | None) -> Image.Image:
+    """Image.open (header only) with this module's errors."""
     if max_pixels is not None and max_pixels <= 0:
         raise ValueError("max_pixels must be a positive int or None")
     _check_path(path)
@@ -219,7 +214,7 @@ def decode_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Decode
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with _pillow_limit(max_pixels):
-                im = Image.open(path)
+                return Image.open(path)
     except Image.DecompressionBombError as e:
         raise DecodeError(path, "too-large", str(e)) from None
     except UnidentifiedImageError:
@@ -228,6 +223,33 @@ def decode_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Decode
         raise _os_error(path, e) from None
     except Exception as e:  # plugins raise SyntaxError, ValueError, struct.error ... on junk headers
         raise DecodeError(path, "corrupt", f"{type(e).__name__}: {e}") from None
+
+
+def probe_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) from the file's header, no pixel decoded; DecodeError as decode_image would raise
+    for the header ('too-large' above ``max_pixels``, 'bad-size', 'not-an-image', ...)."""
+    with _open(path, max_pixels) as im:
+        w, h = im.size
+    if w <= 0 or h <= 0:
+        raise DecodeError(path, "bad-size", f"{w}x{h}")
+    if max_pixels is not None and w * h > max_pixels:
+        raise DecodeError(path, "too-large", f"{w}x{h} = {w * h} pixels > max_pixels {max_pixels}")
+    return w, h
+
+
+def decode_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 draft: tuple[int, int] | None = None) -> Decoded:
+    """Decode the file at ``path`` (str, bytes or PathLike) to 8-bit RGB.
+
+    ``draft``: (width, height) the caller will shrink the image to (a thumbnail); a JPEG is then decoded
+    at the smallest DCT scale still at least that large (Pillow's ``Image.draft``), so a 100-megapixel
+    JPEG never sits in memory at full size. ``width``/``height`` are then the reduced size.
+
+    Returns Decoded(image: RGB PIL image (height, width, 3) uint8, width, height, format).
+    Raises DecodeError with a reason from SKIP_REASONS; never any other exception for
+    bad files.
+    """
+    im = _open(path, max_pixels)
     with im:
         fmt = im.format or ""
         w, h = im.size
@@ -238,6 +260,8 @@ def decode_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Decode
         try:
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
+            if draft is not None and fmt == "JPEG":
+                im.draft("RGB", draft)
             im.load()
         except OSError as e:
             msg = str(e)

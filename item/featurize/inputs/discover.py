@@ -403,7 +403,9 @@ def _json_records(src: str, text: str, problems: list[str]):
         items = [(i + 1, obj) for i, obj in enumerate(data)]  # number = position in the array
     else:
         items = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        # JSON Lines ends a line at \n only: str.splitlines() also breaks at U+2028, U+2029, U+0085 and others,
+        # which json.dumps(..., ensure_ascii=False) leaves raw inside strings (a \r before \n is JSON whitespace).
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
