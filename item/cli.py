@@ -106,7 +106,7 @@ def _attach() -> None:
     from item.store.cli import app as store_app
 
     app.add_typer(store_app, name="store", help="A store: info, validate, export, index, split, annotate.")
-    for module in ("item.featurize.cli", "item.classify.cli", "item.serve.cli", "item.protocols.cli"):
+    for module in ("item.featurize.cli", "item.classify.cli", "item.serve.cli", "item.protocols.cli", "item.check.cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -27,14 +27,23 @@ def images(folder: Path, n: int = 2, seed: int = 0, size=(40, 32)) -> None:
         Image.fromarray(arr).save(folder / f"{i:03d}.png")
 
 
+#: Where each UniversalFakeDetect training layout keeps the ProGAN classes of train and val (written by hand from
+#: UnivFD's README, the archives' names and CNNDetection's --dataroot convention).
+UFD_TRAIN_LAYOUTS = {"distributed": {"train": "train/progan", "val": "val/progan"},
+                     "archives": {"train": "progan_train", "val": "progan_val"},
+                     "cnndetection-root": {"train": "train", "val": "val"}}
+
+
 def ufd_tree(root: Path, n: int = 2, *, skip=(), rename=None, extra=None, train_classes=("car", "cat", "chair", "horse"),
-             unused_classes=("airplane",)) -> Path:
-    """UniversalFakeDetect as distributed: ForenSynths train/val (per class), test/<set>, diffusion_datasets."""
+             unused_classes=("airplane",), train_layout="distributed") -> Path:
+    """UniversalFakeDetect as distributed: ForenSynths train/val (per class), test/<set>, diffusion_datasets.
+
+    train_layout: where train and val live (a key of UFD_TRAIN_LAYOUTS)."""
     rename = rename or {}
     for split in ("train", "val"):
         for cls in tuple(train_classes) + tuple(unused_classes):
             for lab in ("0_real", "1_fake"):
-                images(root / split / "progan" / cls / lab, n)
+                images(root / UFD_TRAIN_LAYOUTS[train_layout][split] / cls / lab, n)
     for g in UFD_GANS:
         if g in skip:
             continue

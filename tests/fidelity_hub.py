@@ -55,3 +55,73 @@ def save_transformers(hf_home: Path, repo: str, model, processor) -> Path:
     model.save_pretrained(snap)
     processor.save_pretrained(snap)
     return snap
+
+
+#: BERT's (bert-base-uncased) vocabulary layout: size and the ids Grounding DINO's delimiter handling relies on
+#: (transformers hard-codes [CLS]=101, [SEP]=102, "."=1012 and "?"=1029 as the phrase delimiters).
+BERT_VOCAB_SIZE = 30522
+BERT_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
+
+
+def write_bert_layout_vocab(path: Path, words: list[str]) -> Path:
+    """A WordPiece vocab.txt of BERT's size with BERT's special ids (BERT_SPECIAL_IDS), ``words`` as whole-word
+    tokens from id 2000 on, single letters and their '##' pieces for anything else, and '[unusedN]' fillers."""
+    import string
+
+    tokens = [f"[unused{i}]" for i in range(BERT_VOCAB_SIZE)]
+    for tok, i in BERT_SPECIAL_IDS.items():
+        tokens[i] = tok
+    extra = list(dict.fromkeys(list(words) + list(string.ascii_lowercase) + ["##" + c for c in string.ascii_lowercase]
+                               + list(string.digits) + list(",!'-")))
+    for k, tok in enumerate(extra):
+        if tok not in BERT_SPECIAL_IDS:
+            tokens[2000 + k] = tok
+    path = Path(path)
+    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    return path
+
+
+def tiny_grounding_dino_bert(vocab_file: Path, seed: int = 0, num_queries: int = 30):
+    """(seeded tiny GroundingDinoForObjectDetection whose text model has BERT's vocabulary size, its
+    GroundingDinoProcessor over ``vocab_file``). Random weights: only the bookkeeping means anything."""
+    import torch
+    from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig)
+
+    backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                          window_size=4, out_features=["stage2", "stage3", "stage4"])
+    text = BertConfig(vocab_size=BERT_VOCAB_SIZE, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=37, max_position_embeddings=256, pad_token_id=0)
+    config = GroundingDinoConfig(backbone_config=backbone, text_config=text, d_model=32, num_queries=num_queries,
+                                 encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                                 encoder_attention_heads=2, decoder_attention_heads=2, encoder_n_points=2,
+                                 decoder_n_points=2, num_feature_levels=4, max_text_len=256)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GroundingDinoForObjectDetection(config).eval()
+    tokenizer = BertTokenizer(vocab=str(vocab_file), do_lower_case=True)
+    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 192})
+    return model, GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def with_scaled_logits(model, scale: float, shift: float):
+    """``model`` behind a wrapper whose outputs' logits are ``logits * scale - shift`` (-inf stays -inf).
+
+    A tiny random Grounding DINO's logits are dot products of unit-variance vectors (tens in size), so every
+    probability sits near 0 or 1 and every noun is grounded at any threshold; scaled down and shifted they
+    spread around the real thresholds, so that both the kept and the dropped side of each rule are exercised.
+    Whoever calls the wrapper (the project or transformers' post-processing) sees the same outputs."""
+    import torch
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.config = inner.config
+
+        def forward(self, **inputs):
+            out = self.inner(**inputs)
+            out.logits = out.logits * scale - shift
+            return out
+
+    return Scaled(model).eval()

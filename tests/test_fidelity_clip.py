@@ -227,3 +227,53 @@ def test_open_clip_activation_mismatch_is_an_error(tmp_path, monkeypatch):
         load_clip("item-tiny-quickgelu", "gelutag")
     msg = str(err.value)
     assert "QuickGELU mismatch" in msg and "\n" not in msg
+
+
+def test_bare_checkpoint_of_a_quickgelu_architecture_is_refused(tmp_path):
+    """OpenAI's ViT-L-14 was trained with QuickGELU; open_clip builds the plain name with GELU. A local file
+    with nothing beside it under the plain name is refused with the fix; the '-quickgelu' name or a config
+    beside the file says which, and the check lets it through (the dummy file then fails to load)."""
+    import json
+
+    from item.errors import InputError, ModelLoadError
+    from item.featurize.models.clip import load_clip
+
+    bare = tmp_path / "bare" / "vit-l-14.safetensors"
+    bare.parent.mkdir()
+    bare.write_bytes(b"not weights")
+    with pytest.raises(InputError) as e:
+        load_clip("ViT-L-14", str(bare))
+    msg = str(e.value)
+    assert "\n" not in msg and "--clip ViT-L-14-quickgelu" in msg and "open_clip_config.json" in msg
+    with pytest.raises(ModelLoadError):
+        load_clip("ViT-L-14-quickgelu", str(bare))
+    beside = tmp_path / "beside" / "vit-l-14.safetensors"
+    beside.parent.mkdir()
+    beside.write_bytes(b"not weights")
+    import open_clip
+
+    cfg = {"model_cfg": {**open_clip.get_model_config("ViT-L-14"), "quick_gelu": False}}
+    (beside.parent / "open_clip_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError):
+        load_clip("ViT-L-14", str(beside))
+    # an architecture without OpenAI weights has nothing to confuse: not refused by this check
+    with pytest.raises(ModelLoadError):
+        load_clip("ViT-H-14", str(bare))
+
+
+def test_bare_quickgelu_checkpoint_refused_through_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from item.cli import app
+
+    bare = tmp_path / "vit-l-14.pt"
+    bare.write_bytes(b"not weights")
+    img = tmp_path / "in" / "a.png"
+    img.parent.mkdir()
+    Image.new("RGB", (32, 32)).save(img)
+    r = CliRunner().invoke(app, ["featurize", str(img.parent), "--store", str(tmp_path / "s"), "--models",
+                                 "tiny-random", "--clip", "ViT-L-14", "--pretrained", str(bare), "--workers", "0",
+                                 "--device", "cpu"])
+    assert r.exit_code == 1
+    lines = [ln for ln in r.output.splitlines() if "ViT-L-14-quickgelu" in ln]
+    assert len(lines) == 1 and "QuickGELU" in lines[0], r.output

@@ -110,7 +110,7 @@ def test_boxes_lying_in_the_padding_never_count():
     rel = torch.tensor([[0.5, 0.9, 0.2, 0.1],    # y from 114 to 127 of 134: below the 20-pixel image
                         [0.5, 0.05, 0.2, 0.1],   # y from 0 to 13: inside
                         [0.3, 0.8, 0.1, 0.2]])   # y from 94 to 121: below
-    dog, car = select_boxes(p, spans, rel, (400, 20), (400.0, 134.0), 0.3, 0.25)
+    dog, car = select_boxes(p, rel, torch.tensor([True, True]), spans, (400, 20), (400.0, 134.0), 0.3, 0.25)
     assert car is None
     assert dog is not None and dog.score == pytest.approx(0.60)
     assert dog.y1 <= 20 and (dog.x1 - dog.x0) * (dog.y1 - dog.y0) >= MIN_BOX_AREA
@@ -197,3 +197,36 @@ def test_box_selection_agrees_with_transformers_post_processing():
         grounded += 1
         assert any(np.allclose([box.x0, box.y0, box.x1, box.y1], b, atol=1e-3) for b in theirs), (noun, box, theirs)
     assert grounded >= 1
+
+
+def test_padding_takes_the_clip_tags_own_mean(tmp_path):
+    """Crops are padded with the CLIP model's own normalisation mean: OpenAI's (the old colour, so the same
+    bits and crop_mode) for OpenAI-mean tags; another mean is named in crop_mode and pads the crops."""
+    from item.featurize.crops import CROP_MODE, crop_mode_for, pad_colour
+    from item.featurize.models.loading import compat_for
+
+    openai_mean = (0.48145466, 0.4578275, 0.40821073)
+    assert pad_colour(openai_mean) == PAD_COLOUR == pad_colour(None)
+    assert crop_mode_for(pad_colour(openai_mean)) == CROP_MODE
+    assert pad_colour((0.5, 0.5, 0.5)) == (127, 127, 127)
+    assert crop_mode_for((127, 127, 127)) == f"{CROP_MODE} pad=127,127,127"
+
+    models = load_models(resolve_models("tiny-random"), "cpu")
+    assert compat_for(models, FeaturizeConfig())["crop_mode"] == CROP_MODE  # the tiny CLIP has OpenAI's mean
+    # a model whose preprocessing normalises with another mean (as SigLIP's tags do: 0.5 each)
+    models.clip.info = {**models.clip.info, "preprocess": {**models.clip.info["preprocess"], "mean": [0.5] * 3}}
+    assert compat_for(models, FeaturizeConfig())["crop_mode"] == f"{CROP_MODE} pad=127,127,127"
+    p = tmp_path / "tall.png"
+    Image.fromarray(np.random.default_rng(4).integers(0, 255, (150, 12, 3), dtype=np.uint8)).save(p)
+    rec, = featurize_images([str(p)], models=models, config=FeaturizeConfig(workers=0),
+                            captions={str(p): "a dog next to a car and a tree"})
+    img = Image.open(p).convert("RGB")
+    padded = [o for o in rec.objects if o.box is not None and square_region(o.box, *img.size)[0] < 0]
+    assert padded, "no box taller than the image is wide: nothing was padded"
+    for o in padded:
+        crop = square_crop(img, o.box, (127, 127, 127))
+        assert (np.asarray(crop)[:, 0] == 127).all()  # the left edge lies outside the image: padding
+        want = models.clip.encode_images(models.clip.preprocess(crop)[None])[0]
+        np.testing.assert_allclose(o.crop_emb, want, atol=1e-5)
+        old = models.clip.encode_images(models.clip.preprocess(square_crop(img, o.box))[None])[0]
+        assert np.abs(old - want).max() > 1e-4  # the colour changes the bits

@@ -61,7 +61,7 @@ def test_store_info_shows_identity(tmp_path):
     assert set(ident) == set(schema.IDENTITY_KEYS)
     assert ident["clip_activation"] == "gelu"  # the tiny config is GELU and random: nothing to take from a tag
     assert ident["crop_mode"] == "square-in-image-1"
-    assert ident["nouns_version"] == "rules-2" and ident["noun_prompt"] == "photo"
+    assert ident["nouns_version"] == "rules-3" and ident["noun_prompt"] == "photo"
     assert ident["caption_cleanup"] == "-"  # no captioner ran
     assert ident["device_class"] == "cpu" and ident["precision"] == "fp32"
     assert ident["box_threshold"] == 0.0 and json.loads(ident["ground_input"])  # the grounder's input size
@@ -79,11 +79,13 @@ def _store_made_on_cuda(root: Path, manifest: Path, tiny):
         featurize_rows(discover([str(manifest)]).rows, w, tiny, config)
 
 
-def test_resume_on_other_device_is_refused_with_one_line_and_allow_mixed_overrides(tmp_path, tiny):
+def test_resume_on_other_device_is_refused_with_one_line_and_allow_mixed_overrides(tmp_path):
+    """Captions given, no grounding: only CLIP ran, and another device or precision differs at rounding level."""
+    clip_only = load_models(resolve_models("tiny-random", captioner="none", grounder="none"), "cpu")
     store = tmp_path / "s"
-    _store_made_on_cuda(store, _manifest(tmp_path / "a", 2, seed=1), tiny)
+    _store_made_on_cuda(store, _manifest(tmp_path / "a", 2, seed=1), clip_only)
     more = _manifest(tmp_path / "b", 2, seed=2)
-    r = _featurize(more, store)
+    r = _featurize(more, store, "--grounder", "none")
     assert r.exit_code == 1
     lines = [ln for ln in r.output.strip().splitlines() if "refusing" in ln]
     assert len(lines) == 1, r.output
@@ -93,13 +95,33 @@ def test_resume_on_other_device_is_refused_with_one_line_and_allow_mixed_overrid
     with StoreReader(store) as rd:
         assert rd.n_images == 2  # nothing was written
 
-    r = _featurize(more, store, "--allow-mixed")
+    r = _featurize(more, store, "--grounder", "none", "--allow-mixed")
     assert r.exit_code == 0, r.output
     with StoreReader(store) as rd:
         assert rd.n_images == 4
         assert rd.compat["device_class"] == "cuda"  # the store keeps its identity; the run says what it was
         run = rd.manifest["runs"][-1]
     assert run["mixed_identity"]["device_class"] == {"store": "cuda", "run": "cpu"}
+
+
+def test_allow_mixed_refuses_another_device_where_a_grounder_or_captioner_ran(tmp_path, tiny):
+    """fp16 against fp32 can flip a caption token or a box past its threshold: not rounding, refused."""
+    store = tmp_path / "s"
+    _store_made_on_cuda(store, _manifest(tmp_path / "a", 2, seed=1), tiny)  # tiny grounds
+    more = _manifest(tmp_path / "b", 2, seed=2)
+    r = _featurize(more, store)
+    assert r.exit_code == 1
+    lines = [ln for ln in r.output.strip().splitlines() if "refusing" in ln]
+    assert len(lines) == 1 and "--allow-mixed (rounding" not in lines[0], r.output
+    assert "may differ only where no captioner or grounder ran" in lines[0]
+    r = _featurize(more, store, "--allow-mixed")
+    assert r.exit_code == 1
+    lines = [ln for ln in r.output.strip().splitlines() if "error" in ln]
+    assert len(lines) == 1, r.output
+    assert "--allow-mixed refused: device_class is 'cuda' in the store and 'cpu' in this run" in lines[0]
+    assert "captioner or grounder ran" in lines[0]
+    with StoreReader(store) as rd:
+        assert rd.n_images == 2  # nothing was written
 
 
 def test_allow_mixed_never_mixes_what_changes_the_numbers(tmp_path):
@@ -130,8 +152,28 @@ def test_head_from_another_device_is_refused_unless_allow_mixed(tmp_path):
             w.add(rec)
     r = CliRunner().invoke(app, ["eval", str(b), "--head", str(head)])
     assert r.exit_code == 1
-    assert "device_class: head 'synthetic'" in r.output and "--allow-mixed" in r.output
+    assert "device_class: head 'synthetic'" in r.output and "--allow-mixed" not in r.output
+    # a captioner and a grounder ran for both (synthetic ones): another device is not rounding, even mixed
     r = CliRunner().invoke(app, ["eval", str(b), "--head", str(head), "--allow-mixed"])
+    assert r.exit_code == 1 and "may differ only where no captioner or grounder ran" in r.output
+
+    # global features only (captions given, no grounding): --allow-mixed applies it
+    no_models = {"captioner": "none", "grounder": "none"}
+    a2 = tmp_path / "a2"
+    with StoreWriter(a2, compat={**synthetic_compat(16, 8), **no_models}, models={"clip": {}},
+                     recipe="hierarchical") as w:
+        for rec in synthetic_records(120, 16):
+            w.add(rec)
+    head2 = tmp_path / "head2"
+    r = CliRunner().invoke(app, ["train", str(a2), "--out", str(head2), "--head", "logistic", "--recipe", "visual"])
+    assert r.exit_code == 0, r.output
+    b2 = tmp_path / "b2"
+    with StoreWriter(b2, compat={**compat, **no_models}, models={"clip": {}}, recipe="hierarchical") as w:
+        for rec in synthetic_records(120, 16):
+            w.add(rec)
+    r = CliRunner().invoke(app, ["eval", str(b2), "--head", str(head2)])
+    assert r.exit_code == 1 and "--allow-mixed" in r.output
+    r = CliRunner().invoke(app, ["eval", str(b2), "--head", str(head2), "--allow-mixed"])
     assert r.exit_code == 0, r.output
 
     c = tmp_path / "c"
@@ -173,3 +215,29 @@ def test_schema_1_store_stays_readable_and_is_refused_on_resume(tmp_path):
     assert info["identity"]["device_class"] == schema.UNRECORDED
     r = _featurize(_manifest(tmp_path / "b", 1, seed=3), store)
     assert r.exit_code == 1 and "clip_activation: store has 'unrecorded'" in r.output
+
+
+def test_schema_2_store_reads_its_box_selection_as_unrecorded_and_is_refused_on_resume(tmp_path):
+    """Schema 3 added the grounder's box selection rule to the identity (Grounding DINO's rule changed in
+    issue 19): a schema-2 store stays readable and valid, and new rows, selected by another rule, are refused."""
+    store = tmp_path / "s"
+    assert _featurize(_manifest(tmp_path / "a", 2, seed=1), store).exit_code == 0
+    with StoreReader(store) as r:
+        assert r.compat["box_selection"] == "gdino-all-tokens-1"
+    from item.store.shards import file_sha256
+
+    m = json.loads((store / schema.MANIFEST).read_text())
+    m["schema_version"] = 2
+    m["compat"] = {k: v for k, v in m["compat"].items() if k != "box_selection"}
+    for entry in m["shards"]:  # as ITEM wrote them under schema 2, with their own sizes and checksums
+        shard = store / schema.SHARD_DIR / entry["name"]
+        with h5py.File(shard, "a") as f:
+            f.attrs[schema.A_SCHEMA] = 2
+            f.attrs[schema.A_COMPAT] = json.dumps(m["compat"], sort_keys=True)
+        entry.update(bytes=shard.stat().st_size, sha256=file_sha256(shard))
+    (store / schema.MANIFEST).write_text(json.dumps(m))
+    with StoreReader(store) as r:
+        assert r.compat["box_selection"] == schema.UNRECORDED and r.n_images == 2
+    assert validate(store).ok, validate(store).problems
+    r = _featurize(_manifest(tmp_path / "b", 1, seed=3), store)
+    assert r.exit_code == 1 and "box_selection: store has 'unrecorded'" in r.output

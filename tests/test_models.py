@@ -142,7 +142,8 @@ def test_captioner_deterministic_strings(captioner):
     assert load_captioner("tiny-random").caption(images) == first  # seeded: same weights on every build
     assert captioner.caption([]) == []
     assert captioner.info["random_weights"] is True
-    assert captioner.info["generation"]["do_sample"] is False
+    assert all(d["do_sample"] is False for d in captioner.info["decodings"].values())
+    assert captioner.decoding == "authors" and captioner.info["decodings"]["authors"]["prompt"] == "a picture of "
 
 
 # ------------------------------------------------------------------ grounder

@@ -55,7 +55,8 @@ def test_ufd_prints_all_19_test_sets_with_the_shared_real_pairing_and_the_anchor
     for col in ("ITEM hierarchical acc", "ITEM hierarchical acc@0.5", "ITEM hierarchical AP", "ITEM visual acc",
                 "NPR acc", "UnivFD acc"):
         assert col in header
-    rows = {ln.split()[0]: ln.split() for ln in lines[lines.index(header) + 1:] if not ln.startswith(("results", "report"))}
+    rows = {ln.split()[0]: ln.split() for ln in lines[lines.index(header) + 1:]
+            if not ln.startswith(("results", "report", "audit:"))}
     tests = [t.name for t in get_protocol("ufd").parts("test")]
     assert set(tests) | {"mean"} == set(rows)
     for name in tests:
@@ -144,8 +145,10 @@ def test_genimage_missing_set_is_refused_then_run_with_allow_missing(genimage_ru
     assert any(ln.startswith("biggan (missing)") for ln in lines)
     assert any(ln.startswith("mean (7 of the protocol's sets)") for ln in lines)
     header = next(ln for ln in lines if ln.startswith("test set"))
-    for col in ("ITEM hierarchical acc", "ResNet-50 acc", "NPR acc", "AIDE acc", "UnivFD acc"):
+    for col in ("ITEM hierarchical acc", "ResNet-50 acc", "NPR acc", "AIDE acc", "UnivFD acc",
+                "DDA [fakes jpeg:96] acc"):  # DDA's mean was measured with its fakes re-encoded, and says so
         assert col in header
+    assert "files as distributed (no format alignment)" in lines[1]  # the title: ITEM's own alignment
     assert "ITEM visual" not in header  # --heads hierarchical only
     doc = assert_valid(json.loads((work / "results.json").read_text()), "cli_reproduce")
     rows = {row["test_set"]: row for row in doc["rows"]}
@@ -172,4 +175,81 @@ def test_test_only_benchmark_needs_a_head_and_uses_it(genimage_run, tmp_path):
     assert "ITEM hierarchical acc" in header and "UnivFD (trained on SD v1.4) acc" in header
     row = next(ln for ln in lines if ln.startswith("chameleon"))
     assert "58.0" in row  # UnivFD trained on SD v1.4, AIDE's Table 4
+    # The protocol's columns: real and fake accuracy beside accuracy, for ITEM and the anchors.
+    for col in ("ITEM hierarchical real", "ITEM hierarchical fake", "UnivFD (trained on SD v1.4) real",
+                "UnivFD (trained on SD v1.4) fake"):
+        assert col in header
+    assert "75.0" in row and "41.1" in row  # UnivFD's fake and real accuracy as published
+    md = (tmp_path / "w" / "results.md").read_text()
+    md_header = next(ln for ln in md.splitlines() if ln.startswith("| test set"))
+    assert "| ITEM hierarchical real |" in md_header and "| ITEM hierarchical fake |" in md_header
+    assert "| UnivFD (trained on SD v1.4) real |" in md_header and "| DIRE (trained on SD v1.4) fake |" in md_header
+    md_row = next(ln for ln in md.splitlines() if ln.startswith("| chameleon"))
+    assert "| 95.7 |" in md_row and "| 11.9 |" in md_row  # DIRE's real and fake accuracy
+    doc = json.loads((tmp_path / "w" / "results.json").read_text())
+    item = doc["rows"][0]["item"]["ITEM hierarchical"]
+    assert item["real_acc"] is not None and item["fake_acc"] is not None
     assert not (tmp_path / "w" / "stores" / "train").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["archives", "cnndetection-root"])
+def test_ufd_runs_on_the_other_training_layouts(tmp_path, layout):
+    """progan_train/<class>/ (the archives as unpacked) and train/<class>/ (CNNDetection's data root)."""
+    root = ufd_tree(tmp_path / "data", train_layout=layout)
+    work = tmp_path / "work"
+    r = ok("reproduce", "ufd", "--root", root, "--work", work, "--models", "tiny-random", "--heads", "hierarchical")
+    assert f"layout recognised: {layout}" in r.stderr
+    lines = _table_lines(r.stdout)
+    header = next(ln for ln in lines if ln.startswith("test set"))
+    rows = {ln.split()[0] for ln in lines[lines.index(header) + 1:] if not ln.startswith(("results", "report", "audit:"))}
+    assert rows == {t.name for t in get_protocol("ufd").parts("test")} | {"mean"}
+    assert "NPR acc" in header
+    doc = json.loads((work / "results.json").read_text())
+    assert doc["layout"]["layout"] == layout
+    with StoreReader(work / "stores" / "train") as reader:
+        meta = reader.metadata(["split", "path"])
+    assert sorted(set(meta["split"])) == ["train", "val"]
+    assert not any("airplane" in p for p in meta["path"])  # the unused class stays out
+    # The audit's verdict beside the results.
+    assert any(ln.startswith("audit: ") for ln in lines)
+    assert doc["audit"]["test_acc"] is not None and "## Trivial cues" in (work / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_align_format_reencodes_the_fakes_into_a_run_of_its_own(tmp_path):
+    """--align-format jpeg:96: fakes (train and test) re-encoded as JPEG 96, reals as they are; the run has its own
+    stores, heads and results, recorded in the stores' identity, and every table says which alignment it used."""
+    from tests._protocol_trees import wildrf_tree
+
+    root = wildrf_tree(tmp_path / "data")
+    work = tmp_path / "work"
+    bad = cli("reproduce", "wildrf", "--root", root, "--work", work, "--align-format", "png:3")
+    assert bad.exit_code == 1 and "unknown alignment" in bad.stderr and "jpeg:N" in bad.stderr
+    r = ok("reproduce", "wildrf", "--root", root, "--work", work, "--models", "tiny-random", "--heads", "hierarchical",
+           "--align-format", "jpeg:96")
+    run = work / "aligned-jpeg-96"
+    assert "fakes re-encoded as JPEG quality 96" in r.stdout
+    assert not (work / "stores").exists()  # nothing of an unaligned run
+    for name in ("train", "test"):
+        with StoreReader(run / "stores" / name) as reader:
+            meta = reader.metadata(["label", "format", "path"])
+            assert reader.compat["alignment"] == "jpeg:96"
+        fake = meta["label"] == "fake"
+        assert set(meta["format"][fake]) == {"JPEG"} and set(meta["format"][~fake]) == {"PNG"}
+        assert all(str(p).startswith(str(run / "files")) for p in meta["path"][fake])
+        assert not any(str(p).startswith(str(run / "files")) for p in meta["path"][~fake])
+    doc = json.loads((run / "results.json").read_text())
+    assert doc["alignment"] == "jpeg:96"
+    md = (run / "results.md").read_text()
+    assert "Format alignment of ITEM's run: fakes re-encoded as JPEG quality 96" in md
+    assert "DDA" in md  # its published WildRF mean, as distributed (no alignment on WildRF)
+    # The aligned fakes are JPEG quality 96 on disk, as the audit reads them.
+    assert doc["audit"]["test_acc"] is not None
+    from item.classify.audit import file_cues
+
+    path = next(p for p, lab in zip(meta["path"], meta["label"]) if lab == "fake")
+    assert file_cues(path)["jpeg_quality"] == 96
+    again = ok("reproduce", "wildrf", "--root", root, "--work", work, "--models", "tiny-random", "--heads",
+               "hierarchical", "--align-format", "jpeg:96")
+    assert "written 0" in again.stderr and "0 written" in again.stderr  # files and stores resumed

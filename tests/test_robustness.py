@@ -112,3 +112,29 @@ def test_robustness_sweep_writes_stores_tables_and_plots(augmented, tmp_path):
     assert md.startswith(RANDOM) and "| jpeg:50 |" in md and "| blur:1.0 |" in md
     bad = cli("robustness", data / "test", "--head", head, "--work", work, "--perturb", "sharpen:2")
     assert bad.exit_code == 1 and "unknown perturbation" in bad.stderr
+
+
+def test_robustness_on_a_protocol_set_reports_its_row_with_its_pairing(augmented, tmp_path):
+    """Issue 22: progan's test set spans category folders (cat, horse); it is one row, as in the benchmark."""
+    from tests._protocol_trees import ufd_tree
+
+    _, _, head, _, _ = augmented
+    root = ufd_tree(tmp_path / "ufd")
+    work = tmp_path / "rob"
+    r = ok("robustness", root, "--protocol", "ufd", "--set", "progan", "--head", head, "--work", work,
+           "--perturb", "jpeg:50", "--json")
+    doc = json.loads(r.stdout)
+    for spec, by in doc["results"].items():
+        assert set(by) == {"progan", "mean"}, by
+        assert by["progan"]["n_real"] == 4 and by["progan"]["n_fake"] == 4  # 2 categories x 2 images
+    assert "UniversalFakeDetect test set progan" in doc["source"]
+    # A diffusion set: its fakes against the shared LAION reals, named as the protocol pairs them.
+    doc = json.loads(ok("robustness", root, "--protocol", "ufd", "--set", "ldm_200", "--head", head, "--work",
+                        tmp_path / "rob2", "--perturb", "jpeg:50", "--json").stdout)
+    row = doc["results"]["none"]["ldm_200"]
+    assert row["reals"] == "laion" and row["n_real"] == 2 and row["n_fake"] == 2
+    assert doc["config"]["reals"] == {"ldm_200": "laion"}
+    bad = cli("robustness", root, "--protocol", "ufd", "--set", "nope", "--head", head, "--work", tmp_path / "x")
+    assert bad.exit_code == 1 and "not a test set of ufd" in bad.stderr and "ldm_200" in bad.stderr
+    bad = cli("robustness", root, "--protocol", "ufd", "--head", head, "--work", tmp_path / "x")
+    assert bad.exit_code == 1 and "--protocol and --set go together" in bad.stderr

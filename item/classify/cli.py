@@ -1,4 +1,4 @@
-"""``item train | eval | predict | neighbors | report | demo``."""
+"""``item train | eval | predict | neighbors | report | audit | demo``."""
 
 from __future__ import annotations
 
@@ -306,6 +306,58 @@ def report_cmd(
     emit(f"wrote {out}")
 
 
+def audit_cmd(
+    store: Path = typer.Argument(..., help="A featurized store.", show_default=False),
+    split: str = typer.Option("test", help="The rows to audit."),
+    train_store: Optional[Path] = typer.Option(None, "--train-store", help="Store holding the train / val splits "
+                                               "(default: STORE itself)."),
+    reals: Optional[str] = typer.Option(None, "--reals", help="Real pairing GEN=REALGEN,... as for `item eval`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the audit as JSON on stdout."),
+):
+    """Can the labels be read off the files? Format, JPEG quality, size, EXIF per class and generator, and a
+    logistic regression on those cues alone (trained on the train split, threshold from val)."""
+    from item.classify.audit import audit_store
+    from item.classify.pairing import parse_reals
+
+    res = audit_store(store, split, train_store=train_store, reals=parse_reals(reals))
+    if as_json:
+        emit_json(_strict_json(res))
+        return
+    if res["random_weights"]:
+        emit(RANDOM_WEIGHTS_LINE.split(":")[0] + ": the store's embeddings are random; this audit reads only the "
+             "files' format and size, which do not depend on them")
+    emit(res["verdict"])
+    tc = res["trivial_cue"]
+    emit(f"trivial-cue head: test acc {tc['test_acc']:.3f}, AUROC {tc['test_auroc']:.3f}, threshold "
+         f"{tc['threshold']:.4f} from {tc['threshold_from']}; trained on {tc['trained_on']}")
+    emit(f"cues: {', '.join(tc['features'])}")
+    rows = []
+    for gen, by in [("all", res["per_class"])] + list(res["per_generator"].items()):
+        for lab in ("real", "fake"):
+            d = by.get(lab) or {}
+            if d.get("n"):
+                rows.append({"generator": gen, "class": lab, "n": d["n"],
+                             "formats": " ".join(f"{k}:{v}" for k, v in d["formats"].items()),
+                             "jpeg_q": "-" if d["jpeg_quality_median"] is None else f"{d['jpeg_quality_median']:.0f}",
+                             "size": f"{d['width_median']:.0f}x{d['height_median']:.0f}",
+                             "aspect": f"{d['aspect_median']:.2f}",
+                             "exif": "-" if d["exif_share"] is None else f"{100 * d['exif_share']:.0f}%",
+                             "file_kib": "-" if d["file_size_median"] is None else f"{d['file_size_median'] / 1024:.1f}"})
+    emit()
+    table(rows, ["generator", "class", "n", "formats", "jpeg_q", "size", "aspect", "exif", "file_kib"],
+          title=f"file cues of split {split!r} (medians)")
+    emit()
+    table([{"generator": r["generator"], "reals": r["reals"], "n_real": r["n_real"], "n_fake": r["n_fake"],
+            "acc": f"{r['acc']:.3f}", "auroc": "-" if r["auroc"] != r["auroc"] else f"{r['auroc']:.3f}"}
+           for r in tc["per_generator"]], ["generator", "reals", "n_real", "n_fake", "acc", "auroc"],
+          title="trivial-cue head per generator")
+    for cue, src in res["sources"].items():
+        if "unavailable" in src:
+            warn(f"{cue}: {src}")
+        elif src != "store":
+            info(f"{cue}: read from the files (the store did not record it)")
+
+
 def demo_cmd(
     out: Path = typer.Option(Path("item-demo"), "--out", "-o", help="Folder for the store, heads and report."),
     models: str = typer.Option("default", help="default (pretrained, needs the weights) or tiny-random (offline)."),
@@ -332,4 +384,5 @@ def register(app: typer.Typer) -> None:
     app.command("predict")(guarded(predict_cmd))
     app.command("neighbors")(guarded(neighbors_cmd))
     app.command("report")(guarded(report_cmd))
+    app.command("audit")(guarded(audit_cmd))
     app.command("demo")(guarded(demo_cmd))

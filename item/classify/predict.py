@@ -69,17 +69,20 @@ def own_flags_message(message: str, local_flag: str | None = "--model-path") -> 
 
 
 def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16,
-                   captions: dict[str, str] | None = None, allow_mixed: bool = False,
+                   captions: dict[str, str] | None = None, allow_mixed: bool = False, mixable_keys=None,
                    local_flag: str | None = "--model-path", progress=None, log=None):
     """Featurize files with the models ``compat``/``models`` record. Returns (records, loaded compat).
 
     ``progress(n)`` is called after each batch of ``batch_size`` images with the number done;
     ``log(message)`` receives a line before the models load.
-    ``captions``: {path: caption} used instead of the captioner. Refuses (IncompatibleError) when what
-    loaded here would compute other numbers than ``compat`` records; ``allow_mixed`` lets
-    schema.ALLOW_MIXED_KEYS (library versions, device class, precision) differ."""
+    ``captions``: {path: caption} used instead of the captioner. Captions are decoded as ``compat`` records
+    (``caption_decoding``; greedy for identities that predate it). Refuses (IncompatibleError) when what
+    loaded here would compute other numbers than ``compat`` records; ``allow_mixed`` lets ``mixable_keys``
+    differ (default schema.mixable_keys: library versions; device class and precision only where no captioner
+    or grounder ran)."""
     from item.errors import ModelLoadError
     from item.featurize import FeaturizeConfig, ModelSpec, compat_for, featurize_images, load_models
+    from item.featurize.models.blip import recorded_caption_decoding
     from item.featurize.text.nouns import DEFAULT_NOUN_PROMPT
 
     spec = ModelSpec.from_head({"compat": compat, "models": models})
@@ -93,13 +96,16 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
     prompt = compat.get("noun_prompt", DEFAULT_NOUN_PROMPT)
     config = FeaturizeConfig(workers=0, batch_size=batch_size, device=device,
                              max_objects=int(compat.get("max_objects", 8)), recipe=compat.get("recipe", "hierarchical"),
-                             noun_prompt=prompt if prompt != schema.UNRECORDED else DEFAULT_NOUN_PROMPT)
+                             noun_prompt=prompt if prompt != schema.UNRECORDED else DEFAULT_NOUN_PROMPT,
+                             caption_decoding=recorded_caption_decoding(compat))
     got = compat_for(loaded, config)
-    diff, mixable = identity_diff(compat, got, HEAD_COMPAT_KEYS, allow_mixed)
+    diff, mixable = identity_diff(compat, got, HEAD_COMPAT_KEYS, allow_mixed, mixable_keys)
     if diff:
+        why = schema.why_not_mixable(diff, compat, got) if mixable_keys is None else ""
         raise IncompatibleError("the models that loaded here differ from those recorded: "
                                 + "; ".join(f"{k}: recorded {compat[k]!r}, loaded {got.get(k)!r}" for k in diff)
-                                + ("; pass --allow-mixed to go on anyway" if mixable else ""))
+                                + ("; pass --allow-mixed to go on anyway" if mixable else "")
+                                + (f" ({why})" if why else ""))
     step = max(1, int(batch_size))
     records = []
     for start in range(0, len(paths), step):  # in batches, so a caller can show progress
@@ -327,9 +333,10 @@ def _file_query(reader: StoreReader, query: str, on: str, column: str, device: s
             raise InputError(f"{query}: cannot be featurized ({reason})")
         return np.asarray(emb, np.float32)[None], {"query": query, "kind": "file", "id": fid,
                                                    "models_loaded": ["clip"]}
-    # a lookup tolerates rounding-level differences (another device or precision than the store's)
+    # a lookup tolerates another device class or precision than the store's, even where a captioner or
+    # grounder ran: the query's features are compared, never stored
     records, _ = featurize_like([query], reader.compat, reader.models, device=device, allow_mixed=True,
-                                local_flag=None)
+                                mixable_keys=schema.ALLOW_MIXED_KEYS, local_flag=None)
     rec = records[0]
     if rec.status != schema.STATUS_OK:
         raise InputError(f"{query}: cannot be featurized ({rec.reason})")

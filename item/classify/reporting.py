@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,13 @@ def describe_model(spec: dict) -> str:
 
 def write_report(store, heads: list, out, split: str | None = "test", map_points: int = 5000, *,
                  reals: dict | None = None, title: str | None = None, extra_sections=None,
-                 results: dict | None = None) -> dict:
+                 results: dict | None = None, audit: dict | None = None) -> dict:
     """Evaluate ``heads`` on ``split`` and write one self-contained HTML file to ``out``.
 
     reals: the real pairing (see ``evaluate``); extra_sections: [(heading, trusted HTML)] placed
     before the evaluation tables (a benchmark's comparison table, robustness plots); results: the
-    output of that very ``evaluate`` call when the caller already has it.
+    output of that very ``evaluate`` call when the caller already has it; audit: ``audit_store``'s
+    result when the caller has it (otherwise the split is audited here, its train split from the same store).
     """
     if results is None:
         results = evaluate(store, heads, split, reals=reals)
@@ -65,6 +67,21 @@ def write_report(store, heads: list, out, split: str | None = "test", map_points
                for (name, r), h in zip(results.items(), heads)},
         }
         random_weights = reader.random_weights
+    if audit is None:
+        from item.classify.audit import audit_store
+        from item.errors import InputError
+
+        try:
+            audit = audit_store(store, split, reals=reals)
+        except InputError as exc:
+            audit = {"error": str(exc)}
+    if audit.get("error"):
+        audit_html = f"<p class=\"note\">No audit: {html.escape(audit['error'])}</p>"
+    else:
+        from item.classify.audit import html_section
+
+        audit_html = html_section(audit)
+    extra_sections = list(extra_sections or []) + [("Trivial cues: can the labels be read off the files?", audit_html)]
     curves = {}
     for name, r in results.items():
         per = {}

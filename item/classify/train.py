@@ -29,14 +29,17 @@ HEAD_COMPAT_KEYS = ("clip_model", "clip_pretrained", "embed_dim", "preprocess_ha
                     "random_weights", "max_objects") + schema.IDENTITY_KEYS
 
 
-def identity_diff(want: dict, have: dict, keys, allow_mixed: bool = False) -> tuple[list[str], bool]:
+def identity_diff(want: dict, have: dict, keys, allow_mixed: bool = False,
+                  mixable_keys=None) -> tuple[list[str], bool]:
     """(keys of ``keys`` that ``want`` records and ``have`` differs in, whether --allow-mixed would allow them all).
 
-    With ``allow_mixed`` the keys of schema.ALLOW_MIXED_KEYS are left out."""
+    With ``allow_mixed`` the mixable keys are left out: ``mixable_keys``, by default schema.mixable_keys of
+    the two identities (device class and precision only where no captioner or grounder ran)."""
+    allowed = schema.mixable_keys(want, have) if mixable_keys is None else tuple(mixable_keys)
     diff = [k for k in keys if k in want and want.get(k) != have.get(k)]
-    mixable = bool(diff) and all(k in schema.ALLOW_MIXED_KEYS for k in diff)
+    mixable = bool(diff) and all(k in allowed for k in diff)
     if allow_mixed:
-        diff = [k for k in diff if k not in schema.ALLOW_MIXED_KEYS]
+        diff = [k for k in diff if k not in allowed]
     return diff, mixable
 
 
@@ -274,14 +277,17 @@ def _fit_streamed_if_large(reader, cfg: TrainConfig, head, train, y, val, yv, ha
 def check_head_fits(head_info: dict, compat: dict, where: str, allow_mixed: bool = False) -> None:
     """Refuse a head trained on embeddings of other models / preprocessing / identity than ``compat`` describes.
 
-    ``allow_mixed`` lets differences in schema.ALLOW_MIXED_KEYS (library versions, device class, precision) pass.
+    ``allow_mixed`` lets differences in schema.mixable_keys pass (library versions; device class and precision
+    only where no captioner or grounder ran).
     """
     want = head_info.get("compat", {})
     keys, mixable = identity_diff(want, compat, HEAD_COMPAT_KEYS, allow_mixed)
     diff = [f"{k}: head {want.get(k)!r}, {where} {compat.get(k)!r}" for k in keys]
     if diff:
+        why = schema.why_not_mixable(keys, want, compat)
         raise IncompatibleError(f"the head was trained on other models or settings than {where}: " + "; ".join(diff)
-                                + ("; pass --allow-mixed to apply it anyway" if mixable else ""))
+                                + ("; pass --allow-mixed to apply it anyway" if mixable else "")
+                                + (f" ({why})" if why else ""))
     fs = feature_size(head_info["recipe"], int(compat["embed_dim"]))
     if fs != int(head_info["feature_size"]):
         raise HeadError(f"recipe {head_info['recipe']} gives {fs} features here, the head expects "

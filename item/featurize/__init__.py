@@ -28,6 +28,7 @@ _EXPORTS = {
     "Models": "item.featurize.models.loading",
     "load_models": "item.featurize.models.loading",
     "compat_for": "item.featurize.models.loading",
+    "full_precision": "item.featurize.models.hub",
 }
 
 __all__ = sorted(_EXPORTS)

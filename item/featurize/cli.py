@@ -30,6 +30,9 @@ def featurize_cmd(
     ground_size: Optional[int] = typer.Option(None, help="Grounder input size, shortest side in pixels "
                                               "(default: the model's own, 800 for Grounding DINO). Smaller is "
                                               "faster; what it costs in quality only real weights can tell."),
+    ground_batch_size: int = typer.Option(0, min=0, help="Images per grounder forward; 0: 4 on CUDA, 1 on CPU. Only "
+                                          "images of one prepared shape share a forward, so it changes no box "
+                                          "(recorded in the run's manifest entry)."),
     box_threshold: Optional[float] = typer.Option(None, help="Grounding DINO box threshold (preset default 0.35)."),
     text_threshold: Optional[float] = typer.Option(None, help="Grounding DINO text threshold (preset default 0.25)."),
     max_objects: int = typer.Option(8, help="At most this many nouns per caption are grounded."),
@@ -47,8 +50,13 @@ def featurize_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete what the store holds and start afresh."),
     noun_prompt: str = typer.Option("photo", help="Text each noun is encoded as: photo ('a photo of a "
                                     "{noun}.') or bare ('{noun}'); recorded in the store."),
+    caption_decoding: str = typer.Option("authors", help="How BLIP's captions are decoded: authors (the BLIP "
+                                         "authors' captioning: prompt 'a picture of ', 3 beams, 5-20 tokens) or "
+                                         "greedy (no prompt, greedy search, up to 30 new tokens: ITEM's decoding "
+                                         "before); recorded in the store."),
     allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Resume a store made under another library "
                                      "version, device class or precision (rounding-level differences only; "
+                                     "device class and precision only where no captioner or grounder ran; "
                                      "the run records its own values)."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
     augment: Optional[List[str]] = typer.Option(None, help="Train-time augmentation: also store a perturbed copy "
@@ -71,6 +79,9 @@ def featurize_cmd(
     from item.featurize.inputs.discover import discover
     from item.featurize.inputs.perturb import parse_perturb
 
+    from item.featurize.models.blip import check_caption_decoding
+
+    check_caption_decoding(caption_decoding)  # refused before any input is read or model loaded
     perturbation = parse_perturb(perturb or None)
     spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder,
                           ground_size=ground_size)
@@ -108,8 +119,10 @@ def featurize_cmd(
                                    text_threshold=spec.text_threshold if text_threshold is None else text_threshold)
     config = FeaturizeConfig(
         batch_size=batch_size, clip_batch_size=clip_batch_size, caption_batch_size=caption_batch_size,
+        ground_batch_size=ground_batch_size,
         max_objects=max_objects, workers=workers,
         shard_size=shard_size, perturb=str(perturbation), device=device, noun_prompt=noun_prompt,
+        caption_decoding=caption_decoding,
         max_pixels=(None if max_pixels == 0 else (max_pixels or DEFAULT_MAX_PIXELS)),
         engine=engine, ray_address=ray_address, ray_actors=ray_actors, gpus_per_actor=gpus_per_actor)
     command = "item featurize " + " ".join(sources)
@@ -149,6 +162,9 @@ def featurize_cmd(
         info(f"  skipped {n:>6}  {reason}")
     for path, reason in summary.skipped_examples[:5]:
         info(f"    e.g. {path}: {reason}")
+    if summary.n_captions_without_nouns or summary.n_captions_not_english:
+        info(f"captions: {summary.n_captions_without_nouns} without any noun, {summary.n_captions_not_english} "
+             "not in English (the noun extractor reads English only: such rows get global features only)")
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.stage_seconds.items())
     info(f"time per stage: {stages}")
     info(f"text cache: {summary.text_cache_hits} hits, {summary.text_cache_misses} misses "

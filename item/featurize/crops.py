@@ -8,9 +8,13 @@ only then goes through CLIP's preprocessing (which on a square input only resize
 - along each axis the square is shifted to lie inside the image where the image is at least that long
   (clamped at the edges), so it takes context from the image rather than padding;
 - only where the image itself is shorter than the side is the square padded, evenly on both sides, with
-  CLIP's mean colour (which normalises to about zero).
+  the CLIP model's own normalisation mean (its pretrained tag's ``mean``, as open_clip's preprocess config
+  carries it; each channel ``int(255 * mean)``), which normalises to about zero.
 
-The mode is recorded in every store (compat key ``crop_mode``); change ``CROP_MODE`` when this changes.
+The mode is recorded in every store (compat key ``crop_mode``, ``crop_mode_for``); change ``CROP_MODE`` when
+this changes. Padding in OpenAI's mean is what every store was padded with before the colour followed the
+tag: its crop_mode stays ``CROP_MODE``; another mean is named in it ("square-in-image-1 pad=127,127,127"),
+so a store padded the old way under such a tag is not resumed with the new colour.
 """
 
 from __future__ import annotations
@@ -18,8 +22,24 @@ from __future__ import annotations
 import math
 
 CROP_MODE = "square-in-image-1"
-#: CLIP's normalisation mean as 8-bit RGB: padding in this colour normalises to about zero.
+#: OpenAI CLIP's normalisation mean (0.48145466, 0.4578275, 0.40821073) as 8-bit RGB.
 PAD_COLOUR = (122, 116, 104)
+
+
+def pad_colour(mean=None) -> tuple[int, int, int]:
+    """8-bit RGB padding for a CLIP normalisation ``mean`` (3 floats in [0, 1]); OpenAI's when None."""
+    if mean is None:
+        return PAD_COLOUR
+    values = [float(m) for m in (mean if isinstance(mean, (list, tuple)) else [mean] * 3)]
+    if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):
+        return PAD_COLOUR  # not an RGB mean in [0, 1]: OpenAI's, as before
+    r, g, b = (int(255 * v) for v in values)
+    return r, g, b
+
+
+def crop_mode_for(pad: tuple[int, int, int]) -> str:
+    """The crop_mode identity value of crops padded with ``pad``."""
+    return CROP_MODE if tuple(pad) == PAD_COLOUR else f"{CROP_MODE} pad={','.join(str(c) for c in pad)}"
 
 
 def square_region(box: tuple[float, float, float, float], width: int, height: int) -> tuple[int, int, int, int]:
@@ -40,15 +60,16 @@ def square_region(box: tuple[float, float, float, float], width: int, height: in
     return left, top, left + side, top + side
 
 
-def square_crop(image, box: tuple[float, float, float, float]):
-    """The square region of ``box`` (see module docstring) as a PIL RGB image of side max(box w, box h)."""
+def square_crop(image, box: tuple[float, float, float, float], pad: tuple[int, int, int] = PAD_COLOUR):
+    """The square region of ``box`` (see module docstring) as a PIL RGB image of side max(box w, box h);
+    ``pad`` fills what lies outside the image (`pad_colour` of the CLIP model's mean)."""
     from PIL import Image
 
     w, h = image.size
     left, top, right, bottom = square_region(box, w, h)
     if left >= 0 and top >= 0 and right <= w and bottom <= h:
         return image.crop((left, top, right, bottom))
-    canvas = Image.new("RGB", (right - left, bottom - top), PAD_COLOUR)
+    canvas = Image.new("RGB", (right - left, bottom - top), tuple(pad))
     inside = image.crop((max(left, 0), max(top, 0), min(right, w), min(bottom, h)))
     canvas.paste(inside, (max(left, 0) - left, max(top, 0) - top))
     return canvas

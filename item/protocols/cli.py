@@ -39,13 +39,24 @@ def protocols_cmd(
     emit(f"{p.name}: {p.title}\n{p.reference}\n\n{p.description}\n\nlayout: {p.layout}")
     for src in p.layout_sources:
         emit(f"  - {src.get('what')} [{src.get('source')}; verified: {src.get('verified')}]")
+    if p.layouts:
+        emit("accepted layouts (the one finding the most sets is used, and named):")
+        for lay in p.layouts:
+            emit(f"  - {lay.name}: {lay.what} [{lay.source}; verified: {lay.verified}]")
     for split in ("train", "val", "test"):
         if p.parts(split):
             emit(f"{split}: " + ", ".join(f"{t.name}" + (f" (reals: {t.pool})" if t.pool else "") for t in p.parts(split)))
     emit(f"metrics: {p.metric_convention}")
     emit("anchors:")
     for a in p.anchors:
-        emit(f"  - {a.method}: {a.source} [{'numbers read' if a.verified == 'read' else 'not verified, numbers left out'}]")
+        emit(f"  - {a.method}: {a.source} [{'numbers read' if a.verified == 'read' else 'not verified, numbers left out'}]"
+             + (f" (fakes re-encoded: {a.alignment})" if a.alignment else ""))
+    if p.ignore:
+        emit(f"known and not used: {', '.join(p.ignore)}")
+    if p.notes:
+        emit("notes:")
+        for n in p.notes:
+            emit(f"  - {n}")
 
 
 def _random_models(models: str, heads=()) -> bool:
@@ -87,6 +98,9 @@ def reproduce_cmd(
     check_only: bool = typer.Option(False, "--check-only", help="Only check the data folder's layout."),
     augment: Optional[List[str]] = typer.Option(None, help="Train-time augmentation of the training images "
                                                 "(e.g. jpeg:75; repeat)."),
+    align_format: Optional[str] = typer.Option(None, "--align-format", help="Re-encode the fakes before "
+                                               "featurizing, e.g. jpeg:96 (as Dual Data Alignment reports); "
+                                               "stores, heads and results go to WORK/aligned-jpeg-96."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     batch_size: int = typer.Option(16, help="Images per featurize batch."),
     workers: int = typer.Option(0, help="Decoding processes (0: in the main process)."),
@@ -105,7 +119,12 @@ def reproduce_cmd(
     protocol = get_protocol(benchmark)
     cfg = ReproduceConfig(models=models, recipes=_csv(heads), head_kind=kind,
                           heads=tuple(str(h) for h in head or ()), device=device, batch_size=batch_size,
-                          workers=workers, allow_missing=allow_missing, augment=tuple(augment or ()))
+                          workers=workers, allow_missing=allow_missing, augment=tuple(augment or ()),
+                          align_format=align_format or "")
+    if align_format:
+        from item.protocols.align import parse_alignment
+
+        parse_alignment(align_format)  # a bad spec fails before the layout check
     if not cfg.recipes and not cfg.heads:
         raise InputError("--heads names no recipe; give e.g. --heads hierarchical,visual")
     if check_only:
@@ -135,11 +154,13 @@ def reproduce_cmd(
     if res.random_weights and not early:
         emit(res.table["note"])
     rows, cols = text_rows(res.table)
-    table(rows, cols, title=f"{protocol.title}: ITEM (acc at the validation threshold, acc@0.5, AP) beside the "
-                            "anchors' published accuracy")
+    table(rows, cols, title=f"{protocol.title}: ITEM beside the anchors' published numbers "
+                            f"({res.table['alignment_text']})")
     for w in res.table["mean"]["anchors"].items():
         if w[1].get("how") != "published":
             warn(f"{w[0]}: mean {w[1]['how']}")
+    if res.table.get("audit"):
+        emit(f"audit: {res.table['audit']['verdict']}")
     emit()
     emit(f"results {res.files['markdown']} {res.files['json']}\nreport {res.files['html']}")
 
@@ -151,12 +172,17 @@ def robustness_cmd(
     perturb: str = typer.Option("jpeg:95,jpeg:75,jpeg:50,resize:0.5,blur:1,blur:2", "--perturb",
                                 help="Perturbations, comma-separated (each may combine steps with '+')."),
     reals: Optional[str] = typer.Option(None, "--reals", help="Real pairing GEN=REALGEN,... as for `item eval`."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="SOURCE is this benchmark's data folder "
+                                           "(see `item protocols`); use with --set."),
+    test_set: Optional[str] = typer.Option(None, "--set", help="The benchmark's test set to perturb: reported as "
+                                           "its one row, with the benchmark's real pairing."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     batch_size: int = typer.Option(16, help="Images per featurize batch."),
     workers: int = typer.Option(0, help="Decoding processes (0: in the main process)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ):
     """Evaluate a head on perturbed copies of a test set: accuracy and AP against each perturbation."""
+    from item.protocols import get_protocol
     from item.classify.pairing import parse_reals
     from item.protocols.robustness import RobustnessConfig, run_robustness
     from item.protocols.tables import RANDOM_LINE, strict
@@ -167,7 +193,8 @@ def robustness_cmd(
     if early:  # the first line, before the perturbed copies are featurized
         emit(RANDOM_LINE)
     with progress_bar(None, "featurizing") as advance:
-        res = run_robustness(source, head, work, cfg, log=info, progress=advance)
+        res = run_robustness(source, head, work, cfg, protocol=get_protocol(protocol) if protocol else None,
+                             test_set=test_set, log=info, progress=advance)
     if as_json:
         emit_json(strict(res))
         return
@@ -177,7 +204,7 @@ def robustness_cmd(
              "acc@0.5": f"{100 * m['acc_05']:.1f}", "AP": f"{100 * m['ap']:.1f}" if m["ap"] == m["ap"] else "—"}
             for p, by in res["results"].items() for g, m in by.items()]
     table(rows, ["perturbation", "generator", "acc", "acc@0.5", "AP"],
-          title=f"{res['head']} (threshold {res['threshold']:.4f}) on perturbed copies of {source}")
+          title=f"{res['head']} (threshold {res['threshold']:.4f}) on perturbed copies of {res['source']}")
     emit()
     emit(f"results {res['files']['json']} {res['files']['markdown']}\nreport {res['files']['html']}")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+import re
 from dataclasses import dataclass, field
 
 from item.featurize.inputs.discover import IMAGE_EXTENSIONS
@@ -98,13 +99,16 @@ class LayoutReport:
     hints: list[str] = field(default_factory=list)
     counts: list[str] = field(default_factory=list)
     n_unused: int = 0  # images in folders the protocol knows and does not use
+    layout: str = ""  # the name of the protocol's layout this report is against ('' when it lists none)
+    layout_rule: str = ""  # why that layout: what it is, its source, what it found against the others
 
     @property
     def ok(self) -> bool:
         return not self.missing
 
     def summary(self) -> dict:
-        return {"protocol": self.protocol, "root": self.root, "splits": list(self.splits),
+        return {"protocol": self.protocol, "root": self.root, "splits": list(self.splits), "layout": self.layout,
+                "layout_rule": self.layout_rule,
                 "sets": {f"{s}/{n}": {"real": len(p.real) if not p.pool else len(self.pools[p.pool][0]),
                                       "fake": len(p.fake), "reals_from": p.pool or "own"}
                          for (s, n), p in self.parts.items()},
@@ -113,8 +117,15 @@ class LayoutReport:
 
     def lines(self) -> list[str]:
         out = [f"layout of {self.root} against {self.protocol} ({', '.join(self.splits)}):"]
+        if self.layout and self.layout_rule.startswith("no layout"):
+            out.append(f"  layout: none recognised ({self.layout_rule.replace('the first listed', repr(self.layout))})")
+        elif self.layout:
+            out.append(f"  layout recognised: {self.layout}: {self.layout_rule}")
         n_ok = sum(1 for k in self.parts if k not in set(self.missing_parts))
-        out.append(f"  {n_ok} of {len(self.parts)} sets found, {len(self.missing)} missing, {len(self.unexpected)} unexpected folder(s)")
+        pools = [m for m in self.missing if m.startswith("real pool ")]
+        out.append(f"  {n_ok} of {len(self.parts)} sets found, {len(self.missing_parts)} missing"
+                   + (f" (and {len(pools)} real pool(s) missing)" if pools else "")
+                   + f", {len(self.unexpected)} unexpected folder(s)")
         out += [f"  missing: {m}" for m in self.missing]
         out += [f"  unexpected: {f} ({n} images)" for f, n in self.unexpected]
         out += [f"  hint: {h}" for h in self.hints]
@@ -151,13 +162,55 @@ class LayoutReport:
 
 
 def check_layout(protocol: Protocol, root, splits=SPLITS) -> LayoutReport:
-    """Compare the folder ``root`` with ``protocol`` for the given splits. Never raises for a mismatch."""
+    """Compare the folder ``root`` with ``protocol`` for the given splits. Never raises for a mismatch.
+
+    A protocol that lists several layouts (as distributed, as its archives unpack, a common
+    rearrangement) is checked against each; the rule: the layout that finds the most of the needed sets
+    wins, then the one that finds the most images. Two layouts that tie while finding different images
+    are an InputError naming both (the folder holds both arrangements). With no set found by any
+    layout, the report is against the first (as distributed). The report names the layout it used.
+    """
     from item.errors import InputError
 
     root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root):
         raise InputError(f"--root {root}: no such folder")
     folders = scan(root)
+    if not protocol.layouts:
+        return _check_one(protocol, root, splits, folders)
+    scored = []
+    for lay in protocol.layouts:
+        rep = _check_one(protocol.in_layout(lay), root, splits, folders)
+        found = [k for k in rep.parts if k not in set(rep.missing_parts)]
+        files = frozenset(f for k in found for f in rep.parts[k].real + rep.parts[k].fake)
+        scored.append(((len(found), len(files)), lay, rep, files))
+    best = max(scored, key=lambda t: t[0])
+    if best[0][0] == 0:
+        _, lay, rep, _ = scored[0]
+        rep.layout, rep.layout_rule = lay.name, "no layout found any set; checked against the first listed"
+        return rep
+    rivals = [t for t in scored if t[0] == best[0] and t[1] is not best[1] and t[3] != best[3]]
+    if rivals:
+        raise InputError(f"{root} holds the {protocol.name} data in two layouts at once ({best[1].name}: "
+                         f"{best[1].what}; {rivals[0][1].name}: {rivals[0][1].what}): keep one of them")
+    _, lay, rep, _ = best
+    others = ", ".join(f"{t[1].name} {t[0][0]}" for t in scored if t[1] is not lay)
+    rep.layout = lay.name
+    rep.layout_rule = (f"{lay.what} [{lay.source}]; it found {best[0][0]} of {len(rep.parts)} sets "
+                       f"(other layouts: {others})")
+    return rep
+
+
+_SPLIT_WORDS = {"train": "train", "training": "train", "trainset": "train", "val": "val", "valid": "val",
+                "validation": "val", "valset": "val", "test": "test", "testing": "test", "testset": "test"}
+
+
+def _split_words(rel: str) -> set[str]:
+    """The splits a folder path names in its words ('progan_val/car' -> {'val'})."""
+    return {_SPLIT_WORDS[w] for w in re.split(r"[/_\-. ]+", rel.lower()) if w in _SPLIT_WORDS}
+
+
+def _check_one(protocol: Protocol, root: str, splits, folders: dict) -> LayoutReport:
     rels = list(folders)
     rep = LayoutReport(protocol.name, root, tuple(splits))
 
@@ -240,7 +293,12 @@ def check_layout(protocol: Protocol, root, splits=SPLITS) -> LayoutReport:
         wanted = {name.lower()} | {seg.lower() for pat in part.real + part.fake for seg in pat.split("/")
                                    if seg and not any(ch in seg for ch in "*?[")}
         offered = set()
+        # The splits the missing set's own folders name (GenImage tests on folders called 'val').
+        own = set().union(*(_split_words(pat) for pat in part.real + part.fake)) or {split}
         for rel in stray:
+            named = _split_words(rel)
+            if named and not named & own:
+                continue  # a folder of another split ('progan_val' is never offered for the training set)
             segs = rel.split("/")
             for k, seg in enumerate(segs):
                 if seg.lower() in wanted:

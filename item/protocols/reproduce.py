@@ -3,7 +3,8 @@
 layout check -> manifests (the protocol resolved to labelled rows, kept in WORK/manifests for
 audit) -> featurize train and test into WORK/stores/{train,test} (resumable) -> train the heads
 into WORK/heads/<recipe> (kept when already trained on the same store) -> evaluate every test set
-with the protocol's real pairing -> WORK/results.{md,json} and WORK/report.html.
+with the protocol's real pairing -> the trivial-cue audit of the test store (can its labels be read
+off file format and size? see item.classify.audit) -> WORK/results.{md,json} and WORK/report.html.
 
 Test-only benchmarks (Chameleon, Co-Spy-Bench, Synthbuster) take heads trained elsewhere (--head).
 """
@@ -34,6 +35,7 @@ class ReproduceConfig:
     allow_missing: bool = False  # run on the sets that are there when some are missing
     augment: tuple[str, ...] = ()  # train-time augmentation of the training images
     seed: int = 0
+    align_format: str = ""  # e.g. 'jpeg:96': the fakes re-encoded before featurizing (see align.py)
 
 
 @dataclass
@@ -76,6 +78,19 @@ def _head_is_current(head_dir: Path, recipe: str, kind: str, fingerprint: str) -
     return info.get("recipe") == recipe and info.get("kind") == kind and info.get("store_fingerprint") == fingerprint
 
 
+def _audit(test_store: Path, train_store: Path | None, reals: dict, log) -> dict:
+    """The trivial-cue audit of the test store (its head trained on the train store's train split when there is
+    one), or {'error': why} when it cannot run (e.g. a test store with one class)."""
+    from item.classify.audit import audit_store
+
+    try:
+        res = audit_store(test_store, "test", train_store=train_store, reals=reals)
+    except InputError as exc:
+        return {"error": str(exc), "verdict": f"trivial-cue audit not run: {exc}"}
+    log(f"audit: {res['verdict']}")
+    return res
+
+
 def run_reproduce(protocol: Protocol, root, work, cfg: ReproduceConfig = ReproduceConfig(), *,
                   layout: LayoutReport | None = None, log: Callable[[str], None] = lambda s: None,
                   progress: Callable[[int], None] | None = None) -> ReproduceResult:
@@ -86,7 +101,10 @@ def run_reproduce(protocol: Protocol, root, work, cfg: ReproduceConfig = Reprodu
     from item.protocols import tables
     from item.store import StoreReader
 
-    work = Path(work)
+    from item.protocols.align import align_rows, parse_alignment
+
+    alignment = parse_alignment(cfg.align_format)
+    work = Path(work) / alignment.slug if alignment else Path(work)
     splits = needed_splits(protocol, cfg)
     layout = layout or check_layout(protocol, root, splits)
     if not layout.ok and not cfg.allow_missing:
@@ -102,6 +120,11 @@ def run_reproduce(protocol: Protocol, root, work, cfg: ReproduceConfig = Reprodu
         raise InputError(f"none of the {protocol.name} test sets is in {layout.root}")
     test_rows = layout.rows("test")
     train_rows = layout.rows("train") + layout.rows("val") if "train" in splits else []
+    if alignment:
+        log(f"format alignment {alignment}: re-encoding the fakes into {work / 'files'}")
+        test_rows, n_test = align_rows(test_rows, work / "files", alignment, log=log)
+        train_rows, n_train = align_rows(train_rows, work / "files", alignment, log=log)
+        log(f"format alignment {alignment}: " + ", ".join(f"{k} {n_test[k] + n_train[k]}" for k in n_test))
     manifests = {"test": work / "manifests" / "test.csv"}
     _write_manifest(test_rows, manifests["test"])
     if train_rows:
@@ -110,8 +133,9 @@ def run_reproduce(protocol: Protocol, root, work, cfg: ReproduceConfig = Reprodu
     stores = {"train": work / "stores" / "train", "test": work / "stores" / "test"}
     jobs = []
     if train_rows:
-        jobs.append(StoreJob((str(manifests["train"]),), stores["train"], augment=tuple(cfg.augment)))
-    jobs.append(StoreJob((str(manifests["test"]),), stores["test"]))
+        jobs.append(StoreJob((str(manifests["train"]),), stores["train"], augment=tuple(cfg.augment),
+                             alignment=str(alignment or "")))
+    jobs.append(StoreJob((str(manifests["test"]),), stores["test"], alignment=str(alignment or "")))
     if cfg.heads:
         infos = [load_head(h)[1] for h in cfg.heads]
         models = spec_from_head(infos[0])
@@ -144,14 +168,19 @@ def run_reproduce(protocol: Protocol, root, work, cfg: ReproduceConfig = Reprodu
     with StoreReader(stores["test"]) as r:
         random_weights = bool(r.random_weights)
         models_used = {role: describe_model(spec) for role, spec in r.models.items() if isinstance(spec, dict)}
+    audit = _audit(stores["test"], stores["train"] if train_rows else None, reals, log)
     table = tables.build_table(protocol, results, labels, random_weights=random_weights, missing=missing_tests,
-                               layout=layout.summary())
+                               layout=layout.summary(), alignment=str(alignment or ""))
+    table["audit"] = {k: audit[k] for k in ("verdict", "error") if k in audit}
+    if "trivial_cue" in audit:
+        table["audit"].update({k: audit["trivial_cue"][k] for k in ("test_acc", "test_auroc", "trained_on",
+                                                                     "threshold_from", "per_generator")})
     table["config"] = {**asdict(cfg), "root": str(layout.root), "work": str(work)}
     table["models"] = models_used
     files = {"json": work / "results.json", "markdown": work / "results.md", "html": work / "report.html"}
     tables.write_json(table, files["json"])
     files["markdown"].write_text(tables.markdown(table), encoding="utf-8")
     write_report(stores["test"], [str(h) for h in heads.values()], files["html"], "test", reals=reals,
-                 title=f"ITEM on {protocol.title}", results=results,
+                 title=f"ITEM on {protocol.title}", results=results, audit=audit,
                  extra_sections=[(f"{protocol.title}: ITEM beside the published numbers", tables.html_section(table))])
     return ReproduceResult(table=table, layout=layout, work=work, files=files, heads=heads, random_weights=random_weights)

@@ -59,11 +59,48 @@ def _plot(results: dict, specs: list[str], head: str):
     return html_img(fig, f"accuracy and AP of {head} against each perturbation, per generator")
 
 
+def protocol_set_source(protocol, root, test_set: str, work: Path, log: Callable[[str], None] = lambda s: None
+                        ) -> tuple[str, dict]:
+    """One test set of a benchmark as a manifest of its own: (manifest path, real pairing).
+
+    The rows are the protocol's: every fake of the set (all its category folders) under the set's name, and
+    its reals, its own or its pool's (then paired with ``{set: pool}``), so the set is one row as in the
+    benchmark's table. The manifest is written to WORK/manifests/<set>.csv."""
+    import csv
+
+    from item.protocols.layout import check_layout
+
+    names = [p.name for p in protocol.parts("test")]
+    if test_set not in names:
+        raise InputError(f"--set {test_set!r}: not a test set of {protocol.name}. Available: {', '.join(names)}")
+    part = next(p for p in protocol.parts("test") if p.name == test_set)
+    layout = check_layout(protocol, root, ("test",))
+    for line in layout.lines()[:2]:
+        log(line)
+    if ("test", test_set) in layout.missing_parts:
+        why = next((m for m in layout.missing if m.startswith(f"test set {test_set!r}")), "missing")
+        raise InputError(f"{protocol.name} test set {test_set!r} is not in {layout.root}: {why}")
+    rows = [r for r in layout.rows("test") if r["generator"] in (test_set, part.pool or test_set)]
+    path = Path(work) / "manifests" / f"{slug(test_set)}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "generator", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+    return str(path), ({test_set: part.pool} if part.pool else {})
+
+
 def run_robustness(source: str, head, work, cfg: RobustnessConfig = RobustnessConfig(), *,
+                   protocol=None, test_set: str | None = None,
                    log: Callable[[str], None] = lambda s: None,
                    progress: Callable[[int], None] | None = None) -> dict:
     """Featurize ``source`` clean and under each perturbation, evaluate ``head`` on each; write the report.
 
+    protocol, test_set: ``source`` is that benchmark's data folder and only ``test_set`` is used, as one row
+    with the protocol's real pairing (see ``protocol_set_source``); otherwise rows are named by the folders
+    detected in ``source``.
     Returns a JSON-ready dict: {'results': {spec: {generator: metrics}}, 'files', 'random_weights', ...}
     (metrics as fractions; spec '' is the clean images).
     """
@@ -76,7 +113,19 @@ def run_robustness(source: str, head, work, cfg: RobustnessConfig = RobustnessCo
     from item.protocols import tables
     from item.store import StoreReader
 
+    from dataclasses import replace
+
     work = Path(work)
+    shown = str(source)
+    if (protocol is None) != (test_set is None):
+        raise InputError("--protocol and --set go together: the benchmark and the one test set of it to perturb")
+    if protocol is not None:
+        source, pairing = protocol_set_source(protocol, source, test_set, work, log)
+        if cfg.reals and pairing:
+            raise InputError(f"--reals with --protocol: {protocol.name} pairs {test_set} with its {pairing[test_set]} "
+                             "reals already")
+        cfg = replace(cfg, reals=pairing or cfg.reals)
+        shown = f"{protocol.title} test set {test_set} ({shown})"
     specs = [""]
     for p in cfg.perturbs:
         canon = str(parse_perturb(p))
@@ -103,7 +152,7 @@ def run_robustness(source: str, head, work, cfg: RobustnessConfig = RobustnessCo
         random_weights = bool(reader.random_weights)
     name = Path(head).name or str(head)
     first = next(iter(evals[""].values()))
-    out = {"format": "item-robustness", "source": str(source), "head": name, "head_path": str(head),
+    out = {"format": "item-robustness", "source": shown, "head": name, "head_path": str(head),
            "threshold": first["threshold"], "random_weights": random_weights,
            "note": tables.RANDOM_LINE if random_weights else "",
            "perturbations": specs, "stores": {s or "none": str(p) for s, p in stores.items()},
@@ -115,7 +164,7 @@ def run_robustness(source: str, head, work, cfg: RobustnessConfig = RobustnessCo
     tables.write_json(out, files["json"])
     gens = sorted({g for by in results.values() for g in by if g != "mean"}) + ["mean"]
     md = [out["note"], ""] if random_weights else []
-    md += [f"# Robustness of {name} on {source}", "",
+    md += [f"# Robustness of {name} on {shown}", "",
            f"Accuracy at the head's validation threshold ({first['threshold']:.4f}, never re-tuned) and AP, in "
            "percent, per perturbation (rows) and generator (columns).", "",
            "| perturbation | " + " | ".join(f"{g} acc | {g} AP" for g in gens) + " |",

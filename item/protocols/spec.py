@@ -69,6 +69,29 @@ class Anchor:
     mean_over: tuple[str, ...] = ()
     trained_on: str = ""
     threshold: str = ""
+    alignment: str = ""  # how the test fakes were re-encoded for these numbers ('' = as distributed), e.g. 'jpeg:96'
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One way the benchmark's folders are found on disk: as distributed, or a common rearrangement of it.
+
+    rewrite: {prefix: replacement} applied to the start of every folder pattern of the protocol (the
+    first matching prefix wins); {} is the layout the patterns spell out. what / source: how users get
+    this layout and where that was read (verified 'read' or 'no').
+    """
+
+    name: str
+    what: str
+    source: str
+    verified: str
+    rewrite: dict = field(default_factory=dict)
+
+    def apply(self, pattern: str) -> str:
+        for prefix, repl in self.rewrite.items():
+            if pattern.lower().startswith(prefix.lower()):
+                return repl + pattern[len(prefix):]
+        return pattern
 
 
 @dataclass(frozen=True)
@@ -88,6 +111,21 @@ class Protocol:
     aliases: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     path: str = ""
+    layouts: tuple[Layout, ...] = ()  # the accepted layouts, in order of preference; () = the patterns as written
+    #: Columns of the comparison table: ITEM heads' metrics and the anchors' (keys of tables.LABELS).
+    columns: dict = field(default_factory=dict)
+
+    def in_layout(self, layout: Layout) -> "Protocol":
+        """This protocol with every folder pattern (parts, pools, ignore) rewritten for ``layout``."""
+        from dataclasses import replace
+
+        def rw(patterns):
+            return tuple(layout.apply(p) for p in patterns)
+
+        pools = {n: replace(p, real=rw(p.real)) for n, p in self.pools.items()}
+        splits = {s: tuple(replace(p, real=rw(p.real), fake=rw(p.fake)) for p in parts)
+                  for s, parts in self.splits.items()}
+        return replace(self, pools=pools, splits=splits, ignore=rw(self.ignore))
 
     def parts(self, split: str) -> tuple[Part, ...]:
         return self.splits.get(split, ())
@@ -183,14 +221,31 @@ def protocol_from_dict(doc: dict, path: str = "") -> Protocol:
         anchors.append(Anchor(method=a["method"], paper=a.get("paper", ""), source=a["source"], verified=a["verified"],
                               results=dict(a.get("results") or {}), mean=dict(a.get("mean") or {}),
                               mean_over=tuple(a.get("mean_over") or ()), trained_on=a.get("trained_on", ""),
-                              threshold=a.get("threshold", "")))
+                              threshold=a.get("threshold", ""), alignment=a.get("alignment", "")))
+    layouts = []
+    for i, lay in enumerate(doc.get("layouts") or []):
+        at = f"{where}: layouts[{i}]"
+        if not lay.get("name") or not lay.get("what") or not lay.get("source"):
+            raise InputError(f"{at}: every layout needs 'name', 'what' and 'source'")
+        if lay.get("verified") not in VERIFIED:
+            raise InputError(f"{at}: 'verified' must be one of {', '.join(VERIFIED)}")
+        rewrite = lay.get("rewrite") or {}
+        if not isinstance(rewrite, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in rewrite.items()):
+            raise InputError(f"{at}: 'rewrite' must map folder prefixes to their replacements")
+        layouts.append(Layout(lay["name"], lay["what"], lay["source"], lay["verified"], dict(rewrite)))
+    if len({lay.name for lay in layouts}) != len(layouts):
+        raise InputError(f"{where}: layout names repeat")
+    columns = doc.get("columns") or {}
+    if set(columns) - {"item", "anchors"}:
+        raise InputError(f"{where}: 'columns' takes 'item' and 'anchors' lists")
     return Protocol(name=doc["name"], title=doc["title"], reference=doc["reference"], description=doc["description"],
                     layout=doc["layout"], layout_sources=tuple(doc.get("layout_sources") or ()),
                     metric_convention=doc["metric_convention"],
                     mean_over=tuple(doc.get("mean_over") or [p.name for p in splits["test"]]), pools=pools,
                     splits=splits, ignore=_strs(doc.get("ignore"), f"{where}: ignore"), anchors=tuple(anchors),
                     aliases=_strs(doc.get("aliases"), f"{where}: aliases"), notes=_strs(doc.get("notes"), f"{where}: notes"),
-                    path=path)
+                    path=path, layouts=tuple(layouts),
+                    columns={k: tuple(v) for k, v in columns.items()})
 
 
 def load_protocol_file(path) -> Protocol:

@@ -23,6 +23,7 @@ class StoreJob:
     store: Path
     perturb: str = ""
     augment: tuple[str, ...] = ()  # train-time augmentations added as rows of their own (see augment.py)
+    alignment: str = ""  # format alignment its fakes were re-encoded with (item.protocols.align), '' for none
 
 
 @dataclass
@@ -67,7 +68,7 @@ def featurize_jobs(jobs: list[StoreJob], *, models="default", device: str = "aut
             log(f"loading models{' (RANDOM WEIGHTS)' if spec.random_weights else ''} ...")
             loaded = load_models(spec, device)
         config = FeaturizeConfig(batch_size=batch_size, workers=workers, device=device, max_objects=max_objects,
-                                 perturb=str(parse_perturb(job.perturb or None)))
+                                 perturb=str(parse_perturb(job.perturb or None)), alignment=job.alignment)
         log(f"featurizing {len(disc.rows)} images into {job.store}"
             + (f" (perturbation {config.perturb})" if config.perturb else ""))
         summary = featurize_store(disc.rows, job.store, models=loaded, config=config, progress=progress,

@@ -21,6 +21,9 @@ HEAD_METRICS = ("acc", "acc_05", "real_acc", "fake_acc", "real_acc_05", "fake_ac
 #: Short column labels; "oracle" is always said to have seen the test labels.
 LABELS = {"acc": "acc", "acc_05": "acc@0.5", "real_acc": "real", "fake_acc": "fake", "real_acc_05": "real@0.5",
           "fake_acc_05": "fake@0.5", "ap": "AP", "auroc": "AUROC", "oracle_acc": "oracle acc (test labels)"}
+#: What a table shows when its protocol names no columns: the field's accuracy and AP.
+DEFAULT_ITEM_COLUMNS = ("acc", "acc_05", "ap")
+DEFAULT_ANCHOR_COLUMNS = ("acc", "ap")
 from item.outputs import RANDOM_WEIGHTS_LINE as RANDOM_LINE  # noqa: E402  (one definition)
 
 
@@ -35,8 +38,18 @@ def _nanmean(values):
     return float(np.mean(vals)) if vals else math.nan
 
 
+def alignment_text(spec: str, ours: bool = True) -> str:
+    """'jpeg:96' -> 'fakes re-encoded as JPEG quality 96 ...'; '' -> 'files as distributed'. ours: ITEM's run
+    (names the flag) rather than an anchor's published setting."""
+    if not spec:
+        return "files as distributed (no format alignment)"
+    kind, _, value = spec.partition(":")
+    text = f"fakes re-encoded as {kind.upper()} quality {value}"
+    return text + (f" before featurizing (--align-format {spec})" if ours else "")
+
+
 def build_table(protocol: Protocol, results: dict, head_labels: dict, *, random_weights: bool,
-                missing: list[str] = (), layout: dict | None = None) -> dict:
+                missing: list[str] = (), layout: dict | None = None, alignment: str = "") -> dict:
     """The comparison as a JSON-ready dict.
 
     results: evaluate()'s output {head name: {...'table': per_generator_table rows...}};
@@ -77,6 +90,7 @@ def build_table(protocol: Protocol, results: dict, head_labels: dict, *, random_
     return {
         "format": "item-reproduce", "item_version": __version__, "benchmark": protocol.name, "title": protocol.title,
         "reference": protocol.reference, "random_weights": bool(random_weights),
+        "alignment": alignment, "alignment_text": alignment_text(alignment),
         "note": RANDOM_LINE if random_weights else "",
         "metric_convention": protocol.metric_convention, "pairing": pairing,
         "heads": {head_labels[h]: {"path": str(res.get("path", h)), "recipe": res["info"].get("recipe"),
@@ -84,20 +98,30 @@ def build_table(protocol: Protocol, results: dict, head_labels: dict, *, random_
                   for h, res in results.items()},
         "rows": rows, "mean": mean,
         "anchors": [{"method": a.method, "paper": a.paper, "source": a.source, "verified": a.verified,
-                     "trained_on": a.trained_on, "threshold": a.threshold} for a in protocol.anchors],
+                     "trained_on": a.trained_on, "threshold": a.threshold, "alignment": a.alignment}
+                    for a in protocol.anchors],
         "missing_sets": list(missing), "layout": layout or {},
+        "columns": {"item": list(protocol.columns.get("item") or DEFAULT_ITEM_COLUMNS),
+                    "anchors": list(protocol.columns.get("anchors") or DEFAULT_ANCHOR_COLUMNS)},
     }
 
 
-def _flat(table: dict, *, head_metrics=("acc", "acc_05", "ap"), anchor_metrics=("acc", "ap")) -> tuple[list, list]:
-    """Display rows (strings) and their columns, the mean row last."""
+def _flat(table: dict, *, head_metrics=None, anchor_metrics=None) -> tuple[list, list]:
+    """Display rows (strings) and their columns, the mean row last. The metrics shown are the protocol's
+    (``table['columns']``) unless given."""
+    cols_of = table.get("columns") or {}
+    head_metrics = tuple(head_metrics or cols_of.get("item") or DEFAULT_ITEM_COLUMNS)
+    anchor_metrics = tuple(anchor_metrics or cols_of.get("anchors") or DEFAULT_ANCHOR_COLUMNS)
     heads = list(table["heads"])
     anchors = [a["method"] for a in table["anchors"] if a["verified"] == "read"]
     cols = ["test set", "reals", "n real", "n fake"]
     cols += [f"{h} {LABELS[k]}" for h in heads for k in head_metrics]
     a_cols = [(m, k) for m in anchors for k in anchor_metrics
               if any(k in r["anchors"].get(m, {}) for r in table["rows"]) or k in table["mean"]["anchors"].get(m, {})]
-    cols += [f"{m} {LABELS[k]}" for m, k in a_cols]
+    # An anchor measured on re-encoded fakes says so in its column name (e.g. 'DDA [fakes jpeg:96] acc').
+    shown = {a["method"]: a["method"] + (f" [fakes {a['alignment']}]" if a.get("alignment") else "")
+             for a in table["anchors"]}
+    cols += [f"{shown[m]} {LABELS[k]}" for m, k in a_cols]
     out = []
     for r in table["rows"] + [table["mean"]]:
         is_mean = r["test_set"] == "mean"
@@ -110,7 +134,7 @@ def _flat(table: dict, *, head_metrics=("acc", "acc_05", "ap"), anchor_metrics=(
             for k in head_metrics:
                 d[f"{h} {LABELS[k]}"] = pct(r["item"][h][k])
         for m, k in a_cols:
-            d[f"{m} {LABELS[k]}"] = pct(r["anchors"].get(m, {}).get(k))
+            d[f"{shown[m]} {LABELS[k]}"] = pct(r["anchors"].get(m, {}).get(k))
         out.append(d)
     return out, cols
 
@@ -122,12 +146,19 @@ def markdown(table: dict) -> str:
     lines += [f"# {table['title']}: ITEM beside the published numbers", "", f"Benchmark: {table['reference']}", "",
               f"Metrics: {table['metric_convention']}. ITEM's `acc` is at each head's validation threshold (the "
               "honest number); `acc@0.5` is at the fixed threshold 0.5, the convention of the anchors' tables. "
-              "Anchors' numbers are as published (percent), each from the source listed below.", ""]
+              "Anchors' numbers are as published (percent), each from the source listed below.", "",
+              f"Format alignment of ITEM's run: {table.get('alignment_text') or alignment_text('')}.", ""]
     rows, cols = _flat(table)
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "|".join("---" for _ in cols) + "|")
     for r in rows:
         lines.append("| " + " | ".join(r[c] for c in cols) + " |")
+    if table.get("audit"):
+        a = table["audit"]
+        lines += ["", "## Trivial cues", "", f"**{a['verdict']}**" + (
+            f" (AUROC {a['test_auroc']:.3f}; a logistic regression on file format, JPEG quality, width, height, "
+            f"aspect, EXIF and file size alone, trained on {a['trained_on']}, threshold from {a['threshold_from']}; "
+            "see `item audit`)" if "test_acc" in a else "")]
     lines += ["", "## ITEM's heads", ""]
     for label, h in table["heads"].items():
         lines.append(f"- **{label}**: recipe `{h['recipe']}`, threshold {h['threshold']:.4f} fixed on "
@@ -136,7 +167,8 @@ def markdown(table: dict) -> str:
     for a in table["anchors"]:
         status = "numbers read in the source" if a["verified"] == "read" else "numbers not verified here, left out"
         extra = (f"; trained on {a['trained_on']}" if a["trained_on"] else "") + \
-                (f"; threshold {a['threshold']}" if a["threshold"] else "")
+                (f"; threshold {a['threshold']}" if a["threshold"] else "") + \
+                (f"; {alignment_text(a['alignment'], ours=False)}" if a.get("alignment") else "")
         lines.append(f"- **{a['method']}** ({a['paper']}): {a['source']} — {status}{extra}")
     means = table["mean"]["anchors"]
     notes = [f"{m}: mean {v['how']}" for m, v in means.items() if v.get("how") != "published"]
@@ -148,8 +180,9 @@ def markdown(table: dict) -> str:
 
 
 def text_rows(table: dict) -> tuple[list, list]:
-    """For the terminal: ITEM's acc / acc@0.5 / AP and the anchors' accuracy."""
-    return _flat(table, anchor_metrics=("acc",))
+    """For the terminal: ITEM's columns as the protocol names them, the anchors' without AP (width)."""
+    anchors = [k for k in (table.get("columns") or {}).get("anchors", DEFAULT_ANCHOR_COLUMNS) if k != "ap"] or ["acc"]
+    return _flat(table, anchor_metrics=tuple(anchors))
 
 
 def html_section(table: dict) -> str:
@@ -159,12 +192,14 @@ def html_section(table: dict) -> str:
 
     rows, cols = _flat(table)
     parts = [f'<p class="note">{_html.escape(table["metric_convention"])}. ITEM acc: at the head\'s validation '
-             "threshold; acc@0.5: at 0.5, the anchors' convention. Anchors: as published.</p>",
+             "threshold; acc@0.5: at 0.5, the anchors' convention. Anchors: as published. Format alignment: "
+             f"{_html.escape(table.get('alignment_text') or alignment_text(''))}.</p>",
              html_table([{c: r[c] for c in cols} for r in rows]), "<ul>"]
     for a in table["anchors"]:
         status = "read in the source" if a["verified"] == "read" else "not verified here, numbers left out"
+        aligned = f"; {alignment_text(a['alignment'], ours=False)}" if a.get("alignment") else ""
         parts.append(f"<li><b>{_html.escape(a['method'])}</b> ({_html.escape(a['paper'])}): "
-                     f"{_html.escape(a['source'])} ({status})</li>")
+                     f"{_html.escape(a['source'])} ({status}{_html.escape(aligned)})</li>")
     parts.append("</ul>")
     return "".join(parts)
 

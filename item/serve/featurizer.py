@@ -7,6 +7,7 @@ request (``featurize_images(..., models=loaded)``).
 from __future__ import annotations
 
 from item.errors import IncompatibleError
+from item.store import schema
 
 
 class LoadedModels:
@@ -17,6 +18,7 @@ class LoadedModels:
         from item.classify.train import HEAD_COMPAT_KEYS, identity_diff
         from item.featurize import FeaturizeConfig, ModelSpec, load_models
         from item.featurize.models.loading import any_random_weights, compat_for
+        from item.featurize.models.blip import recorded_caption_decoding
         from item.featurize.text.nouns import NOUN_PROMPTS
 
         compat = manifest.get("compat", {})
@@ -25,12 +27,15 @@ class LoadedModels:
         self.config = FeaturizeConfig(workers=0, batch_size=1, device=self.models.device, max_pixels=max_pixels,
                                       max_objects=int(compat.get("max_objects", 8)),
                                       recipe=compat.get("recipe", "hierarchical"),
+                                      caption_decoding=recorded_caption_decoding(compat),
                                       **({"noun_prompt": compat["noun_prompt"]} if compat.get("noun_prompt") in
                                          NOUN_PROMPTS else {}))
         self.compat = compat_for(self.models, self.config)
         # Uploads may be featurized on another device class or precision than the store was (a CPU server for
-        # a store made on a GPU): rounding-level differences, tolerated (schema.ALLOW_MIXED_KEYS); the rest not.
-        diff, _ = identity_diff(compat, self.compat, HEAD_COMPAT_KEYS, allow_mixed=True)
+        # a store made on a GPU), tolerated (schema.ALLOW_MIXED_KEYS) even where a captioner or grounder ran: a
+        # server answers one upload at a time, nothing it computes is mixed into the store; the rest not.
+        diff, _ = identity_diff(compat, self.compat, HEAD_COMPAT_KEYS, allow_mixed=True,
+                                mixable_keys=schema.ALLOW_MIXED_KEYS)
         if diff:
             raise IncompatibleError("the models that loaded differ from those the store records: "
                                     + "; ".join(f"{k}: store {compat[k]!r}, loaded {self.compat.get(k)!r}"

@@ -64,6 +64,9 @@ def info_cmd(store: Path = StoreDir,
     emit("metadata overlay " + (f"version {ov['version']} ({ov['n_rows']} rows annotated, digest {ov['digest']}, "
                                  f"{ov['updated']})" if ov["version"] else "none (labels and splits as featurized)"))
     emit("identity         " + ", ".join(f"{k}={v}" for k, v in d["identity"].items()))
+    c = d["captions"]
+    emit(f"captions         {c['without_nouns']} without any noun, {c['not_english']} not in English "
+         f"(counted in {c['runs_counted']} of {c['runs']} runs; nouns are read in English only)")
     if d["groups"]:
         table(d["groups"], ["generator", "label", "split", "n"], title="rows with status ok:")
     for ix in d["indexes"]:

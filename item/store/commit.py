@@ -219,12 +219,15 @@ def open_store(root, *, compat: dict, models: dict, recipe: str, overwrite: bool
             manifest = read_manifest(root)
             diff = compat_mismatch(manifest["compat"], compat)
             if diff:
-                mixable = all(k in schema.ALLOW_MIXED_KEYS for k in schema.COMPAT_KEYS
-                              if manifest["compat"].get(k) != compat.get(k))
+                differ = [k for k in schema.COMPAT_KEYS if manifest["compat"].get(k) != compat.get(k)]
+                allowed = schema.mixable_keys(manifest["compat"], compat)
+                mixable = all(k in allowed for k in differ)
+                why = schema.why_not_mixable(differ, manifest["compat"], compat)
                 raise IncompatibleError(
                     f"{root}: refusing to mix rows from different models or settings into one store ("
                     + "; ".join(diff) + "); use another --store or --overwrite"
-                    + (", or --allow-mixed (rounding-level differences only)" if mixable else ""))
+                    + (", or --allow-mixed (rounding-level differences only)" if mixable else "")
+                    + (f" ({why})" if why else ""))
         else:
             others = [p for p in root.iterdir() if p.name not in (schema.LOCK_FILE, schema.COMMIT_LOCK,
                                                                    schema.INDEX_LOCK, schema.WRITERS_DIR,

@@ -147,6 +147,11 @@ class StoreReader:
 
     def _read_column(self, k: int, name: str, local=None) -> np.ndarray:
         g = self._file(self.shards[k])[schema.G_IMAGES]
+        if name not in g and name in schema.COLUMN_DEFAULT:  # older shards: see COLUMN_SINCE
+            n = int(g[schema.ID].shape[0])
+            col = np.full(n, schema.COLUMN_DEFAULT[name], dtype=schema.column_dtype(
+                next(c.kind for c in schema.IMAGE_COLUMNS if c.name == name)))
+            return col if local is None else col[local]
         ds = g[name if name in g else schema.COLUMN_FALLBACK.get(name, name)]  # older shards: see COLUMN_SINCE
         raw = ds[()] if local is None else ds[()][local]
         col = _decode(raw) if raw.dtype.kind in "OS" else raw

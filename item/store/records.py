@@ -43,6 +43,9 @@ class ImageRecord:
     height: int = 0
     format: str = ""
     perturbation: str = ""
+    file_size: int = schema.UNKNOWN_CUE  # bytes of the file as read
+    jpeg_quality: int = schema.UNKNOWN_CUE  # estimated IJG quality of a JPEG (item.imagefile)
+    exif: int = schema.UNKNOWN_CUE  # 1 / 0: whether the file carries EXIF data
     image_emb: np.ndarray | None = None  # (embed_dim,) float32
     caption_emb: np.ndarray | None = None  # (embed_dim,) float32
     misalignment: np.ndarray | None = None  # (misalignment_dim,) float32
@@ -131,7 +134,7 @@ def as_unstorable(record: ImageRecord, bad: list[str]) -> ImageRecord:
     """The skipped row that stands for ``record``: NULs shown as ``\\x00`` in what is kept, no vectors."""
     keep = {f.name: getattr(record, f.name) for f in fields(ImageRecord)
             if f.name in ("id", "path", "label", "generator", "split", "width", "height", "format",
-                          "perturbation")}
+                          "perturbation", "file_size", "jpeg_quality", "exif")}
     for k in ("path", "label", "generator", "split", "format", "perturbation"):
         keep[k] = str(keep[k]).replace("\x00", "\\x00")
     if "\x00" in record.label or keep["label"] not in schema.LABELS:

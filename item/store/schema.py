@@ -25,7 +25,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2  # 2: image column caption_encoded; identity keys in compat (see versions.MIGRATIONS)
+# 2: image column caption_encoded; identity keys in compat. 3: identity keys caption_decoding and
+# box_selection; file cues (file_size, jpeg_quality, exif) per image; compat key alignment (see
+# versions.MIGRATIONS)
+SCHEMA_VERSION = 3
 STORE_FORMAT = "item-store"
 
 MANIFEST = "manifest.json"
@@ -65,6 +68,10 @@ WIDTH = "width"
 HEIGHT = "height"
 FORMAT = "format"
 PERTURBATION = "perturbation"
+# File cues recorded at decode time (schema 3), what `item audit` reads: UNKNOWN_CUE when not known.
+FILE_SIZE = "file_size"  # bytes of the file as read
+JPEG_QUALITY = "jpeg_quality"  # IJG quality (1..100) best fitting the luminance quantisation table; UNKNOWN_CUE if not JPEG
+EXIF = "exif"  # 1 when the file carries EXIF data, 0 when not
 IMAGE_EMB = "image_emb"
 CAPTION_EMB = "caption_emb"
 MISALIGNMENT = "misalignment"
@@ -136,6 +143,9 @@ IMAGE_COLUMNS = (
     Column(HEIGHT, "int32"),
     Column(FORMAT, "str"),
     Column(PERTURBATION, "str"),
+    Column(FILE_SIZE, "int64"),
+    Column(JPEG_QUALITY, "int32"),
+    Column(EXIF, "int32"),
     Column(IMAGE_EMB, "emb"),
     Column(CAPTION_EMB, "emb"),
     Column(MISALIGNMENT, "vec"),
@@ -166,23 +176,60 @@ VECTOR_COLUMNS = (IMAGE_EMB, CAPTION_EMB, MISALIGNMENT)
 
 #: Columns added after schema 1: shards written before read them as the named older column (schema 1 stores
 #: encoded the caption as it was, so their encoded caption is the caption).
-COLUMN_SINCE = {CAPTION_ENCODED: 2}
+COLUMN_SINCE = {CAPTION_ENCODED: 2, FILE_SIZE: 3, JPEG_QUALITY: 3, EXIF: 3}
 COLUMN_FALLBACK = {CAPTION_ENCODED: CAPTION}
+#: Columns added later that no older column stands for: shards written before read them as this constant.
+UNKNOWN_CUE = -1
+COLUMN_DEFAULT = {FILE_SIZE: UNKNOWN_CUE, JPEG_QUALITY: UNKNOWN_CUE, EXIF: UNKNOWN_CUE}
+#: The file cues `item audit` reads from the store (UNKNOWN_CUE in rows of shards older than schema 3).
+AUDIT_COLUMNS = (FILE_SIZE, JPEG_QUALITY, EXIF)
 
 # Keys of manifest['compat']: rows that differ in any of them never share a store. The identity keys
 # (from clip_activation on) say what decides the numbers beyond the models' names; see
 # item.featurize.identity for what each means.
-IDENTITY_KEYS = ("clip_activation", "crop_mode", "caption_cleanup", "nouns_version", "noun_prompt",
+IDENTITY_KEYS = ("clip_activation", "crop_mode", "caption_decoding", "caption_cleanup", "nouns_version", "noun_prompt",
                  "box_threshold", "text_threshold", "ground_input", "open_clip_version", "transformers_version",
-                 "device_class", "precision")
+                 "device_class", "precision", "box_selection")
 COMPAT_KEYS = ("clip_model", "clip_pretrained", "embed_dim", "preprocess_hash", "captioner", "grounder",
-               "recipe", "misalignment_dim", "random_weights", "perturbation", "max_objects") + IDENTITY_KEYS
+               "recipe", "misalignment_dim", "random_weights", "perturbation", "max_objects",
+               "alignment") + IDENTITY_KEYS
+#: ``alignment``: how the store's fakes were re-encoded before featurizing (``item reproduce --align-format``,
+#: e.g. 'jpeg:96'); '' for files as given. Stores older than schema 3 were never aligned: ''.
 #: Identity keys that ``--allow-mixed`` may override: the same models, weights and texts computed by another
 #: library release, on another device class or in another precision differ at rounding level (fp16 against
 #: fp32: about 1e-3 per embedding), not in what they mean. Everything else (activation, crops, clean-up,
 #: nouns, prompt, thresholds, input size) changes what is computed and is never mixed.
 ALLOW_MIXED_KEYS = ("open_clip_version", "transformers_version", "device_class", "precision")
-#: What a schema-1 store records for an identity key it never had.
+#: Of ALLOW_MIXED_KEYS, the ones that may differ only where no captioner or grounder ran (captions given,
+#: no grounding): fp16 against fp32 can flip a greedy or beam caption token and a box past its threshold,
+#: which changes what is computed, not its rounding. CLIP alone differs at rounding level.
+DEVICE_KEYS = ("device_class", "precision")
+#: The compat value of "captioner" / "grounder" when none ran.
+NO_MODEL = "none"
+
+
+def models_ran(compat: dict) -> bool:
+    """Whether a captioner or a grounder ran under identity ``compat`` (a key it lacks counts as ran)."""
+    return any(compat.get(k, "") != NO_MODEL for k in ("captioner", "grounder"))
+
+
+def mixable_keys(*compats: dict) -> tuple:
+    """The identity keys ``--allow-mixed`` may let differ between ``compats``: ALLOW_MIXED_KEYS, less
+    DEVICE_KEYS when a captioner or grounder ran under any of them."""
+    ran = any(models_ran(c) for c in compats)
+    return tuple(k for k in ALLOW_MIXED_KEYS if not (ran and k in DEVICE_KEYS))
+
+
+def why_not_mixable(keys, *compats: dict) -> str:
+    """One sentence saying why the DEVICE_KEYS among ``keys`` cannot be mixed ('' when none is refused)."""
+    held = [k for k in keys if k in DEVICE_KEYS and k not in mixable_keys(*compats)]
+    if not held:
+        return ""
+    return (f"{' and '.join(held)} may differ only where no captioner or grounder ran (captions given, "
+            "--grounder none): fp16 against fp32 can change a caption's words and which boxes pass a threshold")
+#: What a store written before an identity key existed records for it (schema 1: every key but
+#: caption_decoding; schema 2: box_selection; schema-2 stores record the legacy greedy caption decoding,
+#: versions.migrate_compat).
 UNRECORDED = "unrecorded"
 
 # Index sidecar keys

@@ -64,6 +64,9 @@ def columns(images: list[ImageRecord], aliases: list[AliasRecord], embed_dim: in
         img[schema.HEIGHT].append(int(r.height))
         img[schema.FORMAT].append(r.format)
         img[schema.PERTURBATION].append(r.perturbation)
+        img[schema.FILE_SIZE].append(int(r.file_size))
+        img[schema.JPEG_QUALITY].append(int(r.jpeg_quality))
+        img[schema.EXIF].append(int(r.exif))
         img[schema.OBJECT_START].append(start)
         img[schema.OBJECT_COUNT].append(len(r.objects))
         if r.status == schema.STATUS_OK:

@@ -36,6 +36,17 @@ def split_models(models: dict) -> tuple[dict, dict]:
     return found, extractors
 
 
+def caption_counts(manifest: dict) -> dict:
+    """Captions without any noun and captions not in English, summed over the runs the manifest records
+    (featurize's run summaries; runs from before these counts, or killed before their summary was written,
+    are not counted: ``runs_counted`` of ``runs``)."""
+    runs = [r for r in manifest.get("runs", []) if isinstance(r, dict)]
+    counted = [r for r in runs if "n_captions_without_nouns" in r]
+    return {"without_nouns": sum(int(r["n_captions_without_nouns"]) for r in counted),
+            "not_english": sum(int(r.get("n_captions_not_english", 0)) for r in counted),
+            "runs_counted": len(counted), "runs": len(runs)}
+
+
 def store_info(root) -> dict:
     """What the store holds, as a JSON-able dict (the keys of ``item store info --json``)."""
     from item.store.index import list_indexes
@@ -73,6 +84,7 @@ def store_info(root) -> dict:
             "models": split_models(m["models"])[0],
             "extractors": split_models(m["models"])[1],
             "identity": {k: m["compat"].get(k) for k in schema.IDENTITY_KEYS},
+            "captions": caption_counts(m),
             "random_weights": r.random_weights,
             "overlay": {**overlay_version(r.overlay), "updated": r.overlay.get("updated")},
             "fingerprint": r.fingerprint,

@@ -24,7 +24,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def synthetic_compat(embed_dim: int, misalignment_dim: int, recipe: str = "hierarchical") -> dict:
     return {"clip_model": "synthetic", "clip_pretrained": "", "embed_dim": embed_dim, "preprocess_hash": "synthetic",
             "captioner": "synthetic", "grounder": "synthetic", "recipe": recipe,
-            "misalignment_dim": misalignment_dim, "random_weights": True, "perturbation": "", "max_objects": 8,
+            "misalignment_dim": misalignment_dim, "random_weights": True, "perturbation": "", "max_objects": 8, "alignment": "",
             **{k: "synthetic" for k in schema.IDENTITY_KEYS}}
 
 

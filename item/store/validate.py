@@ -15,6 +15,7 @@ from item.errors import ItemError
 from item.store import schema
 from item.store.manifest import EMPTY_DEBRIS, check_version, is_debris, read_manifest
 from item.store.shards import file_sha256, is_shard_name, shard_stats
+from item.store.versions import migrate_compat
 
 NORM_TOLERANCE = 2e-2  # float16 storage of unit vectors keeps norms within ~1e-3; be generous
 
@@ -122,8 +123,7 @@ def _check_shard(f, name, entry, d, m, manifest, rep, ids, totals, check_values,
         return
     try:
         shard_compat = json.loads(f.attrs[schema.A_COMPAT])
-        if int(f.attrs.get(schema.A_SCHEMA, -1)) < 2:  # schema 1 recorded no identity keys (manifest._v1_to_v2)
-            shard_compat = {**{k: schema.UNRECORDED for k in schema.IDENTITY_KEYS}, **shard_compat}
+        shard_compat = migrate_compat(shard_compat, int(f.attrs.get(schema.A_SCHEMA, -1)))
         if shard_compat != manifest["compat"]:
             rep.problems.append(f"{name}: written with other models/preprocessing than the manifest says")
     except (KeyError, ValueError):

@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from item.errors import ItemError
+from item.imagefile import open_image_cues
 
 #: Pillow's own decompression-bomb limit (pixels), as it was at import.
 DEFAULT_MAX_PIXELS: int | None = Image.MAX_IMAGE_PIXELS
@@ -105,6 +106,10 @@ class Decoded:
     width: int
     height: int
     format: str
+    # File cues for `item audit` (item.imagefile), -1 when not known.
+    file_size: int = -1  # bytes of the file
+    jpeg_quality: int = -1  # estimated IJG quality of a JPEG
+    exif: int = -1  # 1 / 0: the file carries EXIF data
 
 
 def _check_path(path) -> None:
@@ -253,6 +258,7 @@ def decode_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     with im:
         fmt = im.format or ""
         w, h = im.size
+        quality, exif = open_image_cues(im)  # header only, before the pixels are decoded
         if w <= 0 or h <= 0:
             raise DecodeError(path, "bad-size", f"{w}x{h}")
         if max_pixels is not None and w * h > max_pixels:
@@ -279,4 +285,9 @@ def decode_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
         rgb = _to_rgb(oriented)
         if rgb is im:  # detach from the file handle that `with` closes
             rgb = im.copy()
-    return Decoded(image=rgb, width=rgb.width, height=rgb.height, format=fmt)
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        size = -1
+    return Decoded(image=rgb, width=rgb.width, height=rgb.height, format=fmt, file_size=size, jpeg_quality=quality,
+                   exif=exif)

@@ -12,8 +12,11 @@ switch the weights carry, not the model name: open_clip 3.x builds ``ViT-L-14`` 
 in order: the pretrained tag's config (``open_clip.pretrained.get_pretrained_cfg``); for a local
 checkpoint, ``model_cfg.quick_gelu`` of the ``open_clip_config.json`` beside it (the file open_clip's hub
 repos carry); else the named model config (so OpenAI weights in a bare local file need the
-``-quickgelu`` model name, e.g. ``--clip ViT-B-32-quickgelu``). open_clip's mismatch warning is an error
-here, and the built model is checked to hold the activation it was asked for.
+``-quickgelu`` model name, e.g. ``--clip ViT-B-32-quickgelu``). A bare local checkpoint (no config beside
+it) under a plain name whose OpenAI weights need QuickGELU (ViT-L-14, ViT-B-32, RN50, ...: open_clip's
+``openai`` tag for the name says ``quick_gelu``) is refused: nothing says which activation it was trained
+with, and building GELU for OpenAI weights computes other numbers without any error. open_clip's mismatch
+warning is an error here, and the built model is checked to hold the activation it was asked for.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from item.errors import InputError, ModelLoadError
-from item.featurize.models.hub import file_sha256, hf_cache_dir, hub_offline
+from item.featurize.models.hub import autocast_for, file_sha256, hf_cache_dir, hub_offline
 
 RANDOM_SEED = 0
 _CHECKPOINT_NAMES = (
@@ -86,13 +89,7 @@ class ClipEncoder:
         self.context_length = int(getattr(model, "context_length", None) or getattr(tokenizer, "context_length", 77))
 
     def _autocast(self):
-        import contextlib
-
-        import torch
-
-        if str(self.device).startswith("cuda"):
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
+        return autocast_for(self.device)
 
     def encode_images(self, pixels) -> np.ndarray:
         """(n, 3, H, W) float tensor from `preprocess` -> (n, embed_dim) float32, L2-normalised rows."""
@@ -191,6 +188,24 @@ def _config_beside(checkpoint: Path | None) -> dict | None:
     return cfg if isinstance(cfg, dict) else None
 
 
+def check_bare_checkpoint(model: str, checkpoint: Path | None) -> None:
+    """Refuse (InputError, one line) a local checkpoint with no open_clip_config.json beside it, under a
+    model name without '-quickgelu' whose OpenAI weights were trained with QuickGELU: its activation is
+    unknown, and GELU would be built silently."""
+    import open_clip
+
+    if checkpoint is None or _config_beside(checkpoint) is not None or model.endswith("-quickgelu"):
+        return
+    if (open_clip.get_model_config(model) or {}).get("quick_gelu"):
+        return  # the model config itself says QuickGELU
+    openai = open_clip.pretrained.get_pretrained_cfg(model, "openai") or {}
+    if openai.get("quick_gelu"):
+        raise InputError(
+            f"CLIP {model} from {checkpoint}: nothing says whether these weights use QuickGELU (OpenAI's {model} "
+            f"does) or GELU; pass --clip {model}-quickgelu for OpenAI weights, or put an open_clip_config.json "
+            f"with model_cfg.quick_gelu beside the checkpoint")
+
+
 def trained_activation(model: str, pretrained: str, checkpoint: Path | None = None) -> tuple[bool, str]:
     """(quick_gelu, where that came from) for the weights `pretrained` of `model`; see the module docstring."""
     import open_clip
@@ -258,6 +273,7 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
     import logging
     import warnings
 
+    check_bare_checkpoint(model, checkpoint)
     quick_gelu, quick_gelu_from = trained_activation(model, pretrained, checkpoint)
     switches: dict = {"force_quick_gelu": quick_gelu}
     if not quick_gelu and (open_clip.get_model_config(model) or {}).get("quick_gelu") and checkpoint is not None:

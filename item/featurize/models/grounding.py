@@ -17,13 +17,19 @@ from item.errors import InputError
 @dataclass(frozen=True)
 class Box:
     """A box in pixels of the original image, clipped inside it: 0 <= x0 < x1 <= width, 0 <= y0 < y1 <= height,
-    covering at least MIN_BOX_AREA pixels of it (or the whole of a smaller image)."""
+    covering at least MIN_BOX_AREA pixels of it (or the whole of a smaller image).
+
+    score: the noun score, the detector's confidence that this box is this noun (the value the store keeps
+    as the object's ``score``); box_score: the query's own score before any noun is chosen (Grounding DINO:
+    its best probability over every prompt token; grounders with one score per noun: the noun score again).
+    """
 
     x0: float
     y0: float
     x1: float
     y1: float
     score: float
+    box_score: float | None = None
 
 
 #: Images more elongated than this are padded (right or bottom, grey) before grounding: the detector's
@@ -167,15 +173,47 @@ def set_ground_size(image_processor, ground_size: int | None) -> int:
     return int(shortest or 0)
 
 
+def input_shape(prepared) -> tuple | None:
+    """The shape of a prepared grounder input's pixels ((3, h, w)), None for anything without pixels."""
+    pix = getattr(prepared, "pixel_values", None)
+    return tuple(int(v) for v in pix.shape) if pix is not None else None
+
+
+def shape_groups(prepared: list, indices: list[int]) -> list[list[int]]:
+    """``indices`` split into groups of equal ``input_shape``, each group and the groups in first-seen order.
+
+    A detector forward pads every image of a batch to the batch's largest, and the padding changes the
+    boxes of the smaller images (one image moved 22 px beside a 90x120 one): only images of one shape
+    share a forward, so an image's boxes never depend on what else is in its batch."""
+    groups: dict = {}
+    for i in indices:
+        groups.setdefault(input_shape(prepared[i]), []).append(i)
+    return list(groups.values())
+
+
 class PreparedGrounder:
     """What every grounder shares: ``ground`` is ``prepare`` (in the decode workers in a run) then
-    ``ground_prepared`` (the forward and box selection), which subclasses implement."""
+    ``ground_prepared``, which runs ``ground_batch`` (the forward and box selection, implemented by each
+    family) once per group of equally shaped inputs (``shape_groups``): batching never changes a box."""
 
     def ground(self, images, nouns: list[list[str]]) -> list[list[Box | None]]:
         """PIL images and each image's nouns -> for each image, one Box (or None: ungrounded) per noun."""
         if len(images) != len(nouns):
             raise InputError(f"ground got {len(images)} images but {len(nouns)} noun lists")
         return self.ground_prepared([self.prepare(im) if n else None for im, n in zip(images, nouns)], nouns)
+
+    def ground_prepared(self, prepared: list, nouns: list[list[str]]) -> list[list[Box | None]]:
+        """`prepare` outputs and nouns -> boxes, as `ground`; None (no nouns, or not groundable) grounds nothing.
+        One forward per group of equally shaped inputs."""
+        result, todo = self._start(prepared, nouns)
+        for group in shape_groups(prepared, todo):
+            for i, boxes in zip(group, self.ground_batch([prepared[i] for i in group], [nouns[i] for i in group])):
+                result[i] = boxes
+        return result
+
+    def ground_batch(self, prepared: list, nouns: list[list[str]]) -> list[list[Box | None]]:
+        """One forward over inputs of one shape, each with at least one noun -> one Box or None per noun."""
+        raise NotImplementedError
 
     @staticmethod
     def _start(prepared, nouns: list[list[str]]) -> tuple[list[list[Box | None]], list[int]]:

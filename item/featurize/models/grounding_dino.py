@@ -5,12 +5,16 @@ the model's queries has a sigmoid probability per text token. For noun j and que
 
 - noun score s[q, j] = max probability over the tokens of noun j's span (found through the tokenizer's
   character offsets, never by matching decoded label strings);
-- query score b[q] = max probability over the tokens of all noun spans (Grounding DINO's box score).
+- box score b[q] = max probability over every valid prompt token: [CLS], [SEP] and the "." delimiters
+  included, padding excluded (what transformers' ``post_process_grounded_object_detection`` and the authors'
+  ``predict`` in IDEA-Research/GroundingDINO keep a query by).
 
-Query q is a candidate for noun j when b[q] >= box_threshold and s[q, j] >= text_threshold (the same two
-thresholds Grounding DINO's own post-processing uses) and its box covers at least MIN_BOX_AREA pixels of the
-real image (not of the padding added to small or elongated images); noun j's box is its candidate with the
-highest s[q, j], and Box.score is that s[q, j]. A noun with no candidate is ungrounded (None). Nouns whose
+Query q is kept when b[q] >= box_threshold; it is a candidate for noun j when also s[q, j] >= text_threshold
+(the same two thresholds, as the reference applies them to its phrase tokens) and its box covers at least
+MIN_BOX_AREA pixels of the real image (not of the padding added to small or elongated images); noun j's box
+is its candidate with the highest s[q, j]. Box.score is that s[q, j] (the store's object ``score``),
+Box.box_score that query's b[q]. The reference keeps scores strictly above a threshold, this rule at or
+above it: they differ only on exact ties. A noun with no candidate is ungrounded (None). Nouns whose
 span falls past the text model's max_text_len tokens are ungrounded too, and so are all nouns of an image
 `not_groundable` refuses (too elongated).
 """
@@ -21,6 +25,11 @@ from __future__ import annotations
 from item.featurize.models.grounding import (MAX_GROUND_ASPECT, MIN_BOX_AREA, Box, GroundImage, GroundPrep,
                                              PreparedGrounder, _pixel_boxes, collate_pixels, set_ground_size)
 from item.featurize.models.hub import autocast_for, load_model_or_random, to_device
+
+
+#: The box selection rule, recorded in a store's identity: a store never mixes rows selected by two rules
+#: (before it, queries were kept by their best noun token only).
+BOX_SELECTION = "gdino-all-tokens-1"
 
 
 def build_prompt(nouns: list[str]) -> tuple[str, list[tuple[int, int]]]:
@@ -34,21 +43,43 @@ def build_prompt(nouns: list[str]) -> tuple[str, list[tuple[int, int]]]:
     return " ".join(parts), spans
 
 
-def select_boxes(p, span_mask, rel_boxes, size: tuple[int, int], padded_size: tuple[float, float],
-                 box_threshold: float, text_threshold: float) -> list[Box | None]:
-    """One Box (or None) per noun from one image's detector output (the rule in the module docstring).
+def noun_token_masks(offsets, valid, special, spans: list[tuple[int, int]]):
+    """(n_nouns, n_tok) bool: the tokens of each noun's character span.
 
-    p: (n_queries, n_tok) float token probabilities; span_mask: (n_nouns, n_tok) bool, each noun's tokens;
-    rel_boxes: (n_queries, 4) float cx, cy, w, h relative to the padded image; size: the real image's
-    (width, height); padded_size: the padded canvas's (width, height) in the real image's pixels.
+    offsets: (n_tok, 2) int character (start, end) of each token in the prompt (the tokenizer's
+    ``offset_mapping``); valid: (n_tok,) bool, the prompt's real tokens (attention mask); special: (n_tok,)
+    bool, special tokens ([CLS], [SEP], ...); spans: each noun's (start, end) in the prompt (`build_prompt`).
+    A noun cut off by the text model's max_text_len has no token: it stays ungrounded."""
+    import torch
+
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    real = valid & ~special & (ends > starts)
+    if not spans:
+        return torch.zeros((0, offsets.shape[0]), dtype=torch.bool)
+    return torch.stack([real & (starts >= s) & (ends <= e) for s, e in spans])
+
+
+def select_boxes(probs, rel_boxes, valid, span_mask, size: tuple[int, int], padded_size: tuple[float, float],
+                 box_threshold: float, text_threshold: float) -> list[Box | None]:
+    """One Box (or None) per noun from one image's detector output, by the rule of transformers'
+    ``post_process_grounded_object_detection`` and the authors' ``predict`` (see the module docstring).
+
+    probs: (n_queries, n_tok) float token probabilities (sigmoid of the logits); rel_boxes: (n_queries, 4)
+    float cx, cy, w, h relative to the padded image; valid: (n_tok,) bool, the prompt's real tokens ([CLS],
+    [SEP] and the "." delimiters included, padding excluded: the attention mask); span_mask: (n_nouns, n_tok)
+    bool, each noun's tokens (`noun_token_masks`); size: the real image's (width, height); padded_size: the
+    padded canvas's (width, height) in the real image's pixels. Box.score is the noun score, Box.box_score
+    the query's score over every valid token.
+
+    Importable on its own: any Grounding DINO variant with per-token logits (MM-Grounding-DINO) selects its
+    boxes with it.
     """
     import torch
 
     width, height = size
     neg = torch.tensor(-1.0)
-    noun_score = torch.where(span_mask[None], p[:, None, :], neg).amax(-1)  # (n_queries, n_nouns)
-    any_noun = span_mask.any(0)
-    query_score = torch.where(any_noun[None], p, neg).amax(-1)  # (n_queries,)
+    query_score = torch.where(valid[None], probs, neg).amax(-1)  # (n_queries,) the box score
+    noun_score = torch.where(span_mask[None], probs[:, None, :], neg).amax(-1)  # (n_queries, n_nouns)
     ok = (query_score[:, None] >= box_threshold) & (noun_score >= text_threshold)
     ok &= span_mask.any(1)[None]  # a noun truncated out of the prompt stays ungrounded
     px, area = _pixel_boxes(rel_boxes, width, height, *padded_size)
@@ -60,16 +91,18 @@ def select_boxes(p, span_mask, rel_boxes, size: tuple[int, int], padded_size: tu
         if best_score[j] < -1.5:
             out.append(None)
             continue
-        x0, y0, x1, y1 = px[best_q[j]].tolist()
-        out.append(Box(x0, y0, x1, y1, float(noun_score[best_q[j], j])))
+        q = int(best_q[j])
+        x0, y0, x1, y1 = px[q].tolist()
+        out.append(Box(x0, y0, x1, y1, float(noun_score[q, j]), float(query_score[q])))
     return out
 
 
 class Grounder(PreparedGrounder):
-    """Grounding DINO, batched: one forward pass per `ground_prepared` call.
+    """Grounding DINO, batched: one forward pass per group of equally shaped inputs of a `ground_prepared` call.
 
-    info: JSON-able: id, revision or weights_sha256 where known, random_weights, thresholds, input size.
-    prepare: the picklable image preparation (`GroundPrep`); `ground_prepared` takes its outputs.
+    info: JSON-able: id, revision or weights_sha256 where known, random_weights, thresholds, input size,
+    box_selection (BOX_SELECTION). prepare: the picklable image preparation (`GroundPrep`); `ground_prepared`
+    takes its outputs.
     """
 
     family = "grounding-dino"
@@ -88,44 +121,32 @@ class Grounder(PreparedGrounder):
     def ground_size(self) -> int:
         return set_ground_size(self.processor.image_processor, None)
 
-    def ground_prepared(self, prepared: list[GroundImage | None], nouns: list[list[str]]) -> list[list[Box | None]]:
-        """`prepare` outputs and nouns -> boxes, as `ground`; None (no nouns, or not groundable) grounds nothing."""
+    def ground_batch(self, prepared: list[GroundImage], nouns: list[list[str]]) -> list[list[Box | None]]:
+        """One forward over equally shaped `prepare` outputs (see PreparedGrounder.ground_prepared)."""
         import torch
 
-        result, todo = self._start(prepared, nouns)
-        if not todo:
-            return result
-        prompts, spans = zip(*(build_prompt(nouns[i]) for i in todo))
-
+        prompts, spans = zip(*(build_prompt(n) for n in nouns))
         tok = self.processor.tokenizer(
             list(prompts), padding="longest", truncation=True, max_length=self.max_text_len,
             return_offsets_mapping=True, return_tensors="pt",
         )
         offsets = tok.pop("offset_mapping")
-        pixel_values, pixel_mask = collate_pixels([prepared[i] for i in todo])
+        pixel_values, pixel_mask = collate_pixels(prepared)
         inputs = {k: to_device(v, self.device)
                   for k, v in {**tok, "pixel_values": pixel_values, "pixel_mask": pixel_mask}.items()}
         with torch.inference_mode(), autocast_for(self.device):
             out = self.model(**inputs)
-        probs = out.logits.float().sigmoid().cpu()  # (batch, n_queries, max_text_len)
+        probs = out.logits.float().sigmoid().cpu()  # (batch, n_queries, max_text_len); 0 past the prompt
         boxes = out.pred_boxes.float().cpu()  # (batch, n_queries, 4) cx, cy, w, h relative to the image
 
-        special = tok["attention_mask"].new_zeros(tok["attention_mask"].shape, dtype=torch.bool)
-        special_ids = set(self.processor.tokenizer.all_special_ids)
-        for t_id in special_ids:
-            special |= tok["input_ids"] == t_id
-        for b, i in enumerate(todo):
-            width, height = prepared[i].size
-            pad_w, pad_h = prepared[i].padded
-            n_tok = min(probs.shape[-1], offsets.shape[1])
-            starts, ends = offsets[b, :n_tok, 0], offsets[b, :n_tok, 1]
-            real = ~special[b, :n_tok] & (ends > starts)
-            masks = []
-            for s, e in spans[b]:
-                masks.append(real & (starts >= s) & (ends <= e))
-            span_mask = torch.stack(masks)  # (n_nouns, n_tok) bool
-            result[i] = select_boxes(probs[b, :, :n_tok], span_mask, boxes[b], (width, height), (pad_w, pad_h),
-                                     self.box_threshold, self.text_threshold)
+        valid = tok["attention_mask"].bool()
+        special = torch.isin(tok["input_ids"], torch.tensor(sorted(self.processor.tokenizer.all_special_ids)))
+        n_tok = min(probs.shape[-1], offsets.shape[1])
+        result = []
+        for b, g in enumerate(prepared):
+            span_mask = noun_token_masks(offsets[b, :n_tok], valid[b, :n_tok], special[b, :n_tok], spans[b])
+            result.append(select_boxes(probs[b, :, :n_tok], boxes[b], valid[b, :n_tok], span_mask, g.size, g.padded,
+                                       self.box_threshold, self.text_threshold))
         return result
 
 
@@ -150,5 +171,6 @@ def load_grounding_dino(name_or_path: str, device: str = "cpu", box_threshold: f
         "min_box_area": MIN_BOX_AREA, "max_ground_aspect": MAX_GROUND_ASPECT,
         "box_threshold": float(box_threshold), "text_threshold": float(text_threshold),
         "prompt": "noun . noun . (lower-case)", "noun_score": "max token probability over the noun's span",
+        "box_selection": BOX_SELECTION,
     }
     return Grounder(model, processor, info, str(device), box_threshold, text_threshold)

@@ -8,6 +8,7 @@ them (only ``tiny``, the random builders, which import nothing of the project).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import os
 from pathlib import Path
@@ -104,11 +105,28 @@ def load_hf_pretrained(kind: str, name_or_path: str, model_cls, processor_cls, f
     return model.eval(), processor, source
 
 
+#: True inside ``full_precision()``: CUDA runs its models in fp32 too (a context variable, so a server's
+#: other threads keep their own setting).
+_FULL_PRECISION: contextvars.ContextVar[bool] = contextvars.ContextVar("item_full_precision", default=False)
+
+
+@contextlib.contextmanager
+def full_precision():
+    """Inside the block every model runs in fp32, on CUDA too (no autocast): the reference ``item check``
+    compares fp16 autocast against. Stores are never written this way (their identity records fp16-autocast
+    for CUDA)."""
+    token = _FULL_PRECISION.set(True)
+    try:
+        yield
+    finally:
+        _FULL_PRECISION.reset(token)
+
+
 def autocast_for(device: str):
-    """fp16 autocast on CUDA, nothing on CPU."""
+    """fp16 autocast on CUDA (unless inside ``full_precision()``), nothing on CPU."""
     import torch
 
-    if str(device).startswith("cuda"):
+    if str(device).startswith("cuda") and not _FULL_PRECISION.get():
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
 

@@ -50,7 +50,7 @@ def compat_for(models: Models, config: FeaturizeConfig) -> dict:
 
     clip = models.clip.info
     return {
-        **identity_fields(models, config.noun_prompt),
+        **identity_fields(models, config.noun_prompt, config.caption_decoding),
         "clip_model": clip["model"],
         "clip_pretrained": clip["pretrained"],
         "embed_dim": int(clip["embed_dim"]),
@@ -62,6 +62,7 @@ def compat_for(models: Models, config: FeaturizeConfig) -> dict:
         "random_weights": any_random_weights(models),
         "perturbation": str(parse_perturb(config.perturb or None)),
         "max_objects": int(config.max_objects),
+        "alignment": str(config.alignment or ""),
     }
 
 

@@ -24,6 +24,8 @@ from item.featurize.models.hub import autocast_for, to_device
 #: Random builder names of the OWLv2 family (seeded random weights, built offline).
 OWL_RANDOM_NAMES = ("owlv2-tiny-random", "owlv2-random")
 PROMPT = "a photo of a {}"
+#: The box selection rule, recorded in a store's identity (see grounding_dino.BOX_SELECTION).
+BOX_SELECTION = "owlv2-best-patch-1"
 #: OWLv2's own detection threshold in its examples; the random presets pass 0.0.
 DEFAULT_BOX_THRESHOLD = 0.1
 
@@ -44,7 +46,8 @@ class OwlPrep:
 
 
 class OwlGrounder(PreparedGrounder):
-    """OWLv2, batched: one forward per `ground_prepared` call, every image's nouns as its text queries."""
+    """OWLv2, batched: one forward per group of equally shaped inputs (every input is one square, so one per
+    `ground_prepared` call), every image's nouns as its text queries."""
 
     family = "owlv2"
 
@@ -62,12 +65,43 @@ class OwlGrounder(PreparedGrounder):
     def ground_size(self) -> int:
         return _square_size(self.processor.image_processor)
 
-    def ground_prepared(self, prepared: list[GroundImage | None], nouns: list[list[str]]) -> list[list[Box | None]]:
+    def ground_batch(self, prepared: list[GroundImage], nouns: list[list[str]]) -> list[list[Box | None]]:
+        """One forward over `prepare` outputs (all one square shape) and their nouns."""
         import torch
 
-        result, todo = self._start(prepared, nouns)
-        if not todo:
-            return result
+        n_q = max(len(n) for n in nouns)
+        # Every image gets n_q queries (the model wants a rectangle); padding queries are ignored below, and
+        # each query's embedding is computed on its own, so the padding changes no other query's score.
+        texts = []
+        for ns in nouns:
+            qs = [PROMPT.format(" ".join(str(n).lower().split()) or "object") for n in ns]
+            texts.extend(qs + [""] * (n_q - len(qs)))
+        tok = self.processor.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_text_len,
+                                       return_tensors="pt")
+        pixel_values = torch.stack([g.pixel_values for g in prepared])
+        inputs = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"],
+                  "pixel_values": pixel_values}
+        inputs = {k: to_device(v, self.device) for k, v in inputs.items()}
+        with torch.inference_mode(), autocast_for(self.device):
+            out = self.model(**inputs)
+        scores = out.logits.float().sigmoid().cpu()  # (batch, n_patches, n_q)
+        boxes = out.pred_boxes.float().cpu()  # (batch, n_patches, 4) cx, cy, w, h relative to the square
+        result: list[list[Box | None]] = []
+        for b, (g, ns) in enumerate(zip(prepared, nouns)):
+            width, height = g.size
+            side_w, side_h = g.padded
+            px, area = _pixel_boxes(boxes[b], width, height, side_w, side_h)
+            # boxes that lie in the square's padding are no boxes (as for Grounding DINO)
+            s = torch.where((area >= min(MIN_BOX_AREA, width * height))[:, None], scores[b], torch.tensor(-1.0))
+            best, patch = s.max(0)  # (n_q,)
+            found: list[Box | None] = [None] * len(ns)
+            for j in range(len(ns)):
+                if float(best[j]) < max(self.box_threshold, 0.0):
+                    continue
+                x0, y0, x1, y1 = px[patch[j]].tolist()
+                found[j] = Box(x0, y0, x1, y1, float(best[j]), float(best[j]))
+            result.append(found)
+        return result
         n_q = max(len(nouns[i]) for i in todo)
         # Every image gets n_q queries (the model wants a rectangle); padding queries are ignored below.
         texts = []
@@ -192,6 +226,7 @@ def load_owlv2(name_or_path: str, device: str = "cpu", box_threshold: float = DE
         "box_threshold": float(box_threshold), "ground_size": native,
         "input_size": {"height": native, "width": native}, "min_box_area": MIN_BOX_AREA,
         "prompt": PROMPT.format("{noun}") + " (one query per noun)", "noun_score": "sigmoid of the query's logit",
+        "box_selection": BOX_SELECTION,
         "quality": "not measured in this project (no real weights were reachable)",
     }
     return OwlGrounder(model, processor, info, str(device), box_threshold)

@@ -29,8 +29,10 @@ class FeaturizeConfig:
     # Images per captioner generate(); the image batch caps it. BLIP on an H200: 21.7 ms an image at 16,
     # 5.7 ms at 64 (BENCHMARKS.md).
     caption_batch_size: int = 64
-    # Images per Grounding DINO forward; 0 = auto: 4 on CUDA, 1 on CPU. It pads a batch to its largest
-    # image, and batching gains little: on an H200 27 ms an image at batch 4, 34 ms at 16 (BENCHMARKS.md).
+    # Images per grounder forward (--ground-batch-size); 0 = auto: 4 on CUDA, 1 on CPU. Only images whose
+    # prepared inputs have one shape share a forward (no image padding), so it changes no box beyond float
+    # rounding (a group's prompts are padded to its longest: 3e-5 px on the samples, CPU). Recorded in each
+    # run's entry of the store manifest, not in the store's identity. Batching gains little: on an H200 27 ms an image at batch 4, 34 ms at 16 (BENCHMARKS.md).
     ground_batch_size: int = 0
     # Run the CLIP stage of batch i in a background thread while batch i+1 is captioned and grounded and
     # batch i-1 written (a bounded pipeline: at most two batches in flight). None = auto: on CUDA only (on the
@@ -42,9 +44,22 @@ class FeaturizeConfig:
     gpus_per_actor: float = 0.0  # GPUs per model actor (0 on CPU; 1 or a fraction on GPU clusters)
     cpus_per_actor: float = 0.5  # below 1 so that actors and the decode tasks fit a small machine
     noun_prompt: str = DEFAULT_NOUN_PROMPT  # a name in nouns.NOUN_PROMPTS: the text each noun is encoded as
+    # How BLIP's captions are decoded: a name in blip.CAPTION_DECODINGS ('authors': the BLIP authors' prompt and
+    # beam search; 'greedy': no prompt, up to 30 new tokens). Part of a store's identity (compat caption_decoding).
+    caption_decoding: str = "authors"
+    # How the caller re-encoded the fakes before this run (item reproduce --align-format, e.g. 'jpeg:96'); ''
+    # for files as given. Recorded in the store's identity (compat 'alignment'): aligned rows never mix with others.
+    alignment: str = ""
 
     def resolved_batch_size(self, device: str) -> int:
         return self.batch_size or (64 if str(device).startswith("cuda") else 16)
+
+    def resolved_ground_batch_size(self, device: str) -> int:
+        if self.ground_batch_size < 0:
+            from item.errors import InputError
+
+            raise InputError(f"--ground-batch-size must be 0 (auto) or more, got {self.ground_batch_size}")
+        return self.ground_batch_size or (4 if str(device).startswith("cuda") else 1)
 
     def resolved_overlap(self, device: str) -> bool:
         return str(device).startswith("cuda") if self.overlap is None else bool(self.overlap)

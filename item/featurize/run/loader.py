@@ -24,6 +24,9 @@ class Item:
     width: int = 0
     height: int = 0
     format: str = ""
+    file_size: int = -1  # file cues (see item.imagefile), -1 when not known
+    jpeg_quality: int = -1
+    exif: int = -1
     reason: str = ""  # skip reason; '' when decoded
     caption_pixels: object = None  # (3, h, w) captioner input, when the row has no caption
     ground_input: object = None  # grounder input (GroundImage), when a grounder runs
@@ -66,6 +69,7 @@ def decode_item(it: Item, preprocess, perturbation: Perturbation, max_pixels, ca
             out.reason = exc.reason
             return out
         img, fmt = dec.image, dec.format
+        out.file_size, out.jpeg_quality, out.exif = dec.file_size, dec.jpeg_quality, dec.exif
     img = perturbation.apply(img) if perturbation.steps else img
     out.image, out.width, out.height, out.format = img, img.width, img.height, fmt
     out.pixels = preprocess(img)

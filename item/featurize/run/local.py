@@ -44,6 +44,11 @@ class RunSummary:
     device: str = ""
     interrupted: bool = False
     mixed_identity: dict = field(default_factory=dict)  # allow_mixed: {key: {'store': v, 'run': v}}
+    ground_batch_size: int = 0  # images per grounder forward in effect (FeaturizeConfig.ground_batch_size)
+    # Rows written whose caption gave no noun (nothing to ground), and those whose caption does not read as
+    # English (nouns.reads_as_english: the extractor is English only); `item store info` sums them over runs.
+    n_captions_without_nouns: int = 0
+    n_captions_not_english: int = 0
 
     @property
     def text_cache_hit_rate(self) -> float:
@@ -96,6 +101,7 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
     from item.store.manifest import now
 
     summary = RunSummary(started=now(), n_inputs=len(rows), device=models.device,
+                         ground_batch_size=config.resolved_ground_batch_size(models.device),
                          mixed_identity=dict(mixed_identity or {}))
     t0 = time.perf_counter()
     ids = hash_inputs(rows, hash_progress)
@@ -127,6 +133,9 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
             last_flush = time.perf_counter()
         feat.seconds["write"] += time.perf_counter() - t
         summary.n_written += sum(r.status == "ok" for r in records)
+        without, not_english = caption_counts(records, config.max_objects)
+        summary.n_captions_without_nouns += without
+        summary.n_captions_not_english += not_english
         n_batches += 1
         if progress:
             progress(len(batch))
@@ -158,6 +167,16 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
         summary.images_per_second = round(processed / summary.seconds, 3) if summary.seconds else 0.0
         writer.record_run(summary.to_json())
     return summary
+
+
+def caption_counts(records, max_objects: int) -> tuple[int, int]:
+    """(rows with status ok whose caption gave no noun, those whose caption is not English) among ``records``.
+    With max_objects 0 no noun is looked for, and none is counted missing."""
+    from item.featurize.text.nouns import reads_as_english
+
+    ok = [r for r in records if r.status == "ok"]
+    without = sum(not r.nouns for r in ok) if max_objects > 0 else 0
+    return without, sum(not reads_as_english(r.caption_encoded or r.caption) for r in ok)
 
 
 def _image_id(image) -> str:

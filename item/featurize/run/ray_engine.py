@@ -152,8 +152,11 @@ def _make_sink(root: str, compat: dict, min_rows: int, writer_id: str):
             t = time.perf_counter()
             staged = write_uncommitted_shard(root, compat, records, self.writer_id_) if records else None
             seconds["write"] += time.perf_counter() - t
+            from item.featurize.run.local import caption_counts
+
             return {"entry": staged.entry if staged else None, "staged": staged, "seconds": dict(seconds), "hits": hits, "misses": misses,
-                    "examples": [(r.path, r.reason) for r in records if r.status != "ok"][:20]}
+                    "examples": [(r.path, r.reason) for r in records if r.status != "ok"][:20],
+                    "captions": caption_counts(records, int(compat.get("max_objects", 8)))}
 
         def on_write_complete(self, write_result):
             self.results = [r for r in write_result.write_returns if r]
@@ -229,6 +232,8 @@ def featurize_store_ray(rows, root, *, models, config, progress=None, overwrite=
             for r in sink.results:
                 if r["entry"]:
                     summary.n_written += r["entry"]["n_ok"]
+                    summary.n_captions_without_nouns += r["captions"][0]
+                    summary.n_captions_not_english += r["captions"][1]
                     reasons.update(r["entry"]["skipped_by_reason"])
                 seconds.update(r["seconds"])
                 summary.text_cache_hits += r["hits"]

@@ -95,12 +95,15 @@ class Featurizer:
             part = need[s:s + bs]
             pixels = [it.caption_pixels if it.caption_pixels is not None else captioner.prepare(it.image)
                       for it in part]
-            out.extend(self._timed("caption", captioner.caption_prepared, pixels))
+            if getattr(captioner, "decodings", None):  # BLIP; a stand-in part decodes its own way
+                out.extend(self._timed("caption", captioner.caption_prepared, pixels, self.config.caption_decoding))
+            else:
+                out.extend(self._timed("caption", captioner.caption_prepared, pixels))
         return out
 
     def front(self, batch: list[Item]) -> dict:
         """Captions, nouns and boxes of one batch (the captioner's and the grounder's forwards)."""
-        from item.featurize.models.grounding import not_groundable
+        from item.featurize.models.grounding import not_groundable, shape_groups
         from item.featurize.text.captions import clean_caption
 
         good = [it for it in batch if not it.reason]
@@ -122,19 +125,22 @@ class Featurizer:
                        if self.models.grounder is not None and nouns[i]}
         # grounding: one best box per noun, or None
         if self.models.grounder is not None and any(nouns):
-            # Like-shaped images share a forward, so little of it is padding.
-            with_nouns = sorted((i for i, n in enumerate(nouns) if n),
-                                key=lambda i: (good[i].image.width / good[i].image.height, i))
-            gbs = self.config.ground_batch_size or (4 if str(self.models.device).startswith("cuda") else 1)
-            boxes = [[None] * len(n) for n in nouns]
             grounder = self.models.grounder
-            for s in range(0, len(with_nouns), gbs):
-                part = with_nouns[s:s + gbs]
-                prepared = [good[i].ground_input if good[i].ground_input is not None else
-                            grounder.prepare(good[i].image) for i in part]
-                found = self._timed("ground", grounder.ground_prepared, prepared, [nouns[i] for i in part])
-                for i, b in zip(part, found):
-                    boxes[i] = list(b)
+            with_nouns = [i for i, n in enumerate(nouns) if n]
+            prepared = {i: good[i].ground_input if good[i].ground_input is not None else grounder.prepare(good[i].image)
+                        for i in with_nouns}
+            # Only equally shaped inputs share a forward (a forward pads its images to the largest, which moved
+            # boxes by up to 22 px): an image's boxes never depend on what else is in its batch.
+            gbs = self.config.resolved_ground_batch_size(self.models.device)
+            boxes = [[None] * len(n) for n in nouns]
+            order = [i for i in with_nouns if prepared[i] is not None]
+            for group in shape_groups(prepared, order):
+                for s in range(0, len(group), gbs):
+                    part = group[s:s + gbs]
+                    found = self._timed("ground", grounder.ground_prepared, [prepared[i] for i in part],
+                                        [nouns[i] for i in part])
+                    for i, b in zip(part, found):
+                        boxes[i] = list(b)
         else:
             boxes = [[None] * len(n) for n in nouns]
         return {"batch": batch, "good": good, "raw_captions": raw_captions, "captions": captions,
@@ -142,7 +148,7 @@ class Featurizer:
 
     def back(self, front: dict) -> list[ImageRecord]:
         """Crops, CLIP embeddings, misalignment and the records of a batch that went through `front`."""
-        from item.featurize.crops import square_crop
+        from item.featurize.crops import pad_colour, square_crop
         from item.misalignment import compute
 
         batch, good, captions, sources = front["batch"], front["good"], front["captions"], front["sources"]
@@ -152,10 +158,11 @@ class Featurizer:
         pixels = [it.pixels for it in good]
         crop_owner = []
         t = time.perf_counter()
+        pad = pad_colour(self.models.clip.info.get("preprocess", {}).get("mean"))
         for i, (it, bx) in enumerate(zip(good, boxes)):
             for j, b in enumerate(bx):
                 if b is not None:
-                    crop = square_crop(it.image, (b.x0, b.y0, b.x1, b.y1))
+                    crop = square_crop(it.image, (b.x0, b.y0, b.x1, b.y1), pad)
                     pixels.append(self.models.clip.preprocess(crop))
                     crop_owner.append((i, j))
         self.seconds["crop"] += time.perf_counter() - t
@@ -209,5 +216,6 @@ class Featurizer:
                 **base, caption=raw_captions[i], caption_encoded=captions[i], reason=ground_note.get(i, ""),
                 caption_source=sources[i], caption_truncated=bool(truncated[i]),
                 nouns=list(nouns[i]), width=it.width, height=it.height, format=it.format,
+                file_size=it.file_size, jpeg_quality=it.jpeg_quality, exif=it.exif,
                 image_emb=image_emb[i], caption_emb=caption_emb[i], misalignment=mis[i], objects=objects))
         return records

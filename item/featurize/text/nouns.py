@@ -7,7 +7,9 @@ No model, no download: a lexicon of concrete, visual English nouns ships in
 compounds such as "fire hydrant" or "wine glass"); a word is an object only
 if it (after plural folding) is in the lexicon. The rules, in order:
 
-1. Normalise: Unicode folded to ASCII, lower case, BLIP junk tokens
+1. Normalise: Unicode spaces and line separators (U+2028, U+2029, U+0085, ...) count as spaces and
+   zero-width characters (U+200B, U+200C, U+200D, U+2060, U+FEFF) as word breaks, so they never glue two
+   words into one; then Unicode folded to ASCII, lower case, BLIP junk tokens
    ("arafed", "araffe", ...) and prompt weights (":1.1") removed.
    Punctuation (, . ; : ! ? ( ) [ ] { } " /) ends a phrase: compounds never
    span it. Possessives are cut ("man's" -> man). Hyphenated words are looked
@@ -37,7 +39,7 @@ if it (after plural folding) is in the lexicon. The rules, in order:
    when "of" follows it ("a painting of a woman"), when it modifies a noun, or when its phrase names no
    other object (a prompt's ", painting"), and an object otherwise ("a painting on the wall").
 7. A compound's head is the object: in a run of adjacent nouns a singular one-word noun modifies the
-   next ("kitchen counter" -> counter, "banana sushi" -> sushi, "laptop computer" -> computer); plurals
+   next ("bathroom mirror" -> mirror, "banana sushi" -> sushi, "cotton candy" -> candy); plurals
    ("cups plates"), owners ("the dog's ball") and multi-word nouns ("fennec fox snow") stay apart, and a
    lexicon compound is matched first ("flat screen tv" -> one object).
 8. Duplicates removed, order of first mention kept, at most ``max_objects``.
@@ -53,7 +55,7 @@ from importlib import resources
 _MAX_COMPOUND = 4
 
 #: Bump when extract_nouns changes its output (part of a store's identity, compat key ``nouns_version``).
-NOUNS_VERSION = "rules-2"
+NOUNS_VERSION = "rules-3"  # 3: Unicode separators break words; COCO, LVIS and Objects365 names in the lexicon
 
 #: How a noun becomes the text CLIP encodes (noun_emb); the name is recorded (compat key ``noun_prompt``).
 #: DESIGN.md, "Identity of a store and noun prompts", says why the default is the photo template.
@@ -168,6 +170,9 @@ _POSSESSIVE = "'s"  # a token no rule takes for a noun: it keeps an owner apart 
 _JUNK = re.compile(r"^(?:ara+f+\w*|arafed|araffe|arafe|arav\w*)$")
 _PHRASE_BREAK = re.compile(r"[,.;:!?()\[\]{}\"/|\n\r\t]+")
 _WEIGHT = re.compile(r":\s*-?\d+(?:\.\d+)?")
+# Any Unicode whitespace but the phrase breaks \n \r \t (so U+2028, U+2029, U+0085, U+00A0, U+3000, ...),
+# and the zero-width characters, which break words without showing a space.
+_SEPARATOR = re.compile(r"[^\S\n\r\t]|[\u200b\u200c\u200d\u2060\ufeff]")
 _TOKEN = re.compile(r"[a-z]+(?:['-][a-z]+)*")
 
 
@@ -223,7 +228,8 @@ def _compound(words: list[str]) -> str | None:
 
 def _normalise(caption: str) -> list[list[str]]:
     """Caption -> phrases (lists of lower-case tokens), split at punctuation."""
-    text = unicodedata.normalize("NFKD", caption).encode("ascii", "ignore").decode("ascii").lower()
+    text = _SEPARATOR.sub(" ", caption)  # before the ASCII fold, which would drop them and glue words
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
     text = text.replace("\u2019", "'")
     text = _WEIGHT.sub(" ", text)
     phrases = []
@@ -335,6 +341,27 @@ def _disambiguate(tok, noun, prv, nxt, prev_noun, tokens, i):
     if tok.endswith("ing") and (prv in _AUX or nxt in _DETERMINERS):
         return None
     return noun
+
+
+def reads_as_english(caption: str) -> bool:
+    """Whether ``caption`` reads as English to this extractor, which is English only.
+
+    Not English: fewer than half of its letters are Latin once accents are folded ("一只狗在沙发上",
+    "собака на диване"), or it has three or more words and not one is an English stop word or a lexicon
+    noun ("un chien sur un canapé"). A caption without letters is not judged (True).
+    """
+    if not isinstance(caption, str):
+        return True
+    letters = [c for c in caption if c.isalpha()]
+    if not letters:
+        return True
+    latin = sum(unicodedata.normalize("NFKD", c).encode("ascii", "ignore").isalpha() for c in letters)
+    if latin * 2 < len(letters):
+        return False
+    words = [w for phrase in _normalise(caption) for w in phrase if w != _POSSESSIVE]
+    if len(words) < 3:
+        return True
+    return any(w in STOP_WORDS or singular(w) is not None for w in words)
 
 
 def extract_nouns(caption: str, max_objects: int = 8) -> list[str]:

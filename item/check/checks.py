@@ -1,0 +1,259 @@
+"""``item check``: do the chosen models behave like working pretrained ones? Measured on the shipped samples.
+
+The samples (``item/samples``: real photos and generated images, see ATTRIBUTION.md) come with expectations
+written by hand beside them (``samples/expected.json``): each image's main objects with their boxes in pixels,
+the words that name its main object, and a one-line description. The checks, each a measured value against a
+bound (all bounds are this project's choice, documented here and in the README):
+
+- ``captions``: the captioner's caption names the image's main object (one of its ``caption_names``, a plural
+  matched by its singular) on at least 80% of the samples;
+- ``grounding``: the grounder, prompted with the annotated nouns, puts the noun's box on one of the annotated
+  boxes with IoU >= 0.5 for at least 70% of the annotated objects;
+- ``clip_retrieval``: in CLIP, each sample's own description ranks first among all samples' descriptions
+  for its image (text retrieval, top 1) on at least 90% of the samples;
+- ``batch_invariance``: the grounder's boxes for all samples grounded in one call (batches of mixed sizes)
+  lie within 1 pixel of the boxes found one image at a time, and the same nouns are grounded;
+- ``fp16_agreement`` / ``fp16_cosine`` (CUDA only): the same featurize run in fp32 and under fp16 autocast
+  gives the same captions and grounding decisions on at least 95% of the samples, and image and caption
+  embeddings with cosine >= 0.999. On the CPU both are reported as skipped, with the reason.
+
+Byte-identical samples (``duplicate_of``) count once. With random weights every check is expected to fail:
+the report says so first (``random_weights``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from item.errors import InputError
+
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
+EXPECTED_FILE = SAMPLES_DIR / "expected.json"
+EXPECTATIONS_FORMAT = "item-sample-expectations"
+
+CAPTION_BOUND = 0.80
+GROUNDING_BOUND = 0.70
+GROUNDING_IOU = 0.5
+RETRIEVAL_BOUND = 0.90
+BATCH_BOUND_PX = 1.0
+FP16_AGREEMENT_BOUND = 0.95
+FP16_COSINE_BOUND = 0.999
+
+
+@dataclass
+class Check:
+    """One check: ``passed`` when ``value`` ``op`` ``bound`` holds (op '>=' or '<='); skipped checks have no
+    value and count as neither passed nor failed (``skipped`` says why)."""
+
+    name: str
+    passed: bool | None
+    value: float | None
+    bound: float
+    op: str = ">="
+    what: str = ""
+    skipped: str = ""
+
+
+@dataclass
+class CheckReport:
+    """What ``run_checks`` measured. ``passed``: every check that ran passed."""
+
+    random_weights: bool
+    device: str
+    identity: dict
+    models: dict
+    checks: list[Check] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)  # per sample: caption, named, boxes found
+
+    @property
+    def passed(self) -> bool:
+        ran = [c for c in self.checks if not c.skipped]
+        return bool(ran) and all(c.passed for c in ran)
+
+    def to_json(self) -> dict:
+        return {"random_weights": self.random_weights, "passed": self.passed, "device": self.device,
+                "identity": self.identity, "models": self.models,
+                "checks": [asdict(c) for c in self.checks], "samples": self.samples}
+
+
+def load_expectations(path: str | Path | None = None) -> dict:
+    """The expectations file (``samples/expected.json`` by default) as a dict; InputError when it is not one."""
+    path = Path(path) if path is not None else EXPECTED_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the sample expectations ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != EXPECTATIONS_FORMAT or not data.get("samples"):
+        raise InputError(f"{path}: not an ITEM sample expectations file (format {EXPECTATIONS_FORMAT!r})")
+    for key, e in data["samples"].items():
+        ok = (isinstance(e, dict) and isinstance(e.get("description"), str) and isinstance(e.get("caption_names"), list)
+              and isinstance(e.get("objects"), list)
+              and all(isinstance(o, dict) and isinstance(o.get("noun"), str) and o.get("boxes")
+                      and all(isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)
+                              for b in o["boxes"]) for o in e["objects"]))
+        if not ok:
+            raise InputError(f"{path}: sample {key!r} needs a description, caption_names and objects "
+                             "(each a noun and boxes of four numbers)")
+    return data
+
+
+def _words(text: str) -> list[str]:
+    """Lower-case words of ``text``, each also in its singular form when it ends in s."""
+    out = []
+    for w in re.findall(r"[a-z]+", str(text).lower()):
+        out.append(w)
+        if len(w) > 3 and w.endswith("s"):
+            out.append(w[:-1])
+    return out
+
+
+def names_main_object(caption: str, names: list[str]) -> bool:
+    """True when ``caption`` holds one of ``names`` as a word (a plural counts as its singular)."""
+    want = {n.lower() for n in names} | {n.lower()[:-1] for n in names if len(n) > 3 and n.lower().endswith("s")}
+    return any(w in want for w in _words(caption))
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _fraction(flags: list[bool]) -> float:
+    return float(sum(flags)) / len(flags) if flags else 0.0
+
+
+def _check(name: str, value: float, bound: float, op: str, what: str) -> Check:
+    passed = value >= bound if op == ">=" else value <= bound
+    return Check(name, bool(passed), round(float(value), 6), bound, op, what)
+
+
+def _box_tuple(b):
+    return None if b is None else (float(b.x0), float(b.y0), float(b.x1), float(b.y1))
+
+
+def run_checks(models, *, expectations: dict | None = None, samples_dir: str | Path | None = None,
+               progress=None) -> CheckReport:
+    """Run every check on the samples with loaded ``models`` (``item.featurize.Models``, or anything with the
+    same parts: a stand-in passes through the same interfaces). ``progress(message)`` is called before each
+    stage. Returns the CheckReport; raises InputError when the expectations or the samples cannot be read."""
+    from PIL import Image
+
+    from item.featurize import FeaturizeConfig, compat_for, featurize_images
+    from item.store import schema
+
+    say = progress or (lambda message: None)
+    expectations = expectations or load_expectations()
+    root = Path(samples_dir) if samples_dir is not None else SAMPLES_DIR
+    keys = [k for k, e in expectations["samples"].items() if not e.get("duplicate_of")]
+    images = []
+    for k in keys:
+        try:
+            with Image.open(root / k) as im:
+                images.append(im.convert("RGB"))
+        except OSError as exc:
+            raise InputError(f"{root / k}: cannot read the sample ({exc})") from None
+    entries = [expectations["samples"][k] for k in keys]
+    config = FeaturizeConfig(workers=0)
+    compat = compat_for(models, config)
+    report = CheckReport(
+        random_weights=bool(compat["random_weights"]), device=str(models.device),
+        identity={k: compat[k] for k in ("clip_model", "clip_pretrained", "captioner", "grounder")
+                  + tuple(schema.IDENTITY_KEYS)},
+        models={"spec": models.spec.to_json() if hasattr(models.spec, "to_json") else str(models.spec)})
+    per_sample = [{"sample": k} for k in keys]
+
+    # captions (and the CLIP embeddings of the whole featurize path, reused by fp16 against fp32)
+    say(f"featurizing {len(images)} samples")
+    records = featurize_images(images, models=models, config=config) if models.captioner is not None else None
+    if records is not None:
+        named = []
+        for rec, e, row in zip(records, entries, per_sample):
+            ok = rec.status == schema.STATUS_OK and names_main_object(rec.caption, e["caption_names"])
+            row.update(caption=rec.caption, names_main_object=bool(ok))
+            named.append(ok)
+        report.checks.append(_check("captions", _fraction(named), CAPTION_BOUND, ">=",
+                                    "fraction of samples whose caption names the main object"))
+    else:
+        report.checks.append(Check("captions", None, None, CAPTION_BOUND, what="captions name the main object",
+                                   skipped="no captioner (--captioner none)"))
+
+    # grounding of the annotated nouns, all samples in one call and one at a time
+    grounder = models.grounder
+    if grounder is not None:
+        say("grounding the annotated objects")
+        nouns = [[o["noun"] for o in e["objects"]] for e in entries]
+        together = grounder.ground(images, nouns)
+        alone = [grounder.ground([im], [n])[0] for im, n in zip(images, nouns)]
+        hits, shift, same_decisions = [], 0.0, True
+        for e, boxes, single, row in zip(entries, together, alone, per_sample):
+            found = []
+            for o, b, s in zip(e["objects"], boxes, single):
+                best = max((iou(_box_tuple(b), want) for want in o["boxes"]), default=0.0) if b is not None else 0.0
+                hits.append(best >= GROUNDING_IOU)
+                found.append({"noun": o["noun"], "box": _box_tuple(b), "iou": round(best, 4)})
+                if (b is None) != (s is None):
+                    same_decisions = False
+                elif b is not None:
+                    shift = max(shift, max(abs(x - y) for x, y in zip(_box_tuple(b), _box_tuple(s))))
+            row["objects"] = found
+        report.checks.append(_check("grounding", _fraction(hits), GROUNDING_BOUND, ">=",
+                                    f"fraction of annotated objects boxed with IoU >= {GROUNDING_IOU}"))
+        value = shift if same_decisions else float("inf")
+        report.checks.append(_check("batch_invariance", value, BATCH_BOUND_PX, "<=",
+                                    "largest box shift (px) between grounding all samples in one call and "
+                                    "one at a time (inf: other nouns grounded)"))
+    else:
+        for name, bound in (("grounding", GROUNDING_BOUND), ("batch_invariance", BATCH_BOUND_PX)):
+            report.checks.append(Check(name, None, None, bound, "<=" if name == "batch_invariance" else ">=",
+                                       skipped="no grounder (--grounder none)"))
+
+    # CLIP: own description first among all descriptions
+    say("encoding images and descriptions with CLIP")
+    import numpy as np
+    import torch
+
+    clip = models.clip
+    pixels = torch.stack([clip.preprocess(im) for im in images])
+    image_emb = clip.encode_images(pixels)
+    text_emb, _ = clip.encode_texts([e["description"] for e in entries])
+    sims = image_emb @ text_emb.T
+    top = sims.argmax(axis=1)
+    report.checks.append(_check("clip_retrieval", _fraction(list(top == np.arange(len(keys)))), RETRIEVAL_BOUND,
+                                ">=", "fraction of samples whose own description ranks first among all "
+                                "samples' descriptions"))
+
+    # fp16 autocast against fp32, CUDA only
+    if str(models.device).startswith("cuda") and records is not None:
+        from item.featurize import full_precision
+
+        say("featurizing again in fp32")
+        with full_precision():
+            exact = featurize_images(images, models=models, config=config)
+        agree, cosines = [], []
+        for a, b in zip(records, exact):
+            ga = [o.box is not None for o in a.objects]
+            gb = [o.box is not None for o in b.objects]
+            agree.append(a.caption == b.caption and a.nouns == b.nouns and ga == gb)
+            if a.image_emb is not None and b.image_emb is not None:
+                cosines += [float(np.dot(a.image_emb, b.image_emb)), float(np.dot(a.caption_emb, b.caption_emb))]
+        report.checks.append(_check("fp16_agreement", _fraction(agree), FP16_AGREEMENT_BOUND, ">=",
+                                    "fraction of samples with the same caption and grounding decisions in "
+                                    "fp16 autocast and fp32"))
+        report.checks.append(_check("fp16_cosine", min(cosines) if cosines else 0.0, FP16_COSINE_BOUND, ">=",
+                                    "lowest cosine between fp16-autocast and fp32 image and caption embeddings"))
+    else:
+        why = ("runs on CUDA only (the CPU computes in fp32)" if not str(models.device).startswith("cuda")
+               else "needs a captioner")
+        report.checks.append(Check("fp16_agreement", None, None, FP16_AGREEMENT_BOUND, skipped=why,
+                                   what="same captions and grounding decisions in fp16 autocast and fp32"))
+        report.checks.append(Check("fp16_cosine", None, None, FP16_COSINE_BOUND, skipped=why,
+                                   what="cosine between fp16-autocast and fp32 embeddings"))
+    report.samples = per_sample
+    return report

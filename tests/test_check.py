@@ -1,0 +1,221 @@
+"""``item check``: the chosen models on the shipped samples against the hand-written expectations.
+
+Stand-in models that answer what the expectations say pass every check that runs on a CPU (through the same
+interfaces as the real models, and the same featurize path); random weights fail them; the command runs
+offline on tiny-random and from a hub-layout cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from item.check import load_expectations, run_checks
+from item.check.checks import SAMPLES_DIR, iou, names_main_object
+from item.cli import app
+
+QUALITY_CHECKS = ("captions", "grounding", "clip_retrieval")
+
+
+def test_caption_names_match_whole_words_and_plurals():
+    assert names_main_object("two dogs on a couch", ["dog"])
+    assert names_main_object("a man riding a horse", ["horses"])
+    assert not names_main_object("a hotdog stand", ["dog"])
+    assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
+
+
+def test_shipped_expectations_cover_every_sample_with_boxes_inside_the_image():
+    exp = load_expectations()
+    on_disk = {f"{d.name}/{p.name}" for d in (SAMPLES_DIR / "real", SAMPLES_DIR / "fake") for p in d.iterdir()}
+    assert set(exp["samples"]) == on_disk
+    descriptions = [e["description"] for e in exp["samples"].values() if not e.get("duplicate_of")]
+    assert len(set(descriptions)) == len(descriptions)  # retrieval needs one description per image
+    for key, e in exp["samples"].items():
+        with Image.open(SAMPLES_DIR / key) as im:
+            w, h = im.size
+        for o in e["objects"]:
+            for x0, y0, x1, y1 in o["boxes"]:
+                assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h, (key, o)
+
+
+# ------------------------------------------------------------------ stand-in models
+
+
+def _key(image) -> str:
+    return hashlib.sha256(image.convert("RGB").tobytes() + repr(image.size).encode()).hexdigest()
+
+
+class _StandInClip:
+    """Image i and description i map to the same unit vector; anything else to the last axis."""
+
+    def __init__(self, keys, descriptions):
+        self.index = {k: i for i, k in enumerate(keys)}
+        self.texts = {d: i for i, d in enumerate(descriptions)}
+        self.embed_dim = len(keys) + 1
+        self.info = {"model": "stand-in", "pretrained": "stand-in", "embed_dim": self.embed_dim,
+                     "preprocess_hash": "stand-in", "activation": "gelu", "random_weights": False}
+        self.device = "cpu"
+
+    def preprocess(self, image):
+        import torch
+
+        return torch.full((3, 1, 1), float(self.index.get(_key(image), self.embed_dim - 1)))
+
+    def _onehot(self, idx):
+        out = np.zeros((len(idx), self.embed_dim), np.float32)
+        out[np.arange(len(idx)), idx] = 1.0
+        return out
+
+    def encode_images(self, pixels):
+        return self._onehot([int(v) for v in pixels[:, 0, 0, 0].tolist()])
+
+    def encode_texts(self, texts):
+        return self._onehot([self.texts.get(t, self.embed_dim - 1) for t in texts]), np.zeros(len(texts), bool)
+
+
+class _StandInCaptioner:
+    def __init__(self, keys, entries):
+        self.captions = {k: f"a photo of a {e['caption_names'][0]}" for k, e in zip(keys, entries)}
+        self.info = {"id": "stand-in", "random_weights": False}
+        self.device = "cpu"
+
+    def prepare(self, image):
+        return _key(image)
+
+    def caption_prepared(self, pixels):
+        return [self.captions.get(k, "a photo") for k in pixels]
+
+
+def _stand_in_grounder(keys, entries):
+    from item.featurize.models.grounding import Box, PreparedGrounder
+
+    class StandInGrounder(PreparedGrounder):
+        family = "stand-in"
+        box_threshold, text_threshold = 0.35, 0.25
+        info = {"id": "stand-in", "random_weights": False, "input_size": {"shortest_edge": 800}}
+
+        def __init__(self):
+            self.boxes = {k: {o["noun"]: o["boxes"][0] for o in e["objects"]} for k, e in zip(keys, entries)}
+            self.prepare = _key
+
+        def ground_batch(self, prepared, nouns):
+            out = []
+            for k, ns in zip(prepared, nouns):
+                got = [self.boxes.get(k, {}).get(n) for n in ns]
+                out.append([None if b is None else Box(*map(float, b), 0.9, 0.9) for b in got])
+            return out
+
+    return StandInGrounder()
+
+
+def _stand_in_models(exp):
+    from item.featurize import ModelSpec
+    from item.featurize.models.loading import Models
+
+    keys, entries = [], []
+    for k, e in exp["samples"].items():
+        if e.get("duplicate_of"):
+            continue
+        with Image.open(SAMPLES_DIR / k) as im:
+            keys.append(_key(im.convert("RGB")))
+        entries.append(e)
+    spec = ModelSpec(clip_model="stand-in", clip_pretrained="stand-in", captioner="stand-in", grounder="stand-in",
+                     random_weights=False)
+    return Models(spec, _StandInClip(keys, [e["description"] for e in entries]),
+                  _StandInCaptioner(keys, entries), _stand_in_grounder(keys, entries), "cpu")
+
+
+def test_stand_in_models_that_answer_the_expectations_pass_every_check():
+    exp = load_expectations()
+    report = run_checks(_stand_in_models(exp), expectations=exp)
+    ran = [c for c in report.checks if not c.skipped]
+    assert {c.name for c in ran} == {"captions", "grounding", "batch_invariance", "clip_retrieval"}
+    assert all(c.passed for c in ran), [(c.name, c.value) for c in ran]
+    assert report.passed and not report.random_weights
+    skipped = {c.name: c.skipped for c in report.checks if c.skipped}
+    assert set(skipped) == {"fp16_agreement", "fp16_cosine"} and "CUDA" in skipped["fp16_cosine"]
+
+
+def test_a_stand_in_that_misses_fails_the_check_it_misses():
+    exp = load_expectations()
+    models = _stand_in_models(exp)
+    models.captioner.captions = {k: "a photo of something" for k in models.captioner.captions}
+    report = run_checks(models, expectations=exp)
+    by_name = {c.name: c for c in report.checks}
+    assert by_name["captions"].passed is False and by_name["captions"].value == 0.0
+    assert by_name["grounding"].passed and not report.passed
+
+
+# ------------------------------------------------------------------ the command
+
+
+@pytest.mark.slow
+def test_random_weights_fail_with_json_report():
+    r = CliRunner().invoke(app, ["check", "--models", "tiny-random", "--device", "cpu", "--json"])
+    assert r.exit_code == 1, r.output
+    report = json.loads(r.stdout)
+    assert report["random_weights"] is True and report["passed"] is False
+    measured = [c for c in report["checks"] if c["value"] is not None]
+    assert len(measured) >= 4
+    assert all(isinstance(c["bound"], float) and isinstance(c["passed"], bool) for c in measured)
+    by_name = {c["name"]: c for c in report["checks"]}
+    assert not any(by_name[n]["passed"] for n in QUALITY_CHECKS)
+    assert set(report["identity"]) >= {"grounder", "box_threshold", "precision"}
+
+
+def _small_expectations(tmp_path: Path, n: int = 4) -> Path:
+    exp = load_expectations()
+    keys = [k for k, e in exp["samples"].items() if not e.get("duplicate_of")][:n]
+    for k in keys:
+        (tmp_path / k).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / k).write_bytes((SAMPLES_DIR / k).read_bytes())
+    path = tmp_path / "expected.json"
+    path.write_text(json.dumps(dict(exp, samples={k: exp["samples"][k] for k in keys})))
+    return path
+
+
+@pytest.mark.slow
+def test_runs_from_a_hub_layout_cache_with_one_line_per_check(tmp_path):
+    """Captioner and grounder under the default preset's hub ids (tiny random weights saved in the hub's
+    layout, read offline), CLIP the tiny random one; text output: RANDOM WEIGHTS first, identity keys, one line
+    per check with its value and bound."""
+    from item.featurize import PRESETS
+    from item.featurize.models import tiny
+    from tests.fidelity_hub import save_transformers
+
+    hf_home = tmp_path / "hf"
+    save_transformers(hf_home, PRESETS["default"].captioner, *tiny.build_blip("tiny-random"))
+    save_transformers(hf_home, PRESETS["default"].grounder, *tiny.build_grounding_dino("tiny-random"))
+    expected = _small_expectations(tmp_path / "samples")
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1")
+    env.pop("HF_HUB_CACHE", None)
+    res = subprocess.run([sys.executable, "-m", "item", "check", "--models", "default", "--clip", tiny.TINY_CLIP_MODEL,
+                          "--pretrained", "", "--device", "cpu", "--expectations", str(expected)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 1, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("RANDOM WEIGHTS") and "expected to fail" in lines[0]
+    assert any(ln.startswith("identity grounder=IDEA-Research/grounding-dino-tiny") for ln in lines)
+    checks = [ln for ln in lines if ln.split(" ")[0] in ("PASS", "FAIL", "SKIP")]
+    assert len(checks) == 6
+    for name in QUALITY_CHECKS:
+        line = next(ln for ln in checks if f" {name}:" in ln)
+        assert line.startswith("FAIL") and "bound >=" in line
+    assert any(ln.startswith("SKIP") and "fp16_cosine" in ln and "CUDA" in ln for ln in checks)
+
+
+def test_bad_expectations_file_is_one_line_before_any_model_loads(tmp_path):
+    bad = tmp_path / "e.json"
+    bad.write_text(json.dumps({"format": "item-sample-expectations", "samples": {"a.png": {"objects": []}}}))
+    r = CliRunner().invoke(app, ["check", "--models", "tiny-random", "--expectations", str(bad)])
+    assert r.exit_code == 1
+    assert "a.png" in r.output and "loading models" not in r.output
