@@ -71,7 +71,7 @@ def test_streamed_training_equals_in_memory_training(store, tmp_path):
 
 
 def test_logistic_over_the_budget_is_one_line(store, tmp_path):
-    r = CliRunner().invoke(app, ["train", str(store), "--out", str(tmp_path / "h"), "--head", "logistic",
+    r = CliRunner().invoke(app, ["train", str(store), "--out", str(tmp_path / "h"), "--kind", "logistic",
                                  "--max-memory", "40KB"])
     assert r.exit_code == 1 and "--head mlp" in r.stderr and "Traceback" not in r.stderr + r.stdout
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from item.console import emit_json, guarded, info, progress_bar, table, warn
+from item.console import RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, info, progress_bar, table, warn
 
 
 def featurize_cmd(
@@ -85,6 +85,10 @@ def featurize_cmd(
 
     check_caption_decoding(caption_decoding)  # refused before any input is read or model loaded
     perturbation = parse_perturb(perturb or None)
+    spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder,
+                          ground_size=ground_size)
+    if spec.random_weights and not as_json:  # the first line, before discovery and hours of work
+        emit(RANDOM_WEIGHTS_LINE)
     disc = discover(list(sources), label=label, generator=generator, split=split)
     for src, layout in disc.layouts.items():
         info(f"{src}: {layout}")
@@ -104,8 +108,6 @@ def featurize_cmd(
     if given and missing and given != missing and len(given | missing) > 1:
         warn("captions are given for some labels only: real and fake rows will be captioned by different "
              "sources, which a head can learn instead of misalignment")
-    spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder,
-                          ground_size=ground_size)
     no_caption = [r for r in disc.rows if not r.caption]
     if spec.captioner == "none" and no_caption:
         from item.errors import InputError
@@ -154,7 +156,7 @@ def featurize_cmd(
             info(f"augmentation {aug}: {n} training copies written")
     _after_run_warnings(store, disc.rows, sources)
     if as_json:
-        emit_json(summary.to_json())
+        emit_json({**summary.to_json(), "random_weights": bool(spec.random_weights)})
         return
     info(f"done in {summary.seconds:.1f} s on {summary.device}: {summary.n_written} images written, "
          f"{summary.n_skipped} skipped, {summary.n_already_done} already in the store, "
