@@ -191,6 +191,19 @@ def shape_groups(prepared: list, indices: list[int]) -> list[list[int]]:
     return list(groups.values())
 
 
+class ImageTextProcessor:
+    """An image processor and a tokenizer that save as one processor folder: what the random grounder
+    builders return where transformers' own processor class refuses the tiny tokenizer (OWLv2's and
+    OmDet-Turbo's insist on CLIP's tokenizer class). A grounder uses only these two parts."""
+
+    def __init__(self, image_processor, tokenizer):
+        self.image_processor, self.tokenizer = image_processor, tokenizer
+
+    def save_pretrained(self, folder) -> None:
+        self.image_processor.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+
 class PreparedGrounder:
     """What every grounder shares: ``ground`` is ``prepare`` (in the decode workers in a run) then
     ``ground_prepared``, which runs ``ground_batch`` (the forward and box selection, implemented by each

@@ -29,8 +29,8 @@ nouns and the same input shape (an image's boxes then do not depend on its batch
 from __future__ import annotations
 
 from item.errors import InputError
-from item.featurize.models.grounding import (MIN_BOX_AREA, Box, GroundImage, PreparedGrounder, _pixel_boxes,
-                                             not_groundable)
+from item.featurize.models.grounding import (MIN_BOX_AREA, Box, GroundImage, ImageTextProcessor, PreparedGrounder,
+                                             _pixel_boxes, not_groundable)
 from item.featurize.models.hub import autocast_for, to_device
 
 #: Random builder names of the OmDet-Turbo family (seeded random weights, built offline).
@@ -220,18 +220,7 @@ def build_omdet(name: str):
     side = int(config.image_size if isinstance(config.image_size, int) else config.image_size[0])
     image_processor = DetrImageProcessor(size={"height": side, "width": side}, do_pad=False)
     tokenizer = build_tokenizer(None if name == "omdet-tiny-random" else config.text_config.vocab_size)
-    return model, _Processor(image_processor, tokenizer)
-
-
-class _Processor:
-    """The two parts OmDetGrounder uses (OmDetTurboProcessor insists on CLIP's tokenizer class)."""
-
-    def __init__(self, image_processor, tokenizer):
-        self.image_processor, self.tokenizer = image_processor, tokenizer
-
-    def save_pretrained(self, folder) -> None:
-        self.image_processor.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
+    return model, ImageTextProcessor(image_processor, tokenizer)
 
 
 def load_omdet(name_or_path: str, device: str = "cpu", box_threshold: float = DEFAULT_BOX_THRESHOLD,
