@@ -43,7 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _common import write_result  # noqa: E402
 
-SIZES = {"tiny": "tiny-random", "small": "small-random", "default": "default-random"}
+SIZES = {"tiny": "tiny-random", "small": "small-random", "default": "default-random", "fast": "fast-random"}
 BANNER = ("RANDOM WEIGHTS: real full-size architectures with seeded random weights (speed does not depend on "
           "the weights; outputs are meaningless)")
 
@@ -279,6 +279,16 @@ def forward_bound(rows, models, counts: dict, config, batches: dict, time_captio
         from item.featurize.models.grounding import collate_pixels
 
         idx = cycle(with_nouns, b)
+        if hasattr(g, "model_inputs"):  # OmDet-Turbo: its own inputs; noun embeddings cached beforehand
+            inputs = g.model_inputs([prepared[i] for i in idx], [nouns[i] for i in idx])
+            with torch.inference_mode(), autocast_for(dev):
+                g.model(**inputs)  # fills the noun cache, as a run does after its first images
+            sync(dev)
+            t = time.perf_counter()
+            with torch.inference_mode(), autocast_for(dev):
+                g.model(**inputs)
+            sync(dev)
+            return time.perf_counter() - t
         if getattr(g, "family", "") == "owlv2":
             return _owl_forward(g, [prepared[i] for i in idx], [nouns[i] for i in idx], dev)
         prompts = [build_prompt(nouns[i])[0] for i in idx]
@@ -440,9 +450,11 @@ def bench_size(size: str, args, log, save=None) -> dict:
                              max_objects=8)
     images = [decode_image(r.path).image for r in rows] if use_given else []
 
-    # warm-up: one image through both (first forwards allocate / autotune)
-    naive_featurize(rows[:1], models, config.max_objects, use_given, Counter())
-    pipeline_featurize(rows[:2] if models.device.startswith("cuda") else rows[:1], models, config)
+    # warm-up: one image through both (first forwards allocate / autotune). Not on the CPU, where it
+    # costs as much as the measurement itself and first calls carry no autotuning.
+    if models.device.startswith("cuda"):
+        naive_featurize(rows[:1], models, config.max_objects, use_given, Counter())
+        pipeline_featurize(rows[:2], models, config)
 
     base_s, pipe_s, base_cap, pipe_cap = [], [], [], []
     base_stages, pipe_stages, pipe_summary = Counter(), Counter(), {}
@@ -484,11 +496,13 @@ def bench_size(size: str, args, log, save=None) -> dict:
               "n_with_nouns": sum(bool(r["nouns"]) for r in naive)}
 
     gpu = models.device.startswith("cuda")
-    batches = ({"clip_image": [1, 64, 256], "clip_text": [1, 64, 256], "ground": [1, 4, 8, 16],
+    batches = ({"clip_image": [1, 64, 256], "clip_text": [1, 64, 256], "ground": [1, 4, 8, 16, 32],
                 "caption": [1, 16, 64, 128]}
                if gpu else {"clip_image": [1, 16, 64], "clip_text": [1, 16, 64], "ground": [1, 2], "caption": [1, 8]})
     if args.quick_bound:
         batches = {k: v[:2] for k, v in batches.items()}
+    g = models.grounder
+    text_cache = {"hits": g.text_hits, "misses": g.text_misses} if hasattr(g, "text_hits") else None
     t = time.perf_counter()
     bound = forward_bound(rows, models, counts, config, batches, time_caption=use_given and not args.no_caption_timing)
     log(f"[{size}] forward bound measured in {time.perf_counter() - t:.1f} s: {bound['stage_seconds']}")
@@ -498,7 +512,8 @@ def bench_size(size: str, args, log, save=None) -> dict:
         "size": size, "preset": SIZES[size], "device": models.device, "n_images": n, "reps": args.reps,
         "captions": args.captions, "batch_size": config.resolved_batch_size(models.device),
         "clip_batch_size": config.clip_batch_size, "caption_batch_size": config.caption_batch_size,
-        "ground_batch_size": config.ground_batch_size or (4 if gpu else 1),
+        "ground_batch_size": config.ground_batch_size or models.grounder.auto_batch_size(models.device),
+        "grounder": models.grounder.info.get("id"), "grounder_family": models.grounder.family,
         "overlap": config.resolved_overlap(models.device), "baseline_reps": base_reps,
         "gpu_busy_nvml_mean": [b for b in busy_samples], "extras": {},
         "workers": args.workers, "counts": counts, "model_load_seconds": round(load_s, 1),
@@ -511,6 +526,7 @@ def bench_size(size: str, args, log, save=None) -> dict:
         "text_cache_hits": pipe_summary.get("text_cache_hits"),
         "text_cache_misses": pipe_summary.get("text_cache_misses"),
         "forward_bound": bound,
+        "grounder_text_cache": text_cache,  # the grounder's own noun cache (OmDet-Turbo), warm-up included
         "efficiency": round(bound["featurize_seconds"] / pmed, 3),
     }
     if base_cap:
@@ -537,8 +553,17 @@ def bench_size(size: str, args, log, save=None) -> dict:
         if save:
             save(res)
     if args.profile and gpu_dev:
+        # One more run with --profile-stages (the GPU synchronised after every stage, so each stage timer
+        # holds its own GPU time) under torch.profiler (kernel busy time). The timed runs above synchronise
+        # nothing, so their stage times are host times.
+        cfg = dataclasses.replace(config, profile_stages=True)
+        synced = {}
         try:
-            extras["profile"] = profiled_gpu_seconds(lambda: pipeline_featurize(rows, models, config))
+            def run():
+                synced.update(pipeline_featurize(rows, models, cfg))
+
+            extras["profile"] = profiled_gpu_seconds(run)
+            extras["profile"]["stage_seconds_synchronised"] = synced.get("stage_seconds")
             log(f"[{size}] profiled: {extras['profile']}")
         except Exception as exc:  # the profiler is optional; never lose the run over it
             extras["profile"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
@@ -643,7 +668,37 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summarize(paths) -> str:
+    """One markdown row per preset from featurize JSON files (what gpu_all.sh leaves in its folder)."""
+    import json
+
+    hdr = ("preset", "device", "images", "baseline e2e img/s", "pipeline e2e img/s", "e2e speedup",
+           "bound e2e img/s", "e2e efficiency", "featurize efficiency", "GPU busy (profiler; NVML)",
+           "stage s (synchronised run, else timed run)")
+    lines = [BANNER, "", "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    for path in paths:
+        doc = json.loads(Path(path).read_text())
+        for r in doc["results"]:
+            b = r["forward_bound"]
+            bound_s = b["featurize_seconds"] + b.get("caption_seconds", 0.0)
+            prof = r.get("extras", {}).get("profile", {})
+            stages = prof.get("stage_seconds_synchronised") or r["pipeline_stage_seconds_per_rep"]
+            nv = [x for x in r.get("gpu_busy_nvml_mean", []) if x is not None]
+            lines.append("| " + " | ".join(str(x) for x in (
+                f"{r['size']} ({r['preset']})", r["device"], r["n_images"], r.get("e2e_baseline_images_per_s", "-"),
+                r.get("e2e_pipeline_images_per_s", "-"), r.get("e2e_speedup", "-"),
+                round(r["n_images"] / bound_s, 3) if bound_s else "-", r.get("e2e_efficiency", "-"), r["efficiency"],
+                f"{r.get('gpu_busy_fraction', '-')}; {max(nv) if nv else '-'}",
+                ", ".join(f"{k} {v:.2f}" for k, v in sorted(stages.items())))) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--summarize":
+        print(summarize(argv[1:]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="small", help="comma list of: " + ", ".join(SIZES))
     ap.add_argument("--device", default="cpu")

@@ -117,7 +117,7 @@ def main() -> None:
              f"the index: n x {args.dim} float32 = {args.n * args.dim * 4 / 2**20:.0f} MiB"),
             ("neighbors (index)", ["neighbors", str(store), "0"], "the index"),
             ("train (global, logistic)", ["train", str(store), "--out", str(work / "head"), "--recipe", "global",
-                                          "--head", "logistic"],
+                                          "--kind", "logistic"],
              f"features of the train rows: ~0.6 n x {args.dim + 1} float32 = "
              f"{0.6 * args.n * (args.dim + 1) * 4 / 2**20:.0f} MiB (in memory; streaming is issue 11's)")):
         r = peak(item + cmd)

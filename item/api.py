@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from item.errors import InputError
+from item.outputs import warn_random_weights
 
 __all__ = ["Store", "Head", "open_store", "train_head", "load_head", "evaluate", "predict"]
 
@@ -174,6 +175,7 @@ def train_head(store, *, recipe: str = "hierarchical", kind: str = "mlp", train_
 
     cfg = _train_config(recipe, kind, train_split, val_split, val_fraction, train_generators, seed, hyper, max_memory)
     estimator, info = fit_head(_path(store), cfg)
+    warn_random_weights(bool(info.get("random_weights")))
     # The same metadata a saved and reloaded head has (kind, config, feature size).
     import dataclasses
 
@@ -214,6 +216,7 @@ def evaluate(store, head, split: str | None = "test"):
     df = pd.DataFrame(res["table"])
     df.attrs.update({"threshold": res["threshold"], "random_weights": bool(res["info"].get("random_weights")),
                      "warnings": list(res["warnings"]), "split": split})
+    warn_random_weights(df.attrs["random_weights"])
     return df
 
 
@@ -240,4 +243,5 @@ def predict(paths_or_images, head, *, captions=None, device: str = "auto", batch
                                captions=captions)
     df = pd.DataFrame(result["rows"])
     df.attrs.update({"random_weights": result["random_weights"], "warnings": result["warnings"]})
+    warn_random_weights(result["random_weights"])
     return df

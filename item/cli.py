@@ -21,6 +21,7 @@ class _Group(TyperGroup):
     usage block."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _plain_metavars(self)
         if not standalone_mode:
             return super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                                 standalone_mode=False, **extra)
@@ -40,6 +41,40 @@ class _Group(TyperGroup):
             typer.echo("aborted", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+#: Metavariables by click type name, for parameters that do not set their own (typer would print
+#: ``<list[Path]>`` or ``{store}``).
+_METAVARS = {"Path": "PATH", "int": "N", "float": "X", "str": "TEXT", "bool": "BOOL"}
+
+
+#: Folders by the parameter's name.
+_DIR_NAMES = {"store", "head", "heads", "work", "root"}
+
+
+def _plain_metavars(group) -> None:
+    """Give every parameter of every command a real metavariable: an argument its name in capitals on
+    the usage line (``item train [OPTIONS] DIR``, ``INPUTS...``), an option its type (``PATH``, ``N``,
+    ``X``, ``TEXT``; ``DIR`` for stores and heads) unless it names its own."""
+    stack = [group]
+    while stack:
+        cmd = stack.pop()
+        stack.extend(getattr(cmd, "commands", {}).values())
+        for param in getattr(cmd, "params", []):
+            if getattr(param, "is_flag", False) or getattr(param, "_item_metavar", False):
+                continue
+            param._item_metavar = True
+            if param.metavar is None:
+                bare = param.bare_type() if hasattr(param, "bare_type") else ""
+                if bare.startswith("list[") and bare.endswith("]"):
+                    bare = bare[5:-1]
+                param.metavar = "DIR" if param.name in _DIR_NAMES and bare == "Path" else \
+                    param.name.upper() if param.param_type_name == "argument" else _METAVARS.get(bare, "VALUE")
+            if param.param_type_name == "argument":
+                # typer writes a required argument as {name} on the usage line and its type after it
+                param._usage_display_name = (lambda p=param: (p.metavar if p.required else f"[{p.metavar}]")
+                                             + ("..." if p.nargs != 1 else ""))
+                param.display_type_rich = lambda ctx: ""
 
 
 app = typer.Typer(
@@ -70,7 +105,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 def _attach() -> None:
     from item.store.cli import app as store_app
 
-    app.add_typer(store_app, name="store", help="Inspect, validate, export and index an embedding store.")
+    app.add_typer(store_app, name="store", help="A store: info, validate, export, index, split, annotate.")
     for module in ("item.featurize.cli", "item.classify.cli", "item.serve.cli", "item.protocols.cli", "item.check.cli"):
         try:
             mod = __import__(module, fromlist=["register"])

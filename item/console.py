@@ -13,9 +13,7 @@ from contextlib import contextmanager
 
 import typer
 
-#: The first line of every result computed with random weights (text); JSON carries ``random_weights``.
-RANDOM_WEIGHTS_LINE = ("RANDOM WEIGHTS: features come from randomly initialised models; these numbers are not "
-                       "detection accuracy")
+from item.outputs import RANDOM_WEIGHTS_LINE  # noqa: F401  (one definition; cli modules import it from here)
 
 
 _CONTROL = None
@@ -31,6 +29,16 @@ def safe_text(text, keep_newlines: bool = True) -> str:
         _CONTROL = (re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]"), re.compile(r"[\x00-\x1f\x7f-\x9f]"))
     pattern = _CONTROL[0] if keep_newlines else _CONTROL[1]
     return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+def human_bytes(n) -> str:
+    """A size for people: 4978 -> '4.9 KiB', 3 * 2**30 -> '3.0 GiB' (never 'about 0 MiB')."""
+    n = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{int(n)} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 def _stderr():
@@ -88,7 +96,8 @@ def guarded(fn):
 
 @contextmanager
 def progress_bar(total: int | None, description: str, unit: str = "img"):
-    """A rich progress bar on stderr with items per second; yields ``advance(n)``."""
+    """A rich progress bar on stderr with items per second; yields ``advance(n, total=None)`` (``total``
+    sets the bar's length once it is known)."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
@@ -107,7 +116,9 @@ def progress_bar(total: int | None, description: str, unit: str = "img"):
     with Progress(*columns, console=_stderr(), transient=False, disable=not sys.stderr.isatty()) as prog:
         task = prog.add_task(description, total=total)
 
-        def advance(n: int = 1) -> None:
+        def advance(n: int = 1, total: int | None = None) -> None:
+            if total is not None:
+                prog.update(task, total=total)
             prog.advance(task, n)
 
         yield advance

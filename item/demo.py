@@ -39,7 +39,7 @@ def run_demo(out_dir, *, models: str = "default", device: str = "auto", overwrit
     from item.classify.heads import HeadConfig
     from item.classify.reporting import write_report
     from item.classify.train import TrainConfig, train_head
-    from item.featurize import FeaturizeConfig, featurize_store, resolve_models
+    from item.featurize import FeaturizeConfig, featurize_store, load_models, resolve_models
     from item.featurize.inputs.discover import discover
 
     out = Path(out_dir)
@@ -47,13 +47,15 @@ def run_demo(out_dir, *, models: str = "default", device: str = "auto", overwrit
     spec = resolve_models(models)
     log(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''}) ...")
     config = FeaturizeConfig(device=device, batch_size=8, workers=0)
-    rows = discover([str(SAMPLES_MANIFEST)]).rows
-    log(f"featurizing {len(rows)} sample images into {store}")
+    # The models load before anything is written: without the weights the demo fails and leaves no folder.
     try:
-        summary = featurize_store(rows, store, models=spec, config=config, progress=progress, overwrite=overwrite,
-                                  command="item demo")
+        loaded = load_models(spec, device)
     except ModelLoadError as exc:
         raise ModelLoadError(demo_load_message(str(exc))) from None
+    rows = discover([str(SAMPLES_MANIFEST)]).rows
+    log(f"featurizing {len(rows)} sample images into {store}")
+    summary = featurize_store(rows, store, models=loaded, config=config, progress=progress, overwrite=overwrite,
+                              command="item demo")
     heads = {}
     # The demo set is tiny: a small MLP, few epochs, and the logistic baseline beside it.
     head_cfg = HeadConfig(kind="mlp", hidden=(64,), max_epochs=100, patience=10, batch_size=16)

@@ -77,7 +77,7 @@ def noise_store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def logistic_head(signal_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("heads") / "logistic"
-    ok("train", signal_store, "--out", out, "--head", "logistic")
+    ok("train", signal_store, "--out", out, "--kind", "logistic")
     return out
 
 
@@ -161,7 +161,7 @@ def feat(tmp_path_factory):
     store = base / "store"
     ok("featurize", base / "m.csv", "--store", store, "--models", "tiny-random", "--workers", "0")
     head = base / "head"
-    ok("train", store, "--out", head, "--head", "logistic")
+    ok("train", store, "--out", head, "--kind", "logistic")
     return {"store": store, "head": head, "rows": rows, "base": base}
 
 
@@ -214,7 +214,7 @@ def _own_and_pooled_store(root):
 def test_eval_equals_sklearn_per_generator_own_and_pooled(tmp_path):
     store = _own_and_pooled_store(tmp_path / "s")
     head = tmp_path / "h"
-    ok("train", store, "--out", head, "--head", "logistic")
+    ok("train", store, "--out", head, "--kind", "logistic")
     model, info = load_head(head)
     threshold = info["threshold"]
     for split in ("test", "all"):
@@ -286,7 +286,7 @@ def test_head_round_trip_train_generators_and_val_fraction(signal_store, logisti
         # --train-generators: gen_a's fakes and gen_a's own (paired) reals train the head; gen_b contributes
         # nothing, neither its fakes nor its reals; validation likewise
         out = tmp_path / "only-a"
-        ok("train", signal_store, "--out", out, "--head", "logistic", "--train-generators", "gen_a")
+        ok("train", signal_store, "--out", out, "--kind", "logistic", "--train-generators", "gen_a")
         ia = load_head(out)[1]
         train = reader.select(split="train")
         want = (meta["generator"][train] == "gen_a").sum()
@@ -296,7 +296,7 @@ def test_head_round_trip_train_generators_and_val_fraction(signal_store, logisti
 
     # --train-split '' trains on every labelled row, yet never on the validation rows
     out = tmp_path / "every"
-    ok("train", signal_store, "--out", out, "--head", "logistic", "--train-split", "")
+    ok("train", signal_store, "--out", out, "--kind", "logistic", "--train-split", "")
     ie = load_head(out)[1]
     with StoreReader(signal_store) as reader:
         assert ie["n_val"] == val.size and ie["n_train"] == reader.select(label=["real", "fake"]).size - val.size
@@ -308,7 +308,7 @@ def test_head_round_trip_train_generators_and_val_fraction(signal_store, logisti
     recs = [dataclasses.replace(r, split="train" if r.split == "val" else r.split) for r in hier_records(200, D)]
     nov = write_records(tmp_path / "noval", recs)
     out = tmp_path / "frac"
-    ok("train", nov, "--out", out, "--head", "logistic", "--val-fraction", "0.25")
+    ok("train", nov, "--out", out, "--kind", "logistic", "--val-fraction", "0.25")
     fi = load_head(out)[1]
     n_train_split = sum(r.split == "train" for r in recs)
     assert "25% of the training rows" in fi["threshold_from"]
@@ -342,7 +342,7 @@ def test_predict_matches_the_store_and_skips_unreadable_files(feat, tmp_path):
     by_name = {Path(r["path"]).name: r for r in out}
     assert set(by_name) == {"0.png", "5.png", "11.png", "broken.png"}
     bad = by_name["broken.png"]
-    assert bad["status"] == "skipped" and bad["reason"] and "p_fake" not in bad
+    assert bad["status"] == "skipped" and bad["reason"] and bad["p_fake"] is None and bad["label"] is None
 
     model, info = load_head(feat["head"])
     with StoreReader(feat["store"]) as reader:
@@ -391,13 +391,13 @@ def test_neighbors_equal_brute_force_exact_and_indexed(tmp_path):
     want_rows, want_sims = _brute_force(store, q, 5, exclude=[17])
     exact = json.loads(ok("neighbors", store, "17", "-k", "5", "--json").stdout)
     assert exact["method"] == "exact" and exact["row"] == 17
-    assert [h["row"] for h in exact["hits"]] == want_rows
-    np.testing.assert_allclose([h["similarity"] for h in exact["hits"]], want_sims, atol=1e-5)
+    assert [h["row"] for h in exact["neighbors"]] == want_rows
+    np.testing.assert_allclose([h["similarity"] for h in exact["neighbors"]], want_sims, atol=1e-5)
     ok("store", "index", store, "--kind", "flat")
     indexed = json.loads(ok("neighbors", store, "17", "-k", "5", "--json").stdout)
     assert indexed["method"] == "index flat"
-    assert [h["row"] for h in indexed["hits"]] == want_rows
-    np.testing.assert_allclose([h["similarity"] for h in indexed["hits"]], want_sims, atol=1e-5)
+    assert [h["row"] for h in indexed["neighbors"]] == want_rows
+    np.testing.assert_allclose([h["similarity"] for h in indexed["neighbors"]], want_sims, atol=1e-5)
     one_error_line(cli("neighbors", store, "300"), "out of range")
     one_error_line(cli("neighbors", store, "17", "--on", "pixels"), "pixels", "image")
     one_error_line(cli("neighbors", store, "17", "-k", "0"), "-k")
@@ -410,11 +410,11 @@ def test_neighbors_of_an_image_file(feat):
     assert res["kind"] == "file" and res["method"] == "exact"
     with StoreReader(feat["store"]) as reader:
         q = reader.read("image_emb", [row])[0]
-    want_rows, want_sims = _brute_force(feat["store"], q, 4)
-    # the file is in the store: its own row comes first, at cosine ~1
-    assert res["hits"][0]["row"] == row and res["hits"][0]["similarity"] == pytest.approx(1.0, abs=2e-3)
-    assert [h["row"] for h in res["hits"]] == want_rows
-    np.testing.assert_allclose([h["similarity"] for h in res["hits"]], want_sims, atol=2e-3)
+    want_rows, want_sims = _brute_force(feat["store"], q, 4, exclude=[row])
+    # the file is in the store: its own row is left out of its neighbours, and the answer says so
+    assert res["stored_row"] == row and res["excluded"] == [row]
+    assert [h["row"] for h in res["neighbors"]] == want_rows
+    np.testing.assert_allclose([h["similarity"] for h in res["neighbors"]], want_sims, atol=2e-3)
 
 
 def test_generator_profile_finds_the_planted_neighbour(tmp_path):
@@ -440,8 +440,9 @@ def test_generator_profile_finds_the_planted_neighbour(tmp_path):
     assert prof["n_queries"] == 30 and prof["k"] == 5
     assert sum(r["share"] for r in prof["table"]) == pytest.approx(1.0)
     assert sum(r["top1"] for r in prof["table"]) == 30
-    assert prof["table"][0]["neighbour"] == "A" and prof["table"][0]["share"] > 0.7
-    assert {r["neighbour"] for r in prof["table"]} <= {"A", "B", "real", "(no generator)"}
+    assert prof["table"][0]["generator"] == "A" and prof["table"][0]["share"] > 0.7
+    assert {r["generator"] for r in prof["table"]} <= {"A", "B", "real", "(no generator)"}
+    assert sum(r["votes"] for r in prof["table"]) == 30 * 5
     text = ok("neighbors", store, "--generator", "C", "-k", "5").stdout
     assert "A" in text and "share" in text
     one_error_line(cli("neighbors", store, "--generator", "Z"), "Z", "A, B, C")
@@ -461,6 +462,7 @@ def test_report_html(signal_store, logistic_head, tmp_path):
         assert g in html
 
 
+@pytest.mark.slow  # the whole demo on 38 images (about 54 CPU s)
 def test_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     r = ok("demo", "--models", "tiny-random", "--out", out, "--device", "cpu")

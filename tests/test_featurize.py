@@ -15,7 +15,6 @@ from item.featurize.inputs.discover import discover
 from item.store import StoreReader, validate
 
 SAMPLES = Path(__file__).resolve().parents[1] / "item" / "samples"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "samples"
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +61,26 @@ def test_samples_manifest_cli(tmp_path):
     assert r.exit_code == 0, r.output
 
 
-@pytest.mark.skipif(not (SHARED / "manifest.csv").is_file(), reason="../shared/samples not present")
-def test_shared_samples_with_given_captions(tmp_path, models):
-    disc = discover([str(SHARED / "manifest.csv")])
+@pytest.mark.slow  # 37 sample images featurized (about 36 CPU s)
+def test_given_captions_are_stored_as_given(tmp_path, models):
+    """The shipped samples with their reference captions given (COCO's, for the real photos)."""
+    import csv
+
+    with open(SAMPLES / "manifest.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    with open(tmp_path / "m.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "generator", "split", "caption"])
+        for r in rows:
+            w.writerow([str(SAMPLES / r["path"]), r["label"], r["generator"], r["split"], r["reference_caption"]])
+    disc = discover([str(tmp_path / "m.csv")])
     summary = run(disc.rows, tmp_path / "s", models)
-    assert summary.n_written == 44
+    assert summary.n_written == 37  # 38 rows, two of them the same bytes
     with StoreReader(tmp_path / "s") as rd:
         meta = rd.metadata()
         given = meta["caption_source"] == "given"
-        assert given.sum() == 30  # the real photos' COCO / hand-written captions are used as they are
-        assert "A man is in a kitchen making pizzas." in set(meta["caption"][given])
+        assert given.sum() == sum(1 for r in rows if r["reference_caption"])  # used as they are
+        assert "A row of white toilets sitting on top of a dirt ground." in set(meta["caption"][given])
 
 
 @pytest.mark.parametrize("layout", ["forensynths", "real-fake", "genimage", "per-generator", "flat"])

@@ -57,7 +57,7 @@ def test_model_spec_from_an_older_store_and_from_a_head(tmp_path, models):
     older = dict(manifest, models={k: v for k, v in manifest["models"].items() if k != "spec"})
     # A store written before the spec was recorded: rebuilt from its compat keys and grounder thresholds.
     assert ModelSpec.from_store(older) == resolve_models("tiny-random")
-    r = CliRunner().invoke(app, ["train", str(store), "--out", str(tmp_path / "head"), "--head", "logistic",
+    r = CliRunner().invoke(app, ["train", str(store), "--out", str(tmp_path / "head"), "--kind", "logistic",
                                  "--train-split", "", "--val-split", ""])
     assert r.exit_code == 0, r.output
     assert ModelSpec.from_head(tmp_path / "head") == resolve_models("tiny-random")

@@ -23,6 +23,9 @@ from item.cli import app  # noqa: E402
 from item.featurize import FeaturizeConfig, featurize_store  # noqa: E402
 from item.store import StoreReader, validate  # noqa: E402
 
+# A local Ray cluster starts and the same store is featurized twice: minutes on 2 cores.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 N = 60
 ARGS = ["--models", "tiny-random", "--batch-size", "4", "--shard-size", "8"]

@@ -72,6 +72,7 @@ def _reference(model_name: str, checkpoint: Path, images: list[Path], texts: lis
     return img.numpy(), txt.numpy()
 
 
+@pytest.mark.slow  # full-size ViT-B-32 in fresh processes
 def test_openai_tag_from_hub_cache_stores_quickgelu_embeddings(vit_b_32_hub, tmp_path):
     hf_home, checkpoint = vit_b_32_hub
     images = _images(tmp_path)
@@ -109,6 +110,7 @@ def test_openai_tag_from_hub_cache_stores_quickgelu_embeddings(vit_b_32_hub, tmp
     assert models["clip"]["activation"] == compat["clip_activation"] == "quick_gelu"
 
 
+@pytest.mark.slow  # full-size small preset in a fresh process
 def test_models_small_loads_every_part_from_the_hub_cache(vit_b_32_hub, tmp_path):
     """``--models small`` through the hub ids its preset names: CLIP the real ViT-B-32 architecture (random
     weights, as above); captioner and grounder the tiny random configs saved under the preset's repo ids

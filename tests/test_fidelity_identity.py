@@ -141,7 +141,7 @@ def test_unknown_noun_prompt_lists_valid_ones(tmp_path):
 def test_head_from_another_device_is_refused_unless_allow_mixed(tmp_path):
     a = write_synthetic_store(tmp_path / "a", 120, 16, shard_size=64)
     head = tmp_path / "head"
-    r = CliRunner().invoke(app, ["train", a, "--out", str(head), "--head", "logistic", "--recipe", "visual"])
+    r = CliRunner().invoke(app, ["train", a, "--out", str(head), "--kind", "logistic", "--recipe", "visual"])
     assert r.exit_code == 0, r.output
     b = tmp_path / "b"
     compat = {**synthetic_compat(16, 8), "device_class": "cuda", "precision": "fp16-autocast"}

@@ -13,6 +13,7 @@ from item.protocols import get_protocol, protocol_names
 from item.protocols.layout import check_layout, match
 from item.protocols.spec import protocol_from_dict
 from tests._protocol_trees import TREES, genimage_tree, images, ufd_tree
+from tests._schemas import assert_valid
 
 ALL = ["chameleon", "cospy", "genimage", "synthbuster", "ufd", "wildrf"]
 
@@ -170,7 +171,7 @@ def test_check_only_json_and_published_counts(tmp_path):
     root = ufd_tree(tmp_path / "ufd", train_classes=("car", "cat", "chair", "horse"))
     r = cli("reproduce", "ufd", "--root", root, "--work", tmp_path / "w", "--check-only", "--json")
     assert r.exit_code == 0, r.stderr
-    doc = json.loads(r.stdout)
+    doc = assert_valid(json.loads(r.stdout), "cli_reproduce_check")
     assert doc["missing"] == [] and doc["unexpected"] == []
     assert doc["sets"]["test/ldm_200"] == {"real": 2, "fake": 2, "reals_from": "laion"}
     assert doc["sets"]["test/guided"]["reals_from"] == "imagenet"
@@ -184,3 +185,10 @@ def test_missing_training_data_is_not_skipped(tmp_path):
     r = cli("reproduce", "genimage", "--root", root, "--work", tmp_path / "w", "--models", "tiny-random",
             "--allow-missing")
     assert r.exit_code == 1 and "training data of genimage is missing" in r.stderr
+
+
+def test_protocols_json_fits_its_schema():
+    listing = assert_valid(json.loads(cli("protocols", "--json").stdout), "cli_protocols")
+    assert [r["name"] for r in listing] == list(protocol_names())
+    one = assert_valid(json.loads(cli("protocols", "ufd", "--json").stdout), "cli_protocol")
+    assert one["name"] == "ufd"

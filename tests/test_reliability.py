@@ -291,7 +291,7 @@ def trained(tmp_path_factory):
     r = cli("featurize", base / "in", "--store", store, *TINY)
     assert r.exit_code == 0, r.output
     assert cli("store", "index", store).exit_code == 0
-    r = cli("train", store, "--out", head, "--head", "logistic", "--recipe", "global")
+    r = cli("train", store, "--out", head, "--kind", "logistic", "--recipe", "global")
     assert r.exit_code == 0, r.output
     return store, head
 

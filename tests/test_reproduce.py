@@ -14,7 +14,12 @@ from item.classify.train import score_rows
 from item.cli import app
 from item.protocols import get_protocol
 from item.store import StoreReader
+from tests._schemas import assert_valid
 from tests._protocol_trees import chameleon_tree, genimage_tree, ufd_tree
+
+# Each module fixture featurizes a whole made-up benchmark tree and trains heads (minutes on 2 cores):
+# the quick subset (-m "not slow") leaves these out; test_protocols.py covers the protocol files.
+pytestmark = pytest.mark.slow
 
 RANDOM = "RANDOM WEIGHTS"
 
@@ -66,7 +71,7 @@ def test_ufd_prints_all_19_test_sets_with_the_shared_real_pairing_and_the_anchor
 
 def test_ufd_results_follow_the_pairing_numerically(ufd_run):
     root, work, _ = ufd_run
-    doc = json.loads((work / "results.json").read_text())
+    doc = assert_valid(json.loads((work / "results.json").read_text()), "cli_reproduce")
     assert doc["random_weights"] is True and doc["note"].startswith(RANDOM)
     assert doc["pairing"]["ldm_200"] == "laion" and doc["pairing"]["guided"] == "imagenet"
     rows = {row["test_set"]: row for row in doc["rows"]}
@@ -145,7 +150,7 @@ def test_genimage_missing_set_is_refused_then_run_with_allow_missing(genimage_ru
         assert col in header
     assert "files as distributed (no format alignment)" in lines[1]  # the title: ITEM's own alignment
     assert "ITEM visual" not in header  # --heads hierarchical only
-    doc = json.loads((work / "results.json").read_text())
+    doc = assert_valid(json.loads((work / "results.json").read_text()), "cli_reproduce")
     rows = {row["test_set"]: row for row in doc["rows"]}
     assert all(rows[t]["reals"] == "own" for t in rows)
     assert rows["biggan"]["missing"] is True and doc["missing_sets"] == ["biggan"]

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from item.cli import app
 from item.store import StoreReader
 from tests._protocol_trees import images
+from tests._schemas import assert_valid
 
 RANDOM = "RANDOM WEIGHTS"
 
@@ -40,6 +41,7 @@ def augmented(tmp_path_factory):
     return data, store, head, first, again
 
 
+@pytest.mark.slow  # the module's augmented store: featurized clean and augmented
 def test_augmented_copies_are_rows_of_their_own(augmented):
     data, store, _, first, again = augmented
     assert "augmentation jpeg:75: 8 training copies written" in first.stderr
@@ -60,6 +62,7 @@ def test_augmented_copies_are_rows_of_their_own(augmented):
             assert not np.allclose(emb[0], emb[1])  # encoded from the perturbed pixels
 
 
+@pytest.mark.slow  # the module's augmented store: featurized clean and augmented
 def test_copies_train_but_never_validate_or_test(augmented, tmp_path):
     _, store, head, _, _ = augmented
     info = json.loads((head / "head.json").read_text())
@@ -84,12 +87,13 @@ def test_augment_needs_training_rows(tmp_path):
     assert r.exit_code == 1 and "training rows only" in r.stderr
 
 
+@pytest.mark.slow  # the module's augmented store: featurized clean and augmented
 def test_robustness_sweep_writes_stores_tables_and_plots(augmented, tmp_path):
     data, _, head, _, _ = augmented
     work = tmp_path / "rob"
     r = ok("robustness", data / "test", "--head", head, "--work", work, "--perturb", "jpeg:50,blur:1")
     assert r.stdout.splitlines()[0].startswith(RANDOM)
-    doc = json.loads((work / "robustness.json").read_text())
+    doc = assert_valid(json.loads((work / "robustness.json").read_text()), "cli_robustness")
     assert doc["perturbations"] == ["", "jpeg:50", "blur:1.0"]
     assert list(doc["results"]) == ["none", "jpeg:50", "blur:1.0"]
     for spec, by in doc["results"].items():

@@ -77,6 +77,7 @@ def assert_same(a: dict, b: dict):
             assert a[k] == b[k], k
 
 
+@pytest.mark.slow  # two stores featurized and compared (about 23 CPU s)
 def test_overlap_stores_the_same_bits(tmp_path, models):
     rows = make_rows(tmp_path / "imgs")
     plain = columns(featurize(rows, tmp_path / "plain", models, overlap=False))
@@ -113,6 +114,7 @@ def test_preparation_in_worker_processes_stores_the_same_bits(tmp_path, models):
     assert_same(in_main, in_workers)
 
 
+@pytest.mark.slow  # two stores featurized and compared (about 23 CPU s)
 def test_new_batch_sizes_give_the_same_rows(tmp_path, models):
     # Image batch, caption batch and CLIP batch vary; grounding stays one image a forward on both sides,
     # because a Grounding DINO batch pads its images to one size, which changes its outputs.

@@ -262,8 +262,8 @@ def test_a_stale_foreign_or_damaged_index_is_refused_and_neighbors_searches_exac
     r = cli("neighbors", b, "0", "-k", "5", "--json")
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
     res = json.loads(r.stdout)
-    assert res["method"] == "exact" and "not using the index" in res["warning"]
-    assert [h["row"] for h in res["hits"]] == _exact_rows(b, 0)
+    assert res["method"] == "exact" and "not using the index" in res["warnings"][0]
+    assert [h["row"] for h in res["neighbors"]] == _exact_rows(b, 0)
     r = cli("neighbors", b, "0", "-k", "5")
     assert "warning: not using the index" in r.output
     if damage != "foreign":
@@ -322,7 +322,7 @@ def test_a_planted_lock_symlink_is_refused_and_files_are_group_readable(tmp_path
         store2 = tmp_path / "s2"
         assert cli("featurize", tmp_path / "a", "--store", store2, *TINY).exit_code == 0
         assert cli("store", "index", store2).exit_code == 0
-        r = cli("train", store2, "--out", tmp_path / "head", "--head", "logistic", "--train-split", "",
+        r = cli("train", store2, "--out", tmp_path / "head", "--kind", "logistic", "--train-split", "",
                 "--val-fraction", "0.5")
         assert r.exit_code == 0, r.output
     finally:
@@ -379,7 +379,7 @@ def head_and_images(tmp_path_factory):
     make_folder(base / "in", 8)
     store, head = base / "s", base / "head"
     assert cli("featurize", base / "in", "--store", store, *TINY).exit_code == 0
-    r = cli("train", store, "--out", head, "--head", "logistic", "--train-split", "", "--val-fraction", "0.5")
+    r = cli("train", store, "--out", head, "--kind", "logistic", "--train-split", "", "--val-fraction", "0.5")
     assert r.exit_code == 0, r.output
     return head, base / "in"
 

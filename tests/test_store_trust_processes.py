@@ -178,9 +178,9 @@ def test_index_train_report_export_on_a_full_disk(tmp_path, small_fs):
     assert listing() == before and not leftovers(fs) and not (fs / "s" / "index").exists()
     assert validate(fs / "s").ok
     # train, report, export: outputs on the full file system
-    r = cli("train", store, "--out", tmp_path / "head", "--head", "logistic", "--recipe", "global")
+    r = cli("train", store, "--out", tmp_path / "head", "--kind", "logistic", "--recipe", "global")
     assert r.exit_code == 0, r.output
-    for args in (["train", store, "--out", fs / "head", "--head", "logistic", "--recipe", "global"],
+    for args in (["train", store, "--out", fs / "head", "--kind", "logistic", "--recipe", "global"],
                  ["report", store, "--head", tmp_path / "head", "--out", fs / "report.html"],
                  ["store", "export", store, "--out", fs / "meta.csv"]):
         r = cli(*args)

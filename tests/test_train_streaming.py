@@ -73,7 +73,7 @@ def test_streamed_training_equals_in_memory_training(store, tmp_path):
 def test_logistic_streams_under_a_small_budget_and_learns(store, tmp_path):
     """issue 24: the logistic head streams past --max-memory (it used to refuse) and learns what lbfgs learns."""
     def logistic(out, *extra):
-        r = CliRunner().invoke(app, ["train", str(store), "--out", str(out), "--head", "logistic", *extra, "--json"])
+        r = CliRunner().invoke(app, ["train", str(store), "--out", str(out), "--kind", "logistic", *extra, "--json"])
         assert r.exit_code == 0, (r.stdout, r.stderr)
         return json.loads(r.stdout)
 

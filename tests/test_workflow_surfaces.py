@@ -247,8 +247,8 @@ def test_neighbors_on_image_loads_no_captioner_and_no_grounder(feat, tmp_path, m
     assert res["models_loaded"] == ["clip"] and "stored_row" not in res
     q = want.astype(np.float16).astype(np.float64)
     sims = emb @ (q / np.linalg.norm(q)) / np.linalg.norm(emb, axis=1)
-    assert [h["row"] for h in res["hits"]] == np.argsort(-sims, kind="stable")[:3].tolist()
-    np.testing.assert_allclose([h["similarity"] for h in res["hits"]], np.sort(sims)[::-1][:3], atol=2e-3)
+    assert [h["row"] for h in res["neighbors"]] == np.argsort(-sims, kind="stable")[:3].tolist()
+    np.testing.assert_allclose([h["similarity"] for h in res["neighbors"]], np.sort(sims)[::-1][:3], atol=2e-3)
     # --on misalignment needs captions, nouns and boxes: the full path, which reaches the captioner
     r = cli("neighbors", feat["store"], new, "--on", "misalignment")
     assert isinstance(r.exception, AssertionError) and "captioner" in str(r.exception)
@@ -259,7 +259,8 @@ def test_neighbors_of_a_stored_file_load_no_model(feat, monkeypatch):
     path = feat["rows"][3]["path"]
     for on in ("image", "misalignment"):
         res = json.loads(ok("neighbors", feat["store"], path, "-k", "2", "--on", on, "--json").stdout)
-        assert res["stored_row"] == 3 and res["models_loaded"] == [] and res["hits"][0]["row"] == 3
+        assert res["stored_row"] == 3 and res["models_loaded"] == [] and res["excluded"] == [3]
+        assert 3 not in [h["row"] for h in res["neighbors"]]
     r = ok("neighbors", feat["store"], path, "-k", "2")
     assert "no model loaded" in r.stderr
 
@@ -307,10 +308,13 @@ def _readme_python_block() -> str:
 def test_readme_python_example_runs_as_written(feat, tmp_path, monkeypatch):
     (tmp_path / "stores").mkdir()
     shutil.copytree(feat["store"], tmp_path / "stores" / "mine")
-    shutil.copy(feat["rows"][13]["path"], tmp_path / "suspicious.png")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the example makes its own image to score
     code = _readme_python_block()
     assert "item.open_store" in code and "item.predict" in code
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
-    assert (tmp_path / "heads" / "hier" / "head.json").is_file()
+    from item.outputs import RandomWeightsWarning
+
+    with pytest.warns(RandomWeightsWarning, match="RANDOM WEIGHTS"):
+        exec(compile(code, "README.md", "exec"), scope)
+    assert (tmp_path / "heads" / "hier" / "head.json").is_file() and (tmp_path / "example.png").is_file()
+    assert scope["scores"].attrs["random_weights"] is True and scope["scores"]["status"].tolist() == ["ok"]

@@ -28,21 +28,54 @@ def metric_table(rows: list[dict], title: str | None = None) -> None:
 
 def _strict_json(obj):
     """NaN / infinity -> null, so --json output parses with any JSON reader (jq, JavaScript)."""
-    if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
-    if isinstance(obj, dict):
-        return {k: _strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict_json(v) for v in obj]
-    return obj
+    from item.outputs import strict_json
+
+    return strict_json(obj)
+
+
+def multi_head_table(results: dict, split: str) -> bool:
+    """Several heads' per-generator tables as one table, a column group per head; False when their
+    rows differ (then each head gets its own table)."""
+    tables = {name: r["table"] for name, r in results.items()}
+    keys = [[(row["generator"], row["reals"], row["n_real"], row["n_fake"]) for row in t] for t in tables.values()]
+    if any(k != keys[0] for k in keys):
+        return False
+    shared = ["generator", "reals", "n_real", "n_fake"]
+    per = ["acc", "real_acc", "fake_acc", "ap", "auroc", "acc_05", "oracle_acc"]
+
+    def fmt(v):
+        if isinstance(v, float):
+            return "nan" if v != v else f"{v:.4f}"
+        return str(v)
+
+    header = shared + [_HEADINGS.get(c, c) for _ in tables for c in per]
+    cells = [[fmt(row[c]) for c in shared] + [fmt(t[i][c]) for t in tables.values() for c in per]
+             for i, row in enumerate(next(iter(tables.values())))]
+    widths = [max([len(h)] + [len(r[j]) for r in cells]) for j, h in enumerate(header)]
+    n_shared = len(shared)
+    lead = "  ".join(" " * w for w in widths[:n_shared])
+    groups = []
+    for g, (name, r) in enumerate(results.items()):
+        span = widths[n_shared + g * len(per): n_shared + (g + 1) * len(per)]
+        text = f"{name} (threshold {r['threshold']:.4f})"
+        width = sum(span) + 2 * (len(span) - 1)
+        groups.append(text[:width].ljust(width, "-") if len(text) < width else text[:width])
+    emit(f"split {split}: {len(results)} heads side by side")
+    emit((lead + "  " + "  ".join(groups)).rstrip())
+    emit("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    for r in cells:
+        emit("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return True
 
 
 def train_cmd(
     store: Path = typer.Argument(..., help="A featurized store.", show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Head directory to write (head.safetensors + head.json)."),
     recipe: str = typer.Option("hierarchical", help="Features: hierarchical, global, local or visual."),
-    head: str = typer.Option("mlp", help="mlp or logistic."),
-    hidden: str = typer.Option("256", help="MLP hidden sizes, comma-separated."),
+    kind: str = typer.Option("mlp", "--kind", metavar="mlp|logistic", help="The head: mlp or logistic."),
+    head_kind_old: Optional[str] = typer.Option(None, "--head", metavar="mlp|logistic", hidden=True,
+                                                help="Deprecated alias of --kind (one release)."),
+    hidden: str = typer.Option("256", metavar="N[,N...]", help="MLP hidden sizes, comma-separated."),
     dropout: float = typer.Option(0.2, help="MLP dropout."),
     weight_decay: float = typer.Option(1e-4, help="MLP weight decay."),
     lr: float = typer.Option(1e-3, help="MLP peak learning rate (warm-up, then cosine decay; see --schedule)."),
@@ -75,19 +108,30 @@ def train_cmd(
     from item.classify.heads import load_head
     from item.classify.streaming import parse_memory
 
+    if head_kind_old is not None:
+        warn("--head for the head type is deprecated (it means a head folder everywhere else): use "
+             f"--kind {head_kind_old}")
+        kind = head_kind_old
     try:
         hidden_sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
     except ValueError:
         from item.errors import InputError
 
         raise InputError(f"--hidden {hidden!r}: give comma-separated integers, e.g. 512,128") from None
-    fitted = train_head(store, recipe=recipe, kind=head, train_split=train_split, val_split=val_split,
-                        val_fraction=val_fraction, seed=seed,
-                        train_generators=tuple(g.strip() for g in (train_generators or "").split(",") if g.strip()),
-                        hidden=hidden_sizes, dropout=dropout, weight_decay=weight_decay, lr=lr,
-                        max_epochs=max_epochs, batch_size=batch_size, patience=patience, C=c,
-                        schedule=schedule, precision=precision, device=device,
-                        max_memory=parse_memory(max_memory))
+    import warnings
+
+    from item.outputs import RandomWeightsWarning
+
+    with warnings.catch_warnings():  # the command says RANDOM WEIGHTS in its own first line
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        fitted = train_head(store, recipe=recipe, kind=kind, train_split=train_split, val_split=val_split,
+                            val_fraction=val_fraction, seed=seed,
+                            train_generators=tuple(g.strip() for g in (train_generators or "").split(",")
+                                                   if g.strip()),
+                            hidden=hidden_sizes, dropout=dropout, weight_decay=weight_decay, lr=lr,
+                            max_epochs=max_epochs, batch_size=batch_size, patience=patience, C=c,
+                            schedule=schedule, precision=precision, device=device,
+                            max_memory=parse_memory(max_memory))
     fitted.save(out, overwrite=True)  # as documented: --out replaces a head already there
     meta = load_head(out)[1]
     if meta.get("caption_source_warning"):
@@ -95,7 +139,7 @@ def train_cmd(
     if meta.get("unsplit_warning"):
         warn(meta["unsplit_warning"])
     if as_json:
-        emit_json(_strict_json(meta))
+        emit_json(_strict_json({**meta, "random_weights": bool(meta.get("random_weights"))}))
         return
     if meta.get("random_weights"):
         emit(RANDOM_WEIGHTS_LINE)
@@ -136,6 +180,7 @@ def eval_cmd(
     for w in warnings:
         warn(w)
     doc = _strict_json({"random_weights": random_weights, "warnings": warnings, "split": split,
+                        "heads": list(results),
                         "thresholds": {name: r["threshold"] for name, r in results.items()}, "rows": flat})
     if out is not None and out.suffix.lower() == ".csv":
         as_csv = out
@@ -144,8 +189,11 @@ def eval_cmd(
     else:
         if random_weights:
             emit(RANDOM_WEIGHTS_LINE)
-        for name, r in results.items():
-            metric_table(r["table"], title=f"{name} (threshold {r['threshold']:.4f}, split {split})")
+        if len(results) < 2 or not multi_head_table(results, split):
+            for name, r in results.items():
+                metric_table(r["table"], title=f"{name} (threshold {r['threshold']:.4f}, split {split})")
+                emit()
+        else:
             emit()
         emit("reals: own = a generator's fakes against its own reals; pooled = against all reals of the split; "
              "a generator name = against that generator's reals (--reals)")
@@ -175,20 +223,24 @@ def predict_cmd(
                                                     "head may name (repeat); a head can name no other local path."),
 ):
     """Score images: P(fake), the label at the head's threshold, the caption (given ones are used)."""
+    from item.classify.heads import load_head
     from item.classify.predict import predict_files  # what item.predict() calls
 
-    res = predict_files(list(inputs), head, device=device, batch_size=batch_size, allow_mixed=allow_mixed,
-                        model_paths=[str(p) for p in model_path or []])
+    meta = load_head(head)[1]
+    if (meta.get("random_weights") or (meta.get("compat") or {}).get("random_weights")) and not as_json:
+        emit(RANDOM_WEIGHTS_LINE)  # first, before the minutes of featurizing
+    with progress_bar(None, "scoring") as advance:
+        res = predict_files(list(inputs), head, device=device, batch_size=batch_size, allow_mixed=allow_mixed,
+                            model_paths=[str(p) for p in model_path or []], progress=advance, log=info)
     for w in res["warnings"]:
         warn(w)
     if as_json:
         emit_json(_strict_json(res))
         return
-    if res["random_weights"]:
-        emit(RANDOM_WEIGHTS_LINE)
-    table([{"path": r["path"], "p_fake": r.get("p_fake", float("nan")),
-            "label": r.get("label", f"skipped: {r['reason']}"), "caption": r.get("caption", "")} for r in res["rows"]],
-          ["path", "p_fake", "label", "caption"])
+    ok_row = lambda r: r["status"] == "ok"  # noqa: E731
+    table([{"path": r["path"], "p_fake": r["p_fake"] if ok_row(r) else float("nan"),
+            "label": r["label"] if ok_row(r) else f"skipped: {r['reason']}", "caption": r["caption"] or ""}
+           for r in res["rows"]], ["path", "p_fake", "label", "caption"])
 
 
 def neighbors_cmd(
@@ -210,7 +262,9 @@ def neighbors_cmd(
         if as_json:
             emit_json(_strict_json(prof))
             return
-        table(prof["table"], ["neighbour", "share", "mean_similarity", "top1"],
+        if prof["random_weights"]:
+            emit(RANDOM_WEIGHTS_LINE)
+        table(prof["table"], ["generator", "votes", "share", "mean_similarity", "top1"],
               title=f"{generator}: {prof['n_queries']} rows, {k} nearest neighbours each among other "
                     f"generators ({on} embeddings)")
         return
@@ -220,14 +274,25 @@ def neighbors_cmd(
     if as_json:
         emit_json(_strict_json(res))
         return
-    if res.get("warning"):
-        warn(res["warning"])
+    if res["random_weights"]:
+        emit(RANDOM_WEIGHTS_LINE)
+    for w in res["warnings"]:
+        warn(w)
     how = ""
     if res["kind"] == "file":
         how = (f", stored row {res['stored_row']}, no model loaded" if "stored_row" in res
                else f", featurized with {', '.join(res.get('models_loaded', []))}")
     info(f"query {query} ({res['kind']}{how}), {res['method']} search on {on}")
-    table(res["hits"], ["row", "similarity", "label", "generator", "path"])
+    if res["excluded"]:
+        info(f"the query is stored (row {res['excluded'][0]}): left out of its own neighbours")
+    table(res["neighbors"], ["row", "similarity", "label", "generator", "path"])
+
+
+def _store_random(store) -> bool:
+    from item.store import StoreReader
+
+    with StoreReader(store) as r:
+        return bool(r.random_weights)
 
 
 def report_cmd(
@@ -240,10 +305,12 @@ def report_cmd(
     from item.classify.reporting import write_report
 
     results = write_report(store, [str(h) for h in heads], out, None if split == "all" else split)
+    if any(r["info"].get("random_weights") for r in results.values()) or _store_random(store):
+        emit(RANDOM_WEIGHTS_LINE)
     for r in results.values():
         for w in r["warnings"]:
             warn(w)
-    info(f"wrote {out}")
+    emit(f"wrote {out}")
 
 
 def audit_cmd(
@@ -306,11 +373,12 @@ def demo_cmd(
 ):
     """The main job on the shipped sample images: featurize, train, evaluate, report."""
     from item.demo import SAMPLES_MANIFEST, run_demo
+    from item.featurize import resolve_models
 
+    if resolve_models(models).random_weights:
+        emit(RANDOM_WEIGHTS_LINE)
     with progress_bar(None, "featurizing samples") as advance:
         res = run_demo(out, models=models, device=device, overwrite=overwrite, progress=advance, log=info)
-    if res.random_weights:
-        emit("RANDOM WEIGHTS: the demo ran with randomly initialised models; these numbers are not detection accuracy")
     for name, rows in res.evaluation.items():
         metric_table(rows, title=f"{name} on the test split of {SAMPLES_MANIFEST.parent}")
         emit()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -71,9 +70,11 @@ def own_flags_message(message: str, local_flag: str | None = "--model-path") -> 
 
 def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16,
                    captions: dict[str, str] | None = None, allow_mixed: bool = False, mixable_keys=None,
-                   local_flag: str | None = "--model-path"):
+                   local_flag: str | None = "--model-path", progress=None, log=None):
     """Featurize files with the models ``compat``/``models`` record. Returns (records, loaded compat).
 
+    ``progress(n)`` is called after each batch of ``batch_size`` images with the number done;
+    ``log(message)`` receives a line before the models load.
     ``captions``: {path: caption} used instead of the captioner. Captions are decoded as ``compat`` records
     (``caption_decoding``; greedy for identities that predate it). Refuses (IncompatibleError) when what
     loaded here would compute other numbers than ``compat`` records; ``allow_mixed`` lets ``mixable_keys``
@@ -84,8 +85,12 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
     from item.featurize.models.blip import recorded_caption_decoding
     from item.featurize.text.nouns import DEFAULT_NOUN_PROMPT
 
+    spec = ModelSpec.from_head({"compat": compat, "models": models})
+    if log is not None:
+        log(f"loading models ({compat.get('clip_model')}, {compat.get('captioner')}, {compat.get('grounder')}"
+            f"{', RANDOM WEIGHTS' if compat.get('random_weights') else ''}) ...")
     try:
-        loaded = load_models(ModelSpec.from_head({"compat": compat, "models": models}), device)
+        loaded = load_models(spec, device)
     except ModelLoadError as exc:
         raise ModelLoadError(own_flags_message(str(exc), local_flag)) from None
     prompt = compat.get("noun_prompt", DEFAULT_NOUN_PROMPT)
@@ -101,7 +106,13 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
                                 + "; ".join(f"{k}: recorded {compat[k]!r}, loaded {got.get(k)!r}" for k in diff)
                                 + ("; pass --allow-mixed to go on anyway" if mixable else "")
                                 + (f" ({why})" if why else ""))
-    return featurize_images(paths, models=loaded, config=config, captions=captions), got
+    step = max(1, int(batch_size))
+    records = []
+    for start in range(0, len(paths), step):  # in batches, so a caller can show progress
+        records += featurize_images(paths[start:start + step], models=loaded, config=config, captions=captions)
+        if progress is not None:
+            progress(len(paths[start:start + step]))
+    return records, got
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -164,15 +175,19 @@ def _caption_warnings(info: dict, records) -> list[str]:
 
 
 def predict_files(inputs: list, head_dir, *, device: str = "auto", batch_size: int = 16,
-                  captions: dict[str, str] | None = None, allow_mixed: bool = False, model_paths=()) -> dict:
+                  captions: dict[str, str] | None = None, allow_mixed: bool = False, model_paths=(),
+                  progress=None, log=None) -> dict:
     """Score image files, folders, manifests and PIL images with a head.
 
-    Returns {'random_weights': bool, 'warnings': [str], 'rows': [one dict per image: path, id, status,
-    reason, and for ok rows p_fake, label (at the head's threshold), threshold, caption,
-    caption_source, global_alignment, objects]}. Captions given in a manifest or ``captions``
+    Returns {'random_weights': bool, 'warnings': [str], 'rows': [one ``item.outputs.prediction`` per
+    image: path, id, status, reason, and for ok rows p_fake, label (at the head's threshold), threshold,
+    caption, caption_source, global_alignment, width, height, objects]}. Captions given in a manifest or ``captions``
     ({path: caption}) are used instead of the captioner. ``model_paths``: local model files or folders
-    the head may name (see :func:`check_named_models`).
+    the head may name (see :func:`check_named_models`). ``progress(n, total=None)``: called once with the
+    number of images (``n`` 0) once the inputs are expanded, then with the images done after each batch;
+    ``log``: status lines.
     """
+    from item import outputs
     from item.misalignment import pair_scores
 
     head, info = load_head(head_dir)
@@ -189,30 +204,37 @@ def predict_files(inputs: list, head_dir, *, device: str = "auto", batch_size: i
         else:  # a PIL image, featurized as it is
             paths.append(x)
     given.update({os.path.abspath(k): v for k, v in (captions or {}).items()})
+    if log is not None:
+        log(f"scoring {len(paths)} image(s) with head {head_dir}")
+    if progress is not None:
+        progress(0, total=len(paths))
     records, got = featurize_like(paths, compat, info.get("models", {}), device=device, batch_size=batch_size,
-                                  captions=given, allow_mixed=allow_mixed)
+                                  captions=given, allow_mixed=allow_mixed, progress=progress, log=log)
     check_head_fits(info, got, "the models loaded for prediction", allow_mixed)
     ok = [r for r in records if r.status == schema.STATUS_OK]
     probs = head.predict_proba(record_features(info["recipe"], ok))[:, 1] if ok else np.zeros(0)
     p_of = {id(r): float(p) for r, p in zip(ok, probs)}
+    random_weights = bool(info.get("random_weights") or compat.get("random_weights"))
+    head_name = Path(head_dir).resolve().name if isinstance(head_dir, (str, os.PathLike)) else ""
     out = []
     for r in records:
-        row = {"path": r.path, "id": r.id, "status": r.status, "reason": r.reason}
-        if r.status == schema.STATUS_OK:
-            p = p_of[id(r)]
-            objects = []
-            for o in r.objects:
-                cos = float(pair_scores(o.crop_emb[None], o.noun_emb[None])[0]) if o.box is not None else None
-                objects.append({"noun": o.noun, "grounded": o.box is not None,
-                                "box": [round(float(v), 1) for v in o.box] if o.box is not None else None,
-                                "detector_score": round(float(o.score), 4), "alignment": cos})
-            row.update({"p_fake": p, "label": "fake" if p >= info["threshold"] else "real",
-                        "threshold": info["threshold"], "caption": r.caption, "caption_source": r.caption_source,
-                        "global_alignment": float(pair_scores(r.image_emb[None], r.caption_emb[None])[0]),
-                        "objects": objects})
-        out.append(row)
-    return {"random_weights": bool(info.get("random_weights") or compat.get("random_weights")),
-            "warnings": _caption_warnings(info, records), "rows": out}
+        if r.status != schema.STATUS_OK:
+            out.append(outputs.prediction(path=r.path, id=r.id, status=r.status, reason=r.reason,
+                                          random_weights=random_weights))
+            continue
+        p = p_of[id(r)]
+        objs = outputs.objects(
+            [o.noun for o in r.objects], [o.box for o in r.objects], [o.box is not None for o in r.objects],
+            [o.score for o in r.objects],
+            [float(pair_scores(o.crop_emb[None], o.noun_emb[None])[0]) if o.box is not None else float("nan")
+             for o in r.objects])
+        out.append(outputs.prediction(
+            path=r.path, id=r.id, status=r.status, reason=r.reason, random_weights=random_weights,
+            p_fake=p, label="fake" if p >= info["threshold"] else "real", threshold=float(info["threshold"]),
+            threshold_from=str(info.get("threshold_from", "")), head=head_name, caption=r.caption,
+            caption_source=r.caption_source, width=int(r.width), height=int(r.height),
+            global_alignment=float(pair_scores(r.image_emb[None], r.caption_emb[None])[0]), objects=objs))
+    return {"random_weights": random_weights, "warnings": _caption_warnings(info, records), "rows": out}
 
 
 def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16,
@@ -324,14 +346,21 @@ def _file_query(reader: StoreReader, query: str, on: str, column: str, device: s
 
 
 def neighbors(store, query: str, k: int = 10, on: str = "image", *, device: str = "auto") -> dict:
-    """The k stored rows nearest to ``query`` (cosine), with their metadata.
+    """The k stored rows nearest to ``query`` (cosine), each an ``item.outputs.neighbour``.
 
-    Uses a fresh FAISS index on ``on`` when the store has one, else exact search over the store.
+    Uses a fresh FAISS index on ``on`` when the store has one, else exact search over the store. A
+    stored query (a row, an id, or a file whose content is stored) is left out of its own neighbours,
+    as ``item serve`` does; ``excluded`` lists the rows left out. Similarities are clamped to [-1, 1].
     """
+    from item import outputs
+
     _check_k(k)
     vec, desc = resolve_query(store, query, on, device=device)
-    exclude = {desc["row"]} if desc.get("kind") == "row" else set()
+    own = desc.get("row", desc.get("stored_row"))
+    exclude = {int(own)} if own is not None else set()
     ix, warning = _fresh_index(store, on)
+    with StoreReader(store) as reader:
+        random_weights = bool(reader.random_weights)
     if ix is not None:
         hits = ix.search_rows(vec, k, exclude=exclude)[0]
         ix.close()
@@ -344,19 +373,21 @@ def neighbors(store, query: str, k: int = 10, on: str = "image", *, device: str 
             scores, rows = _exact_search(reader, INDEX_ON[on], cand, vec, k)
             hits = hit_rows(reader, scores, rows, k)[0]
         method = "exact"
-    out = {**desc, "on": on, "method": method, "hits": hits}
-    if warning:
-        out["warning"] = warning
-    return out
+    return {**desc, "on": on, "method": method, "k": int(k), "excluded": sorted(exclude),
+            "neighbors": [outputs.neighbour_from_hit(h) for h in hits],
+            "warnings": [warning] if warning else [], "random_weights": random_weights}
 
 
 def generator_profile(store, generator: str, k: int = 10, on: str = "image") -> dict:
     """Which other generators (and reals) the rows of ``generator`` sit nearest to.
 
     For every ok row of ``generator``, its k nearest rows among all other generators' rows (exact
-    search). Returns per neighbour group: share of all neighbours, mean similarity, and how many
-    of the generator's rows have their top-1 neighbour there.
+    search). Returns ``table``: one ``item.outputs.generator_vote`` per neighbour group (votes, share
+    of all neighbours, mean similarity, and how many of the generator's rows have their top-1
+    neighbour there).
     """
+    from item import outputs
+
     _check_k(k)
     if on not in INDEX_ON:
         raise InputError(f"unknown --on {on!r}; choose {', '.join(INDEX_ON)}")
@@ -372,20 +403,13 @@ def generator_profile(store, generator: str, k: int = 10, on: str = "image") -> 
         others = np.setdiff1d(reader.select(), mine)
         if others.size == 0:
             raise StoreError("the store holds no rows of any other generator to compare with")
-        group = np.where(meta[schema.LABEL] == "real", "real", meta[schema.GENERATOR]).astype(str).astype(object)
-        group[group == ""] = "(no generator)"  # unlabelled rows, or fakes of unknown origin
-        totals, sims, top1 = defaultdict(int), defaultdict(float), defaultdict(int)
+        labels, gens = meta[schema.LABEL].astype(str), meta[schema.GENERATOR].astype(str)
+        per_query = []
         for s in range(0, queries_rows.size, 1024):
             q = reader.read(column, queries_rows[s:s + 1024])
             scores, rows = _exact_search(reader, column, others, q, k)
-            for srow, rrow in zip(scores, rows):
-                for j, (sc, r) in enumerate(zip(srow, rrow)):
-                    g = group[r]
-                    totals[g] += 1
-                    sims[g] += float(sc)
-                    if j == 0:
-                        top1[g] += 1
-    n_nb = sum(totals.values())
-    table = sorted(({"neighbour": g, "share": totals[g] / n_nb, "mean_similarity": sims[g] / totals[g],
-                     "top1": top1[g]} for g in totals), key=lambda d: -d["share"])
-    return {"generator": generator, "n_queries": int(queries_rows.size), "k": k, "on": on, "table": table}
+            per_query += [[{"label": labels[r], "generator": gens[r], "similarity": float(sc)}
+                           for sc, r in zip(srow, rrow)] for srow, rrow in zip(scores, rows)]
+        random_weights = bool(reader.random_weights)
+    return {"generator": generator, "n_queries": int(queries_rows.size), "k": k, "on": on,
+            "table": outputs.vote_table(per_query), "random_weights": random_weights}

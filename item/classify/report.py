@@ -157,10 +157,13 @@ def map_colours(names) -> dict[str, str]:
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
 
-    # tab10 first: its neighbours are distinct hues (tab20 pairs dark/light of one hue).
+    # Distinct hues first (tab10 without its blue and red, then Dark2 and Set1's), dark/light pairs
+    # of one hue (tab20b/c) only after them: two generators should never look alike on the map.
     reserved = {to_hex(c) for c in CLASS_COLOURS.values()}
-    palette = [to_hex(c) for c in (*colormaps["tab10"].colors, *colormaps["tab20b"].colors,
-                                   *colormaps["tab20c"].colors)]
+    near_class = {"#1f77b4", "#d62728", "#e41a1c", "#377eb8"}  # blues and reds of Set1 too
+    palette = [to_hex(c) for c in (*colormaps["tab10"].colors, *colormaps["Dark2"].colors, *colormaps["Set1"].colors,
+                                   *colormaps["tab20b"].colors, *colormaps["tab20c"].colors)]
+    palette = list(dict.fromkeys(c for c in palette if c not in near_class))
     palette = [c for c in palette if c not in reserved]
     out, k = {}, 0
     for name in sorted(set(str(n) for n in names)):
@@ -189,15 +192,25 @@ def _map_img(points: np.ndarray, names: list[str]) -> str:
         note = f'<p class="note">A seeded random {MAX_MAP_POINTS} of {points.shape[0]} points are drawn.</p>'
         points, names = points[keep], names[keep]
     colours = map_colours(names.tolist())
+    # a marker shape per name as well as a colour: names past the first few colours stay apart
+    shapes = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "*"]
+    markers = {n: ("o" if n == "real" else shapes[i % len(shapes)]) for i, n in enumerate(colours)}
     fig = _figure(8, 6)
     ax = fig.subplots()
     for name, colour in colours.items():
         sel = names == name
-        ax.scatter(points[sel, 0], points[sel, 1], s=4, alpha=0.6, color=colour, label=_mpl_text(name))
+        ax.scatter(points[sel, 0], points[sel, 1], s=28, alpha=0.8, color=colour, marker=markers[name],
+                   edgecolors="white", linewidths=0.4, label=_mpl_text(name))
     ax.set(xlabel="PC 1", ylabel="PC 2", title="Feature rows in 2-D (PCA): reals, and fakes by generator")
     if names.size:
-        ax.legend(fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        ax.legend(fontsize=8, markerscale=1.2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return note + _colour_key(colours) + _img(fig, "2-D map of feature rows coloured by generator")
+
+
+def _cell(value) -> str:
+    if isinstance(value, str):
+        return value if value else "(none)"
+    return json.dumps(value, default=str, sort_keys=True)
 
 
 def _provenance_table(provenance: dict) -> str:
@@ -205,8 +218,13 @@ def _provenance_table(provenance: dict) -> str:
     items.setdefault("date", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
     rows = []
     for key, value in items.items():
-        text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
-        rows.append(f'<tr><th class="name">{_e(key)}</th><td class="name">{_e(text)}</td></tr>')
+        if isinstance(value, dict):  # e.g. the model spec: a table of its fields, not a dump
+            inner = "".join(f'<tr><th class="name">{_e(k)}</th><td class="name">{_e(_cell(v))}</td></tr>'
+                            for k, v in value.items())
+            rows.append(f'<tr><th class="name">{_e(key)}</th><td class="name"><table class="inner">{inner}</table>'
+                        "</td></tr>")
+            continue
+        rows.append(f'<tr><th class="name">{_e(key)}</th><td class="name">{_e(_cell(value))}</td></tr>')
     return f"<table>{''.join(rows)}</table>"
 
 

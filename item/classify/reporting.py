@@ -56,7 +56,8 @@ def write_report(store, heads: list, out, split: str | None = "test", map_points
             "store": str(Path(store).resolve()), "store fingerprint": reader.fingerprint,
             "split": split or "all labelled rows",
             **{f"model: {role}": describe_model(spec) for role, spec in reader.models.items()
-               if isinstance(spec, dict)},
+               if isinstance(spec, dict) and role != "spec"},
+            **({"model spec": dict(reader.models["spec"])} if isinstance(reader.models.get("spec"), dict) else {}),
             "rows in the store": f"{reader.counts['n_ok']} ok, {reader.n_skipped} skipped, "
                                  f"{reader.n_objects} objects",
             **{f"head: {name}": (f"{h}: {r['info']['kind']} on {r['info']['recipe']} "

@@ -331,6 +331,8 @@ def evaluate(store, heads: list, split: str | None = "test", allow_mixed: bool =
         splits = meta[schema.SPLIT][rows].astype(str)
         ids = meta[schema.ID][rows].astype(str)
         fingerprint = reader.fingerprint
+        overlay_rows = reader.overlay.get("rows") or {}
+    store_warnings = _relabelled_fake_warnings(ids, labels, gens, overlay_rows)
     pool, kinds = real_pools(labels, gens, reals or {})
     out = {}
     names = _head_names(heads)
@@ -339,10 +341,28 @@ def evaluate(store, heads: list, split: str | None = "test", allow_mixed: bool =
         table = per_generator_table(scores, labels, gens, info["threshold"], real_pool=pool, real_kinds=kinds)
         warnings = [f"{name}: {info['caption_source_warning']}"] if info.get("caption_source_warning") else []
         warnings += _seen_rows_warnings(name, info, store, fingerprint, splits, ids)
+        warnings += store_warnings
         out[name] = {"table": table, "scores": scores, "labels": labels, "generators": gens,
                      "threshold": info["threshold"], "info": info, "rows": rows, "real_pool": pool,
                      "warnings": warnings}
     return out
+
+
+def _relabelled_fake_warnings(ids, labels, gens, overlay_rows: dict) -> list[str]:
+    """Fakes whose label was annotated (overlay) but whose generator was not, under a generator that
+    reals carry: they keep the real source they were featurized with (``camera``)."""
+    if not overlay_rows:
+        return []
+    real_gens = {str(g) for g, lab in zip(gens, labels) if lab == 0}
+    by_gen: dict[str, int] = {}
+    for i, lab, g in zip(ids, labels, gens):
+        entry = overlay_rows.get(str(i)) or {}
+        if lab == 1 and "label" in entry and "generator" not in entry and str(g) in real_gens:
+            by_gen[str(g)] = by_gen.get(str(g), 0) + 1
+    return [f"{n} fake row(s) of generator {g!r} were relabelled fake without a generator: {g!r} is the generator "
+            "they had as reals (a camera or real source); its row pairs them with reals. Set their generator "
+            "with `item store annotate` (a manifest with path,label,generator)"
+            for g, n in sorted(by_gen.items())]
 
 
 def _seen_rows_warnings(name: str, info: dict, store, fingerprint: str, splits: np.ndarray,

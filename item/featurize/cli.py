@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from item.console import emit_json, guarded, info, progress_bar, table, warn
+from item.console import RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, info, progress_bar, table, warn
 
 
 def featurize_cmd(
@@ -17,7 +17,7 @@ def featurize_cmd(
     label: Optional[str] = typer.Option(None, help="Label for folders without label sub-folders: real|fake|unknown."),
     generator: Optional[str] = typer.Option(None, help="Generator name for rows whose layout gives none."),
     split: Optional[str] = typer.Option(None, help="Split name (train|val|test) for rows whose layout gives none."),
-    models: str = typer.Option("default", help="Model preset: default, small, tiny-random, small-random, "
+    models: str = typer.Option("default", help="Model preset: default, small, fast, tiny-random, small-random, "
                                "default-random."),
     clip: Optional[str] = typer.Option(None, help="open_clip model name (overrides the preset), e.g. ViT-L-14."),
     pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or a local checkpoint path."),
@@ -47,6 +47,8 @@ def featurize_cmd(
     max_pixels: Optional[int] = typer.Option(None, help="Decompression-bomb limit in pixels (default: "
                                              "Pillow's, 89,478,485); 0 removes the limit."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    profile_stages: bool = typer.Option(False, "--profile-stages", help="Synchronise the GPU after every stage so "
+                                        "that the summary's stage times are each stage's own (slower: no overlap)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete what the store holds and start afresh."),
     noun_prompt: str = typer.Option("photo", help="Text each noun is encoded as: photo ('a photo of a "
                                     "{noun}.') or bare ('{noun}'); recorded in the store."),
@@ -83,6 +85,10 @@ def featurize_cmd(
 
     check_caption_decoding(caption_decoding)  # refused before any input is read or model loaded
     perturbation = parse_perturb(perturb or None)
+    spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder,
+                          ground_size=ground_size)
+    if spec.random_weights and not as_json:  # the first line, before discovery and hours of work
+        emit(RANDOM_WEIGHTS_LINE)
     disc = discover(list(sources), label=label, generator=generator, split=split)
     for src, layout in disc.layouts.items():
         info(f"{src}: {layout}")
@@ -102,8 +108,6 @@ def featurize_cmd(
     if given and missing and given != missing and len(given | missing) > 1:
         warn("captions are given for some labels only: real and fake rows will be captioned by different "
              "sources, which a head can learn instead of misalignment")
-    spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder,
-                          ground_size=ground_size)
     no_caption = [r for r in disc.rows if not r.caption]
     if spec.captioner == "none" and no_caption:
         from item.errors import InputError
@@ -122,7 +126,8 @@ def featurize_cmd(
         shard_size=shard_size, perturb=str(perturbation), device=device, noun_prompt=noun_prompt,
         caption_decoding=caption_decoding,
         max_pixels=(None if max_pixels == 0 else (max_pixels or DEFAULT_MAX_PIXELS)),
-        engine=engine, ray_address=ray_address, ray_actors=ray_actors, gpus_per_actor=gpus_per_actor)
+        engine=engine, ray_address=ray_address, ray_actors=ray_actors, gpus_per_actor=gpus_per_actor,
+        profile_stages=profile_stages)
     command = "item featurize " + " ".join(sources)
     info(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''})"
          f"{' in ' + str(ray_actors) + ' Ray actors' if engine == 'ray' else ''} ...")
@@ -151,7 +156,7 @@ def featurize_cmd(
             info(f"augmentation {aug}: {n} training copies written")
     _after_run_warnings(store, disc.rows, sources)
     if as_json:
-        emit_json(summary.to_json())
+        emit_json({**summary.to_json(), "random_weights": bool(spec.random_weights)})
         return
     info(f"done in {summary.seconds:.1f} s on {summary.device}: {summary.n_written} images written, "
          f"{summary.n_skipped} skipped, {summary.n_already_done} already in the store, "

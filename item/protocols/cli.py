@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from item.console import emit, emit_json, guarded, info, progress_bar, table, warn
+from item.console import RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, info, progress_bar, table, warn
 
 
 def _csv(text: str | None) -> tuple[str, ...]:
@@ -59,6 +59,26 @@ def protocols_cmd(
             emit(f"  - {n}")
 
 
+def _random_models(models: str, heads=()) -> bool:
+    """Whether the model preset or a given head has random weights (read, nothing loaded)."""
+    import json
+
+    from item.featurize import resolve_models
+
+    if heads:
+        for h in heads:
+            try:
+                if json.loads((Path(h) / "head.json").read_text()).get("random_weights"):
+                    return True
+            except (OSError, ValueError):
+                continue
+        return False
+    try:
+        return bool(resolve_models(models).random_weights)
+    except Exception:  # an unknown preset: the run itself says so in one line
+        return False
+
+
 def reproduce_cmd(
     benchmark: str = typer.Argument(..., help="Benchmark name (see `item protocols`) or a protocol JSON file.",
                                     show_default=False),
@@ -68,7 +88,9 @@ def reproduce_cmd(
                                "default-random."),
     heads: str = typer.Option("hierarchical,visual", "--heads", help="Feature recipes to train a head for, "
                               "comma-separated."),
-    head_kind: str = typer.Option("mlp", help="mlp or logistic."),
+    kind: str = typer.Option("mlp", "--kind", metavar="mlp|logistic", help="The heads to train: mlp or logistic."),
+    head_kind_old: Optional[str] = typer.Option(None, "--head-kind", metavar="mlp|logistic", hidden=True,
+                                                help="Deprecated alias of --kind (one release)."),
     head: Optional[List[Path]] = typer.Option(None, "--head", help="Evaluate this trained head instead of training "
                                               "(repeat; required for test-only benchmarks)."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Run on the test sets that are there when "
@@ -91,8 +113,11 @@ def reproduce_cmd(
     from item.protocols.reproduce import ReproduceConfig, needed_splits, run_reproduce
     from item.protocols.tables import text_rows
 
+    if head_kind_old is not None:
+        warn(f"--head-kind is deprecated: use --kind {head_kind_old}")
+        kind = head_kind_old
     protocol = get_protocol(benchmark)
-    cfg = ReproduceConfig(models=models, recipes=_csv(heads), head_kind=head_kind,
+    cfg = ReproduceConfig(models=models, recipes=_csv(heads), head_kind=kind,
                           heads=tuple(str(h) for h in head or ()), device=device, batch_size=batch_size,
                           workers=workers, allow_missing=allow_missing, augment=tuple(augment or ()),
                           align_format=align_format or "")
@@ -106,6 +131,10 @@ def reproduce_cmd(
         splits = ("test",) if protocol.test_only or cfg.heads else ("train", "val", "test")
     else:
         splits = needed_splits(protocol, cfg)
+    early = False
+    if not as_json and _random_models(models, cfg.heads):  # the first line, before hours of work
+        emit(RANDOM_WEIGHTS_LINE)
+        early = True
     layout = check_layout(protocol, root, splits)
     for line in layout.lines():
         info(line)
@@ -122,7 +151,7 @@ def reproduce_cmd(
 
         emit_json(strict(res.table))
         return
-    if res.random_weights:
+    if res.random_weights and not early:
         emit(res.table["note"])
     rows, cols = text_rows(res.table)
     table(rows, cols, title=f"{protocol.title}: ITEM beside the anchors' published numbers "
@@ -160,13 +189,16 @@ def robustness_cmd(
 
     cfg = RobustnessConfig(perturbs=_csv(perturb), reals=parse_reals(reals), device=device, batch_size=batch_size,
                            workers=workers)
+    early = not as_json and _random_models("", (str(head),))
+    if early:  # the first line, before the perturbed copies are featurized
+        emit(RANDOM_LINE)
     with progress_bar(None, "featurizing") as advance:
         res = run_robustness(source, head, work, cfg, protocol=get_protocol(protocol) if protocol else None,
                              test_set=test_set, log=info, progress=advance)
     if as_json:
         emit_json(strict(res))
         return
-    if res["random_weights"]:
+    if res["random_weights"] and not early:
         emit(RANDOM_LINE)
     rows = [{"perturbation": p or "none", "generator": g, "acc": f"{100 * m['acc']:.1f}",
              "acc@0.5": f"{100 * m['acc_05']:.1f}", "AP": f"{100 * m['ap']:.1f}" if m["ap"] == m["ap"] else "—"}

@@ -24,7 +24,7 @@ LABELS = {"acc": "acc", "acc_05": "acc@0.5", "real_acc": "real", "fake_acc": "fa
 #: What a table shows when its protocol names no columns: the field's accuracy and AP.
 DEFAULT_ITEM_COLUMNS = ("acc", "acc_05", "ap")
 DEFAULT_ANCHOR_COLUMNS = ("acc", "ap")
-RANDOM_LINE = "RANDOM WEIGHTS: features come from randomly initialised models; these numbers are not detection accuracy"
+from item.outputs import RANDOM_WEIGHTS_LINE as RANDOM_LINE  # noqa: E402  (one definition)
 
 
 def pct(value) -> str:

@@ -237,6 +237,10 @@ def create_app(service: Service):
     def health():
         return service.health()
 
+    @app.get("/api/summary", summary="The store's summary, the heads and the default k (the page's first view)")
+    def summary():
+        return service.summary()
+
     @app.post("/api/predict", summary="Score one uploaded image (multipart field `file`)")
     async def predict(file: UploadFile = File(..., description="The image file."),
                       caption: Optional[str] = Form(None, description="Use this caption instead of the captioner's."),

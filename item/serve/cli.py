@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from item.console import guarded, info, warn
+from item.console import RANDOM_WEIGHTS_LINE, emit, guarded, info, warn
 
 SERVE_EXTRA = "pip install 'item-detect[serve]' (FastAPI, uvicorn, python-multipart)"
 
@@ -31,6 +31,28 @@ def _require_extra() -> None:
             __import__(module)
         except ImportError:
             raise InputError(f"item serve needs {module}, which is not installed: {SERVE_EXTRA}") from None
+
+
+def _any_random(store, heads) -> bool:
+    """Whether the store or a head records random weights (read from their metadata; nothing loads)."""
+    import json
+
+    from item.errors import ItemError
+    from item.store import StoreReader
+
+    try:
+        with StoreReader(store) as r:
+            if r.random_weights:
+                return True
+    except ItemError:
+        return False  # the Service's own load says what is wrong
+    for h in heads:
+        try:
+            if json.loads((Path(h) / "head.json").read_text()).get("random_weights"):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def serve_cmd(
@@ -82,12 +104,12 @@ def serve_cmd(
     config = ServeConfig(store=str(store), heads=tuple(str(h) for h in heads), device=device,
                          max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, k=k,
                          max_pending=max_pending, allowed_hosts=tuple(allow_host), host=host, token=token or None)
+    if _any_random(store, heads):  # the first line, before minutes of loading
+        emit(RANDOM_WEIGHTS_LINE)
     service = Service(config, log=info)
-    if service.random_weights:
-        warn("RANDOM WEIGHTS: a model or head of this server has randomly initialised weights; its scores are "
-             "not detection accuracy")
     try:
-        info(f"serving on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops"
+        info(f"serving on http://{host}:{port}/ (the JSON API's schema: http://{host}:{port}/openapi.json; e.g. "
+             f"curl -F file=@image.jpg http://{host}:{port}/api/predict); Ctrl-C stops"
              + ("; every request needs the token (open /?token=TOKEN once in a browser)" if token else ""))
         uvicorn.run(create_app(service), host=host, port=port, log_level="info")
     finally:

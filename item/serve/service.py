@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -110,23 +110,11 @@ def release_memory() -> None:
         pass
 
 
-def _group(label: str, generator: str) -> str:
-    """The neighbour's vote: reals are one group whatever their source; fakes vote by generator."""
-    if label == "real":
-        return "real"
-    return generator or "(no generator)"
-
-
 def vote(hits: list[dict]) -> list[dict]:
-    """Known generators (and 'real') by vote of the neighbours: share of the k, mean similarity."""
-    count, sims = defaultdict(int), defaultdict(float)
-    for h in hits:
-        g = _group(h["label"], h["generator"])
-        count[g] += 1
-        sims[g] += h["similarity"]
-    n = max(1, len(hits))
-    return sorted(({"generator": g, "votes": count[g], "share": count[g] / n, "mean_similarity": sims[g] / count[g]}
-                   for g in count), key=lambda d: (-d["votes"], -d["mean_similarity"]))
+    """Known generators (and 'real') by vote of one query's neighbours (``item.outputs.vote_table``)."""
+    from item.outputs import vote_table
+
+    return vote_table([hits])
 
 
 class Service:
@@ -243,13 +231,13 @@ class Service:
         return row
 
     def _hit(self, row: int, similarity: float) -> dict:
+        from item.outputs import neighbour
         from item.store import schema
 
         m = self.meta
-        return {"id": str(m[schema.ID][row]), "row": int(row), "path": str(m[schema.PATH][row]),
-                "label": str(m[schema.LABEL][row]), "generator": str(m[schema.GENERATOR][row]),
-                "split": str(m[schema.SPLIT][row]), "caption": str(m[schema.CAPTION][row]),
-                "similarity": float(similarity)}
+        return neighbour(id=m[schema.ID][row], row=row, path=m[schema.PATH][row], label=m[schema.LABEL][row],
+                         generator=m[schema.GENERATOR][row], split=m[schema.SPLIT][row],
+                         caption=m[schema.CAPTION][row], similarity=similarity)
 
     def _search(self, on: str, vector: np.ndarray, k: int, exclude: set[int]) -> list[dict]:
         """The k stored rows nearest to ``vector`` (cosine): the fresh index, else exact search."""
@@ -286,27 +274,41 @@ class Service:
 
     @staticmethod
     def _objects(nouns, boxes, grounded, detector, crop_emb, noun_emb) -> list[dict]:
-        """Per noun: its box (x0, y0, x1, y1 in pixels) and score cos(crop_emb, noun_emb); worst marked."""
+        """Per noun an ``item.outputs`` object: its box (x0, y0, x1, y1 in pixels) and alignment
+        cos(crop_emb, noun_emb); the worst third marked."""
         from item.misalignment import pair_scores
+        from item.outputs import objects
 
-        out = []
-        for i, noun in enumerate(nouns):
-            g = bool(grounded[i])
-            score = float(pair_scores(np.asarray(crop_emb[i], np.float32)[None],
-                                      np.asarray(noun_emb[i], np.float32)[None])[0]) if g else None
-            out.append({"noun": str(noun), "grounded": g,
-                        "box": [round(float(v), 1) for v in boxes[i]] if g else None,
-                        "score": score, "detector_score": round(float(detector[i]), 4), "worst": False})
-        scored = sorted((o for o in out if o["score"] is not None), key=lambda o: o["score"])
-        for o in scored[:max(1, len(scored) // 3)]:
-            o["worst"] = True
-        return out
+        cos = [float(pair_scores(np.asarray(crop_emb[i], np.float32)[None],
+                                 np.asarray(noun_emb[i], np.float32)[None])[0]) if grounded[i] else float("nan")
+               for i in range(len(nouns))]
+        return objects(nouns, boxes, grounded, detector, cos)
 
-    def _view(self, verdicts: list[dict], **rest) -> dict:
+    def _view(self, verdicts: list[dict], *, path: str, id: str, status: str = "ok", caption, caption_source,  # noqa: A002
+              width, height, global_alignment, objects, **rest) -> dict:
+        """An ``item.outputs.prediction`` (the first head's verdict) with every head's verdict and the
+        neighbours' view around it; the keys the CLI's prediction has, under the same names."""
+        from item.outputs import prediction
+
         first = verdicts[0]
-        return {"p_fake": first["p_fake"], "label": first["label"], "threshold": first["threshold"],
-                "threshold_from": first["threshold_from"], "head": first["head"], "heads": verdicts,
-                **rest, "random_weights": self.random_weights}
+        pred = prediction(path=path, id=id, status=status, random_weights=self.random_weights, p_fake=first["p_fake"],
+                          label=first["label"], threshold=first["threshold"], threshold_from=first["threshold_from"],
+                          head=first["head"], caption=caption, caption_source=caption_source, width=width,
+                          height=height, global_alignment=global_alignment, objects=objects)
+        return {**pred, "heads": verdicts, **rest}
+
+    def _warnings(self, caption_source: str) -> list[str]:
+        """The heads' caption warnings, as ``item predict`` gives them."""
+        from types import SimpleNamespace
+
+        from item.classify.predict import _caption_warnings
+        from item.store import schema
+
+        rec = SimpleNamespace(status=schema.STATUS_OK, caption_source=caption_source)
+        out = []
+        for name, _, info in self.heads:
+            out += [f"{name}: {w}" for w in _caption_warnings(info, [rec])]
+        return out
 
     # -- answers -------------------------------------------------------------------------
     def predict_upload(self, data: bytes, *, filename: str = "", caption: str | None = None,
@@ -340,11 +342,18 @@ class Service:
                                 [o.score for o in objs],
                                 [o.crop_emb if o.crop_emb is not None else np.zeros(d, np.float32) for o in objs],
                                 [o.noun_emb for o in objs])
+        from item.misalignment import pair_scores
+
         stored = self._row_of_id.get(rec.id)
-        return self._view(verdicts, id=rec.id, filename=filename, caption=rec.caption,
+        glob = float(pair_scores(np.asarray(rec.image_emb, np.float32)[None],
+                                 np.asarray(rec.caption_emb, np.float32)[None])[0])
+        # a stored image's own row is left out of its neighbours, as for a stored row's view
+        exclude = {int(stored)} if stored is not None else set()
+        return self._view(verdicts, path=filename, id=rec.id, caption=rec.caption,
                           caption_source=rec.caption_source, width=int(rec.width), height=int(rec.height),
-                          objects=objects, in_store=stored is not None,
-                          **self._lookups(rec.image_emb, rec.misalignment, k, set()))
+                          global_alignment=glob, objects=objects, **self._lookups(rec.image_emb, rec.misalignment, k,
+                                                                                  exclude),
+                          in_store=stored is not None, warnings=self._warnings(rec.caption_source))
 
     def _featurize_upload(self, data: bytes, caption: str | None):
         """The upload's ImageRecord: header checked, then decoded and featurized under the model lock."""
@@ -395,15 +404,21 @@ class Service:
                      for _, _, info in self.heads}
             objs = self.reader.objects(np.array([row]))
             image_emb = self.reader.read(schema.IMAGE_EMB, [row])[0]
+            caption_emb = self.reader.read(schema.CAPTION_EMB, [row])[0]
             mis = self.reader.read(schema.MISALIGNMENT, [row])[0]
         verdicts = self._verdicts(lambda recipe: feats[recipe])
         objects = self._objects(objs[schema.NOUN], objs[schema.BOX], objs[schema.GROUNDED], objs[schema.SCORE],
                                 objs[schema.CROP_EMB], objs[schema.NOUN_EMB])
+        from item.misalignment import pair_scores
+
         stored = {c: str(m[c][row]) for c in (schema.PATH, schema.LABEL, schema.GENERATOR, schema.SPLIT)}
-        return self._view(verdicts, id=str(m[schema.ID][row]), row=int(row), stored=stored,
-                          caption=str(m[schema.CAPTION][row]), caption_source=str(m[schema.CAPTION_SOURCE][row]),
-                          width=int(m[schema.WIDTH][row]), height=int(m[schema.HEIGHT][row]), objects=objects,
-                          in_store=True, **self._lookups(image_emb, mis, k, {row}))
+        glob = float(pair_scores(np.asarray(image_emb, np.float32)[None], np.asarray(caption_emb, np.float32)[None])[0])
+        source = str(m[schema.CAPTION_SOURCE][row])
+        return self._view(verdicts, path=stored[schema.PATH], id=str(m[schema.ID][row]),
+                          caption=str(m[schema.CAPTION][row]), caption_source=source,
+                          width=int(m[schema.WIDTH][row]), height=int(m[schema.HEIGHT][row]), global_alignment=glob,
+                          objects=objects, **self._lookups(image_emb, mis, k, {row}), in_store=True,
+                          warnings=self._warnings(source), row=int(row), stored=stored)
 
     def neighbors(self, image_id: str, k: int | None = None, on: str = "image") -> dict:
         """The k stored images nearest to a stored one (itself excluded), on image or misalignment vectors."""
@@ -435,7 +450,8 @@ class Service:
         rows = self.ok_rows[mask]
         page = rows[offset:offset + limit]
         return {"total": int(rows.size), "offset": offset, "limit": limit, "facets": self.facets,
-                "rows": [{k: v for k, v in self._hit(int(r), 1.0).items() if k != "similarity"} for r in page]}
+                "rows": [{k: v for k, v in self._hit(int(r), 1.0).items() if k != "similarity"} for r in page],
+                "random_weights": self.random_weights}
 
     def thumbnail(self, image_id: str, size: str = "small") -> bytes:
         """JPEG bytes of a stored image, longest side THUMB_SIZES[size]; only for ids in the store."""
@@ -479,6 +495,19 @@ class Service:
             while len(self._thumbs) > 1024:
                 self._thumbs.popitem(last=False)
         return data
+
+    def summary(self) -> dict:
+        """What the page shows before the first upload: the store's summary (images, generators, splits,
+        groups, indexes), the heads and the number of neighbours shown by default."""
+        from item.store import store_info
+
+        with self.store_lock:
+            d = store_info(self.config.store)
+        d["generators"] = list(self.facets.get("generator", []))
+        d["splits"] = list(self.facets.get("split", []))
+        heads = [{"name": n, "kind": i.get("kind"), "recipe": i["recipe"], "threshold": float(i["threshold"]),
+                  "random_weights": bool(i.get("random_weights"))} for n, _, i in self.heads]
+        return {"store": d, "heads": heads, "k": self.config.k, "random_weights": self.random_weights}
 
     def health(self) -> dict:
         """Store, heads, models and indexes: what this server loaded at start-up."""

@@ -95,6 +95,7 @@ class AnnotateResult:
     changed_by_field: dict = field(default_factory=dict)
     matched_by: dict = field(default_factory=dict)  # 'id' / 'path' / 'content' -> rows
     not_in_store: list = field(default_factory=list)  # (origin, path or id)
+    warnings: list = field(default_factory=list)  # e.g. a label flipped while the generator was kept
 
 
 def updates_from_manifest(manifest) -> list[Update]:
@@ -190,7 +191,28 @@ def annotate_store(root, updates: list[Update], command: str = "") -> AnnotateRe
             first[key] = f"{u.origin} ({u.path or u.id})"
     res = write_changes(root, list(changes.values()), current, command=command)
     return AnnotateResult(res.version, res.digest, len(updates), sum(matched_by.values()), res.n_changed,
-                          res.changed_by_field, dict(matched_by), missing)
+                          res.changed_by_field, dict(matched_by), missing,
+                          generator_warnings(changes.values(), current, first))
+
+
+def generator_warnings(changes, current: dict, origin_of: dict) -> list[str]:
+    """Say so when a label is flipped (real <-> fake) and the generator is kept: a real photo's
+    generator (``camera``, a dataset's real pool) on a fake, or a generator's name on a real, is
+    then what eval groups and pairs by."""
+    kept: dict[tuple[str, str], list[str]] = {}
+    for ch in changes:
+        have = current.get(ch.id, {})
+        old, new = have.get("label"), ch.label
+        if new is None or new == old or ch.generator is not None or {old, new} != {"real", "fake"}:
+            continue
+        kept.setdefault((new, have.get("generator", "")), []).append(origin_of.get(ch.id, ch.id))
+    out = []
+    for (label, gen), origins in sorted(kept.items()):
+        was = "real" if label == "fake" else "fake"
+        out.append(f"{len(origins)} image(s) relabelled {label} keep the generator {gen!r} they had as {was} "
+                   f"(first: {origins[0]}); eval groups them under {gen!r}. Set the generator too: give the manifest "
+                   f"a generator column (path,label,generator) and run `item store annotate` again")
+    return out
 
 
 def _stored_rows_of(reader) -> tuple[dict, dict]:

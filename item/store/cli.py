@@ -6,11 +6,25 @@ from pathlib import Path
 
 import typer
 
-from item.console import emit, emit_json, guarded, info, progress_bar, table, warn
+from item.console import (RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, human_bytes, info, progress_bar, table,
+                          warn)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
-StoreDir = typer.Argument(..., help="The store directory.", show_default=False)
+StoreDir = typer.Argument(..., help="The store directory.", show_default=False, metavar="DIR")
+
+
+def _random(store) -> bool:
+    """Whether the store's embeddings come from random weights (False when it cannot be read: a
+    damaged store's command says what is wrong instead)."""
+    from item.errors import ItemError
+    from item.store import StoreReader
+
+    try:
+        with StoreReader(store) as r:
+            return bool(r.random_weights)
+    except (ItemError, OSError, ValueError, KeyError):
+        return False
 
 
 @app.command("info")
@@ -21,6 +35,8 @@ def info_cmd(store: Path = StoreDir,
     from item.store import store_info
 
     d = store_info(store)
+    if d["state"] != "ok":
+        d.setdefault("random_weights", False)
     if as_json:
         emit_json(d)
         return
@@ -29,7 +45,7 @@ def info_cmd(store: Path = StoreDir,
         emit(f"state            {d['state']}")
         return
     if d["random_weights"]:
-        emit("RANDOM WEIGHTS: embeddings in this store come from randomly initialised models")
+        emit(RANDOM_WEIGHTS_LINE)
     emit(f"store            {d['store']}")
     emit(f"schema           {d['schema_version']} (written by item {d['package_version']})")
     emit(f"images           {d['n_images']} ({d['n_ok']} ok, {d['n_skipped']} skipped, "
@@ -63,6 +79,8 @@ def _describe_model(spec) -> str:
         return str(spec)
     keys = [k for k in ("model", "pretrained", "id", "name", "path") if spec.get(k)]
     text = " ".join(f"{spec[k]}" for k in keys) or "-"
+    if spec.get("family"):  # a grounder's family (grounding-dino, owlv2, omdet-turbo, mm-grounding-dino)
+        text += f" [{spec['family']}]"
     if spec.get("random_weights"):
         text += " (random weights)"
     return text
@@ -82,9 +100,13 @@ def validate_cmd(store: Path = StoreDir,
     from item.store import validate
 
     rep = validate(store, check_values=not quick)
+    random_weights = _random(store)
     if as_json:
-        emit_json({"ok": rep.ok, "problems": rep.problems, "warnings": rep.warnings, "state": rep.state or "ok"})
+        emit_json({"ok": rep.ok, "problems": rep.problems, "warnings": rep.warnings, "state": rep.state or "ok",
+                   "random_weights": random_weights})
     else:
+        if random_weights:
+            emit(RANDOM_WEIGHTS_LINE)
         for w in rep.warnings:
             warn(w)
         for p in rep.problems:
@@ -102,6 +124,8 @@ def export_cmd(store: Path = StoreDir,
     """Write the per-image metadata (one row per image and per duplicate path) as CSV or Parquet."""
     from item.store import export_metadata
 
+    if _random(store):
+        emit(RANDOM_WEIGHTS_LINE)
     n = export_metadata(store, out)
     info(f"wrote {n} rows to {out}")
 
@@ -135,13 +159,16 @@ def index_cmd(store: Path = StoreDir,
     params = {"M": hnsw_m, "ef_search": ef_search, "nlist": nlist, "m": pq_m, "nprobe": nprobe}
     with StoreReader(store) as r:
         total = r.counts["n_ok"]
+        if r.random_weights:
+            emit(RANDOM_WEIGHTS_LINE)
     with progress_bar(total, f"indexing {on} ({kind})", unit="rows") as advance:
         side = build_index(store, on=on, kind=kind, params=params, progress=advance, memory_budget=memory_budget,
                            target_recall=target_recall, device=device)
-    info(f"indexed {side['count']} rows: {store}/index/{side['files']['faiss']['name']} "
-         f"(about {side['memory_bytes'] / 2**20:.0f} MiB in memory"
-         + (f", {side['disk_bytes'] / 2**20:.0f} MiB of float16 re-ranking copies on disk" if side.get("disk_bytes")
-            else "") + ")")
+    on_disk = sum(int(f.get("bytes", 0)) for f in (side.get("files") or {}).values())
+    info(f"indexed {side['count']} rows: {store}/index/{side['files']['faiss']['name']} ({human_bytes(on_disk)} on "
+         f"disk, about {human_bytes(side['memory_bytes'])} in memory by the estimate"
+         + (f"; {human_bytes(side['disk_bytes'])} of it float16 re-ranking copies, read from disk per query"
+            if side.get("disk_bytes") else "") + ")")
     tuning = side.get("tuning")
     if tuning:
         msg = (f"{tuning['param']} {tuning['chosen']}: recall@{tuning['k']} {tuning['recall_at_k']} on "
@@ -169,10 +196,13 @@ def split_cmd(store: Path = StoreDir,
     res = split_store(store, val=val, test=test, by=by, seed=seed, overwrite=overwrite, new_only=new_only,
                       command=f"item store split {store} --val {val} --test {test} --by {by} --seed {seed}"
                               + (" --new-only" if new_only else ""))
+    random_weights = _random(store)
     if as_json:
         emit_json({"overlay_version": res.version, "overlay_digest": res.digest, "n_changed": res.n_changed,
-                   "counts": res.counts})
+                   "counts": res.counts, "random_weights": random_weights})
         return
+    if random_weights:
+        emit(RANDOM_WEIGHTS_LINE)
     table(res.counts, ["split", "label", "n"], title=f"{store}: splits (metadata overlay version {res.version}, "
                                                       f"{res.n_changed} rows changed)")
 
@@ -189,12 +219,21 @@ def annotate_cmd(store: Path = StoreDir,
 
     StoreReader(store).close()  # a missing or malformed store fails here, with its one-line error
     res = annotate_store(store, updates_from_manifest(manifest), command=f"item store annotate {store} {manifest}")
+    random_weights = _random(store)
+    warnings = list(res.warnings)
     if as_json:
         emit_json({"overlay_version": res.version, "overlay_digest": res.digest, "n_rows": res.n_rows,
                    "n_matched": res.n_matched, "n_changed": res.n_changed, "changed_by_field": res.changed_by_field,
                    "matched_by": res.matched_by,
-                   "not_in_store": [{"origin": o, "path": p} for o, p in res.not_in_store]})
+                   "not_in_store": [{"origin": o, "path": p} for o, p in res.not_in_store],
+                   "warnings": warnings, "random_weights": random_weights})
+        for w in warnings:
+            warn(w)
         return
+    if random_weights:
+        emit(RANDOM_WEIGHTS_LINE)
+    for w in warnings:
+        warn(w)
     for origin, what in res.not_in_store[:20]:
         warn(f"{origin}: not in the store: {what}")
     if len(res.not_in_store) > 20:

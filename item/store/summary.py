@@ -55,7 +55,8 @@ def store_info(root) -> dict:
 
     if is_debris(root):
         return {"store": str(Path(root).resolve()), "state": EMPTY_DEBRIS, "n_images": 0, "n_ok": 0, "n_skipped": 0,
-                "n_objects": 0, "n_grounded": 0, "n_aliases": 0, "n_shards": 0, "indexes": []}
+                "n_objects": 0, "n_grounded": 0, "n_aliases": 0, "n_shards": 0, "indexes": [],
+                "random_weights": False}
     with StoreReader(root) as r:
         m = r.manifest
         meta = r.metadata([schema.LABEL, schema.GENERATOR, schema.SPLIT, schema.STATUS])

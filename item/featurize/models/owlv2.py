@@ -17,8 +17,8 @@ random weights of the real architecture (``owlv2-random``); ``owlv2-tiny-random`
 from __future__ import annotations
 
 from item.errors import InputError
-from item.featurize.models.grounding import (MIN_BOX_AREA, Box, GroundImage, PreparedGrounder, _pixel_boxes,
-                                             not_groundable)
+from item.featurize.models.grounding import (MIN_BOX_AREA, Box, GroundImage, ImageTextProcessor, PreparedGrounder,
+                                             _pixel_boxes, not_groundable)
 from item.featurize.models.hub import autocast_for, to_device
 
 #: Random builder names of the OWLv2 family (seeded random weights, built offline).
@@ -102,35 +102,6 @@ class OwlGrounder(PreparedGrounder):
                 found[j] = Box(x0, y0, x1, y1, float(best[j]), float(best[j]))
             result.append(found)
         return result
-        n_q = max(len(nouns[i]) for i in todo)
-        # Every image gets n_q queries (the model wants a rectangle); padding queries are ignored below.
-        texts = []
-        for i in todo:
-            qs = [PROMPT.format(" ".join(str(n).lower().split()) or "object") for n in nouns[i]]
-            texts.extend(qs + [""] * (n_q - len(qs)))
-        tok = self.processor.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_text_len,
-                                       return_tensors="pt")
-        pixel_values = torch.stack([prepared[i].pixel_values for i in todo])
-        inputs = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"],
-                  "pixel_values": pixel_values}
-        inputs = {k: to_device(v, self.device) for k, v in inputs.items()}
-        with torch.inference_mode(), autocast_for(self.device):
-            out = self.model(**inputs)
-        scores = out.logits.float().sigmoid().cpu()  # (batch, n_patches, n_q)
-        boxes = out.pred_boxes.float().cpu()  # (batch, n_patches, 4) cx, cy, w, h relative to the square
-        for b, i in enumerate(todo):
-            width, height = prepared[i].size
-            side_w, side_h = prepared[i].padded
-            px, area = _pixel_boxes(boxes[b], width, height, side_w, side_h)
-            # boxes that lie in the square's padding are no boxes (as for Grounding DINO)
-            s = torch.where((area >= min(MIN_BOX_AREA, width * height))[:, None], scores[b], torch.tensor(-1.0))
-            best, patch = s.max(0)  # (n_q,)
-            for j in range(len(nouns[i])):
-                if float(best[j]) < max(self.box_threshold, 0.0):
-                    continue
-                x0, y0, x1, y1 = px[patch[j]].tolist()
-                result[i][j] = Box(x0, y0, x1, y1, float(best[j]))
-        return result
 
 
 def _square_size(image_processor) -> int:
@@ -180,19 +151,8 @@ def build_owlv2(name: str):
     try:
         processor = Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer)
     except (TypeError, ValueError):  # a transformers that insists on OWL's own (CLIP) tokenizer class
-        processor = _Processor(image_processor, tokenizer)
+        processor = ImageTextProcessor(image_processor, tokenizer)
     return model, processor
-
-
-class _Processor:
-    """The two parts OwlGrounder uses, for a transformers whose Owlv2Processor refuses the tiny tokenizer."""
-
-    def __init__(self, image_processor, tokenizer):
-        self.image_processor, self.tokenizer = image_processor, tokenizer
-
-    def save_pretrained(self, folder) -> None:
-        self.image_processor.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
 
 
 def load_owlv2(name_or_path: str, device: str = "cpu", box_threshold: float = DEFAULT_BOX_THRESHOLD,

@@ -122,10 +122,24 @@ PRESETS: dict[str, ModelSpec] = {
         clip_model="ViT-L-14", clip_pretrained="", captioner="default-random", grounder="default-random",
         random_weights=True, box_threshold=0.0, text_threshold=0.0,
     ),
+    # Speed first: OmDet-Turbo (real-time detector, noun embeddings cached across images) with small's CLIP
+    # and captioner, the fastest of the measured ones (BENCHMARKS.md). Its grounding quality for ITEM is not
+    # measured here (no real weights reachable), like OWLv2's.
+    "fast": ModelSpec(
+        clip_model="ViT-B-32", clip_pretrained="openai",
+        captioner="Salesforce/blip-image-captioning-base", grounder="omlab/omdet-turbo-swin-tiny-hf",
+        random_weights=False, box_threshold=0.3, text_threshold=0.0,
+    ),
+    "fast-random": ModelSpec(
+        clip_model="ViT-B-32", clip_pretrained="", captioner="small-random", grounder="omdet-random",
+        random_weights=True, box_threshold=0.0, text_threshold=0.0,
+    ),
 }
 
-#: OWLv2 random builders (item.featurize.models.owlv2) count as random names too.
-RANDOM_MODEL_NAMES = RANDOM_NAMES + ("owlv2-tiny-random", "owlv2-random")
+#: The other grounder families' random builders count as random names too (written out here so that this
+#: module stays free of heavy imports; tests check them against each family's module).
+RANDOM_MODEL_NAMES = RANDOM_NAMES + ("owlv2-tiny-random", "owlv2-random", "omdet-tiny-random", "omdet-random",
+                                     "mm-gdino-tiny-random", "mm-gdino-random")
 
 
 def _number(value):
@@ -198,11 +212,11 @@ def resolve_models(
         base = PRESETS["tiny-random"] if is_random(grounder) else PRESETS["default"]
         changes.update(box_threshold=base.box_threshold, text_threshold=base.text_threshold)
     if grounder is not None and not is_random(grounder) and spec.grounder != grounder:
-        from item.featurize.models.grounders import grounder_family
-        from item.featurize.models.owlv2 import DEFAULT_BOX_THRESHOLD
+        from item.featurize.models.grounders import FAMILY_THRESHOLDS, grounder_family
 
-        if grounder_family(grounder) == "owlv2":  # OWLv2 has one score per query and its own threshold
-            changes.update(box_threshold=DEFAULT_BOX_THRESHOLD, text_threshold=0.0)
+        # a real checkpoint brings its family's own thresholds (OWLv2 and OmDet-Turbo have one score per box)
+        box, text = FAMILY_THRESHOLDS[grounder_family(grounder)]
+        changes.update(box_threshold=box, text_threshold=text)
     spec = dataclasses.replace(spec, **changes)
     random_weights = spec.clip_pretrained == "" or is_random(spec.captioner) or is_random(spec.grounder)
     return dataclasses.replace(spec, random_weights=random_weights)

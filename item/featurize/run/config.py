@@ -29,11 +29,17 @@ class FeaturizeConfig:
     # Images per captioner generate(); the image batch caps it. BLIP on an H200: 21.7 ms an image at 16,
     # 5.7 ms at 64 (BENCHMARKS.md).
     caption_batch_size: int = 64
-    # Images per grounder forward (--ground-batch-size); 0 = auto: 4 on CUDA, 1 on CPU. Only images whose
-    # prepared inputs have one shape share a forward (no image padding), so it changes no box beyond float
-    # rounding (a group's prompts are padded to its longest: 3e-5 px on the samples, CPU). Recorded in each
-    # run's entry of the store manifest, not in the store's identity. Batching gains little: on an H200 27 ms an image at batch 4, 34 ms at 16 (BENCHMARKS.md).
+    # Images per grounder forward (--ground-batch-size); 0 = auto, the grounder's own (``auto_batch_size``):
+    # Grounding DINO and OWLv2 4 on CUDA (H200: 27 ms an image at 4, 34 ms at 16, BENCHMARKS.md), OmDet-Turbo 16
+    # (unmeasured: benchmarks/gpu_all.sh sweeps it); 1 on the CPU. Only images whose prepared inputs have one
+    # shape share a forward (no image padding), so it changes no box beyond float rounding (a group's prompts
+    # are padded to its longest: 3e-5 px on the samples, CPU). Recorded in each run's entry of the store
+    # manifest, not in the store's identity.
     ground_batch_size: int = 0
+    # Synchronise the GPU at the end of every stage so that the stage timers hold each stage's own GPU time
+    # (``--profile-stages``). Off by default: a device-wide synchronize also waits for the overlapped CLIP
+    # thread's kernels. The stored bits are the same either way.
+    profile_stages: bool = False
     # Run the CLIP stage of batch i in a background thread while batch i+1 is captioned and grounded and
     # batch i-1 written (a bounded pipeline: at most two batches in flight). None = auto: on CUDA only (on the
     # CPU the two threads would share the same cores). The stored bits are the same either way.
@@ -54,12 +60,14 @@ class FeaturizeConfig:
     def resolved_batch_size(self, device: str) -> int:
         return self.batch_size or (64 if str(device).startswith("cuda") else 16)
 
-    def resolved_ground_batch_size(self, device: str) -> int:
+    def resolved_ground_batch_size(self, device: str, auto: int | None = None) -> int:
+        """Images per grounder forward: --ground-batch-size, else ``auto`` (the grounder's own), else 4 on
+        CUDA and 1 on the CPU."""
         if self.ground_batch_size < 0:
             from item.errors import InputError
 
             raise InputError(f"--ground-batch-size must be 0 (auto) or more, got {self.ground_batch_size}")
-        return self.ground_batch_size or (4 if str(device).startswith("cuda") else 1)
+        return self.ground_batch_size or auto or (4 if str(device).startswith("cuda") else 1)
 
     def resolved_overlap(self, device: str) -> bool:
         return str(device).startswith("cuda") if self.overlap is None else bool(self.overlap)

@@ -36,11 +36,15 @@ class Featurizer:
         self.perturbation = str(parse_perturb(config.perturb or None))
 
     def _timed(self, stage: str, fn, *args):
+        """fn(*args), its seconds added to ``stage``. Every stage ends in a copy to the host (boxes, captions,
+        embeddings), which waits for its own kernels; a device-wide synchronize here would also wait for the
+        other thread's (the overlapped CLIP stage) and forbid the overlap, so it happens only when
+        ``config.profile_stages`` asks for exact per-stage GPU time."""
         t = time.perf_counter()
         try:
             return fn(*args)
         finally:
-            if str(self.models.device).startswith("cuda"):
+            if self.config.profile_stages and str(self.models.device).startswith("cuda"):
                 import torch
 
                 torch.cuda.synchronize()
@@ -131,7 +135,7 @@ class Featurizer:
                         for i in with_nouns}
             # Only equally shaped inputs share a forward (a forward pads its images to the largest, which moved
             # boxes by up to 22 px): an image's boxes never depend on what else is in its batch.
-            gbs = self.config.resolved_ground_batch_size(self.models.device)
+            gbs = self.config.resolved_ground_batch_size(self.models.device, grounder.auto_batch_size(self.models.device))
             boxes = [[None] * len(n) for n in nouns]
             order = [i for i in with_nouns if prepared[i] is not None]
             for group in shape_groups(prepared, order):
