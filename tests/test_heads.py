@@ -218,3 +218,68 @@ def test_save_refuses_reserved_meta_and_unfitted(tmp_path, fitted):
         save_head(MLPHead(), tmp_path, {})
     assert not list(Path(tmp_path).iterdir())
     assert issubclass(SchemaError, ItemError) and heads.SCHEMA_VERSION == 1
+
+
+# issue 24: the training plan (auto batch and epochs, warm-up + cosine schedule), bfloat16, devices.
+
+
+def test_auto_plan_scales_with_rows():
+    from item.classify.heads import auto_plan
+
+    cfg = HeadConfig()
+    assert cfg.batch_size == 0 and cfg.max_epochs == 0  # auto by default
+    small, large, huge = auto_plan(cfg, 600), auto_plan(cfg, 100_000), auto_plan(cfg, 1_000_000)
+    assert small[0] < large[0] == huge[0] == 256  # small stores keep many steps an epoch
+    assert 600 // small[0] >= 16
+    assert small[1] > large[1] > huge[1] >= 4  # more rows, fewer epochs
+    assert auto_plan(HeadConfig(batch_size=77, max_epochs=9), 10**6) == (77, 9)  # explicit values are kept
+
+
+def test_default_mlp_learns_small_data(data):
+    """The defaults (auto plan, cosine, auto precision) must still train a few thousand rows well."""
+    X, y, Xt, yt = data
+    head = MLPHead(HeadConfig()).fit(X, y)
+    assert roc_auc_score(yt, head.predict_proba(Xt)[:, 1]) > 0.95
+    assert head.precision_ in ("float32", "bfloat16") and head.device_ in ("cpu", "cuda")
+    assert head.n_epochs_ <= head.planned_epochs_
+
+
+@pytest.mark.parametrize("precision,schedule", [("bfloat16", "cosine"), ("float32", "constant")])
+def test_precisions_and_schedules_learn(data, precision, schedule):
+    X, y, Xt, yt = data
+    head = MLPHead(_config("mlp", precision=precision, schedule=schedule, device="cpu")).fit(X, y)
+    assert head.precision_ == precision
+    assert roc_auc_score(yt, head.predict_proba(Xt)[:, 1]) > 0.95
+    # the weights stay float32 whatever the training arithmetic
+    assert all(t.dtype == np.float32 for t in head._tensors().values())
+
+
+def test_cosine_schedule_warms_up_and_decays():
+    from item.classify.heads import Trainer
+
+    t = Trainer(HeadConfig(max_epochs=10, batch_size=10, device="cpu", precision="float32"), 4, 1000)
+    lrs = [t.lr_at(s) for s in range(t.total_steps)]
+    peak = int(np.argmax(lrs))
+    assert 0 < peak < t.total_steps // 10 and max(lrs) == pytest.approx(t.cfg.lr)
+    assert lrs[0] < lrs[peak] and lrs[-1] < 0.01 * lrs[peak]
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # decays monotonically after the warm-up
+    const = Trainer(HeadConfig(schedule="constant", device="cpu"), 4, 1000)
+    assert {const.lr_at(s) for s in (0, 5, 500)} == {const.cfg.lr}
+
+
+@pytest.mark.parametrize("bad", [dict(schedule="step"), dict(precision="fp8"), dict(device="tpu"),
+                                 dict(batch_size=-1), dict(max_epochs=-2)])
+def test_bad_training_settings_refused(data, bad):
+    X, y, _, _ = data
+    with pytest.raises(InputError):
+        MLPHead(HeadConfig(**bad)).fit(X, y)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(data):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    X, y, _, _ = data
+    with pytest.raises(HeadError, match="no GPU"):
+        MLPHead(_config("mlp", device="cuda")).fit(X, y)

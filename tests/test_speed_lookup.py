@@ -110,3 +110,35 @@ def test_bad_target_and_gpu_without_one(store):
     idx = StoreIndex(store, kind="ivfsq", device="auto")
     assert idx.device == "cpu"
     idx.close()
+
+
+def test_ivfpq4_keeps_codes_in_memory_and_reranks_from_disk(store):
+    """issue 24: 4-bit fast-scan codes in memory (dim/4 bytes a vector), float16 copies on disk for re-ranking."""
+    import faiss
+
+    r = CliRunner().invoke(app, ["store", "index", store, "--kind", "ivfpq4", "--target-recall", "0.9"])
+    assert r.exit_code == 0, r.output
+    paths = index_paths(store, "image", "ivfpq4")
+    side = json.loads(paths["sidecar"].read_text())
+    assert side["kind"] == "ivfpq4" and side["tuning"]["reached"] and side["params"]["nprobe"] == side["tuning"]["chosen"]
+    assert side["memory_bytes"] == 3000 * (32 // 4 + 8)  # 4-bit codes of 16 sub-vectors + ids
+    assert side["memory_bytes"] < index_bytes("ivfsq", 3000, 32, {"refine": 0})
+    copies = np.load(paths["vectors"], mmap_mode="r")
+    assert copies.shape == (3000, 32) and copies.dtype == np.float16 and side["disk_bytes"] == 3000 * 32 * 2
+    assert "on disk" in r.output
+    idx = StoreIndex(store, kind="ivfpq4")
+    try:
+        assert faiss.extract_index_ivf(idx.index.base).nprobe == side["tuning"]["chosen"]
+        q = fresh_queries(100, 32)
+        scores, rows = idx.search(q, 10)
+    finally:
+        idx.close()
+    truth = exact_top(store, q, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, truth)]) >= 0.8
+    # re-ranked scores are exact cosines (to float16 rounding), best first
+    assert (np.diff(scores, axis=1) <= 1e-6).all() and scores.max() <= 1.001
+    # copies cut short: refused with a rebuild hint, never searched
+    with open(paths["vectors"], "r+b") as fh:
+        fh.truncate(paths["vectors"].stat().st_size - 64)
+    with pytest.raises(Exception, match="rebuild|bytes"):
+        StoreIndex(store, kind="ivfpq4")

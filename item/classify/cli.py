@@ -78,10 +78,16 @@ def train_cmd(
     hidden: str = typer.Option("256", metavar="N[,N...]", help="MLP hidden sizes, comma-separated."),
     dropout: float = typer.Option(0.2, help="MLP dropout."),
     weight_decay: float = typer.Option(1e-4, help="MLP weight decay."),
-    lr: float = typer.Option(1e-3, help="MLP learning rate."),
-    max_epochs: int = typer.Option(200, help="MLP epochs at most (early stopping on validation loss)."),
-    patience: int = typer.Option(10, help="MLP early-stopping patience in epochs."),
-    batch_size: int = typer.Option(256, help="MLP batch size."),
+    lr: float = typer.Option(1e-3, help="MLP peak learning rate (warm-up, then cosine decay; see --schedule)."),
+    max_epochs: int = typer.Option(0, help="Epochs (the schedule's length; early stopping on validation loss "
+                                   "may end sooner). 0: auto, 1.5M row visits within 4..60 epochs."),
+    patience: int = typer.Option(10, help="Early-stopping patience in epochs."),
+    batch_size: int = typer.Option(0, help="Batch size. 0: auto, 1/32 of the training rows within 32..256."),
+    schedule: str = typer.Option("cosine", help="Learning rate: cosine (5% warm-up, cosine decay to 0 over "
+                                 "--max-epochs) or constant."),
+    precision: str = typer.Option("auto", help="Training arithmetic: auto (bfloat16 on a GPU and on CPUs with "
+                                  "native bfloat16, else float32), float32 or bfloat16."),
+    device: str = typer.Option("auto", help="Where the head trains: auto (cuda when present), cpu or cuda."),
     c: float = typer.Option(1.0, "--C", help="Logistic regression inverse regularisation."),
     train_split: str = typer.Option("train", help="Rows to train on; 'all' for every labelled row outside "
                                     "the validation split."),
@@ -93,7 +99,7 @@ def train_cmd(
                                                    "generator; default all."),
     seed: int = typer.Option(0, help="Random seed."),
     max_memory: str = typer.Option("auto", help="Memory the feature rows may take (e.g. 8GB, 512MiB); more "
-                                   "rows than fit are streamed from the store shard by shard (mlp head). "
+                                   "rows than fit are streamed from the store shard by shard (both heads). "
                                    "auto: half of this machine's RAM."),
     as_json: bool = typer.Option(False, "--json", help="Print the head's metadata as JSON."),
 ):
@@ -124,6 +130,7 @@ def train_cmd(
                                                    if g.strip()),
                             hidden=hidden_sizes, dropout=dropout, weight_decay=weight_decay, lr=lr,
                             max_epochs=max_epochs, batch_size=batch_size, patience=patience, C=c,
+                            schedule=schedule, precision=precision, device=device,
                             max_memory=parse_memory(max_memory))
     fitted.save(out, overwrite=True)  # as documented: --out replaces a head already there
     meta = load_head(out)[1]

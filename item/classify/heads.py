@@ -28,6 +28,16 @@ CONFIG_FILE = HEAD_CONFIG_FILE  # featurize reads it too: it lives in item.names
 CLASSES = np.array([0, 1])
 _VAL_FRACTION = 0.1
 _PREDICT_BATCH = 8192
+#: Training plan of an MLP when batch_size / max_epochs are 0 (auto), see ``auto_plan``.
+DEFAULT_LR = 1e-3
+AUTO_BATCH = (32, 256)  # the batch is n_train / AUTO_STEPS_PER_EPOCH within these bounds
+AUTO_STEPS_PER_EPOCH = 32
+AUTO_ROW_VISITS = 1_500_000  # epochs = this many row visits / n_train within AUTO_EPOCHS
+AUTO_EPOCHS = (4, 60)
+_WARMUP_FRACTION = 0.05
+SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("auto", "float32", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -39,10 +49,13 @@ class HeadConfig:
     hidden: tuple[int, ...] = (256,)
     dropout: float = 0.2
     weight_decay: float = 1e-4
-    lr: float = 1e-3
-    max_epochs: int = 200
-    batch_size: int = 256
+    lr: float = DEFAULT_LR  # the peak learning rate under the cosine schedule
+    max_epochs: int = 0  # 0: auto, from the number of training rows (auto_plan)
+    batch_size: int = 0  # 0: auto, from the number of training rows (auto_plan)
     patience: int = 10
+    schedule: str = "cosine"  # cosine (warm-up, then cosine decay over max_epochs) or constant
+    precision: str = "auto"  # auto (bfloat16 where the hardware computes it natively), float32, bfloat16
+    device: str = "auto"  # auto (cuda when present), cpu, cuda
     C: float = 1.0
     random_state: int = 0
 
@@ -61,9 +74,14 @@ def _validate_config(cfg: HeadConfig, kind: str) -> HeadConfig:
         problems.append(f"weight_decay must be >= 0, got {cfg.weight_decay}")
     if cfg.lr <= 0:
         problems.append(f"lr must be > 0, got {cfg.lr}")
-    for name in ("max_epochs", "batch_size", "patience"):
-        if getattr(cfg, name) < 1:
-            problems.append(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("max_epochs", "batch_size"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"{name} must be >= 1, or 0 for auto, got {getattr(cfg, name)}")
+    if cfg.patience < 1:
+        problems.append(f"patience must be >= 1, got {cfg.patience}")
+    for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS), ("device", DEVICES)):
+        if getattr(cfg, name) not in allowed:
+            problems.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
     if cfg.C <= 0:
         problems.append(f"C must be > 0, got {cfg.C}")
     if problems:
@@ -172,15 +190,129 @@ class _Head:
     # _set_state(tensors, cfg).
 
 
-def _step(model, opt, x, y, w) -> None:
-    """One optimiser step on a batch: class-weighted binary cross-entropy of the logits."""
-    import torch.nn.functional as F
+def auto_plan(cfg: HeadConfig, n_train: int) -> tuple[int, int]:
+    """(batch size, epochs) of a fit on ``n_train`` rows: the config's values, or for 0 (auto) a batch of
+    n_train / 32 rows within 32..256 (so small stores still take 32 steps an epoch; larger batches
+    reached a worse best epoch on the benchmark store, BENCHMARKS.md §9) and 1.5M row visits
+    within 4..60 epochs (more rows, fewer epochs: each epoch already holds more steps)."""
+    batch = cfg.batch_size or int(np.clip(n_train // AUTO_STEPS_PER_EPOCH, *AUTO_BATCH))
+    epochs = cfg.max_epochs or int(np.clip(math.ceil(AUTO_ROW_VISITS / max(n_train, 1)), *AUTO_EPOCHS))
+    return batch, epochs
 
-    losses = F.binary_cross_entropy_with_logits(model(x).squeeze(1), y, reduction="none")
-    loss = (losses * w).sum() / w.sum().clamp_min(1e-12)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (x86 AVX512-BF16 or AMX; ARM BF16)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[-1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' without one -> HeadError."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HeadError("device 'cuda' asked for, but torch sees no GPU; use device auto or cpu")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """'auto' -> 'bfloat16' on CUDA and on CPUs with native bfloat16 (native_bfloat16), else 'float32'."""
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if native_bfloat16() else "float32"
+
+
+class Trainer:
+    """One fit's model, optimiser, learning-rate schedule, precision and device; used by ``MLPHead.fit`` and by
+    the streamed fits (item.classify.streaming), so every path trains the same way.
+
+    The optimiser is AdamW (fused: one pass over the parameters a step). Under ``schedule='cosine'`` the
+    learning rate rises linearly over the first 5% of the planned steps and then falls along a cosine to 0 at
+    the last planned step (``auto_plan``); ``constant`` keeps ``lr``. Under bfloat16 the forward and
+    backward run in bfloat16 autocast while the weights, the optimiser state and the loss stay float32.
+    ``l2``: an extra 0.5 * l2 * ||weights||^2 (not biases) in the loss, as logistic regression has.
+    """
+
+    def __init__(self, cfg: HeadConfig, n_features: int, n_train: int, *, l2: float = 0.0):
+        import torch
+
+        self.cfg = cfg
+        self.batch_size, self.epochs = auto_plan(cfg, n_train)
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.l2 = float(l2)
+        self.model = _build_mlp(n_features, cfg).to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        self.total_steps = max(1, self.epochs * math.ceil(n_train / self.batch_size))
+        self.steps = 0
+
+    @property
+    def input_dtype(self):
+        """The dtype the training rows are best kept in (bfloat16 rows are cast once, not every batch)."""
+        return _torch_dtype(self.precision)
+
+    def lr_at(self, step: int) -> float:
+        cfg = self.cfg
+        if cfg.schedule == "constant":
+            return cfg.lr
+        warm = max(1, int(_WARMUP_FRACTION * self.total_steps))
+        if step < warm:
+            return cfg.lr * (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, self.total_steps - warm))
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    def step(self, x, y, w) -> None:
+        """One optimiser step on a batch: class-weighted binary cross-entropy of the logits (+ the l2 term)."""
+        import torch
+        import torch.nn.functional as F
+
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.steps)
+        x, y, w = x.to(self.device, non_blocking=True), y.to(self.device), w.to(self.device)
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+            logits = self.model(x).squeeze(1)
+        losses = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none")
+        loss = (losses * w).sum() / w.sum().clamp_min(1e-12)
+        if self.l2:
+            loss = loss + 0.5 * self.l2 * sum((lin.weight.float() ** 2).sum() for lin in _linear_layers(self.model))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.steps += 1
+
+    def val_loss(self, batches) -> float:
+        """Class-weighted validation loss (float32, no dropout) over ``batches`` of (x, y, w) tensors."""
+        import torch
+        import torch.nn.functional as F
+
+        self.model.eval()
+        total = weight = 0.0
+        with torch.inference_mode():
+            for x, y, w in batches:
+                logits = self.model(x.to(self.device).float()).squeeze(1)
+                losses = F.binary_cross_entropy_with_logits(logits, y.to(self.device), reduction="none")
+                total += float((losses.double() * w.to(self.device).double()).sum())
+                weight += float(w.double().sum())
+        self.model.train()
+        return total / max(weight, 1e-300)
+
+    def finish(self, state) -> None:
+        """Load the kept (best) state and leave the model on the CPU in float32, in eval mode."""
+        self.model.load_state_dict(state)
+        self.model.to("cpu").eval()
 
 
 class EarlyStopping:
@@ -194,7 +326,7 @@ class EarlyStopping:
     def update(self, model, loss: float, epoch: int) -> bool:
         if loss < self.best_loss - 1e-7:
             self.best_loss, self.best_epoch, self.stale = loss, epoch + 1, 0
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             return False
         self.stale += 1
         return self.stale >= self.patience
@@ -207,8 +339,11 @@ class MLPHead(_Head):
     cross-entropy with class-balanced weights (times ``sample_weight`` if given). Training stops
     when the validation loss (class-balanced, unweighted by ``sample_weight``) has not improved for
     ``patience`` epochs, and the best epoch's weights are kept. Without X_val/y_val, 10% of the
-    training rows (stratified, seeded by ``random_state``) are held out for this. Runs on the CPU
-    in float32, seeded: the same data and config give identical predictions.
+    training rows (stratified, seeded by ``random_state``) are held out for this. ``Trainer`` sets the
+    batch size, the number of epochs and the learning-rate schedule (``auto_plan``: large batches and a
+    warm-up + cosine decay, so few epochs), and the precision and device (bfloat16 autocast where the
+    hardware has it, a GPU when present). Seeded: the same data, config and machine give identical
+    predictions. Predictions always run on the CPU in float32.
     """
 
     kind = "mlp"
@@ -233,43 +368,46 @@ class MLPHead(_Head):
             raise InputError("sample_weight leaves one class with zero total weight")
 
         mean, scale = _standardiser(X)
-        xt = torch.from_numpy((X - mean) / scale)
+        precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
+        xt = _standardised_tensor(X, mean, scale, _torch_dtype(precision))
+        del X  # the hold-out's copy (if any) is no longer needed
         yt = torch.from_numpy(y.astype(np.float32))
         wt = torch.from_numpy((_balanced_weights(y) * w).astype(np.float32))
-        xv = torch.from_numpy((X_val - mean) / scale)
+        xv = _standardised_tensor(X_val, mean, scale, torch.float32)
         yv = torch.from_numpy(y_val.astype(np.float32))
         wv = torch.from_numpy(_balanced_weights(y_val).astype(np.float32))
-
+        val_batches = [(xv[i:i + _PREDICT_BATCH], yv[i:i + _PREDICT_BATCH], wv[i:i + _PREDICT_BATCH])
+                       for i in range(0, xv.shape[0], _PREDICT_BATCH)]
         n = xt.shape[0]
         history = []
         # fork_rng keeps the caller's global torch RNG untouched; init and dropout draw from it here.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.random_state)
-            model = _build_mlp(X.shape[1], cfg)
-            # fused: one pass over the parameters per step instead of a dozen multi-tensor kernels (each with
-            # its own thread barrier); 13-45% faster an epoch on a busy 2-core CPU (BENCHMARKS.md), same
-            # predictions on the benchmark's data to 8 digits, still seeded and deterministic.
-            opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+            trainer = Trainer(cfg, xt.shape[1], n)
+            model = trainer.model
+            if trainer.device != "cpu":  # the whole training set moves once, not a batch at a time
+                xt, yt, wt = xt.to(trainer.device), yt.to(trainer.device), wt.to(trainer.device)
             order_gen = torch.Generator().manual_seed(cfg.random_state)
             stopper = EarlyStopping(cfg.patience)
-            for epoch in range(cfg.max_epochs):
+            for epoch in range(trainer.epochs):
                 model.train()
-                perm = torch.randperm(n, generator=order_gen)
-                for start in range(0, n, cfg.batch_size):
-                    idx = perm[start : start + cfg.batch_size]
-                    _step(model, opt, xt[idx], yt[idx], wt[idx])
-                val_loss = _weighted_loss(model, xv, yv, wv)
+                perm = torch.randperm(n, generator=order_gen).to(xt.device)
+                for start in range(0, n, trainer.batch_size):
+                    idx = perm[start : start + trainer.batch_size]
+                    trainer.step(xt[idx], yt[idx], wt[idx])
+                val_loss = trainer.val_loss(val_batches)
                 history.append(val_loss)
                 if stopper.update(model, val_loss, epoch):
                     break
-            model.load_state_dict(stopper.best_state)
+            trainer.finish(stopper.best_state)
             best_epoch = stopper.best_epoch
-        model.eval()
+        self.precision_, self.device_ = trainer.precision, trainer.device
+        self.batch_size_, self.planned_epochs_ = trainer.batch_size, trainer.epochs
 
         self.model_ = model
         self.mean_, self.scale_ = mean, scale
         self.classes_ = CLASSES.copy()
-        self.n_features_in_ = int(X.shape[1])
+        self.n_features_in_ = int(xt.shape[1])
         self.n_epochs_ = len(history)
         self.best_epoch_ = best_epoch
         self.best_val_loss_ = float(stopper.best_loss)
@@ -336,18 +474,22 @@ def _linear_layers(model) -> list:
     return [m for m in model if isinstance(m, nn.Linear)]
 
 
-def _weighted_loss(model, x, y, w) -> float:
+def _torch_dtype(precision: str):
     import torch
-    import torch.nn.functional as F
 
-    model.eval()
-    total = 0.0
-    with torch.inference_mode():
-        for start in range(0, x.shape[0], _PREDICT_BATCH):
-            sl = slice(start, start + _PREDICT_BATCH)
-            losses = F.binary_cross_entropy_with_logits(model(x[sl]).squeeze(1), y[sl], reduction="none")
-            total += float((losses.double() * w[sl].double()).sum())
-    return total / float(w.double().sum())
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
+
+
+def _standardised_tensor(X: np.ndarray, mean: np.ndarray, scale: np.ndarray, dtype):
+    """(X - mean) / scale as a torch tensor of ``dtype``, computed in slices so no float32 copy of all of X
+    is made when ``dtype`` is narrower."""
+    import torch
+
+    out = torch.empty((X.shape[0], X.shape[1]), dtype=dtype)
+    for start in range(0, X.shape[0], _PREDICT_BATCH * 4):
+        sl = slice(start, start + _PREDICT_BATCH * 4)
+        out[sl] = torch.from_numpy((X[sl] - mean) / scale)
+    return out
 
 
 class LogisticHead(_Head):

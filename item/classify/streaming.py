@@ -10,7 +10,8 @@ budget (``--max-memory``, default half of this machine's RAM) and streams otherw
   span chunks, so memory holds one chunk;
 - the validation loss (early stopping) and the validation scores (threshold) are streamed too.
 
-The head that comes out is an ordinary MLPHead; the shuffling differs from the in-memory path
+The logistic head streams the same way (``fit_logistic_streaming``: its objective minimised by minibatch
+AdamW instead of lbfgs). The head that comes out is an ordinary MLPHead or LogisticHead; the shuffling differs from the in-memory path
 (rows are shuffled within a chunk, not across the whole set), so the weights differ a little and
 predictions agree within a tolerance (tests/test_train_streaming.py), not bit for bit.
 """
@@ -27,6 +28,9 @@ from item.errors import InputError
 #: Bytes the in-memory path needs per feature value: the float32 matrix, its standardised copy, and
 #: the training / validation copies a hold-out makes.
 IN_MEMORY_BYTES_PER_VALUE = 12
+#: Peak learning rate of the streamed logistic fit (a linear model on standardised rows takes larger steps
+#: than the MLP's ``HeadConfig.lr``, which the logistic head does not use).
+LOGISTIC_LR = 0.03
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
           "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
 
@@ -113,18 +117,16 @@ def _mean_scale(rows: StoreRows) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def fit_mlp_streaming(head, train: StoreRows, y: np.ndarray, val: StoreRows, y_val: np.ndarray):
-    """Fit an unfitted MLPHead on streamed rows (labels ``y`` / ``y_val`` 0/1 in row order); returns it.
+def _fit_streaming(cfg, train: StoreRows, y: np.ndarray, val: StoreRows, y_val: np.ndarray, *, l2: float = 0.0,
+                   keep_best: bool = True):
+    """Train ``heads.Trainer``'s model on streamed rows; returns (trainer, mean, scale, history, stopper).
 
-    The same model, loss, optimizer, class balance, early stopping and seeding as ``MLPHead.fit``;
-    only the order in which rows are visited differs (see the module docstring).
-    """
+    ``keep_best``: early stopping, the epoch of lowest validation loss kept; else every planned epoch runs
+    and the last one is kept (a convex objective solved to the end of its schedule)."""
     import torch
-    import torch.nn.functional as F
 
-    from item.classify.heads import CLASSES, EarlyStopping, _balanced_weights, _build_mlp, _step
+    from item.classify.heads import EarlyStopping, Trainer, _balanced_weights
 
-    cfg = head._cfg()
     y = np.asarray(y, np.int64)
     y_val = np.asarray(y_val, np.int64)
     if len(set(y.tolist())) < 2 or len(set(y_val.tolist())) < 2:
@@ -133,53 +135,84 @@ def fit_mlp_streaming(head, train: StoreRows, y: np.ndarray, val: StoreRows, y_v
     wt_all = _balanced_weights(y).astype(np.float32)
     wv_all = _balanced_weights(y_val).astype(np.float32)
 
-    def standardised(X):
-        return torch.from_numpy((X - mean) / scale)
-
-    def val_loss(model) -> float:
-        model.eval()
-        total = 0.0
-        with torch.inference_mode():
-            for a, b, X in val:
-                losses = F.binary_cross_entropy_with_logits(
-                    model(standardised(X)).squeeze(1), torch.from_numpy(y_val[a:b].astype(np.float32)),
-                    reduction="none")
-                total += float((losses.double() * torch.from_numpy(wv_all[a:b]).double()).sum())
-        return total / float(wv_all.astype(np.float64).sum())
+    def standardised(X, dtype):
+        return torch.from_numpy((X - mean) / scale).to(dtype)
 
     history = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.random_state)
-        model = _build_mlp(train.n_features, cfg)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        trainer = Trainer(cfg, train.n_features, len(train), l2=l2)
         order_gen = torch.Generator().manual_seed(cfg.random_state)
         stopper = EarlyStopping(cfg.patience)
-        for epoch in range(cfg.max_epochs):
-            model.train()
+        for epoch in range(trainer.epochs):
+            trainer.model.train()
             for k in torch.randperm(len(train.chunks), generator=order_gen).tolist():
                 a, b = train.chunks[k]
-                xt = standardised(train.read(k))
+                xt = standardised(train.read(k), trainer.input_dtype)
                 yt = torch.from_numpy(y[a:b].astype(np.float32))
                 wt = torch.from_numpy(wt_all[a:b])
                 perm = torch.randperm(b - a, generator=order_gen)
-                for start in range(0, b - a, cfg.batch_size):
-                    idx = perm[start:start + cfg.batch_size]
-                    _step(model, opt, xt[idx], yt[idx], wt[idx])
-            loss_v = val_loss(model)
+                for start in range(0, b - a, trainer.batch_size):
+                    idx = perm[start:start + trainer.batch_size]
+                    trainer.step(xt[idx], yt[idx], wt[idx])
+                del xt
+            loss_v = trainer.val_loss(
+                (standardised(X, torch.float32), torch.from_numpy(y_val[a:b].astype(np.float32)),
+                 torch.from_numpy(wv_all[a:b])) for a, b, X in val)
             history.append(loss_v)
-            if stopper.update(model, loss_v, epoch):
+            if stopper.update(trainer.model, loss_v, epoch) and keep_best:
                 break
-        model.load_state_dict(stopper.best_state)
-        best_epoch = stopper.best_epoch
-    model.eval()
-    head.model_ = model
+        trainer.finish(stopper.best_state if keep_best else trainer.model.state_dict())
+    return trainer, mean, scale, history, stopper
+
+
+def fit_mlp_streaming(head, train: StoreRows, y: np.ndarray, val: StoreRows, y_val: np.ndarray):
+    """Fit an unfitted MLPHead on streamed rows (labels ``y`` / ``y_val`` 0/1 in row order); returns it.
+
+    The same model, loss, optimizer, schedule, class balance, early stopping and seeding as ``MLPHead.fit``
+    (both use ``heads.Trainer``); only the order in which rows are visited differs (see the module docstring).
+    """
+    from item.classify.heads import CLASSES
+
+    trainer, mean, scale, history, stopper = _fit_streaming(head._cfg(), train, y, val, y_val)
+    head.model_ = trainer.model
     head.mean_, head.scale_ = mean, scale
     head.classes_ = CLASSES.copy()
     head.n_features_in_ = int(train.n_features)
     head.n_epochs_ = len(history)
-    head.best_epoch_ = best_epoch
+    head.best_epoch_ = stopper.best_epoch
     head.best_val_loss_ = float(stopper.best_loss)
     head.val_loss_curve_ = history
+    head.precision_, head.device_ = trainer.precision, trainer.device
+    head.batch_size_, head.planned_epochs_ = trainer.batch_size, trainer.epochs
+    return head
+
+
+def fit_logistic_streaming(head, train: StoreRows, y: np.ndarray, val: StoreRows, y_val: np.ndarray):
+    """Fit an unfitted LogisticHead on streamed rows; returns it.
+
+    The objective is scikit-learn's for ``LogisticRegression(C, class_weight='balanced')`` on standardised
+    rows (class-balanced log-loss plus ||coef||^2 / (2 C), scaled by 1 / n_train), minimised by minibatch
+    Adam in float32 at LOGISTIC_LR over ``heads.auto_plan``'s epochs with the cosine schedule, memory
+    holding one chunk; the last epoch is kept (no early stopping, as lbfgs has none). It is the same convex
+    problem the in-memory lbfgs solves, solved to the end of a schedule instead of to a gradient tolerance:
+    coefficients differ a little, decisions agree (tests/test_train_streaming.py, BENCHMARKS.md).
+    """
+    from item.classify.heads import CLASSES, HeadConfig
+
+    cfg = head._cfg()
+    linear = HeadConfig(kind="mlp", hidden=(), dropout=0.0, weight_decay=0.0, lr=LOGISTIC_LR,
+                        max_epochs=cfg.max_epochs, batch_size=cfg.batch_size, patience=cfg.patience,
+                        schedule=cfg.schedule, precision="float32", device=cfg.device, random_state=cfg.random_state)
+    trainer, mean, scale, history, stopper = _fit_streaming(linear, train, y, val, y_val, keep_best=False,
+                                                            l2=1.0 / (cfg.C * max(len(train), 1)))
+    layer = trainer.model[0]
+    head.mean_, head.scale_ = mean, scale
+    head.coef_ = layer.weight.detach().numpy().astype(np.float64).reshape(1, -1)
+    head.intercept_ = layer.bias.detach().numpy().astype(np.float64).reshape(1)
+    head.classes_ = CLASSES.copy()
+    head.n_features_in_ = int(train.n_features)
+    head.n_iter_ = len(history)  # epochs
     return head
 
 

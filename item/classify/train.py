@@ -222,6 +222,8 @@ def fit_head(store, cfg: TrainConfig):
             "train_generators": list(cfg.train_generators) or "all",
             "train_config": {k: v for k, v in asdict(cfg).items() if k != "head"},
             "streamed": streamed is not None,
+            "training": {k.rstrip("_"): getattr(head, k) for k in ("precision_", "device_", "batch_size_",
+                         "planned_epochs_", "n_epochs_", "best_epoch_", "n_iter_") if hasattr(head, k)},
             "compat": {k: reader.compat.get(k) for k in HEAD_COMPAT_KEYS},
             "models": reader.models,
             "store_fingerprint": reader.fingerprint,
@@ -252,25 +254,22 @@ def _fit_streamed_if_large(reader, cfg: TrainConfig, head, train, y, val, yv, ha
     Returns the validation scores (n_val,) when it streamed, None when the rows fit in memory.
     """
     from item.classify.heads import MLPHead
-    from item.classify.streaming import (StoreRows, default_memory_budget, fit_mlp_streaming, in_memory_bytes,
-                                         predict_streaming)
+    from item.classify.streaming import (StoreRows, default_memory_budget, fit_logistic_streaming, fit_mlp_streaming,
+                                         in_memory_bytes, predict_streaming)
 
     budget = cfg.max_memory or default_memory_budget()
     n_features = feature_size(cfg.recipe, reader.embed_dim)
     need = in_memory_bytes(train.size + val.size, n_features)
     if need <= budget:
         return None
-    if not isinstance(head, MLPHead):
-        raise InputError(f"{train.size + val.size} rows of {n_features} features need about {need / 1e9:.2f} GB in "
-                         f"memory, over --max-memory {budget / 1e9:.2f} GB, and the {cfg.head.kind} head trains "
-                         "in memory only; use --head mlp (it streams) or a larger --max-memory")
     chunk_rows = max(1, budget // (4 * n_features * 4))  # a chunk, its standardised copy and slack: a quarter
     fit_train, fit_val, y_fit, yv_fit = train, val, y, yv
     if not has_both:  # as MLPHead.fit does without validation rows: hold out part of the training rows
         tr, va = stratified_holdout(y, head._cfg().random_state)
         fit_train, fit_val, y_fit, yv_fit = train[tr], train[va], y[tr], y[va]
-    fit_mlp_streaming(head, StoreRows(reader, cfg.recipe, fit_train, chunk_rows), y_fit,
-                      StoreRows(reader, cfg.recipe, fit_val, chunk_rows), yv_fit)
+    fit = fit_mlp_streaming if isinstance(head, MLPHead) else fit_logistic_streaming
+    fit(head, StoreRows(reader, cfg.recipe, fit_train, chunk_rows), y_fit,
+        StoreRows(reader, cfg.recipe, fit_val, chunk_rows), yv_fit)
     return predict_streaming(head, StoreRows(reader, cfg.recipe, val, chunk_rows)) if val.size else np.array([])
 
 

@@ -134,14 +134,16 @@ def export_cmd(store: Path = StoreDir,
 @guarded
 def index_cmd(store: Path = StoreDir,
               kind: str = typer.Option("flat", help="flat (exact), hnsw (graph), ivfsq (8-bit codes, float16 "
-                                       "re-ranking), ivfpq (compressed, re-ranked) or auto (chosen from the "
-                                       "row count and --memory-budget)."),
+                                       "re-ranking), ivfpq (compressed, re-ranked), ivfpq4 (4-bit fast-scan "
+                                       "codes in memory, float16 re-ranking from disk: tens of millions of rows) "
+                                       "or auto (chosen from the row count and --memory-budget)."),
               on: str = typer.Option("image", help="image: what does it look like? misalignment: how does it fail?"),
               hnsw_m: int = typer.Option(None, "--hnsw-m", help="HNSW: links per node (default 32)."),
               ef_search: int = typer.Option(None, help="HNSW: search breadth (default 128)."),
               nlist: int = typer.Option(None, help="IVF: inverted lists (default: ivfsq about sqrt(n), "
                                         "ivfpq about 4*sqrt(n))."),
-              pq_m: int = typer.Option(None, "--pq-m", help="IVF-PQ: sub-quantizers (default dim/8)."),
+              pq_m: int = typer.Option(None, "--pq-m", help="IVF-PQ: sub-quantizers (default ivfpq dim/8, "
+                                       "ivfpq4 dim/2, i.e. dim/4 bytes a vector)."),
               nprobe: int = typer.Option(None, help="IVF: lists probed per query (default ivfsq 16, ivfpq 32)."),
               target_recall: float = typer.Option(None, "--target-recall", help="Tune the search parameter "
                                                   "(efSearch / nprobe) at build time: the cheapest value whose "
@@ -164,7 +166,9 @@ def index_cmd(store: Path = StoreDir,
                            target_recall=target_recall, device=device)
     on_disk = sum(int(f.get("bytes", 0)) for f in (side.get("files") or {}).values())
     info(f"indexed {side['count']} rows: {store}/index/{side['files']['faiss']['name']} ({human_bytes(on_disk)} on "
-         f"disk, about {human_bytes(side['memory_bytes'])} in memory by the estimate)")
+         f"disk, about {human_bytes(side['memory_bytes'])} in memory by the estimate"
+         + (f"; {human_bytes(side['disk_bytes'])} of it float16 re-ranking copies, read from disk per query"
+            if side.get("disk_bytes") else "") + ")")
     tuning = side.get("tuning")
     if tuning:
         msg = (f"{tuning['param']} {tuning['chosen']}: recall@{tuning['k']} {tuning['recall_at_k']} on "

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import json
 import secrets
 from dataclasses import dataclass
@@ -59,11 +60,16 @@ INDEX_KINDS = {
                        "from float16 copies (refine 1) or not (refine 0); high recall at millions of rows, "
                        "fast to build",
                        {"nlist": 0, "nprobe": 16, "refine": 1, "k_factor": 4}),
+    "ivfpq4": IndexKind("ivfpq4", "inverted lists + 4-bit fast-scan product quantisation (dim/4 bytes a vector, "
+                        "SIMD distance tables), re-ranked from float16 copies read from disk (refine 1) or not "
+                        "(refine 0); for tens of millions of rows in a few GB of memory",
+                        {"nlist": 0, "m": 0, "nprobe": 16, "refine": 1, "k_factor": 16}),
 }
 #: `--kind auto`: chosen from the store's size and the memory budget by `plan_index`.
 AUTO_KIND = "auto"
 #: The search parameter `--target-recall` tunes, per kind, and the values it tries (ascending cost).
-SEARCH_PARAM = {"hnsw": "ef_search", "ivfpq": "nprobe", "ivfsq": "nprobe"}
+SEARCH_PARAM = {"hnsw": "ef_search", "ivfpq": "nprobe", "ivfsq": "nprobe", "ivfpq4": "nprobe"}
+IVF_KINDS = ("ivfpq", "ivfsq", "ivfpq4")
 SEARCH_GRID = {"ef_search": (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024),
                "nprobe": (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)}
 #: Up to this many rows `auto` stays exact (flat): one query scans them in about a millisecond or two.
@@ -82,7 +88,7 @@ def index_paths(root, on: str, kind: str) -> dict[str, Path]:
     """The sidecar of index ``on``-``kind``, and the data file names of sidecars that name none (legacy)."""
     base = Path(root) / schema.INDEX_DIR / f"{on}-{kind}"
     return {"faiss": base.with_suffix(".faiss"), "rows": Path(str(base) + ".rows.npy"),
-            "sidecar": base.with_suffix(".json")}
+            "sidecar": base.with_suffix(".json"), "vectors": Path(str(base) + ".f16.npy")}
 
 
 _DATA_SUFFIX = {"faiss": ".faiss", "rows": ".rows.npy"}
@@ -160,7 +166,14 @@ def index_bytes(kind: str, n: int, dim: int, params: dict) -> int:
         return dim * n + ids + (2 * dim * n if int(params.get("refine", 1)) else 0)
     if kind == "ivfpq":  # codes + exact float32 vectors for the re-ranking
         return int(params.get("m") or dim // 8) * n + ids + 4 * dim * n
+    if kind == "ivfpq4":  # 4-bit codes + ids in memory; the float16 copies stay on disk (disk_bytes)
+        return (int(params.get("m") or dim // 2) * n + 1) // 2 + ids
     raise InputError(f"unknown index kind {kind!r}")
+
+
+def disk_bytes(kind: str, n: int, dim: int, params: dict) -> int:
+    """Bytes an index keeps on disk beside its memory: ivfpq4's float16 re-ranking copies (read per query)."""
+    return 2 * dim * n if kind == "ivfpq4" and int(params.get("refine", 1)) else 0
 
 
 def parse_bytes(text) -> int | None:
@@ -220,6 +233,14 @@ def _auto_params(kind: str, n: int, dim: int, params: dict) -> dict:
         if not p["nlist"]:
             p["nlist"] = _nlist_for(n)
         p["nprobe"] = int(min(max(1, p["nprobe"]), p["nlist"]))
+    if kind == "ivfpq4":
+        if not p["nlist"]:
+            p["nlist"] = _nlist_for(n)
+        if not p["m"]:
+            p["m"] = dim // 2 if dim % 2 == 0 else dim
+        if dim % int(p["m"]):
+            raise InputError(f"ivfpq4: m={p['m']} must divide the vector size {dim}")
+        p["nprobe"] = int(min(max(1, p["nprobe"]), p["nlist"]))
     if kind == "ivfpq":
         if not p["nlist"]:
             p["nlist"] = int(max(1, min(4 * int(np.sqrt(max(n, 1))), n // 39 if n >= 39 else 1, 65536)))
@@ -250,6 +271,12 @@ def _new_index(kind: str, dim: int, p: dict, n: int):
         faiss.extract_index_ivf(index).nprobe = int(p["nprobe"])
         if int(p["refine"]):
             faiss.downcast_index(index).k_factor = float(p["k_factor"])
+        return index
+    if kind == "ivfpq4":
+        quantizer = "_HNSW32" if int(p["nlist"]) > 4096 else ""
+        index = faiss.index_factory(dim, f"IVF{int(p['nlist'])}{quantizer},PQ{int(p['m'])}x4fs",
+                                    faiss.METRIC_INNER_PRODUCT)
+        faiss.extract_index_ivf(index).nprobe = int(p["nprobe"])
         return index
     nbits = int(p["nbits"]) if n >= 2 ** int(p["nbits"]) * 4 else max(1, int(np.log2(max(n // 4, 2))))
     p["nbits"] = nbits
@@ -329,15 +356,45 @@ class _ExactTopK:
         return self.ids
 
 
+class DiskRefined:
+    """A faiss index whose k * k_factor candidates are re-ranked by exact inner products with float16 copies
+    of the vectors read from a file (a read-only memory map: the pages a query touches are read from disk
+    or the page cache, not held by the process). ``vectors``: (ntotal, dim) float16, unit rows, index order."""
+
+    def __init__(self, base, vectors: np.ndarray, k_factor: float):
+        self.base, self.vectors, self.k_factor = base, vectors, float(k_factor)
+        self.ntotal, self.d = base.ntotal, base.d
+
+    def search(self, queries: np.ndarray, k: int):
+        kk = max(k, int(np.ceil(k * self.k_factor)))
+        _, cand = self.base.search(queries, kk)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        for i, (q, c) in enumerate(zip(queries, cand)):
+            c = c[c >= 0]
+            if c.size == 0:
+                continue
+            order = np.sort(c)  # ascending offsets: the reads go forward through the file
+            exact = self.vectors[order].astype(np.float32) @ q
+            top = np.argsort(-exact, kind="stable")[:k]
+            scores[i, :top.size], ids[i, :top.size] = exact[top], order[top]
+        return scores, ids
+
+
 def set_search_param(index, kind: str, name: str, value) -> None:
     """Set an index's search parameter (ef_search, nprobe, k_factor) in place."""
     import faiss
 
+    if isinstance(index, DiskRefined):
+        if name == "k_factor":
+            index.k_factor = float(value)
+            return
+        index = index.base
     if kind == "hnsw" and name == "ef_search":
         faiss.downcast_index(index).hnsw.efSearch = int(value)
-    elif kind in ("ivfpq", "ivfsq") and name == "nprobe":
+    elif kind in IVF_KINDS and name == "nprobe":
         faiss.extract_index_ivf(index).nprobe = int(value)
-    elif kind in ("ivfpq", "ivfsq") and name == "k_factor":
+    elif kind in IVF_KINDS and name == "k_factor":
         top = faiss.downcast_index(index)
         if hasattr(top, "k_factor"):
             top.k_factor = float(value)
@@ -354,10 +411,11 @@ def tune_search(index, kind: str, queries: np.ndarray, positions: np.ndarray, tr
     import faiss
 
     name = SEARCH_PARAM[kind]
+    base = index.base if isinstance(index, DiskRefined) else index
     grid = [v for v in SEARCH_GRID[name]
-            if name != "nprobe" or v <= faiss.extract_index_ivf(index).nlist]
-    if name == "nprobe" and faiss.extract_index_ivf(index).nlist not in grid:
-        grid.append(int(faiss.extract_index_ivf(index).nlist))
+            if name != "nprobe" or v <= faiss.extract_index_ivf(base).nlist]
+    if name == "nprobe" and faiss.extract_index_ivf(base).nlist not in grid:
+        grid.append(int(faiss.extract_index_ivf(base).nlist))
     kk = min(k, truth.shape[1])
     sweep, chosen = [], None
     for value in grid:
@@ -428,7 +486,7 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
         rng = np.random.default_rng(seed)
         if not index.is_trained:
             n_train = min(train_rows, rows.size)
-            if kind == "ivfsq":  # 128 points a centroid trains k-means well; more only costs time
+            if kind in ("ivfsq", "ivfpq4"):  # 128 points a centroid trains k-means well; more only costs time
                 n_train = min(n_train, max(128 * int(p["nlist"]), 10_000))
             sample = np.sort(rng.choice(rows, size=n_train, replace=False))
             _train(index, _normalise(reader.read(column, sample)), gpu)
@@ -438,20 +496,33 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
             q_pos = np.sort(rng.choice(rows.size, size=min(TUNE_QUERIES, rows.size), replace=False))
             queries = _normalise(reader.read(column, rows[q_pos]))
             truth = _ExactTopK(queries, q_pos, k)
-        start = 0
-        for chunk, vecs in reader.iter_chunks(column, rows, chunk_rows=chunk_rows):
-            vecs = _normalise(vecs)
-            index.add(vecs)
-            if truth is not None:
-                truth.update(vecs, start)
-            start += len(vecs)
-            if progress:
-                progress(len(chunk))
-        tuning = None
-        if tune:
-            tuning = tune_search(index, kind, queries, q_pos, truth.result(), float(target_recall), k)
-            p[SEARCH_PARAM[kind]] = tuning["chosen"]
         paths = index_paths(root, on, kind)
+        copies = _CopiesWriter(paths["vectors"], rows.size, dim) if disk_bytes(kind, rows.size, dim, p) else None
+        try:
+            start = 0
+            for chunk, vecs in reader.iter_chunks(column, rows, chunk_rows=chunk_rows):
+                vecs = _normalise(vecs)
+                index.add(vecs)
+                if copies:
+                    copies.write(vecs)
+                if truth is not None:
+                    truth.update(vecs, start)
+                start += len(vecs)
+                if progress:
+                    progress(len(chunk))
+            if copies:
+                copies.close()
+                index = DiskRefined(index, copies.open(), float(p["k_factor"]))
+            tuning = None
+            if tune:
+                tuning = tune_search(index, kind, queries, q_pos, truth.result(), float(target_recall), k)
+                p[SEARCH_PARAM[kind]] = tuning["chosen"]
+        except BaseException:
+            if copies:
+                copies.discard()
+            raise
+        if isinstance(index, DiskRefined):
+            index = index.base
         # New data files under names of their own, then the sidecar naming them replaces the old one in one
         # rename, then the old build's files go: a kill or a failure part way leaves the old index whole (or
         # none) and files no sidecar names, never a mix that is used.
@@ -468,7 +539,11 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
             np.save(buf, rows.astype(np.int64), allow_pickle=False)
             rows_bytes = buf.getvalue()
             files.atomic_write_bytes(new_files["rows"], rows_bytes)
+            if copies:
+                copies.commit()
         except OSError as exc:
+            if copies:
+                copies.discard()
             for f in new_files.values():
                 f.unlink(missing_ok=True)
             if made_dir:
@@ -484,13 +559,15 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
             "created": now(), "kind": kind, "on": on, "column": column, "metric": "cosine", "dim": dim,
             "params": p, "count": int(rows.size), "shards": list(reader.shards),
             "memory_bytes": index_bytes(kind, int(rows.size), dim, p), "memory_budget": budget,
-            "trained_on": "cuda" if gpu and kind in ("ivfpq", "ivfsq") else "cpu",
+            "disk_bytes": disk_bytes(kind, int(rows.size), dim, p),
+            "trained_on": "cuda" if gpu and kind in IVF_KINDS else "cpu",
             "tuning": tuning,
             "store_fingerprint": reader.fingerprint, "models": reader.models,
             "random_weights": reader.random_weights,
             "files": {"faiss": {"name": new_files["faiss"].name, **faiss_sum},
                       "rows": {"name": new_files["rows"].name, "bytes": len(rows_bytes),
-                               "sha256": hashlib.sha256(rows_bytes).hexdigest()}},
+                               "sha256": hashlib.sha256(rows_bytes).hexdigest()},
+                      **({"vectors": copies.summary()} if copies else {})},
         }
         try:
             atomic_write_json(paths["sidecar"], sidecar)
@@ -508,6 +585,54 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
     finally:
         reader.close()
         lock.__exit__()
+
+
+class _CopiesWriter:
+    """The float16 re-ranking copies of an ivfpq4 index, written as a .npy a chunk at a time under a temporary
+    name (hashed as written) and renamed into place by ``commit`` after the index files."""
+
+    def __init__(self, path: Path, n: int, dim: int):
+        self.path, self.n, self.dim = Path(path), int(n), int(dim)
+        self.path.parent.mkdir(exist_ok=True)
+        self.tmp = files.temp_name(self.path)
+        self.fh = os.fdopen(files.open_new(self.tmp), "wb")
+        self.hash, self.bytes, self.rows = hashlib.sha256(), 0, 0
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+                                                      "fortran_order": False, "shape": (self.n, self.dim)})
+        self._put(header.getvalue())
+
+    def _put(self, data: bytes) -> None:
+        self.fh.write(data)
+        self.hash.update(data)
+        self.bytes += len(data)
+
+    def write(self, vecs: np.ndarray) -> None:
+        self._put(np.ascontiguousarray(vecs, dtype=np.float16).tobytes())
+        self.rows += len(vecs)
+
+    def close(self) -> None:
+        if self.rows != self.n:
+            raise StoreError(f"{self.path.name}: wrote {self.rows} vectors, expected {self.n}")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+
+    def open(self) -> np.ndarray:
+        return np.load(self.tmp, mmap_mode="r")
+
+    def summary(self) -> dict:
+        return {"bytes": self.bytes, "sha256": self.hash.hexdigest()}
+
+    def commit(self) -> None:
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        try:
+            self.fh.close()
+        except OSError:
+            pass
+        self.tmp.unlink(missing_ok=True)
 
 
 def _current_files(root, sidecar: Path) -> list[Path]:
@@ -611,6 +736,8 @@ def verify_index_files(root, info: dict, *, check_sums: bool = True, open_index:
     """
     paths = data_files(root, info)
     recorded = info.get("files") if isinstance(info.get("files"), dict) else {}
+    if info.get("disk_bytes"):  # ivfpq4's float16 copies: size always; content with check_sums == "all"
+        paths["vectors"] = Path(root) / schema.INDEX_DIR / (str(info.get("file", "")).removesuffix(".json") + ".f16.npy")
     for key, path in paths.items():
         if not path.is_file():
             return f"its {path.name} is missing"
@@ -619,7 +746,7 @@ def verify_index_files(root, info: dict, *, check_sums: bool = True, open_index:
             return f"the sidecar records no checksum of {path.name} (built by an older ITEM); rebuild it"
         if path.stat().st_size != rec.get("bytes"):
             return f"{path.name} has {path.stat().st_size} bytes, the sidecar says {rec.get('bytes')}"
-        if check_sums and _digest(path)[1] != rec.get("sha256"):
+        if check_sums and (key != "vectors" or check_sums == "all") and _digest(path)[1] != rec.get("sha256"):
             return f"{path.name} differs from the file this index was built with (sha256 mismatch)"
     try:
         rows = np.load(paths["rows"], allow_pickle=False)
@@ -707,14 +834,25 @@ class StoreIndex:
         self.on = on
         self.dim = int(self.info["dim"])
         p = self.info.get("params", {})
+        if self.info.get("disk_bytes"):
+            try:
+                vectors = np.load(paths["vectors"], mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                self.reader.close()
+                raise StoreError(f"{paths['vectors'].name}: unreadable re-ranking copies ({exc}); {rebuild}") from None
+            if vectors.shape != (self.rows.size, self.dim) or vectors.dtype != np.float16:
+                self.reader.close()
+                raise StoreError(f"{paths['vectors'].name}: holds {vectors.shape} {vectors.dtype}, expected "
+                                 f"({self.rows.size}, {self.dim}) float16; {rebuild}")
+            self.index = DiskRefined(self.index, vectors, float(p.get("k_factor", 16)))
         if self.kind == "hnsw":
             self.index.hnsw.efSearch = int(p.get("ef_search", 128))
-        elif self.kind in ("ivfpq", "ivfsq"):
+        elif self.kind in IVF_KINDS:
             set_search_param(self.index, self.kind, "nprobe", p.get("nprobe", 32))
             if p.get("k_factor"):
                 set_search_param(self.index, self.kind, "k_factor", p["k_factor"])
         self.device = "cpu"
-        if _use_gpu(device):
+        if _use_gpu(device) and not isinstance(self.index, DiskRefined):
             self._to_gpu()
 
     def _to_gpu(self) -> None:

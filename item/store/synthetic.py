@@ -85,3 +85,80 @@ def write_synthetic_store(root, n_images: int, embed_dim: int, *, shard_size: in
                                      misalignment_dim=misalignment_dim, **kwargs):
             w.add(rec)
     return str(root)
+
+
+def write_synthetic_store_fast(root, n_images: int, embed_dim: int, *, recipe: str = "hierarchical",
+                               shard_size: int = 16384, seed: int = 0, signal: float = 1.0, n_clusters: int = 64,
+                               max_objects: int = 4, generators=("gen_a", "gen_b"),
+                               split_fractions=(0.6, 0.2, 0.2), align_spread: float = 0.0,
+                               log: Callable | None = None) -> str:
+    """The distribution of ``synthetic_records`` (clusters on the sphere, fakes less aligned with their caption
+    and nouns when ``signal`` > 0, 0..max_objects objects, 80% grounded) drawn a shard at a time with numpy,
+    each shard's misalignment computed by ``item.misalignment.compute(recipe)`` in one call: a million rows in
+    minutes instead of hours. Another random stream than ``write_synthetic_store`` (not the same rows).
+
+    ``align_spread``: the standard deviation of a per-image (and per-object) jitter of the alignment. At 0 the
+    image-caption cosine is a function of the label alone and any ``signal`` separates the classes
+    perfectly; above 0 the classes overlap and a head's AUROC measures how well it combines the cues.
+    ``recipe=None``: images only (no objects, a seeded 8-float misalignment vector), for lookup benchmarks.
+    """
+    from item.misalignment import compute, feature_size
+
+    if recipe is None:
+        max_objects = 0
+
+    rng = np.random.default_rng(seed)
+    centers = _unit(rng.normal(size=(n_clusters, embed_dim)))
+    cuts = np.cumsum(split_fractions)
+
+    def noise(m):
+        return _unit(rng.normal(size=(m, embed_dim)).astype(np.float32))
+
+    mis_dim = feature_size(recipe, embed_dim) if recipe else 8
+    compat = synthetic_compat(embed_dim, mis_dim, recipe or "hierarchical")
+    models = {"clip": {"model": "synthetic", "random_weights": True}}
+    with StoreWriter(root, compat=compat, models=models, recipe=recipe or "hierarchical", shard_size=shard_size) as w:
+        for start in range(0, n_images, shard_size):
+            m = min(shard_size, n_images - start)
+            i = np.arange(start, start + m)
+            fake = i % 2 == 1
+            img = _unit(centers[rng.integers(n_clusters, size=m)]
+                        + 1.4 / np.sqrt(embed_dim) * rng.normal(size=(m, embed_dim)))
+            align = (0.85 - 0.35 * signal * fake).astype(np.float32)[:, None]
+            a_img = np.clip(align + align_spread * rng.normal(size=(m, 1)), 0.05, 0.99).astype(np.float32)
+            cap = _unit(a_img * img + (1 - a_img) * noise(m))
+            n_obj = rng.integers(0, max_objects + 1, size=m)
+            owner = np.repeat(np.arange(m), n_obj)
+            crop = _unit(img[owner] + 0.8 * noise(owner.size))
+            a_obj = np.clip(align[owner] + align_spread * rng.normal(size=(owner.size, 1)), 0.05, 0.99)
+            noun = _unit(a_obj * crop + (1 - a_obj) * noise(owner.size))
+            grounded = rng.random(owner.size) > 0.2
+            if recipe:
+                mis = compute(recipe, img, cap, np.where(grounded[:, None], crop, 0).astype(np.float32), noun,
+                              owner, grounded)
+            else:
+                mis = rng.normal(size=(m, 8)).astype(np.float32)
+            u = rng.random(m)
+            splits = np.array(SPLITS)[np.minimum(np.searchsorted(cuts, u, side="right"), len(SPLITS) - 1)]
+            first = np.r_[0, np.cumsum(n_obj)]
+            recs = []
+            for j in range(m):
+                k = int(i[j])
+                gen = generators[(k // 2) % len(generators)]
+                objects = []
+                for o in range(first[j], first[j + 1]):
+                    g = bool(grounded[o])
+                    objects.append(ObjectRecord(noun=f"thing{o - first[j]}", noun_emb=noun[o],
+                                                box=(0.0, 0.0, 10.0, 12.0) if g else None, score=0.5 if g else 0.0,
+                                                crop_emb=crop[o] if g else None))
+                label = "fake" if fake[j] else "real"
+                recs.append(ImageRecord(
+                    id=f"{seed:08x}{k:056x}", path=f"/synthetic/{gen}/{label}/{k:07d}.png", label=label,
+                    generator=gen, split=str(splits[j]), caption=f"synthetic caption {k}",
+                    caption_encoded=f"synthetic caption {k}", caption_source="synthetic",
+                    nouns=[o.noun for o in objects], width=256, height=256, format="PNG", image_emb=img[j],
+                    caption_emb=cap[j], misalignment=mis[j], objects=objects))
+            w.add_batch(recs)
+            if log:
+                log(f"synthetic store {root}: {start + m} / {n_images} rows")
+    return str(root)
