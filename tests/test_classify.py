@@ -452,7 +452,7 @@ def test_generator_profile_finds_the_planted_neighbour(tmp_path):
 def test_report_html(signal_store, logistic_head, tmp_path):
     out = tmp_path / "r.html"
     r = ok("report", signal_store, "--head", logistic_head, "--out", out)
-    assert out.is_file() and str(out) in r.stderr
+    assert out.is_file() and str(out) in r.stdout
     html = out.read_text()
     title = html[html.index("<title>") + 7:html.index("</title>")]
     assert title.startswith("RANDOM WEIGHTS")
@@ -481,7 +481,7 @@ def test_cli_errors_are_one_line(signal_store, logistic_head, tmp_path):
     one_error_line(cli("eval", signal_store, "--head", logistic_head, "--split", "holdout"), "holdout", "train")
     one_error_line(cli("train", signal_store, "--out", tmp_path / "h", "--recipe", "pixels"),
                    "pixels", "hierarchical", "visual")
-    one_error_line(cli("train", signal_store, "--out", tmp_path / "h", "--head", "forest"), "forest", "mlp")
+    one_error_line(cli("train", signal_store, "--out", tmp_path / "h", "--kind", "forest"), "forest", "mlp")
     one_error_line(cli("train", signal_store, "--out", tmp_path / "h", "--hidden", "a,b"), "--hidden")
     one_error_line(cli("eval", signal_store, "--head", tmp_path / "nohead"), "nohead")
     one_error_line(cli("predict", tmp_path, "--head", tmp_path / "nohead"), "nohead")

@@ -166,7 +166,7 @@ def test_an_index_rebuild_killed_before_its_sidecar_leaves_the_old_index_valid(t
     assert f"item store index {store} --on image --kind flat" in r.output  # the leftovers name the command
     after = cli("neighbors", store, "0", "-k", "3", "--json")
     assert json.loads(after.stdout)["method"] == json.loads(before.stdout)["method"]
-    assert json.loads(after.stdout)["hits"] == json.loads(before.stdout)["hits"]
+    assert json.loads(after.stdout)["neighbors"] == json.loads(before.stdout)["neighbors"]
     assert cli("store", "index", store, "--kind", "flat").exit_code == 0
     r = cli("store", "validate", store)
     assert r.exit_code == 0 and "did not finish" not in r.output, r.output
