@@ -201,6 +201,22 @@ DOCUMENTS = {
                             "results": {"type": "object"}},
                            required=["format", "head", "threshold", "results"], closed=False,
                            description="item robustness --json (and WORK/robustness.json)"),
+    "cli_check": _doc({"passed": _BOOL, "device": _STR, "identity": {"type": "object"}, "models": {"type": "object"},
+                       "checks": _arr(_obj({"name": _STR, "passed": _null(_BOOL), "value": _null(_NUM), "bound": _NUM,
+                                            "op": _STR, "what": _STR, "skipped": _STR},
+                                           required=["name", "passed", "value", "bound"], closed=False)),
+                       "samples": _arr({"type": "object"})},
+                      required=["passed", "checks"], closed=False,
+                      description="item check --json: one entry a check, with its measured value and bound "
+                                  "(passed and value null where the check was skipped, with the reason)"),
+    "cli_audit": _doc({"store": _STR, "split": _STR, "n_images": _INT, "per_class": {"type": "object"},
+                       "per_generator": {"type": "object"}, "sources": {"type": "object"},
+                       "trivial_cue": _obj({"test_acc": _null(_NUM), "test_auroc": _null(_NUM)},
+                                           required=["test_acc", "test_auroc"], closed=False),
+                       "verdict": _STR},
+                      required=["store", "split", "n_images", "trivial_cue", "verdict"], closed=False,
+                      description="item audit --json: file cues per class and generator, and the trivial-cue "
+                                  "head's test accuracy and AUROC"),
     # item serve's JSON API
     "api_predict": _doc({**PREDICTION_PROPS, **_VIEW_EXTRA},
                         required=[*OBJECTS["prediction"]["required"], *_VIEW_EXTRA],

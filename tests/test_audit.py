@@ -8,12 +8,14 @@ import os
 
 import numpy as np
 import pytest
+
 from PIL import Image
 from typer.testing import CliRunner
 
 from item.classify.audit import file_cues
 from item.imagefile import estimate_jpeg_quality
 from item.cli import app
+from tests._schemas import assert_valid
 
 
 def cli(*args):
@@ -113,7 +115,7 @@ def test_png_fakes_and_jpeg_reals_are_called_a_shortcut(cue_store):
     verdict = next(ln for ln in lines if ln.startswith("labels are predictable from file format and size alone"))
     acc = float(verdict.rsplit(" ", 1)[1])
     assert acc >= 0.9
-    data = json.loads(ok("audit", cue_store, "--json").stdout)
+    data = assert_valid(json.loads(ok("audit", cue_store, "--json").stdout), "cli_audit")
     tc = data["trivial_cue"]
     assert tc["test_acc"] >= 0.9 and tc["test_auroc"] >= 0.9
     assert abs(tc["test_acc"] - acc) < 0.01
@@ -128,7 +130,7 @@ def test_png_fakes_and_jpeg_reals_are_called_a_shortcut(cue_store):
 
 
 def test_shared_formats_and_sizes_are_not_a_shortcut(fair_store):
-    data = json.loads(ok("audit", fair_store, "--json").stdout)
+    data = assert_valid(json.loads(ok("audit", fair_store, "--json").stdout), "cli_audit")
     assert data["trivial_cue"]["test_acc"] <= 0.65
     assert data["per_class"]["real"]["formats"] == data["per_class"]["fake"]["formats"]
     r = ok("audit", fair_store)

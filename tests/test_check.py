@@ -16,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from PIL import Image
 from typer.testing import CliRunner
 
 from item.check import load_expectations, run_checks
 from item.check.checks import SAMPLES_DIR, iou, names_main_object
 from item.cli import app
+from tests._schemas import assert_valid
 
 QUALITY_CHECKS = ("captions", "grounding", "clip_retrieval")
 
@@ -162,7 +164,7 @@ def test_a_stand_in_that_misses_fails_the_check_it_misses():
 def test_random_weights_fail_with_json_report():
     r = CliRunner().invoke(app, ["check", "--models", "tiny-random", "--device", "cpu", "--json"])
     assert r.exit_code == 1, r.output
-    report = json.loads(r.stdout)
+    report = assert_valid(json.loads(r.stdout), "cli_check")
     assert report["random_weights"] is True and report["passed"] is False
     measured = [c for c in report["checks"] if c["value"] is not None]
     assert len(measured) >= 4
