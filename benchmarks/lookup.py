@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import faiss
 
-    from item.store.index import INDEX_KINDS, StoreIndex, build_index, index_paths
+    from item.store.index import INDEX_KINDS, StoreIndex, build_index
 
     faiss.omp_set_num_threads(args.threads)
 
@@ -143,7 +143,8 @@ def main(argv=None) -> int:
         side = build_index(root, kind=kind, params=params,
                            target_recall=args.tune if kind != "flat" else None)
         build_s = time.perf_counter() - t
-        size = index_paths(root, "image", kind)["faiss"].stat().st_size
+        # the index data file is named by its build since issue 21 (image-KIND.BUILD.faiss); a rebuild deletes the old
+        size = sum(f.stat().st_size for f in (root / "index").glob(f"image-{kind}.*faiss"))
         r0 = rss_mib()
         idx = StoreIndex(root, kind=kind)
         load_rss = rss_mib() - r0

@@ -161,7 +161,8 @@ def main(argv=None) -> int:
     side = idx.info
     res.update(params=side["params"], memory_bytes=side["memory_bytes"], disk_bytes=side.get("disk_bytes"),
                tuning=side.get("tuning"),
-               index_file_bytes=(store / "index" / f"image-{args.kind}.faiss").stat().st_size)
+               # index data files are named by build since issue 21 (image-KIND.BUILD.faiss)
+               index_file_bytes=sum(f.stat().st_size for f in (store / "index").glob(f"image-{args.kind}.*faiss")))
     _, found = idx.search(q, args.k)
     res["recall_at_10"] = round(recall_at(found, truth, args.k), 4)
     res.update(single_latency(idx, q, args.single, args.k))
