@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     sweep = []
     chosen = side["params"]["nprobe"]
     for name, values in (("nprobe", sorted({max(1, chosen // 2), chosen, chosen * 2})),
-                         ("k_factor", (2, 4, 16))):
+                         ("k_factor", (2, 4, 16, 32, 64))):
         for v in values:
             set_search_param(idx.index, args.kind, name, v)
             _, f = idx.search(q, args.k)
