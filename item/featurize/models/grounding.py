@@ -191,6 +191,25 @@ def shape_groups(prepared: list, indices: list[int]) -> list[list[int]]:
     return list(groups.values())
 
 
+class ProcessorPrep:
+    """Picklable image preparation through an image processor: PIL image -> GroundImage (the processor's
+    resize and normalisation; None when the image cannot be grounded). ``padded`` says the frame the
+    processor's boxes are relative to: the image itself here; a square for processors that pad to one."""
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+
+    def padded(self, size: tuple[int, int]) -> tuple[float, float]:
+        return float(size[0]), float(size[1])
+
+    def __call__(self, image) -> GroundImage | None:
+        if not_groundable(*image.size):
+            return None
+        rgb = image.convert("RGB")
+        pix = self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"][0]
+        return GroundImage(pix.contiguous(), rgb.size, self.padded(rgb.size))
+
+
 class ImageTextProcessor:
     """An image processor and a tokenizer that save as one processor folder: what the random grounder
     builders return where transformers' own processor class refuses the tiny tokenizer (OWLv2's and

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from item.errors import InputError
 from item.featurize.models.grounding import (MIN_BOX_AREA, Box, GroundImage, ImageTextProcessor, PreparedGrounder,
-                                             _pixel_boxes, not_groundable)
+                                             ProcessorPrep, _pixel_boxes)
 from item.featurize.models.hub import autocast_for, to_device
 
 #: Random builder names of the OmDet-Turbo family (seeded random weights, built offline).
@@ -57,18 +57,8 @@ def clean_noun(noun: str) -> str:
     return " ".join(str(noun).lower().split()) or "object"
 
 
-class OmDetPrep:
-    """Picklable image preparation: PIL image -> GroundImage (the processor's resize and normalisation)."""
-
-    def __init__(self, image_processor):
-        self.image_processor = image_processor
-
-    def __call__(self, image) -> GroundImage | None:
-        if not_groundable(*image.size):
-            return None
-        rgb = image.convert("RGB")
-        pix = self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"][0]
-        return GroundImage(pix.contiguous(), rgb.size, (float(rgb.size[0]), float(rgb.size[1])))
+class OmDetPrep(ProcessorPrep):
+    """Picklable image preparation: the processor resizes the whole image (boxes relative to the image)."""
 
 
 def select_omdet(scores, rel_boxes, size: tuple[int, int], n_queries: int, box_threshold: float) -> list[Box | None]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from item.errors import InputError
 from item.featurize.models.grounding import (MIN_BOX_AREA, Box, GroundImage, ImageTextProcessor, PreparedGrounder,
-                                             _pixel_boxes, not_groundable)
+                                             ProcessorPrep, _pixel_boxes)
 from item.featurize.models.hub import autocast_for, to_device
 
 #: Random builder names of the OWLv2 family (seeded random weights, built offline).
@@ -30,19 +30,12 @@ BOX_SELECTION = "owlv2-best-patch-1"
 DEFAULT_BOX_THRESHOLD = 0.1
 
 
-class OwlPrep:
-    """Picklable image preparation: PIL image -> GroundImage (square-padded, resized, normalised)."""
+class OwlPrep(ProcessorPrep):
+    """Picklable image preparation: the processor pads the image to a square (boxes relative to it)."""
 
-    def __init__(self, image_processor):
-        self.image_processor = image_processor
-
-    def __call__(self, image) -> GroundImage | None:
-        if not_groundable(*image.size):
-            return None
-        rgb = image.convert("RGB")
-        pix = self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"][0]
-        side = max(rgb.size)
-        return GroundImage(pix.contiguous(), rgb.size, (side, side))
+    def padded(self, size: tuple[int, int]) -> tuple[float, float]:
+        side = max(size)
+        return side, side
 
 
 class OwlGrounder(PreparedGrounder):
