@@ -140,3 +140,19 @@ def table(rows: list[dict], columns: list[str], title: str | None = None, stderr
     out("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
     for row in cells:
         out("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def heads_random(heads) -> bool:
+    """Whether any head folder's config records random weights (read from head.json; nothing loads). An
+    unreadable head counts as not random here: loading it later says what is wrong."""
+    from pathlib import Path
+
+    from item.names import HEAD_CONFIG_FILE
+
+    for h in heads:
+        try:
+            if json.loads((Path(h) / HEAD_CONFIG_FILE).read_text()).get("random_weights"):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from item.console import RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, info, progress_bar, table, warn
+from item.console import RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, heads_random, info, progress_bar, table, warn
 
 
 def _csv(text: str | None) -> tuple[str, ...]:
@@ -61,18 +61,10 @@ def protocols_cmd(
 
 def _random_models(models: str, heads=()) -> bool:
     """Whether the model preset or a given head has random weights (read, nothing loaded)."""
-    import json
-
     from item.featurize import resolve_models
 
     if heads:
-        for h in heads:
-            try:
-                if json.loads((Path(h) / "head.json").read_text()).get("random_weights"):
-                    return True
-            except (OSError, ValueError):
-                continue
-        return False
+        return heads_random(heads)
     try:
         return bool(resolve_models(models).random_weights)
     except Exception:  # an unknown preset: the run itself says so in one line

@@ -11,7 +11,6 @@ Test-only benchmarks (Chameleon, Co-Spy-Bench, Synthbuster) take heads trained e
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Callable
 from item.errors import InputError
 from item.protocols.layout import LayoutReport, check_layout
 from item.protocols.spec import Protocol
-from item.protocols.stores import StoreJob, featurize_jobs, spec_from_head
+from item.protocols.stores import StoreJob, featurize_jobs, spec_from_head, write_manifest
 
 
 @dataclass(frozen=True)
@@ -55,16 +54,6 @@ def needed_splits(protocol: Protocol, cfg: ReproduceConfig) -> tuple[str, ...]:
         raise InputError(f"{protocol.name} ({protocol.title}) is test-only: give the heads to evaluate with --head "
                          "(e.g. WORK/heads/hierarchical of `item reproduce genimage`)")
     return ("train", "val", "test")
-
-
-def _write_manifest(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "generator", "split"])
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
 
 
 def _head_is_current(head_dir: Path, recipe: str, kind: str, fingerprint: str) -> bool:
@@ -126,10 +115,10 @@ def run_reproduce(protocol: Protocol, root, work, cfg: ReproduceConfig = Reprodu
         train_rows, n_train = align_rows(train_rows, work / "files", alignment, log=log)
         log(f"format alignment {alignment}: " + ", ".join(f"{k} {n_test[k] + n_train[k]}" for k in n_test))
     manifests = {"test": work / "manifests" / "test.csv"}
-    _write_manifest(test_rows, manifests["test"])
+    write_manifest(test_rows, manifests["test"])
     if train_rows:
         manifests["train"] = work / "manifests" / "train.csv"
-        _write_manifest(train_rows, manifests["train"])
+        write_manifest(train_rows, manifests["train"])
     stores = {"train": work / "stores" / "train", "test": work / "stores" / "test"}
     jobs = []
     if train_rows:

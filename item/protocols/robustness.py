@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from item.errors import InputError
-from item.protocols.stores import StoreJob, featurize_jobs, spec_from_head
+from item.protocols.stores import StoreJob, featurize_jobs, spec_from_head, write_manifest
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,6 @@ def protocol_set_source(protocol, root, test_set: str, work: Path, log: Callable
     The rows are the protocol's: every fake of the set (all its category folders) under the set's name, and
     its reals, its own or its pool's (then paired with ``{set: pool}``), so the set is one row as in the
     benchmark's table. The manifest is written to WORK/manifests/<set>.csv."""
-    import csv
 
     from item.protocols.layout import check_layout
 
@@ -82,13 +81,7 @@ def protocol_set_source(protocol, root, test_set: str, work: Path, log: Callable
         raise InputError(f"{protocol.name} test set {test_set!r} is not in {layout.root}: {why}")
     rows = [r for r in layout.rows("test") if r["generator"] in (test_set, part.pool or test_set)]
     path = Path(work) / "manifests" / f"{slug(test_set)}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "generator", "split"])
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    write_manifest(rows, path)
     return str(path), ({test_set: part.pool} if part.pool else {})
 
 

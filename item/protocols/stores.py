@@ -82,3 +82,16 @@ def featurize_jobs(jobs: list[StoreJob], *, models="default", device: str = "aut
             + "".join(f", {n} copies under {s}" for s, n in res.augmented.items()))
         out.append(res)
     return out
+
+
+def write_manifest(rows: list[dict], path: Path) -> None:
+    """Rows (path, label, generator, split) as a CSV manifest at ``path``, replaced whole (temp + rename)."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "generator", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)

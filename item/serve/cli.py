@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from item.console import RANDOM_WEIGHTS_LINE, emit, guarded, info, warn
+from item.console import RANDOM_WEIGHTS_LINE, emit, guarded, heads_random, info, warn
 
 SERVE_EXTRA = "pip install 'item-detect[serve]' (FastAPI, uvicorn, python-multipart)"
 
@@ -35,8 +35,6 @@ def _require_extra() -> None:
 
 def _any_random(store, heads) -> bool:
     """Whether the store or a head records random weights (read from their metadata; nothing loads)."""
-    import json
-
     from item.errors import ItemError
     from item.store import StoreReader
 
@@ -46,13 +44,7 @@ def _any_random(store, heads) -> bool:
                 return True
     except ItemError:
         return False  # the Service's own load says what is wrong
-    for h in heads:
-        try:
-            if json.loads((Path(h) / "head.json").read_text()).get("random_weights"):
-                return True
-        except (OSError, ValueError):
-            continue
-    return False
+    return heads_random(heads)
 
 
 def serve_cmd(
