@@ -619,7 +619,7 @@ class _CopiesWriter:
         self.fh.close()
 
     def open(self) -> np.ndarray:
-        return np.load(self.tmp, mmap_mode="r")
+        return np.load(self.tmp, mmap_mode="r", allow_pickle=False)
 
     def summary(self) -> dict:
         return {"bytes": self.bytes, "sha256": self.hash.hexdigest()}
@@ -836,7 +836,7 @@ class StoreIndex:
         p = self.info.get("params", {})
         if self.info.get("disk_bytes"):
             try:
-                vectors = np.load(paths["vectors"], mmap_mode="r")
+                vectors = np.load(paths["vectors"], mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as exc:
                 self.reader.close()
                 raise StoreError(f"{paths['vectors'].name}: unreadable re-ranking copies ({exc}); {rebuild}") from None
