@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_all.sh --device cpu --small # the same presets on the CPU at small sizes (1 image, 1 rep,
 #                                                   # no warm-up: a full-size preset takes 10-40 min on 2 shared cores)
 #   PARALLEL=1 with --small runs the presets side by side (a busy shared machine; each then runs slower)
+#   NICE="nice -n 10" runs the measurements below other work (default: normal priority)
 #
 # For each preset (default, small, fast: default-random, small-random, fast-random) one run of
 # benchmarks/featurize.py measures, on the same images: the naive one-image-at-a-time baseline, the
@@ -55,7 +56,7 @@ else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-NICE=""; [ "$DEVICE" = cpu ] && NICE="nice -n 10"
+NICE=${NICE:-}  # e.g. NICE="nice -n 10" to yield to other work on a shared machine
 {
   date -u; uptime
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || echo "no nvidia-smi"
