@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from item.cli import app
 from item.errors import InputError
 from item.store import StoreIndex, StoreReader
-from item.store.index import index_bytes, index_paths, parse_bytes, plan_index
+from item.store.index import data_files, index_bytes, index_paths, parse_bytes, plan_index, tune_search
 from item.store.synthetic import write_synthetic_store
 
 
@@ -120,6 +120,8 @@ def test_ivfpq4_keeps_codes_in_memory_and_reranks_from_disk(store):
     assert r.exit_code == 0, r.output
     paths = index_paths(store, "image", "ivfpq4")
     side = json.loads(paths["sidecar"].read_text())
+    paths.update(data_files(store, {**side, "file": paths["sidecar"].name}))
+    assert paths["vectors"].name == side["files"]["vectors"]["name"] != "image-ivfpq4.f16.npy"  # the build's name
     assert side["kind"] == "ivfpq4" and side["tuning"]["reached"] and side["params"]["nprobe"] == side["tuning"]["chosen"]
     assert side["memory_bytes"] == 3000 * (32 // 4 + 8)  # 4-bit codes of 16 sub-vectors + ids
     assert side["memory_bytes"] < index_bytes("ivfsq", 3000, 32, {"refine": 0})
@@ -129,6 +131,7 @@ def test_ivfpq4_keeps_codes_in_memory_and_reranks_from_disk(store):
     idx = StoreIndex(store, kind="ivfpq4")
     try:
         assert faiss.extract_index_ivf(idx.index.base).nprobe == side["tuning"]["chosen"]
+        assert idx.index.k_factor == side["params"]["k_factor"] == side["tuning"]["k_factor"]
         q = fresh_queries(100, 32)
         scores, rows = idx.search(q, 10)
     finally:
@@ -142,3 +145,67 @@ def test_ivfpq4_keeps_codes_in_memory_and_reranks_from_disk(store):
         fh.truncate(paths["vectors"].stat().st_size - 64)
     with pytest.raises(Exception, match="rebuild|bytes"):
         StoreIndex(store, kind="ivfpq4")
+
+
+def test_ivfpq4_rebuild_replaces_its_copies_and_names_them_by_build(store):
+    """The float16 copies follow the build-named scheme: a rebuild writes new ones, the old build's go, and a
+    copies file no sidecar names (a build killed before its sidecar) is an orphan the next build removes."""
+    folder = index_paths(store, "image", "ivfpq4")["sidecar"].parent
+    for _ in range(2):
+        r = CliRunner().invoke(app, ["store", "index", store, "--kind", "ivfpq4"])
+        assert r.exit_code == 0, r.output
+    side = json.loads(index_paths(store, "image", "ivfpq4")["sidecar"].read_text())
+    copies = sorted(p.name for p in folder.glob("image-ivfpq4*.f16.npy"))
+    assert copies == [side["files"]["vectors"]["name"]]
+    stray = folder / "image-ivfpq4.0123456789ab.f16.npy"
+    stray.write_bytes(b"left by a killed build")
+    from item.store.index import orphan_files
+
+    assert stray in orphan_files(store)
+    r = CliRunner().invoke(app, ["store", "index", store, "--kind", "ivfpq4"])
+    assert r.exit_code == 0, r.output
+    assert not stray.exists() and len(list(folder.glob("image-ivfpq4*.f16.npy"))) == 1
+
+
+class _Refined:
+    """A stand-in index whose recall is a known function of (nprobe, k_factor): breadth saturates at a
+    ceiling set by the re-ranking depth, as ivfpq4's does (BENCHMARKS: 0.94 at 16 x k, 0.98 at 32 x k)."""
+
+    def __init__(self, truth, ceiling):
+        self.truth, self.ceiling, self.nprobe, self.k_factor = truth, ceiling, 1, 16.0
+        self.calls = []
+
+    def search(self, q, k):
+        self.calls.append((self.nprobe, self.k_factor))
+        good = int(round(10 * min(self.ceiling[self.k_factor], self.nprobe / 32)))
+        out = np.full((len(q), k), 10**6, np.int64)
+        out[:, 0] = -5  # the query's own row
+        out[:, 1:1 + good] = self.truth[:, :good]
+        out[:, 1 + good:] = 10**6 + np.arange(k - 1 - good)
+        return np.zeros((len(q), k), np.float32), out
+
+
+def test_target_recall_deepens_the_reranking_when_breadth_stops_helping(monkeypatch):
+    """issue 24: nprobe alone plateaus under the target at k_factor 16; the tuner doubles the depth, finds the
+    cheapest nprobe there, and records both; a target no depth reaches ends at the best setting, not reached."""
+    import item.store.index as ix
+
+    truth = np.arange(40).reshape(4, 10)
+    fake = _Refined(truth, {16.0: 0.9, 32.0: 1.0, 64.0: 1.0, 128.0: 1.0})
+
+    class FakeIVF:
+        nlist = 1024
+
+    monkeypatch.setattr(ix, "_k_factor", lambda index: index.k_factor)
+    monkeypatch.setattr(ix, "set_search_param", lambda index, kind, name, v: setattr(index, name, float(v)))
+    monkeypatch.setattr(__import__("faiss"), "extract_index_ivf", lambda index: FakeIVF)
+    res = tune_search(fake, "ivfpq4", np.zeros((4, 8), np.float32), np.full(4, -5), truth, 0.95)
+    assert res["reached"] and res["k_factor"] == 32 and res["chosen"] == 32 and res["recall_at_k"] == 1.0
+    at16 = [r for r in res["sweep"] if r["k_factor"] == 16]
+    assert at16[-1]["recall"] == 0.9 and at16[-1]["value"] < 1024  # stopped on the plateau, not at nlist
+    assert (fake.nprobe, fake.k_factor) == (32, 32)  # the index is left at the chosen setting
+    assert all(r["recall"] < 0.95 for r in res["sweep"][:-1]) and "ms_per_query" in res["sweep"][0]
+    fake = _Refined(truth, {16.0: 0.5, 32.0: 0.6, 64.0: 0.7, 128.0: 0.7})
+    res = tune_search(fake, "ivfpq4", np.zeros((4, 8), np.float32), np.full(4, -5), truth, 0.95)
+    assert not res["reached"] and res["recall_at_k"] == 0.7 and res["k_factor"] == 64
+    assert max(r["k_factor"] for r in res["sweep"]) == 128

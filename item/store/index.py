@@ -26,6 +26,7 @@ import io
 import os
 import json
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -63,7 +64,7 @@ INDEX_KINDS = {
     "ivfpq4": IndexKind("ivfpq4", "inverted lists + 4-bit fast-scan product quantisation (dim/4 bytes a vector, "
                         "SIMD distance tables), re-ranked from float16 copies read from disk (refine 1) or not "
                         "(refine 0); for tens of millions of rows in a few GB of memory",
-                        {"nlist": 0, "m": 0, "nprobe": 16, "refine": 1, "k_factor": 16}),
+                        {"nlist": 0, "m": 0, "nprobe": 16, "refine": 1, "k_factor": 32}),
 }
 #: `--kind auto`: chosen from the store's size and the memory budget by `plan_index`.
 AUTO_KIND = "auto"
@@ -76,6 +77,10 @@ SEARCH_GRID = {"ef_search": (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 76
 AUTO_FLAT_ROWS = 100_000
 #: Held-out queries used by `--target-recall` (stored rows, each one's own row left out of its answers).
 TUNE_QUERIES = 500
+#: `--target-recall` on an index that re-ranks: the deepest re-ranking it tries (k * K_FACTOR_MAX candidates), and
+#: when it calls the recall flat at one depth (PLATEAU_STEPS steps of the search parameter adding < PLATEAU_GAIN).
+K_FACTOR_MAX = 128
+PLATEAU_STEPS, PLATEAU_GAIN = 3, 0.001
 INDEX_ON = {"image": schema.IMAGE_EMB, "misalignment": schema.MISALIGNMENT}
 
 
@@ -91,11 +96,18 @@ def index_paths(root, on: str, kind: str) -> dict[str, Path]:
             "sidecar": base.with_suffix(".json"), "vectors": Path(str(base) + ".f16.npy")}
 
 
-_DATA_SUFFIX = {"faiss": ".faiss", "rows": ".rows.npy"}
+_DATA_SUFFIX = {"faiss": ".faiss", "rows": ".rows.npy", "vectors": ".f16.npy"}
+
+
+def _has_copies(info: dict) -> bool:
+    """Whether the index the sidecar ``info`` describes keeps float16 re-ranking copies on disk (ivfpq4)."""
+    recorded = info.get("files") if isinstance(info.get("files"), dict) else {}
+    return bool(info.get("disk_bytes")) or isinstance(recorded.get("vectors"), dict)
 
 
 def data_files(root, info: dict) -> dict[str, Path]:
-    """The .faiss and .rows.npy files the sidecar ``info`` (with its ``file`` name) describes.
+    """The .faiss and .rows.npy files the sidecar ``info`` (with its ``file`` name) describes, and the .f16.npy
+    re-ranking copies when it keeps some (each build's files carry its build's name, copies included).
 
     A name that is not a plain file name of this index (``ON-KIND.*``) is ignored, so a planted sidecar
     cannot point a reader outside the index folder; the legacy names are used then (and fail their checks).
@@ -105,6 +117,8 @@ def data_files(root, info: dict) -> dict[str, Path]:
     recorded = info.get("files") if isinstance(info.get("files"), dict) else {}
     out = {}
     for key, suffix in _DATA_SUFFIX.items():
+        if key == "vectors" and not _has_copies(info):
+            continue
         name = (recorded.get(key) or {}).get("name") if isinstance(recorded.get(key), dict) else None
         ok = isinstance(name, str) and "/" not in name and "\\" not in name and name.startswith(stem + ".") \
             and name.endswith(suffix)
@@ -400,13 +414,29 @@ def set_search_param(index, kind: str, name: str, value) -> None:
             top.k_factor = float(value)
 
 
+def _k_factor(index) -> float | None:
+    """The re-ranking depth of an index that re-ranks its candidates (DiskRefined, faiss IndexRefine), else None."""
+    import faiss
+
+    if isinstance(index, DiskRefined):
+        return index.k_factor
+    top = faiss.downcast_index(index)
+    return float(top.k_factor) if isinstance(top, faiss.IndexRefine) else None
+
+
 def tune_search(index, kind: str, queries: np.ndarray, positions: np.ndarray, truth: np.ndarray,
                 target: float, k: int = 10) -> dict:
-    """The cheapest SEARCH_GRID value of the kind's search parameter with recall@k >= target.
+    """The cheapest setting of the kind's search parameter (SEARCH_GRID) with recall@k >= target, and for an
+    index that re-ranks its candidates, the shallowest re-ranking depth (k_factor) at which one reaches it.
+
+    The search parameter is swept upwards at the index's own k_factor first; when recall stops rising
+    (PLATEAU_STEPS steps in a row that add under PLATEAU_GAIN) the re-ranking depth, not the search breadth,
+    is the ceiling, and the sweep starts again at twice the depth, up to K_FACTOR_MAX. Re-ranking reads
+    k * k_factor vectors a query (from disk for ivfpq4), so the smallest depth that reaches the target wins.
 
     queries: (q, dim) float32 normalised, stored at ``positions`` in the index; truth: (q, k) exact
-    neighbours without the query itself. Returns {param, chosen, recall_at_k, target_recall, k,
-    n_queries, reached, method, sweep: [{value, recall}]}.
+    neighbours without the query itself. Returns {param, chosen, k_factor (re-ranking kinds), recall_at_k,
+    target_recall, k, n_queries, reached, method, sweep: [{value, recall, ms_per_query[, k_factor]}]}.
     """
     import faiss
 
@@ -416,29 +446,55 @@ def tune_search(index, kind: str, queries: np.ndarray, positions: np.ndarray, tr
             if name != "nprobe" or v <= faiss.extract_index_ivf(base).nlist]
     if name == "nprobe" and faiss.extract_index_ivf(base).nlist not in grid:
         grid.append(int(faiss.extract_index_ivf(base).nlist))
+    kf0 = _k_factor(index)
+    depths = [None] if kf0 is None else [kf0 * 2 ** i for i in range(8) if kf0 * 2 ** i <= max(kf0, K_FACTOR_MAX)]
     kk = min(k, truth.shape[1])
     sweep, chosen = [], None
-    for value in grid:
-        set_search_param(index, kind, name, value)
-        _, found = index.search(queries, kk + 1)
-        hits = 0
-        for f, t, own in zip(found, truth, positions):
-            got = [x for x in f if x != own and x >= 0][:kk]
-            hits += len(set(got) & set(t[:kk].tolist()))
-        recall = hits / max(1, kk * len(queries))
-        sweep.append({"value": int(value), "recall": round(recall, 4)})
-        if recall >= target:
-            chosen = sweep[-1]
+    for depth in depths:
+        if depth is not None:
+            set_search_param(index, kind, "k_factor", depth)
+        flat = 0
+        for value in grid:
+            set_search_param(index, kind, name, value)
+            t = time.perf_counter()
+            _, found = index.search(queries, kk + 1)
+            ms = (time.perf_counter() - t) * 1e3 / max(1, len(queries))
+            hits = 0
+            for f, tr, own in zip(found, truth, positions):
+                got = [x for x in f if x != own and x >= 0][:kk]
+                hits += len(set(got) & set(tr[:kk].tolist()))
+            recall = hits / max(1, kk * len(queries))
+            row = {"value": int(value), "recall": round(recall, 4), "ms_per_query": round(ms, 3)}
+            if depth is not None:
+                row["k_factor"] = _plain_number(depth)
+            gain = recall - sweep[-1]["recall"] if sweep and sweep[-1].get("k_factor") == row.get("k_factor") else 1.0
+            sweep.append(row)
+            if recall >= target:
+                chosen = row
+                break
+            flat = flat + 1 if gain < PLATEAU_GAIN else 0
+            if depth is not None and flat >= PLATEAU_STEPS:
+                break  # the depth is the ceiling: more breadth finds nothing the re-ranking keeps
+        if chosen is not None:
             break
     reached = chosen is not None
     if not reached:
-        chosen = max(sweep, key=lambda r: (r["recall"], -r["value"]))
+        chosen = max(sweep, key=lambda r: (r["recall"], -r.get("k_factor", 0), -r["value"]))
+    if depths != [None]:
+        set_search_param(index, kind, "k_factor", chosen["k_factor"])
     set_search_param(index, kind, name, chosen["value"])
-    return {"param": name, "chosen": chosen["value"], "recall_at_k": chosen["recall"], "target_recall": target,
-            "k": kk, "n_queries": int(len(queries)), "reached": reached,
-            "method": "stored rows as held-out queries (each one's own row left out), recall against exact "
-                      "search over every indexed vector",
-            "sweep": sweep}
+    out = {"param": name, "chosen": chosen["value"], "recall_at_k": chosen["recall"], "target_recall": target,
+           "k": kk, "n_queries": int(len(queries)), "reached": reached,
+           "method": "stored rows as held-out queries (each one's own row left out), recall against exact "
+                     "search over every indexed vector",
+           "sweep": sweep}
+    if depths != [None]:
+        out["k_factor"] = chosen["k_factor"]
+    return out
+
+
+def _plain_number(x: float):
+    return int(x) if float(x).is_integer() else float(x)
 
 
 def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | None = None,
@@ -497,7 +553,17 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
             queries = _normalise(reader.read(column, rows[q_pos]))
             truth = _ExactTopK(queries, q_pos, k)
         paths = index_paths(root, on, kind)
-        copies = _CopiesWriter(paths["vectors"], rows.size, dim) if disk_bytes(kind, rows.size, dim, p) else None
+        # New data files under names of their own (the build's), then the sidecar naming them replaces the old
+        # one in one rename, then the old build's files go: a kill or a failure part way leaves the old index
+        # whole (or none) and files no sidecar names, never a mix that is used.
+        build = secrets.token_hex(6)
+        stem = paths["sidecar"].with_suffix("")
+        new_files = {key: Path(f"{stem}.{build}{suffix}") for key, suffix in _DATA_SUFFIX.items()}
+        copies = None
+        if disk_bytes(kind, rows.size, dim, p):
+            copies = _CopiesWriter(new_files["vectors"], rows.size, dim)
+        else:
+            del new_files["vectors"]
         try:
             start = 0
             for chunk, vecs in reader.iter_chunks(column, rows, chunk_rows=chunk_rows):
@@ -517,18 +583,14 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
             if tune:
                 tuning = tune_search(index, kind, queries, q_pos, truth.result(), float(target_recall), k)
                 p[SEARCH_PARAM[kind]] = tuning["chosen"]
+                if "k_factor" in tuning:
+                    p["k_factor"] = tuning["k_factor"]
         except BaseException:
             if copies:
                 copies.discard()
             raise
         if isinstance(index, DiskRefined):
             index = index.base
-        # New data files under names of their own, then the sidecar naming them replaces the old one in one
-        # rename, then the old build's files go: a kill or a failure part way leaves the old index whole (or
-        # none) and files no sidecar names, never a mix that is used.
-        build = secrets.token_hex(6)
-        stem = paths["sidecar"].with_suffix("")
-        new_files = {key: Path(f"{stem}.{build}{suffix}") for key, suffix in _DATA_SUFFIX.items()}
         old_files = _current_files(root, paths["sidecar"])
         made_dir = not paths["faiss"].parent.exists()
         try:
@@ -567,7 +629,7 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
             "files": {"faiss": {"name": new_files["faiss"].name, **faiss_sum},
                       "rows": {"name": new_files["rows"].name, "bytes": len(rows_bytes),
                                "sha256": hashlib.sha256(rows_bytes).hexdigest()},
-                      **({"vectors": copies.summary()} if copies else {})},
+                      **({"vectors": {"name": new_files["vectors"].name, **copies.summary()}} if copies else {})},
         }
         try:
             atomic_write_json(paths["sidecar"], sidecar)
@@ -736,9 +798,7 @@ def verify_index_files(root, info: dict, *, check_sums: bool = True, open_index:
     """
     paths = data_files(root, info)
     recorded = info.get("files") if isinstance(info.get("files"), dict) else {}
-    if info.get("disk_bytes"):  # ivfpq4's float16 copies: size always; content with check_sums == "all"
-        paths["vectors"] = Path(root) / schema.INDEX_DIR / (str(info.get("file", "")).removesuffix(".json") + ".f16.npy")
-    for key, path in paths.items():
+    for key, path in paths.items():  # ivfpq4's float16 copies: size always; content with check_sums == "all"
         if not path.is_file():
             return f"its {path.name} is missing"
         rec = recorded.get(key)
