@@ -51,7 +51,10 @@ def samples():
 def bench(preset: str, reps: int, device: str, log) -> dict:
     import item
     from item.featurize import FeaturizeConfig, featurize_store
-    from item.featurize.inputs.discover import InputRow
+    try:
+        from item.featurize.inputs.discover import InputRow
+    except ImportError:  # the layout before issue 18 (a35657c and older: the "before" measurement)
+        from item.featurize.inputs import InputRow
     from item.serve.service import ServeConfig, Service
 
     rows = samples()
