@@ -12,8 +12,13 @@ built by `item store index --target-recall`, its memory, build time and peak RSS
 3. The build: one `python -m item store index STORE --kind ivfpq4 --target-recall R` process (its own
    500 held-out stored rows choose nprobe), its wall time and peak RSS (ru_maxrss).
 4. Search through ``StoreIndex`` in this process: RSS growth on load, recall@10 against the exact answers,
-   single-query latency (p50 / p99 over ``--single`` queries, after a warm-up pass) and a sweep of nprobe
-   and k_factor on the built index. faiss runs with ``--threads`` OpenMP threads.
+   single-query latency (p50 / p99 over ``--single`` queries) in two states of the float16 re-ranking
+   copies (ivfpq4; they live on disk): ``cold``, the copies file dropped from the page cache first
+   (posix_fadvise DONTNEED: each query's candidates are read from the disk), and ``warm``, the whole file
+   read once beforehand (page cache holding it: the memory a steady service would give it). The warm-up
+   pass before each timing uses other queries than the timed ones (another draw of the mixture), so no
+   timed query finds its own pages cached by its warm-up. Then a sweep of nprobe and k_factor (warm).
+   faiss runs with ``--threads`` OpenMP threads. ``--reuse-index`` measures an index already built.
 """
 
 from __future__ import annotations
@@ -45,12 +50,13 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * 4096 / 2**20
 
 
-def queries_of(n_queries: int, dim: int, seed: int = 0) -> np.ndarray:
-    """Fresh draws of the store's mixture: the same centers (the writer's first draw), other noise."""
+def queries_of(n_queries: int, dim: int, seed: int = 0, draw: int = 0) -> np.ndarray:
+    """Fresh draws of the store's mixture: the same centers (the writer's first draw), other noise
+    (``draw`` picks another independent set)."""
     from item.store.synthetic import _unit
 
     centers = _unit(np.random.default_rng(seed).normal(size=(64, dim)))
-    rng = np.random.default_rng(seed + 10_000)
+    rng = np.random.default_rng(seed + 10_000 + draw)
     return _unit(centers[rng.integers(64, size=n_queries)] + 1.4 / np.sqrt(dim) * rng.normal(size=(n_queries, dim)))
 
 
@@ -80,9 +86,10 @@ def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     return float(np.mean([len(set(f[:k].tolist()) & set(t[:k].tolist())) / k for f, t in zip(found, truth)]))
 
 
-def single_latency(idx, q: np.ndarray, n: int, k: int) -> dict:
-    for i in range(min(n, len(q))):  # warm-up: page in the lists and the re-ranking pages once
-        idx.search(q[i:i + 1], k)
+def single_latency(idx, q: np.ndarray, n: int, k: int, warm: np.ndarray | None = None) -> dict:
+    """p50 / p99 of one query at a time; ``warm``: queries searched first, untimed (None: no warm-up)."""
+    for w in (warm if warm is not None else []):
+        idx.search(w[None], k)
     times = []
     for i in range(min(n, len(q))):
         t = time.perf_counter()
@@ -91,6 +98,46 @@ def single_latency(idx, q: np.ndarray, n: int, k: int) -> dict:
     ms = np.array(times) * 1e3
     return {"single_p50_ms": round(float(np.percentile(ms, 50)), 3),
             "single_p99_ms": round(float(np.percentile(ms, 99)), 3), "load": os.getloadavg()[0]}
+
+
+def drop_from_cache(path: Path) -> None:
+    """Ask the kernel to drop a file's clean pages from the page cache (no root needed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_through(path: Path) -> float:
+    """Read a file once (into the page cache); returns the seconds it took."""
+    t = time.perf_counter()
+    with open(path, "rb", buffering=0) as fh:
+        while fh.read(1 << 24):
+            pass
+    return time.perf_counter() - t
+
+
+def cached_fraction(path: Path) -> float | None:
+    """The share of a file's pages now in the page cache (mincore on a read-only map); None when unknown."""
+    import ctypes
+    import mmap
+
+    size = path.stat().st_size
+    if not size:
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        view = np.memmap(path, dtype=np.uint8, mode="r")
+        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vec = (ctypes.c_ubyte * pages)()
+        rc = libc.mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(size), vec)
+        del view
+        if rc != 0:
+            return None
+        return round(int(np.count_nonzero(np.frombuffer(vec, np.uint8) & 1)) / pages, 4)
+    except (OSError, AttributeError):
+        return None
 
 
 def main(argv=None) -> int:
@@ -105,6 +152,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kind", default="ivfpq4")
     ap.add_argument("--index-args", default="", help="further `item store index` options, e.g. '--pq-m 192'")
     ap.add_argument("--work", default="/tmp/item-bench-lookup-large")
+    ap.add_argument("--reuse-index", action="store_true", help="measure the index already built (no build)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     import faiss
@@ -143,18 +191,21 @@ def main(argv=None) -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, "-m", "item", "store", "index", str(store), "--kind", args.kind,
            "--target-recall", str(args.target_recall), *args.index_args.split()]
-    log("building: " + " ".join(cmd[1:]))
-    t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", WRAP, *cmd], capture_output=True, text=True, env=env)
-    rc, kib = p.stdout.split("\n", 1)[0].split()
-    res.update(build_seconds=round(time.perf_counter() - t, 1), build_rc=int(rc),
-               build_peak_rss_mib=round(int(kib) / 1024), load_after_build=os.getloadavg())
-    if int(rc):
-        res["build_output"] = p.stdout[-2000:]
-        log(f"build failed: {res['build_output']}")
-        write_result(args.out, "lookup_large", NOTE, res)
-        return 1
-    log(f"built in {res['build_seconds']} s, peak RSS {res['build_peak_rss_mib']} MiB")
+    if args.reuse_index and (store / "index" / f"image-{args.kind}.json").exists():
+        res["build"] = "reused (built by an earlier run of this script; its build numbers are in that run's output)"
+    else:
+        log("building: " + " ".join(cmd[1:]))
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, "-c", WRAP, *cmd], capture_output=True, text=True, env=env)
+        rc, kib = p.stdout.split("\n", 1)[0].split()
+        res.update(build_seconds=round(time.perf_counter() - t, 1), build_rc=int(rc),
+                   build_peak_rss_mib=round(int(kib) / 1024), load_after_build=os.getloadavg(),
+                   build_output=p.stdout.split("\n", 1)[-1][-1500:])
+        if int(rc):
+            log(f"build failed: {res['build_output']}")
+            write_result(args.out, "lookup_large", NOTE, res)
+            return 1
+        log(f"built in {res['build_seconds']} s, peak RSS {res['build_peak_rss_mib']} MiB")
     r0 = rss_mib()
     idx = StoreIndex(store, kind=args.kind)
     res["rss_growth_on_load_mib"] = round(rss_mib() - r0, 1)
@@ -163,20 +214,39 @@ def main(argv=None) -> int:
                tuning=side.get("tuning"),
                # index data files are named by build since issue 21 (image-KIND.BUILD.faiss)
                index_file_bytes=sum(f.stat().st_size for f in (store / "index").glob(f"image-{args.kind}.*faiss")))
+    copies = None
+    if side.get("files", {}).get("vectors"):
+        copies = store / "index" / side["files"]["vectors"]["name"]
     _, found = idx.search(q, args.k)
     res["recall_at_10"] = round(recall_at(found, truth, args.k), 4)
-    res.update(single_latency(idx, q, args.single, args.k))
+    warm_q = queries_of(args.single, args.dim, draw=1)  # another draw: warm-up pages are not the timed ones'
+    if copies is not None:
+        # A page this process maps stays in the cache whatever it is told: close the index (its memory map
+        # goes with it), drop the file's pages, then open it again for the cold pass.
+        import gc
+
+        idx.close()
+        del idx
+        gc.collect()
+        drop_from_cache(copies)
+        idx = StoreIndex(store, kind=args.kind)
+        res["cold"] = {"copies_cached_before": cached_fraction(copies),
+                       **single_latency(idx, q, args.single, args.k, warm=None)}
+        log(f"cold: {res['cold']}")
+        res["copies_read_through_seconds"] = round(read_through(copies), 1)
+        res["copies_cached_warm"] = cached_fraction(copies)
+    res.update(single_latency(idx, q, args.single, args.k, warm=warm_q))
     res["rss_after_queries_mib"] = round(rss_mib(), 1)
     log(f"tuned: {json.dumps({k: res[k] for k in ('params', 'recall_at_10', 'single_p50_ms', 'single_p99_ms')})}")
     sweep = []
     chosen = side["params"]["nprobe"]
     for name, values in (("nprobe", sorted({max(1, chosen // 2), chosen, chosen * 2})),
-                         ("k_factor", (2, 4, 16, 32, 64))):
+                         ("k_factor", (8, 16, 32, 64, 128))):
         for v in values:
             set_search_param(idx.index, args.kind, name, v)
             _, f = idx.search(q, args.k)
             row = {name: v, "recall_at_10": round(recall_at(f, truth, args.k), 4),
-                   **single_latency(idx, q, min(args.single, 100), args.k)}
+                   **single_latency(idx, q, min(args.single, 100), args.k, warm=warm_q[:20])}
             sweep.append(row)
             log(f"  {row}")
         set_search_param(idx.index, args.kind, name, side["params"][name])
