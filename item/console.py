@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from contextlib import contextmanager
 
@@ -63,6 +64,37 @@ def emit(text: str = "") -> None:
 
 def emit_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, default=_json_default, ensure_ascii=False))
+
+
+@contextmanager
+def stdout_for_json(active: bool = True):
+    """While a ``--json`` command works, whatever else writes to stdout goes to stderr instead (libraries'
+    prints, and output at the file-descriptor level: Ray's driver relays its workers' and raylet's messages
+    there), so that stdout carries the one JSON document, written after the block. Inactive: nothing changes."""
+    if not active:
+        yield
+        return
+    saved_py = sys.stdout
+    saved_fd = None
+    try:
+        sys.stdout.flush()
+        if sys.stdout.fileno() == 1:  # the process's real stdout (not a test runner's buffer)
+            saved_fd = os.dup(1)
+            os.dup2(2, 1)
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        saved_fd = None
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        sys.stdout = saved_py
+        if saved_fd is not None:
+            os.dup2(saved_fd, 1)
+            os.close(saved_fd)
 
 
 def _json_default(o):

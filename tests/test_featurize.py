@@ -292,3 +292,33 @@ def test_decoding_workers_give_the_same_rows(tmp_path, models):
     with StoreReader(tmp_path / "w1") as a, StoreReader(tmp_path / "w0") as b:
         assert list(a.metadata()["id"]) == list(b.metadata()["id"])
         assert np.array_equal(a.read("misalignment"), b.read("misalignment"))
+
+
+def test_json_stdout_holds_only_the_document_when_libraries_print(tmp_path):
+    """`--json`: output that libraries write to stdout while the run works (Ray relays its workers' and
+    raylet's messages there, at the file-descriptor level too) goes to stderr; stdout parses as one JSON."""
+    import os
+    import subprocess
+    import sys
+
+    for label, seed in (("real", 1), ("fake", 2)):
+        make_image(tmp_path / "data" / label / f"{label}.png", seed)
+    driver = (
+        "import os, sys, item.featurize as f\n"
+        "real = f.featurize_store\n"
+        "def noisy(*a, **k):\n"
+        "    print('(raylet) a library printing on stdout')\n"
+        "    sys.stdout.flush()\n"
+        "    os.write(1, b'(pid=1) written to file descriptor 1\\n')\n"
+        "    return real(*a, **k)\n"
+        "f.featurize_store = noisy\n"
+        "from item.cli import app\n"
+        "sys.argv = ['item'] + sys.argv[1:]\n"
+        "app()\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", driver, "featurize", str(tmp_path / "data"), "--store",
+                        str(tmp_path / "s"), "--models", "tiny-random", "--workers", "0", "--json"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["n_written"] == 2
+    assert "a library printing on stdout" in r.stderr and "written to file descriptor 1" in r.stderr

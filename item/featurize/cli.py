@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from item.console import RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, info, progress_bar, table, warn
+from item.console import (RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, info, progress_bar, stdout_for_json, table,
+                          warn)
 
 
 def featurize_cmd(
@@ -135,25 +136,26 @@ def featurize_cmd(
         from item.errors import InputError
 
         raise InputError("--augment runs in this process: use it with --engine local")
-    run_models = spec
-    if augment:  # loaded once, for the run and its augmented copies
-        from item.featurize import load_models
+    with stdout_for_json(as_json):  # Ray and the models' libraries may print; --json keeps stdout for JSON
+        run_models = spec
+        if augment:  # loaded once, for the run and its augmented copies
+            from item.featurize import load_models
 
-        run_models = load_models(spec, device)
-    with progress_bar(len(disc.rows), "featurizing") as advance:
-        summary = featurize_store(disc.rows, store, models=run_models, config=config, progress=advance,
-                                  overwrite=overwrite, command=command,
-                                  allow_mixed=allow_mixed)
-    for k, v in summary.mixed_identity.items():
-        warn(f"--allow-mixed: {k} was {v['run']!r} in this run, the store's is {v['store']!r}")
-    if augment:
-        from item.featurize.inputs.augment import augment_store
+            run_models = load_models(spec, device)
+        with progress_bar(len(disc.rows), "featurizing") as advance:
+            summary = featurize_store(disc.rows, store, models=run_models, config=config, progress=advance,
+                                      overwrite=overwrite, command=command,
+                                      allow_mixed=allow_mixed)
+        for k, v in summary.mixed_identity.items():
+            warn(f"--allow-mixed: {k} was {v['run']!r} in this run, the store's is {v['store']!r}")
+        if augment:
+            from item.featurize.inputs.augment import augment_store
 
-        with progress_bar(None, "augmenting") as advance:
-            augmented = augment_store(disc.rows, store, models=run_models, config=config, specs=augment,
-                                      progress=advance, command=command)
-        for aug, n in augmented.items():
-            info(f"augmentation {aug}: {n} training copies written")
+            with progress_bar(None, "augmenting") as advance:
+                augmented = augment_store(disc.rows, store, models=run_models, config=config, specs=augment,
+                                          progress=advance, command=command)
+            for aug, n in augmented.items():
+                info(f"augmentation {aug}: {n} training copies written")
     _after_run_warnings(store, disc.rows, sources)
     if as_json:
         emit_json({**summary.to_json(), "random_weights": bool(spec.random_weights)})
