@@ -148,7 +148,8 @@ def index_cmd(store: Path = StoreDir,
               target_recall: float = typer.Option(None, "--target-recall", help="Tune the search parameter "
                                                   "(efSearch / nprobe) at build time: the cheapest value whose "
                                                   "recall@10 on 500 held-out queries reaches this, recorded in "
-                                                  "the sidecar."),
+                                                  "the sidecar; kinds that re-rank also deepen the re-ranking "
+                                                  "(k_factor) when more lists stop helping."),
               memory_budget: str = typer.Option(None, "--memory-budget", help="Most memory the index may take "
                                                 "(e.g. 4G, 512M); --kind auto fits the index to it."),
               device: str = typer.Option("cpu", help="cpu, cuda or auto: train IVF on the GPU when faiss has GPU "
@@ -171,7 +172,8 @@ def index_cmd(store: Path = StoreDir,
             if side.get("disk_bytes") else "") + ")")
     tuning = side.get("tuning")
     if tuning:
-        msg = (f"{tuning['param']} {tuning['chosen']}: recall@{tuning['k']} {tuning['recall_at_k']} on "
+        depth = f", re-ranking {tuning['k_factor']} x k" if "k_factor" in tuning else ""
+        msg = (f"{tuning['param']} {tuning['chosen']}{depth}: recall@{tuning['k']} {tuning['recall_at_k']} on "
                f"{tuning['n_queries']} held-out queries (target {tuning['target_recall']})")
         (info if tuning["reached"] else warn)(msg if tuning["reached"] else msg + ": target not reached")
 
