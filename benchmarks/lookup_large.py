@@ -45,6 +45,37 @@ WRAP = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capt
         "sys.stdout.write(r.stderr[-3000:])")
 
 
+def memory_mib(pid="self") -> dict:
+    """A process's resident memory split as the kernel keeps it (MiB): ``anon`` (its own heap: the index, arrays),
+    ``file`` (pages of files it maps, e.g. the float16 copies: page cache, dropped under memory pressure, not
+    the process's own), ``rss`` (both)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, val = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                out[{"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file"}[key]] = round(int(val.split()[0]) / 1024, 1)
+    return out
+
+
+def run_sampled(cmd: list, env: dict, every: float = 0.2) -> tuple[int, str, dict]:
+    """Run ``cmd``; sample its /proc memory every ``every`` s. Returns (exit code, output tail, peaks in MiB)."""
+    import tempfile
+
+    peaks = {"rss": 0.0, "anon": 0.0, "file": 0.0}
+    with tempfile.TemporaryFile("w+") as log:
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        while p.poll() is None:
+            try:
+                for k, v in memory_mib(p.pid).items():
+                    peaks[k] = max(peaks[k], v)
+            except (OSError, ValueError):
+                pass
+            time.sleep(every)
+        log.seek(0)
+        return p.returncode, log.read()[-3000:], peaks
+
+
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
@@ -152,6 +183,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kind", default="ivfpq4")
     ap.add_argument("--index-args", default="", help="further `item store index` options, e.g. '--pq-m 192'")
     ap.add_argument("--work", default="/tmp/item-bench-lookup-large")
+    ap.add_argument("--peak", choices=("sampled", "maxrss"), default="sampled",
+                    help="build memory: sampled /proc (heap and mapped files apart) or the child's ru_maxrss (both)")
     ap.add_argument("--reuse-index", action="store_true", help="measure the index already built (no build)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
@@ -196,11 +229,18 @@ def main(argv=None) -> int:
     else:
         log("building: " + " ".join(cmd[1:]))
         t = time.perf_counter()
-        p = subprocess.run([sys.executable, "-c", WRAP, *cmd], capture_output=True, text=True, env=env)
-        rc, kib = p.stdout.split("\n", 1)[0].split()
+        p = subprocess.run([sys.executable, "-c", WRAP, *cmd], capture_output=True, text=True, env=env) \
+            if args.peak == "maxrss" else None
+        if p is not None:
+            rc, kib = p.stdout.split("\n", 1)[0].split()
+            output, peaks = p.stdout.split("\n", 1)[-1], {"rss": round(int(kib) / 1024)}
+        else:
+            rc, output, peaks = run_sampled(cmd, env)
         res.update(build_seconds=round(time.perf_counter() - t, 1), build_rc=int(rc),
-                   build_peak_rss_mib=round(int(kib) / 1024), load_after_build=os.getloadavg(),
-                   build_output=p.stdout.split("\n", 1)[-1][-1500:])
+                   build_peak_rss_mib=round(peaks["rss"]), load_after_build=os.getloadavg(),
+                   build_output=output[-1500:])
+        if "anon" in peaks:  # sampled every 0.2 s: the heap's peak apart from the mapped copies' pages
+            res.update(build_peak_anon_mib=round(peaks["anon"]), build_peak_file_mib=round(peaks["file"]))
         if int(rc):
             log(f"build failed: {res['build_output']}")
             write_result(args.out, "lookup_large", NOTE, res)
@@ -209,6 +249,7 @@ def main(argv=None) -> int:
     r0 = rss_mib()
     idx = StoreIndex(store, kind=args.kind)
     res["rss_growth_on_load_mib"] = round(rss_mib() - r0, 1)
+    res["memory_after_load_mib"] = memory_mib()
     side = idx.info
     res.update(params=side["params"], memory_bytes=side["memory_bytes"], disk_bytes=side.get("disk_bytes"),
                tuning=side.get("tuning"),
@@ -237,6 +278,7 @@ def main(argv=None) -> int:
         res["copies_cached_warm"] = cached_fraction(copies)
     res.update(single_latency(idx, q, args.single, args.k, warm=warm_q))
     res["rss_after_queries_mib"] = round(rss_mib(), 1)
+    res["memory_after_queries_mib"] = memory_mib()
     log(f"tuned: {json.dumps({k: res[k] for k in ('params', 'recall_at_10', 'single_p50_ms', 'single_p99_ms')})}")
     sweep = []
     chosen = side["params"]["nprobe"]
