@@ -76,17 +76,28 @@ def in_process(args, store: Path, log) -> dict:
 
     assert Path(item.__file__).resolve().is_relative_to(code), item.__file__
     torch.set_num_threads(args.threads)
-    with StoreReader(store) as r:
-        tr = np.union1d(r.select(split="train"), r.select(split="test"))
-        va = r.select(split="val")
-        lab = np.asarray(r.metadata(["label"])["label"]).astype(str)
-        t = time.perf_counter()
-        X = store_features(r, args.recipe, tr)
-        Xv = store_features(r, args.recipe, va)
-        read_s = time.perf_counter() - t
-    y, yv = (lab[tr] == "fake").astype(np.int64), (lab[va] == "fake").astype(np.int64)
+    cache = Path(args.features) if args.features else None
+    t = time.perf_counter()
+    if cache is not None and (cache / "y_val.npy").exists():
+        # features read earlier by another checkout (an older one cannot open a newer store schema)
+        X, Xv, y, yv = (np.load(cache / f"{k}.npy") for k in ("X", "X_val", "y", "y_val"))
+        source = f"loaded from {cache} (read from the store by an earlier run)"
+    else:
+        source = "read from the store by this checkout"
+        with StoreReader(store) as r:
+            tr = np.union1d(r.select(split="train"), r.select(split="test"))
+            va = r.select(split="val")
+            lab = np.asarray(r.metadata(["label"])["label"]).astype(str)
+            X = store_features(r, args.recipe, tr)
+            Xv = store_features(r, args.recipe, va)
+        y, yv = (lab[tr] == "fake").astype(np.int64), (lab[va] == "fake").astype(np.int64)
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            for k, v in (("X", X), ("X_val", Xv), ("y", y), ("y_val", yv)):
+                np.save(cache / f"{k}.npy", v)
+    read_s = time.perf_counter() - t
     log(f"code {code}: features {X.shape} + val {Xv.shape} read in {read_s:.1f} s")
-    out = {"code": str(code), "n_train": int(X.shape[0]), "n_val": int(Xv.shape[0]), "n_features": int(X.shape[1]),
+    out = {"code": str(code), "features": source, "n_train": int(X.shape[0]), "n_val": int(Xv.shape[0]), "n_features": int(X.shape[1]),
            "read_seconds": round(read_s, 2)}
     for kind in args.heads.split(","):
         runs = []
@@ -103,6 +114,8 @@ def in_process(args, store: Path, log) -> dict:
                     run[attr.rstrip("_")] = getattr(head, attr)
             log(f"{kind} rep {rep}: {run}")
             runs.append(run)
+        if not runs:  # --reps 0: only the features (e.g. written to --features for another checkout)
+            continue
         walls = [r["wall_s"] for r in runs]
         out[kind] = {"runs": runs, "wall_min": min(walls), "wall_median": statistics.median(walls),
                      "cpu_median": statistics.median(r["cpu_s"] for r in runs),
@@ -157,6 +170,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--heads", default="mlp,logistic", help="in process: comma-separated; --cli: one kind")
     ap.add_argument("--code", help="import item from this checkout for the fits (default: this one)")
+    ap.add_argument("--features", help="in process: a folder for the features as .npy: written by the first run "
+                    "(store read by that run's checkout), loaded by later ones (e.g. an older --code that cannot "
+                    "read this store's schema)")
     ap.add_argument("--cli", action="store_true", help="time `python -m item train` processes instead")
     ap.add_argument("--max-memory", help="--cli: passed to item train (e.g. 1G streams the rows)")
     ap.add_argument("--work", default="/tmp/item-bench-train-work", help="--cli: where heads are written")
