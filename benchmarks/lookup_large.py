@@ -10,7 +10,8 @@ built by `item store index --target-recall`, its memory, build time and peak RSS
    product over the whole store, computed by streaming the store in chunks (no flat index: at 10M it would
    need 30 GB); cached beside the store.
 3. The build: one `python -m item store index STORE --kind ivfpq4 --target-recall R` process (its own
-   500 held-out stored rows choose nprobe), its wall time and peak RSS (ru_maxrss).
+   500 held-out stored rows choose nprobe), its wall time, peak RSS (ru_maxrss) and the
+   peaks of its heap and of its mapped files apart (/proc samples).
 4. Search through ``StoreIndex`` in this process: RSS growth on load, recall@10 against the exact answers,
    single-query latency (p50 / p99 over ``--single`` queries) in two states of the float16 re-ranking
    copies (ivfpq4; they live on disk): ``cold``, the copies file dropped from the page cache first
@@ -40,11 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 
 NOTE = "synthetic seeded clustered embeddings (64 clusters on the sphere), not real CLIP embeddings"
-WRAP = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-        "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
-        "sys.stdout.write(r.stderr[-3000:])")
-
-
 def memory_mib(pid="self") -> dict:
     """A process's resident memory split as the kernel keeps it (MiB): ``anon`` (its own heap: the index, arrays),
     ``file`` (pages of files it maps, e.g. the float16 copies: page cache, dropped under memory pressure, not
@@ -59,26 +55,27 @@ def memory_mib(pid="self") -> dict:
 
 
 def run_sampled(cmd: list, env: dict, every: float = 0.2) -> tuple[int, str, dict]:
-    """Run ``cmd``; sample its /proc memory every ``every`` s. Returns (exit code, output tail, peaks in MiB)."""
+    """Run ``cmd``; returns (exit code, output tail, memory peaks in MiB): ``rss`` the child's exact ru_maxrss
+    (from wait4), ``anon`` / ``file`` the largest of /proc samples taken every ``every`` s."""
     import tempfile
 
-    peaks = {"rss": 0.0, "anon": 0.0, "file": 0.0}
+    peaks = {"anon": 0.0, "file": 0.0}
     with tempfile.TemporaryFile("w+") as log:
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
-        while p.poll() is None:
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
             try:
                 for k, v in memory_mib(p.pid).items():
-                    peaks[k] = max(peaks[k], v)
+                    if k in peaks:
+                        peaks[k] = max(peaks[k], v)
             except (OSError, ValueError):
                 pass
             time.sleep(every)
+        p.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
         log.seek(0)
-        return p.returncode, log.read()[-3000:], peaks
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+        return p.returncode, log.read()[-3000:], {"rss": usage.ru_maxrss / 1024, **peaks}
 
 
 def queries_of(n_queries: int, dim: int, seed: int = 0, draw: int = 0) -> np.ndarray:
@@ -183,8 +180,6 @@ def main(argv=None) -> int:
     ap.add_argument("--kind", default="ivfpq4")
     ap.add_argument("--index-args", default="", help="further `item store index` options, e.g. '--pq-m 192'")
     ap.add_argument("--work", default="/tmp/item-bench-lookup-large")
-    ap.add_argument("--peak", choices=("sampled", "maxrss"), default="sampled",
-                    help="build memory: sampled /proc (heap and mapped files apart) or the child's ru_maxrss (both)")
     ap.add_argument("--reuse-index", action="store_true", help="measure the index already built (no build)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
@@ -229,26 +224,20 @@ def main(argv=None) -> int:
     else:
         log("building: " + " ".join(cmd[1:]))
         t = time.perf_counter()
-        p = subprocess.run([sys.executable, "-c", WRAP, *cmd], capture_output=True, text=True, env=env) \
-            if args.peak == "maxrss" else None
-        if p is not None:
-            rc, kib = p.stdout.split("\n", 1)[0].split()
-            output, peaks = p.stdout.split("\n", 1)[-1], {"rss": round(int(kib) / 1024)}
-        else:
-            rc, output, peaks = run_sampled(cmd, env)
+        rc, output, peaks = run_sampled(cmd, env)
         res.update(build_seconds=round(time.perf_counter() - t, 1), build_rc=int(rc),
                    build_peak_rss_mib=round(peaks["rss"]), load_after_build=os.getloadavg(),
                    build_output=output[-1500:])
-        if "anon" in peaks:  # sampled every 0.2 s: the heap's peak apart from the mapped copies' pages
-            res.update(build_peak_anon_mib=round(peaks["anon"]), build_peak_file_mib=round(peaks["file"]))
+        # sampled every 0.2 s: the heap's peak apart from the mapped copies' pages (ru_maxrss counts both)
+        res.update(build_peak_anon_mib=round(peaks["anon"]), build_peak_file_mib=round(peaks["file"]))
         if int(rc):
             log(f"build failed: {res['build_output']}")
             write_result(args.out, "lookup_large", NOTE, res)
             return 1
         log(f"built in {res['build_seconds']} s, peak RSS {res['build_peak_rss_mib']} MiB")
-    r0 = rss_mib()
+    r0 = memory_mib()["rss"]
     idx = StoreIndex(store, kind=args.kind)
-    res["rss_growth_on_load_mib"] = round(rss_mib() - r0, 1)
+    res["rss_growth_on_load_mib"] = round(memory_mib()["rss"] - r0, 1)
     res["memory_after_load_mib"] = memory_mib()
     side = idx.info
     res.update(params=side["params"], memory_bytes=side["memory_bytes"], disk_bytes=side.get("disk_bytes"),
@@ -277,7 +266,6 @@ def main(argv=None) -> int:
         res["copies_read_through_seconds"] = round(read_through(copies), 1)
         res["copies_cached_warm"] = cached_fraction(copies)
     res.update(single_latency(idx, q, args.single, args.k, warm=warm_q))
-    res["rss_after_queries_mib"] = round(rss_mib(), 1)
     res["memory_after_queries_mib"] = memory_mib()
     log(f"tuned: {json.dumps({k: res[k] for k in ('params', 'recall_at_10', 'single_p50_ms', 'single_p99_ms')})}")
     sweep = []

@@ -447,11 +447,12 @@ def tune_search(index, kind: str, queries: np.ndarray, positions: np.ndarray, tr
     if name == "nprobe" and faiss.extract_index_ivf(base).nlist not in grid:
         grid.append(int(faiss.extract_index_ivf(base).nlist))
     kf0 = _k_factor(index)
-    depths = [None] if kf0 is None else [kf0 * 2 ** i for i in range(8) if kf0 * 2 ** i <= max(kf0, K_FACTOR_MAX)]
+    reranks = kf0 is not None
+    depths = [kf0 * 2 ** i for i in range(8) if kf0 * 2 ** i <= max(kf0, K_FACTOR_MAX)] if reranks else [None]
     kk = min(k, truth.shape[1])
     sweep, chosen = [], None
     for depth in depths:
-        if depth is not None:
+        if reranks:
             set_search_param(index, kind, "k_factor", depth)
         flat = 0
         for value in grid:
@@ -465,7 +466,7 @@ def tune_search(index, kind: str, queries: np.ndarray, positions: np.ndarray, tr
                 hits += len(set(got) & set(tr[:kk].tolist()))
             recall = hits / max(1, kk * len(queries))
             row = {"value": int(value), "recall": round(recall, 4), "ms_per_query": round(ms, 3)}
-            if depth is not None:
+            if reranks:
                 row["k_factor"] = _plain_number(depth)
             gain = recall - sweep[-1]["recall"] if sweep and sweep[-1].get("k_factor") == row.get("k_factor") else 1.0
             sweep.append(row)
@@ -473,14 +474,14 @@ def tune_search(index, kind: str, queries: np.ndarray, positions: np.ndarray, tr
                 chosen = row
                 break
             flat = flat + 1 if gain < PLATEAU_GAIN else 0
-            if depth is not None and flat >= PLATEAU_STEPS:
+            if reranks and flat >= PLATEAU_STEPS:
                 break  # the depth is the ceiling: more breadth finds nothing the re-ranking keeps
         if chosen is not None:
             break
     reached = chosen is not None
     if not reached:
         chosen = max(sweep, key=lambda r: (r["recall"], -r.get("k_factor", 0), -r["value"]))
-    if depths != [None]:
+    if reranks:
         set_search_param(index, kind, "k_factor", chosen["k_factor"])
     set_search_param(index, kind, name, chosen["value"])
     out = {"param": name, "chosen": chosen["value"], "recall_at_k": chosen["recall"], "target_recall": target,
@@ -488,7 +489,7 @@ def tune_search(index, kind: str, queries: np.ndarray, positions: np.ndarray, tr
            "method": "stored rows as held-out queries (each one's own row left out), recall against exact "
                      "search over every indexed vector",
            "sweep": sweep}
-    if depths != [None]:
+    if reranks:
         out["k_factor"] = chosen["k_factor"]
     return out
 
@@ -507,8 +508,9 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
     ``kind='auto'`` chooses kind and parameters from the row count and ``memory_budget`` (bytes or '4G';
     see `plan_index`). ``target_recall`` (approximate kinds): after the build, the search parameter
     (SEARCH_PARAM) is set to the cheapest value of SEARCH_GRID whose recall@k on TUNE_QUERIES held-out
-    queries reaches it (stored rows as queries, each one's own row left out, against exact search), and the
-    sweep is recorded in the sidecar's ``tuning``. ``device``: 'cuda' trains IVF's k-means on the GPU when
+    queries reaches it (stored rows as queries, each one's own row left out, against exact search), with the
+    re-ranking depth deepened where breadth stops helping (`tune_search`), and the sweep is recorded in the
+    sidecar's ``tuning``. ``device``: 'cuda' trains IVF's k-means on the GPU when
     faiss has GPU support and sees a GPU ('auto': when available); the file written is a CPU index.
     """
     import faiss
