@@ -18,7 +18,14 @@ from item.console import emit
 class _Group(TyperGroup):
     """The root command: a usage error (unknown option, missing argument, bad value) is one line on
     stderr, ``error: ... (see `item CMD --help`)``, and exit status 2, instead of click's three-line
-    usage block."""
+    usage block. Every command's options are checked as :mod:`item.options` declares, before any
+    command body runs."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from item.options import apply
+
+        apply(self)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         _plain_metavars(self)

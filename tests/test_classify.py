@@ -35,8 +35,8 @@ def ok(*args):
     return r
 
 
-def one_error_line(r, *words):
-    assert r.exit_code == 1, (r.stdout, r.stderr)
+def one_error_line(r, *words, code=1):
+    assert r.exit_code == code, (r.stdout, r.stderr)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert "Traceback" not in r.stderr + r.stdout
@@ -316,7 +316,7 @@ def test_head_round_trip_train_generators_and_val_fraction(signal_store, logisti
     # the validation rows must never be the training rows
     one_error_line(cli("train", nov, "--out", tmp_path / "y", "--val-split", "train"), "--val-split")
     one_error_line(cli("train", nov, "--out", tmp_path / "y", "--val-split", "", "--val-fraction", "1"),
-                   "--val-fraction")
+                   "--val-fraction", code=2)  # out of the option's range: a usage error
 
 
 def test_head_from_other_models_refused(signal_store, logistic_head, tmp_path):
@@ -400,7 +400,7 @@ def test_neighbors_equal_brute_force_exact_and_indexed(tmp_path):
     np.testing.assert_allclose([h["similarity"] for h in indexed["neighbors"]], want_sims, atol=1e-5)
     one_error_line(cli("neighbors", store, "300"), "out of range")
     one_error_line(cli("neighbors", store, "17", "--on", "pixels"), "pixels", "image")
-    one_error_line(cli("neighbors", store, "17", "-k", "0"), "-k")
+    one_error_line(cli("neighbors", store, "17", "-k", "0"), "-k", code=2)
 
 
 def test_neighbors_of_an_image_file(feat):
@@ -482,7 +482,7 @@ def test_cli_errors_are_one_line(signal_store, logistic_head, tmp_path):
     one_error_line(cli("train", signal_store, "--out", tmp_path / "h", "--recipe", "pixels"),
                    "pixels", "hierarchical", "visual")
     one_error_line(cli("train", signal_store, "--out", tmp_path / "h", "--kind", "forest"), "forest", "mlp")
-    one_error_line(cli("train", signal_store, "--out", tmp_path / "h", "--hidden", "a,b"), "--hidden")
+    one_error_line(cli("train", signal_store, "--out", tmp_path / "h", "--hidden", "a,b"), "--hidden", code=2)
     one_error_line(cli("eval", signal_store, "--head", tmp_path / "nohead"), "nohead")
     one_error_line(cli("predict", tmp_path, "--head", tmp_path / "nohead"), "nohead")
     one_error_line(cli("report", signal_store, "--head", tmp_path / "nohead"), "nohead")

@@ -96,7 +96,7 @@ def test_auto_kind_and_budget_through_the_cli(store):
 
 def test_bad_target_and_gpu_without_one(store):
     r = CliRunner().invoke(app, ["store", "index", store, "--kind", "ivfsq", "--target-recall", "1.5"])
-    assert r.exit_code == 1 and "target-recall" in r.output
+    assert r.exit_code == 2 and "target-recall" in r.output  # a usage error, before the store is read
     import faiss
 
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:

@@ -31,7 +31,7 @@ def featurize_cmd(
     ground_size: Optional[int] = typer.Option(None, help="Grounder input size, shortest side in pixels "
                                               "(default: the model's own, 800 for Grounding DINO). Smaller is "
                                               "faster; what it costs in quality only real weights can tell."),
-    ground_batch_size: int = typer.Option(0, min=0, help="Images per grounder forward; 0: 4 on CUDA, 1 on CPU. Only "
+    ground_batch_size: int = typer.Option(0, help="Images per grounder forward; 0: 4 on CUDA, 1 on CPU. Only "
                                           "images of one prepared shape share a forward, so it changes no box "
                                           "(recorded in the run's manifest entry)."),
     box_threshold: Optional[float] = typer.Option(None, help="Grounding DINO box threshold (preset default 0.35)."),

@@ -70,25 +70,15 @@ def serve_cmd(
     """Serve a web page and JSON API: score an image, see why, and what it resembles."""
     from item.errors import InputError
 
-    _require_extra()
-    if not 1 <= port <= 65535:
-        raise InputError(f"--port {port}: give 1..65535")
-    if max_upload_mb <= 0:
-        raise InputError("--max-upload-mb must be positive")
-    if max_pixels is not None and max_pixels < 0:
-        raise InputError("--max-pixels must be 0 (no limit) or positive")
-    if max_pending < 1:
-        raise InputError("--max-pending must be at least 1")
+    _require_extra()  # numbers are checked before this body runs (item/options.py)
     if token is not None and len(token) < 16:
         raise InputError("--token must be at least 16 characters (e.g. python -c 'import secrets; "
                          "print(secrets.token_urlsafe())')")
     import uvicorn
 
     from item.serve.app import create_app
-    from item.serve.service import MAX_K, ServeConfig, Service
+    from item.serve.service import ServeConfig, Service
 
-    if not 1 <= k <= MAX_K:
-        raise InputError(f"-k {k}: give 1..{MAX_K}")
     if not is_local_host(host) and not token:
         warn(f"--host {host}: this server has NO authentication. Anyone who can reach {host}:{port} can upload "
              "images and read the store's paths, captions and thumbnails. Keep it on 127.0.0.1 (reach it through "

@@ -202,7 +202,7 @@ def parse_bytes(text) -> int | None:
         value = float(t[:-1] if t[-1:] in "KMGT" else t)
     except ValueError:
         raise InputError(f"memory budget {text!r}: use a size such as 4G, 512M or a number of bytes") from None
-    if value <= 0:
+    if not value > 0 or value == float("inf"):  # NaN fails `> 0`
         raise InputError(f"memory budget {text!r} must be positive")
     return int(value * scale)
 
