@@ -111,7 +111,7 @@ def test_robustness_sweep_writes_stores_tables_and_plots(augmented, tmp_path):
     md = (work / "robustness.md").read_text()
     assert md.startswith(RANDOM) and "| jpeg:50 |" in md and "| blur:1.0 |" in md
     bad = cli("robustness", data / "test", "--head", head, "--work", work, "--perturb", "sharpen:2")
-    assert bad.exit_code == 1 and "unknown perturbation" in bad.stderr
+    assert bad.exit_code == 2 and "unknown perturbation" in bad.stderr
 
 
 def test_robustness_on_a_protocol_set_reports_its_row_with_its_pairing(augmented, tmp_path):

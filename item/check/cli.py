@@ -36,6 +36,7 @@ def _strict(obj):
 def check_cmd(
     models: str = typer.Option("default", help="Model preset: default, small, tiny-random, small-random, "
                                "default-random."),
+    backbone: Optional[str] = typer.Option(None, help="Image-text backbone by name (`item backbones`)."),
     clip: Optional[str] = typer.Option(None, help="open_clip model name (overrides the preset)."),
     pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or a local checkpoint path."),
     captioner: Optional[str] = typer.Option(None, help="Captioner: HF id, local folder, random name or 'none'."),
@@ -53,7 +54,8 @@ def check_cmd(
     from item.featurize import load_models, resolve_models
 
     expected = load_expectations(expectations)  # a bad file is refused before any model loads
-    spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder)
+    spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder,
+                          backbone=backbone)
     if spec.random_weights:
         info(RANDOM_CHECK_LINE)
     info(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''}) ...")

@@ -20,6 +20,9 @@ def featurize_cmd(
     split: Optional[str] = typer.Option(None, help="Split name (train|val|test) for rows whose layout gives none."),
     models: str = typer.Option("default", help="Model preset: default, small, fast, tiny-random, small-random, "
                                "default-random."),
+    backbone: Optional[str] = typer.Option(None, help="Image-text backbone by name (overrides the preset's CLIP): "
+                                           "openai-l14, pe-core-l14, metaclip2-h14, siglip2-so400m14, dfn5b-h14, "
+                                           "mobileclip2-s2, ... (`item backbones` lists them all)."),
     clip: Optional[str] = typer.Option(None, help="open_clip model name (overrides the preset), e.g. ViT-L-14."),
     pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or a local checkpoint path."),
     captioner: Optional[str] = typer.Option(None, help="Captioner: HF id, local folder, or 'none' (then every "
@@ -87,7 +90,7 @@ def featurize_cmd(
     check_caption_decoding(caption_decoding)  # refused before any input is read or model loaded
     perturbation = parse_perturb(perturb or None)
     spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder,
-                          ground_size=ground_size)
+                          ground_size=ground_size, backbone=backbone)
     if spec.random_weights and not as_json:  # the first line, before discovery and hours of work
         emit(RANDOM_WEIGHTS_LINE)
     disc = discover(list(sources), label=label, generator=generator, split=split)
@@ -198,5 +201,33 @@ def _after_run_warnings(store: Path, rows, sources) -> None:
              f"{' '.join(sources)}` to apply them")
 
 
+def backbones_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout."),
+):
+    """List the named image-text backbones (--backbone NAME): open_clip model and tag, embedding width,
+    input size, preprocessing, activation, tokenizer and licence, as open_clip's configs give them."""
+    from item.featurize.models.backbones import BACKBONES, DEFAULT_BACKBONE, describe
+
+    rows = [describe(b) for b in BACKBONES.values()]
+    if as_json:
+        emit_json({"default": DEFAULT_BACKBONE, "backbones": rows})
+        return
+
+    def tok(t):
+        return {"hf": f"hf:{t.get('hub')}", "siglip": "siglip-vocab (hub)", "clip-bpe": "clip-bpe"}[t["kind"]] \
+            + f"/{t['context_length']}"
+
+    table([{"backbone": r["name"] + (" *" if r["name"] == DEFAULT_BACKBONE else ""),
+            "open_clip": f"{r['clip_model']} {r['pretrained']}", "dim": r["embed_dim"], "size": r["image_size"],
+            "mean/std": "clip" if r["mean"][0] < 0.49 and r["mean"][0] > 0.48 else f"{r['mean'][0]:g}/{r['std'][0]:g}",
+            "resize": f"{r['resize_mode']}/{r['interpolation']}", "act": r["activation"],
+            "tokenizer": tok(r["tokenizer"]), "licence": r["licence"]}
+           for r in rows],
+          ["backbone", "open_clip", "dim", "size", "mean/std", "resize", "act", "tokenizer", "licence"])
+    info("* the default. Any other open_clip model works with --clip NAME --pretrained TAG; a local checkpoint "
+         "with --pretrained PATH (its open_clip_config.json decides architecture and preprocessing).")
+
+
 def register(app: typer.Typer) -> None:
     app.command("featurize")(guarded(featurize_cmd))
+    app.command("backbones")(guarded(backbones_cmd))

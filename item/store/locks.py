@@ -300,3 +300,34 @@ class IndexLock:
             os.close(fd)
         self._fds.clear()
         return False
+
+
+def remove_if_unused(root: Path) -> bool:
+    """Remove store folder ``root`` when it holds nothing but the lock files of a run that wrote nothing
+    (a featurize that failed before its first row: a model that would not load, say) and no other writer
+    holds it. True when removed. A folder with anything else in it is left as it is."""
+    root = Path(root)
+    lock = root / schema.LOCK_FILE
+    writers = root / schema.WRITERS_DIR
+    try:
+        if {p.name for p in root.iterdir()} - {schema.LOCK_FILE, schema.WRITERS_DIR}:
+            return False
+        if writers.is_dir() and any(writers.iterdir()):
+            return False
+        fd = _open(lock) if lock.exists() else None
+    except (OSError, StoreError):
+        return False
+    try:
+        if fd is not None and (not _flock(fd, fcntl.LOCK_EX) or not _is_file_at(fd, lock)):
+            return False  # another writer holds (or has replaced) it: the folder is in use
+        if writers.is_dir():
+            writers.rmdir()  # fails when a writer registered meanwhile
+        if fd is not None:
+            lock.unlink()
+        root.rmdir()
+        return True
+    except OSError:
+        return False
+    finally:
+        if fd is not None:
+            os.close(fd)

@@ -144,25 +144,89 @@ def _find_checkpoint(path: Path) -> Path:
     )
 
 
-def _register_beside(model: str, checkpoint: Path) -> None:
-    """Register `open_clip_config.json` beside `checkpoint` under `model` if open_clip does not know it."""
+def _register_beside(model: str, checkpoint: Path) -> str:
+    """The open_clip name to build ``checkpoint`` under. The ``open_clip_config.json`` beside a checkpoint
+    describes its architecture, as open_clip's own ``local-dir:`` loading reads it: when its ``model_cfg``
+    differs from the built-in config of ``model`` (or ``model`` is not built in), it is registered under a
+    name of its own (``model`` when open_clip does not know it, else ``model`` + its hash) and built from."""
     import open_clip
 
-    if model in open_clip.list_models():
-        return
-    cfg_file = checkpoint.parent / "open_clip_config.json"
-    if not cfg_file.is_file():
-        raise InputError(
-            f"open_clip has no model config {model!r} and no open_clip_config.json sits beside {checkpoint}; "
-            f"use a name from open_clip.list_models() or put the config beside the weights"
-        )
+    beside = _config_beside(checkpoint)
+    if beside is None:
+        if model not in open_clip.list_models():
+            raise InputError(
+                f"open_clip has no model config {model!r} and no open_clip_config.json sits beside {checkpoint}; "
+                f"use a name from open_clip.list_models() or put the config beside the weights")
+        return model
+    if model in open_clip.list_models() and _canonical_json(open_clip.get_model_config(model)) == _canonical_json(beside):
+        return model
+    name = model if model not in open_clip.list_models() else \
+        f"{model}-local-{hashlib.sha256(_canonical_json(beside).encode()).hexdigest()[:12]}"
+    if name not in open_clip.list_models():
+        cfg_dir = Path(tempfile.mkdtemp(prefix="item-open-clip-cfg-"))
+        (cfg_dir / f"{name}.json").write_text(json.dumps(beside))
+        open_clip.add_model_config(cfg_dir)
+    return name
+
+
+def _preprocess_beside(checkpoint: Path | None) -> dict:
+    """The ``preprocess_cfg`` of the open_clip_config.json beside a checkpoint (mean, std, resize mode,
+    interpolation, fill colour), as open_clip's ``local-dir:`` loading merges it over its defaults. Its
+    ``size`` is left out: open_clip takes the built model's own image size, whatever the file says."""
+    cfg_file = checkpoint.parent / "open_clip_config.json" if checkpoint is not None else None
+    if cfg_file is None or not cfg_file.is_file():
+        return {}
     try:
-        model_cfg = json.loads(cfg_file.read_text())["model_cfg"]
-    except (ValueError, KeyError) as e:
+        pp = json.loads(cfg_file.read_text()).get("preprocess_cfg") or {}
+    except (ValueError, AttributeError) as e:
         raise ModelLoadError(f"cannot read CLIP config {cfg_file}: {e}") from None
-    cfg_dir = Path(tempfile.mkdtemp(prefix="item-open-clip-cfg-"))
-    (cfg_dir / f"{model}.json").write_text(json.dumps(model_cfg))
-    open_clip.add_model_config(cfg_dir)
+    if not isinstance(pp, dict):
+        raise ModelLoadError(f"CLIP config {cfg_file}: preprocess_cfg is not an object")
+    return {k: v for k, v in pp.items() if k in _PREPROCESS_KEYS and k != "size" and v is not None}
+
+
+def load_tokenizer(model: str, build_name: str | None = None, checkpoint: Path | None = None):
+    """open_clip's tokenizer for ``model``, as ``open_clip.get_tokenizer`` builds it: from the folder of a
+    local checkpoint whose open_clip_config.json names a Hugging Face tokenizer (``local-dir:``, the files
+    beside the weights), else from the model config (the BPE vocabulary open_clip ships, a Hugging Face
+    tokenizer from the hub cache, or SigLIP's vocabulary). A tokenizer that is not on this machine is one
+    ModelLoadError line naming what is missing and how to fetch it."""
+    import open_clip
+
+    from item.featurize.models.backbones import tokenizer_source
+
+    name = build_name or model
+    beside = _config_beside(checkpoint)
+    local_hf = beside is not None and bool((beside.get("text_cfg") or {}).get("hf_tokenizer_name"))
+    src = tokenizer_source(name)
+    import logging
+
+    logging.disable(logging.WARNING)
+    try:
+        if local_hf:
+            return open_clip.get_tokenizer("local-dir:" + str(checkpoint.parent))
+        return open_clip.get_tokenizer(name)
+    except Exception as e:  # hub errors (OSError, connection errors) or missing files: one line
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        if local_hf:
+            raise ModelLoadError(
+                f"CLIP {model}: the tokenizer files its open_clip_config.json names are not in {checkpoint.parent} "
+                f"({reason}); copy the tokenizer files (tokenizer.json, tokenizer_config.json, ...) beside the "
+                "weights") from None
+        if src["kind"] == "hf":
+            raise ModelLoadError(
+                f"CLIP {model} needs the tokenizer {src['hub']!r} from the Hugging Face hub and it is not in the "
+                f"cache {hf_cache_dir()}{' (HF_HUB_OFFLINE is set)' if hub_offline() else ''}: fetch it with "
+                f"`hf download {src['hub']}` where the hub is reachable (or set HF_HOME to a cache that holds it)"
+            ) from None
+        if src["kind"] == "siglip":
+            raise ModelLoadError(
+                f"CLIP {model} needs SigLIP's tokenizer vocabulary {src['vocab']} and cannot read it ({reason}); "
+                "allow network access once, or load the weights from a local folder that holds the tokenizer "
+                "files and its open_clip_config.json") from None
+        raise ModelLoadError(f"CLIP {model}: cannot build its tokenizer ({reason})") from None
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _marked_random(checkpoint: Path | None) -> bool:
@@ -264,8 +328,8 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
                 f"CLIP {model} weights not found at {pretrained}; pass an existing checkpoint file with --pretrained"
             )
         checkpoint = _find_checkpoint(Path(pretrained))
-        _register_beside(model, checkpoint)
-    if model not in open_clip.list_models():
+    build_name = _register_beside(model, checkpoint) if checkpoint is not None else model
+    if build_name not in open_clip.list_models():
         raise InputError(f"unknown CLIP model {model!r}; valid names: open_clip.list_models() (e.g. ViT-B-32, ViT-L-14)")
 
     # open_clip logs its own failures and its "initialized randomly" notice on the root logger; what
@@ -276,8 +340,12 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
     check_bare_checkpoint(model, checkpoint)
     quick_gelu, quick_gelu_from = trained_activation(model, pretrained, checkpoint)
     switches: dict = {"force_quick_gelu": quick_gelu}
-    if not quick_gelu and (open_clip.get_model_config(model) or {}).get("quick_gelu") and checkpoint is not None:
+    if not quick_gelu and (open_clip.get_model_config(build_name) or {}).get("quick_gelu") and checkpoint is not None:
         switches["quick_gelu"] = False  # a '-quickgelu' name with GELU weights: the config beside them decides
+    local_pp = _preprocess_beside(checkpoint)
+    # The tokenizer first: a missing one (SigLIP 2's and MetaCLIP 2's come from the hub) fails in one line
+    # before gigabytes of weights are read.
+    tokenizer = load_tokenizer(model, build_name, checkpoint)
     logging.disable(logging.ERROR)
     try:
         # open_clip only warns when the activation it builds differs from the one the tag was trained with;
@@ -286,12 +354,12 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
             warnings.filterwarnings("error", message=".*QuickGELU mismatch.*")
             if pretrained:
                 model_obj, _, transform = open_clip.create_model_and_transforms(
-                    model, pretrained=str(checkpoint) if checkpoint else pretrained, device=device, **switches
+                    build_name, pretrained=str(checkpoint) if checkpoint else pretrained, device=device, **switches
                 )
             else:
                 with tiny.seeded(RANDOM_SEED):
                     model_obj, _, transform = open_clip.create_model_and_transforms(
-                        model, pretrained=None, device=device, **switches)
+                        build_name, pretrained=None, device=device, **switches)
     except UserWarning as w:
         raise ModelLoadError(
             f"CLIP {model} with weights {pretrained!r} would be built with another activation than the weights "
@@ -320,6 +388,15 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
     finally:
         logging.disable(logging.NOTSET)
     model_obj.eval()
+    if local_pp:
+        # The checkpoint's own preprocessing, as open_clip's local-dir: loading applies it: open_clip's
+        # defaults, the file's preprocess_cfg over them, the built model's image size (factory.create_model).
+        from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+        from open_clip.model import set_model_preprocess_cfg
+
+        merged = merge_preprocess_dict(dict(model_obj.visual.preprocess_cfg), local_pp)
+        set_model_preprocess_cfg(model_obj, merged)
+        transform = image_transform_v2(PreprocessCfg(**model_obj.visual.preprocess_cfg), is_train=False)
     activation = built_activation(model_obj)
     if activation != ("quick_gelu" if quick_gelu else "gelu") and activation != "other":
         raise ModelLoadError(
@@ -327,8 +404,6 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
             f"{'quick_gelu' if quick_gelu else 'gelu'} (from {quick_gelu_from}); this open_clip "
             f"{open_clip.__version__} ignores the switch for this architecture"
         )
-    tokenizer = open_clip.get_tokenizer(model)
-
     pp = dict(model_obj.visual.preprocess_cfg)
     preprocess = {k: _jsonable(pp[k]) for k in _PREPROCESS_KEYS if k in pp}
     if checkpoint is not None:
@@ -341,7 +416,8 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
     info = {
         "model": model,
         "pretrained": str(checkpoint) if checkpoint else pretrained,
-        "embed_dim": int(open_clip.get_model_config(model)["embed_dim"]),
+        "embed_dim": int(open_clip.get_model_config(build_name)["embed_dim"]),
+        **({"model_cfg_from": "open_clip_config.json beside the checkpoint"} if build_name != model else {}),
         "image_size": _jsonable(size),
         "preprocess": preprocess,
         "preprocess_hash": hashlib.sha256(_canonical_json(preprocess).encode()).hexdigest(),

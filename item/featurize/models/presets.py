@@ -192,8 +192,13 @@ def resolve_models(
     captioner: str | None = None,
     grounder: str | None = None,
     ground_size: int | None = None,
+    backbone: str | None = None,
 ) -> ModelSpec:
     """The `ModelSpec` of `preset` with the given fields replaced (None keeps the preset's value).
+
+    ``backbone`` names a registered image-text backbone (``item.featurize.models.backbones``): it sets the
+    CLIP model and weights tag; ``pretrained`` may still replace the tag (a local checkpoint of that
+    architecture, or '' for seeded random weights). Naming both ``backbone`` and ``clip`` is refused.
 
     Raises InputError for an unknown preset, listing the valid ones. `random_weights` is recomputed from the
     final fields: CLIP with pretrained '' or a random captioner / grounder name counts as random.
@@ -201,6 +206,14 @@ def resolve_models(
     if preset not in PRESETS:
         raise InputError(f"unknown model preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     spec = PRESETS[preset]
+    if backbone is not None:
+        from item.featurize.models.backbones import get_backbone
+
+        if clip is not None:
+            raise InputError(f"--backbone {backbone} and --clip {clip} both name the CLIP model: give one")
+        chosen = get_backbone(backbone)
+        clip = chosen.clip_model
+        pretrained = chosen.pretrained if pretrained is None else pretrained
     changes = {
         k: v
         for k, v in dict(clip_model=clip, clip_pretrained=pretrained, captioner=captioner, grounder=grounder,

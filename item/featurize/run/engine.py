@@ -58,6 +58,7 @@ def featurize_store(sources, store, *, models="default", config: FeaturizeConfig
         import_ray()  # without the extra: one line saying how to install it, before anything is created
     rows = input_rows(sources)
     root = os.fspath(store)
+    created = not os.path.isdir(root)
     try:
         os.makedirs(root, exist_ok=True)
     except OSError as exc:
@@ -85,5 +86,12 @@ def featurize_store(sources, store, *, models="default", config: FeaturizeConfig
         with StoreWriter(root, compat=compat, models=models_info(loaded), recipe=config.recipe,
                          shard_size=config.shard_size, overwrite=overwrite, command=command, lock=lock) as writer:
             return featurize_rows(rows, writer, loaded, config, progress=progress, mixed_identity=mixed)
+    except BaseException:
+        lock.release()
+        if created:  # a run that failed before writing anything (models that would not load) leaves no folder
+            from item.store.locks import remove_if_unused
+
+            remove_if_unused(root)
+        raise
     finally:
         lock.release()

@@ -1,0 +1,168 @@
+"""Backbones: the named registry, `item backbones`, a local checkpoint's own preprocessing and
+architecture, and a tokenizer that is not on this machine.
+
+References are open_clip's own code paths (``create_model_and_transforms('local-dir:...')``,
+``get_tokenizer``), run on the same files; all weights are random, so only agreement means anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from item.cli import app
+from item.featurize.models.backbones import BACKBONES, describe, get_backbone
+
+RUNNER = CliRunner()
+
+
+def test_registry_names_real_open_clip_pairs():
+    import open_clip
+
+    for b in BACKBONES.values():
+        assert b.clip_model in open_clip.list_models(), b
+        assert b.pretrained in open_clip.list_pretrained_tags_by_model(b.clip_model), b
+        d = describe(b)
+        assert d["known_to_open_clip"] and d["embed_dim"] and d["licence"]
+    # what a loader must get right differs between them, as open_clip's configs say
+    assert describe(get_backbone("pe-core-l14"))["mean"] == [0.5, 0.5, 0.5]
+    assert describe(get_backbone("pe-core-l14"))["resize_mode"] == "squash"
+    assert describe(get_backbone("mobileclip2-s2"))["std"] == [1.0, 1.0, 1.0]
+    assert describe(get_backbone("metaclip2-h14"))["activation"] == "quick_gelu"
+    assert describe(get_backbone("metaclip2-h14"))["tokenizer"]["hub"] == "facebook/xlm-v-base"
+    assert describe(get_backbone("siglip2-so400m14"))["tokenizer"]["kind"] == "hf"
+    assert describe(get_backbone("openai-l14"))["activation"] == "quick_gelu"
+
+
+def test_backbones_command_lists_every_backbone():
+    r = RUNNER.invoke(app, ["backbones"])
+    assert r.exit_code == 0, r.output
+    for name in BACKBONES:
+        assert name in r.stdout
+    doc = json.loads(RUNNER.invoke(app, ["backbones", "--json"]).stdout)
+    assert doc["default"] == "openai-l14" and [b["name"] for b in doc["backbones"]] == list(BACKBONES)
+
+
+def test_backbone_sets_the_clip_model_and_tag():
+    from item.errors import InputError
+    from item.featurize import resolve_models
+
+    spec = resolve_models("default", backbone="pe-core-l14")
+    assert (spec.clip_model, spec.clip_pretrained) == ("PE-Core-L-14-336", "meta") and not spec.random_weights
+    rand = resolve_models("default", backbone="siglip2-so400m14", pretrained="")
+    assert rand.clip_model == "ViT-SO400M-14-SigLIP2" and rand.random_weights
+    with pytest.raises(InputError, match="valid backbones: openai-l14"):
+        resolve_models("default", backbone="nope")
+    with pytest.raises(InputError, match="give one"):
+        resolve_models("default", backbone="pe-core-l14", clip="ViT-B-32")
+
+
+def _manifest(folder: Path) -> Path:
+    rng = np.random.default_rng(3)
+    rows = ["path,label,caption"]
+    for i, size in enumerate([(90, 50), (40, 120), (64, 64)]):
+        p = folder / f"im{i}.png"
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(p)
+        rows.append(f"{p.name},{'real' if i % 2 else 'fake'},a red car next to a tree")
+    (folder / "m.csv").write_text("\n".join(rows) + "\n")
+    return folder / "m.csv"
+
+
+def _local_clip(tmp_path: Path, preprocess: dict, model_cfg_change: dict | None = None) -> tuple[str, Path]:
+    """A tiny CLIP checkpoint folder whose open_clip_config.json carries ``preprocess`` (and, when given, a
+    model_cfg that differs from the registered tiny one)."""
+    from item.featurize.models import tiny
+
+    paths = tiny.save_tiny_models(tmp_path / "m")
+    folder = Path(paths["clip_pretrained"]).parent
+    cfg = json.loads((folder / "open_clip_config.json").read_text())
+    cfg["preprocess_cfg"] = {**cfg["preprocess_cfg"], **preprocess}
+    if model_cfg_change:
+        cfg["model_cfg"] = {**cfg["model_cfg"], **model_cfg_change}
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    return paths["clip_model"], folder
+
+
+def _local_dir_reference(folder: Path, images: list[Path], texts: list[str]):
+    """open_clip's own local-dir loading of the same folder: (image_emb, text_emb), L2-normalised."""
+    import open_clip
+    import torch
+
+    model, _, transform = open_clip.create_model_and_transforms("local-dir:" + str(folder))
+    model.eval()
+    tok = open_clip.get_tokenizer("local-dir:" + str(folder))
+    with torch.inference_mode():
+        pix = torch.stack([transform(Image.open(p).convert("RGB")) for p in images])
+        img = torch.nn.functional.normalize(model.encode_image(pix), dim=-1)
+        txt = torch.nn.functional.normalize(model.encode_text(tok(texts)), dim=-1)
+    return img.numpy(), txt.numpy()
+
+
+@pytest.mark.parametrize("preprocess,model_cfg_change", [
+    ({"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize_mode": "squash", "interpolation": "bilinear"}, None),
+    ({"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "resize_mode": "shortest", "interpolation": "bilinear"}, None),
+    ({"resize_mode": "longest", "fill_color": 128, "size": 999}, None),  # 'size' is the model's, as open_clip has it
+    ({"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}, {"quick_gelu": True}),  # the file's architecture too
+])
+def test_local_checkpoint_preprocessing_is_open_clips_local_dir(tmp_path, preprocess, model_cfg_change):
+    from item.store import StoreReader
+
+    model, folder = _local_clip(tmp_path, preprocess, model_cfg_change)
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = _manifest(data)
+    store = tmp_path / "store"
+    r = RUNNER.invoke(app, ["featurize", str(manifest), "--store", str(store), "--clip", model, "--pretrained",
+                            str(folder), "--captioner", "none", "--grounder", "none", "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    with StoreReader(store) as reader:
+        paths = [Path(p) for p in reader.metadata(["path"])["path"]]
+        stored = reader.read("image_emb")
+        caps = reader.read("caption_emb")
+    want_img, want_txt = _local_dir_reference(folder, paths, ["a red car next to a tree"] * len(paths))
+    # float16 storage moves unit vectors by ~1e-3 at most; another mean/std or resize moves them by far more
+    assert np.abs(stored - want_img).max() < 2e-3
+    assert np.abs(caps - want_txt).max() < 2e-3
+
+
+def test_local_preprocessing_differs_from_openai_defaults(tmp_path):
+    """The check above can fail: the same weights under OpenAI's preprocessing give other embeddings."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from item.featurize.models.clip import load_clip
+
+    model, folder = _local_clip(tmp_path, {"mean": [0.5] * 3, "std": [0.5] * 3, "resize_mode": "squash"})
+    enc = load_clip(model, str(folder))
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 90, 3), dtype=np.uint8))
+    ours = enc.transform(img)
+    openai = image_transform_v2(PreprocessCfg(size=enc.info["image_size"]), is_train=False)(img)
+    assert enc.info["preprocess"]["mean"] == [0.5, 0.5, 0.5] and enc.info["preprocess"]["resize_mode"] == "squash"
+    assert (ours - openai).abs().max() > 0.3
+
+
+@pytest.mark.parametrize("args", [["--backbone", "siglip2-so400m14", "--pretrained", ""],
+                                  ["--backbone", "metaclip2-h14"],
+                                  ["--clip", "ViT-B-32-SigLIP2-256", "--pretrained", ""]])
+def test_missing_hub_tokenizer_is_one_line(tmp_path, args):
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = _manifest(data)
+    store = tmp_path / "store"
+    env = dict(os.environ, HF_HOME=str(tmp_path / "empty-hf"), HF_HUB_OFFLINE="1")
+    for k in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        env.pop(k, None)
+    r = subprocess.run([sys.executable, "-m", "item", "featurize", str(manifest), "--store", str(store), *args,
+                        "--captioner", "none", "--grounder", "none", "--workers", "0"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "tokenizer" in errors[0] and "hf download" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not store.exists()  # nothing was written, so no store folder is left behind
