@@ -203,3 +203,25 @@ def test_fast_random_preset_runs_through_the_cli(tmp_path):
         assert rd.manifest["compat"]["grounder"] == "omdet-random"
         assert rd.models["grounder"]["family"] == "omdet-turbo"
         assert rd.objects(rd.select())["grounded"].any()
+
+
+def test_omdet_runs_at_full_precision_after_autocast_on_the_same_loaded_grounder():
+    # transformers caches each class / task embedding in the dtype it was computed in: before the caches were
+    # kept per precision, the fp32 pass after an autocast pass failed ("mat1 and mat2 must have the same dtype")
+    # or reused low-precision embeddings. CPU bfloat16 autocast stands in for CUDA fp16.
+    images = _images(3, seed=5)
+    nouns = [["dog", "cat"], ["man", "kite", "beach"], ["bowl"]]
+    exact = load_grounder("omdet-tiny-random", box_threshold=0.0).ground(images, nouns)
+    g = load_grounder("omdet-tiny-random", box_threshold=0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = g.ground(images, nouns)
+    assert g.ground(images, nouns) == exact  # every noun cached in bf16 already: recomputed in fp32
+    # part of the nouns seen in bf16, part new: still the fp32 answers, and autocast again reuses its own cache
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert g.ground(images, nouns) == low
+    fresh = load_grounder("omdet-tiny-random", box_threshold=0.0)
+    mixed = [["dog", "sofa"], ["man", "road", "beach"], ["lake"]]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g.ground(images, mixed[:1] + [[]] * 2)
+    assert g.ground(images, mixed) == fresh.ground(images, mixed)
+    assert any(b is not None for bs in exact for b in bs)
