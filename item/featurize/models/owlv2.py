@@ -85,31 +85,33 @@ class OwlGrounder(PreparedGrounder):
         inputs = {k: to_device(v, self.device) for k, v in inputs.items()}
         with torch.inference_mode(), autocast_for(self.device):
             out = self.model(**inputs)
-        scores = out.logits.float().sigmoid().cpu()  # (batch, n_patches, n_q)
+        logits = out.logits.float().cpu()  # (batch, n_patches, n_q)
         boxes = out.pred_boxes.float().cpu()  # (batch, n_patches, 4) cx, cy, w, h relative to the square
         result: list[list[Box | None]] = []
         for b, (g, ns) in enumerate(zip(prepared, nouns)):
             width, height = g.size
             side_w, side_h = g.padded
-            result.append(select_owl(scores[b, :, :len(ns)], boxes[b], g.size, g.padded, self.box_threshold))
+            result.append(select_owl(logits[b, :, :len(ns)], boxes[b], g.size, g.padded, self.box_threshold))
         return result
 
 
-def select_owl(scores, rel_boxes, size: tuple[int, int], padded: tuple[float, float],
+def select_owl(logits, rel_boxes, size: tuple[int, int], padded: tuple[float, float],
                box_threshold: float) -> list[Box | None]:
     """One Box (or None) per noun from one image's OWLv2 output (the rule in the module docstring).
 
-    scores: (n_patches, n_nouns) float sigmoid scores of the image's own queries (padding queries of a batch
-    left out); rel_boxes: (n_patches, 4) float cx, cy, w, h relative to the padded square; size: the image's
+    logits: (n_patches, n_nouns) float logits of the image's own queries (padding queries of a batch left
+    out; the label is the argmax of the logits, as the reference takes it, since sigmoids saturate to equal
+    1.0 where logits still differ); rel_boxes: (n_patches, 4) float cx, cy, w, h relative to the padded square; size: the image's
     (width, height); padded: the square's (width, height) in the image's pixels."""
     import torch
 
     width, height = size
     px, area = _pixel_boxes(rel_boxes, width, height, *padded)
-    score, label = scores.max(-1)  # (n_patches,) each box's one label, as the reference gives it
+    best, label = logits.max(-1)  # (n_patches,) each box's one label, as the reference gives it
+    score = best.sigmoid()
     ok = (score > box_threshold) & (area >= min(MIN_BOX_AREA, width * height))
     found: list[Box | None] = []
-    for j in range(scores.shape[1]):
+    for j in range(logits.shape[1]):
         mine = torch.where(ok & (label == j), score, torch.tensor(-1.0))
         best, patch = mine.max(0)
         if float(best) < 0:
