@@ -200,11 +200,10 @@ def agreement(ours, theirs, box_px: float = 1.0, score_tol: float = 1e-3) -> tup
 def clip_image_embeddings(clip, images):
     """(n, embed_dim) float32 L2-normalised: open_clip's own eval transform (built from the model's
     ``preprocess_cfg``) and ``encode_image(normalize=True)``, in fp32."""
-    import open_clip
     import torch
+    from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    cfg = open_clip.PreprocessCfg(**clip.model.visual.preprocess_cfg)
-    transform = open_clip.image_transform_v2(cfg, is_train=False)
+    transform = image_transform_v2(PreprocessCfg(**clip.model.visual.preprocess_cfg), is_train=False)
     pixels = torch.stack([transform(im) for im in images]).to(clip.device)
     with torch.inference_mode():
         emb = clip.model.encode_image(pixels, normalize=True)
