@@ -225,3 +225,25 @@ def test_omdet_runs_at_full_precision_after_autocast_on_the_same_loaded_grounder
         g.ground(images, mixed[:1] + [[]] * 2)
     assert g.ground(images, mixed) == fresh.ground(images, mixed)
     assert any(b is not None for bs in exact for b in bs)
+
+
+def test_images_up_to_the_aspect_limit_are_grounded_and_beyond_it_counted(tmp_path):
+    # The Grounding DINO families take every image as their processor resizes it (no padding of ITEM's own);
+    # only beyond 20:1 is an image not grounded, and the run summary counts it.
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    lines = ["path,label,caption"]
+    for i, (w, h) in enumerate([(950, 50), (25, 20), (40, 1000)]):  # 19:1, small, 25:1
+        path = folder / f"{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+        lines.append(f"{path},real,a dog next to a cat")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    r = CliRunner().invoke(app, ["featurize", str(tmp_path / "m.csv"), "--store", str(tmp_path / "s"), "--models",
+                                 "tiny-random", "--workers", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n_not_grounded"] == 1
+    with StoreReader(tmp_path / "s") as rd:
+        assert rd.manifest["compat"]["box_selection"] == "gdino-noun-mean-2"
+        objs, meta = rd.objects(rd.select()), rd.metadata()
+        grounded = {int(meta["width"][row]): bool(g) for row, g in zip(objs["image"], objs["grounded"]) if g}
+        assert set(grounded) == {950, 25}
