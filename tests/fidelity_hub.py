@@ -125,3 +125,26 @@ def with_scaled_logits(model, scale: float, shift: float):
             return out
 
     return Scaled(model).eval()
+
+
+def tiny_mm_grounding_dino_bert(vocab_file: Path, seed: int = 0, num_queries: int = 30):
+    """(seeded tiny MMGroundingDinoForObjectDetection with BERT's vocabulary size, unshared decoder heads and
+    MMDetection's initial class bias, its GroundingDinoProcessor over ``vocab_file``): the MM-specific parts
+    (class head bias, per-layer heads) differ from `tiny_grounding_dino_bert`'s model."""
+    import torch
+    from transformers import MMGroundingDinoConfig, MMGroundingDinoForObjectDetection
+
+    from item.featurize.models.mm_grounding_dino import TINY_CLASS_BIAS, set_class_bias
+
+    g, processor = tiny_grounding_dino_bert(vocab_file, seed=seed, num_queries=num_queries)
+    keep = ("d_model", "num_queries", "encoder_layers", "decoder_layers", "encoder_ffn_dim", "decoder_ffn_dim",
+            "encoder_attention_heads", "decoder_attention_heads", "encoder_n_points", "decoder_n_points",
+            "num_feature_levels", "max_text_len")
+    config = MMGroundingDinoConfig(backbone_config=g.config.backbone_config, text_config=g.config.text_config,
+                                   decoder_bbox_embed_share=False, decoder_cls_embed_share=False,
+                                   **{k: getattr(g.config, k) for k in keep})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        model = MMGroundingDinoForObjectDetection(config).eval()
+    set_class_bias(model, TINY_CLASS_BIAS)
+    return model, processor

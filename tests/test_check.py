@@ -23,9 +23,11 @@ from typer.testing import CliRunner
 from item.check import load_expectations, run_checks
 from item.check.checks import SAMPLES_DIR, iou, names_main_object
 from item.cli import app
+from item.featurize.inputs.decode import decode_image
 from tests._schemas import assert_valid
 
 QUALITY_CHECKS = ("captions", "grounding", "clip_retrieval")
+REFERENCE_CHECKS = ("reference_grounding", "reference_grounding_boxes", "reference_clip", "reference_captions")
 
 
 def test_caption_names_match_whole_words_and_plurals():
@@ -35,9 +37,32 @@ def test_caption_names_match_whole_words_and_plurals():
     assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
 
 
+def test_drawn_samples_are_the_pixels_their_script_draws():
+    from tests.drawn_samples import SAMPLES
+
+    for key, make in SAMPLES.items():
+        with Image.open(SAMPLES_DIR / key) as shipped:
+            assert shipped.mode == make().mode and shipped.tobytes() == make().tobytes(), key
+
+
+def test_check_decodes_the_samples_as_featurize_does():
+    from item.check.checks import load_expectations
+
+    exp = load_expectations()
+    sizes = {k: decode_image(SAMPLES_DIR / k).image.size for k in exp["samples"]}
+    assert max(max(w / h, h / w) for w, h in sizes.values()) >= 6  # an extreme aspect ratio
+    assert min(min(s) for s in sizes.values()) <= 20  # a tiny image
+    assert sum(" " in o["noun"] for e in exp["samples"].values() for o in e["objects"]) >= 3  # multi-word nouns
+    key = "drawn/tennis_ball_transparent.png"
+    with Image.open(SAMPLES_DIR / key) as im:
+        assert im.mode == "RGBA" and im.convert("RGB").getpixel((0, 0)) == (0, 0, 0)
+    assert decode_image(SAMPLES_DIR / key).image.getpixel((0, 0)) == (255, 255, 255)  # composited over white
+
+
 def test_shipped_expectations_cover_every_sample_with_boxes_inside_the_image():
     exp = load_expectations()
-    on_disk = {f"{d.name}/{p.name}" for d in (SAMPLES_DIR / "real", SAMPLES_DIR / "fake") for p in d.iterdir()}
+    on_disk = {f"{d.name}/{p.name}" for d in (SAMPLES_DIR / "real", SAMPLES_DIR / "fake", SAMPLES_DIR / "drawn")
+               for p in d.iterdir()}
     assert set(exp["samples"]) == on_disk
     descriptions = [e["description"] for e in exp["samples"].values() if not e.get("duplicate_of")]
     assert len(set(descriptions)) == len(descriptions)  # retrieval needs one description per image
@@ -127,8 +152,7 @@ def _stand_in_models(exp):
     for k, e in exp["samples"].items():
         if e.get("duplicate_of"):
             continue
-        with Image.open(SAMPLES_DIR / k) as im:
-            keys.append(_key(im.convert("RGB")))
+        keys.append(_key(decode_image(SAMPLES_DIR / k).image))  # what featurize (and check) decode
         entries.append(e)
     spec = ModelSpec(clip_model="stand-in", clip_pretrained="stand-in", captioner="stand-in", grounder="stand-in",
                      random_weights=False)
@@ -144,7 +168,9 @@ def test_stand_in_models_that_answer_the_expectations_pass_every_check():
     assert all(c.passed for c in ran), [(c.name, c.value) for c in ran]
     assert report.passed and not report.random_weights
     skipped = {c.name: c.skipped for c in report.checks if c.skipped}
-    assert set(skipped) == {"fp16_agreement", "fp16_cosine"} and "CUDA" in skipped["fp16_cosine"]
+    # stand-ins have no reference code path: the reference checks say so
+    assert set(skipped) == {"fp16_agreement", "fp16_cosine", *REFERENCE_CHECKS} and "CUDA" in skipped["fp16_cosine"]
+    assert "stand-in" in skipped["reference_grounding"] and "open_clip" in skipped["reference_clip"]
 
 
 def test_a_stand_in_that_misses_fails_the_check_it_misses():
@@ -172,6 +198,10 @@ def test_random_weights_fail_with_json_report():
     by_name = {c["name"]: c for c in report["checks"]}
     assert not any(by_name[n]["passed"] for n in QUALITY_CHECKS)
     assert set(report["identity"]) >= {"grounder", "box_threshold", "precision"}
+    # random weights answer as their reference code paths do: every reference comparison runs and passes
+    for name in REFERENCE_CHECKS:
+        assert by_name[name]["passed"] is True, by_name[name]
+    assert by_name["reference_grounding"]["value"] == 1.0 and by_name["reference_clip"]["value"] >= 0.9999
 
 
 def _small_expectations(tmp_path: Path, n: int = 4) -> Path:
@@ -208,7 +238,9 @@ def test_runs_from_a_hub_layout_cache_with_one_line_per_check(tmp_path):
     assert lines[0].startswith("RANDOM WEIGHTS") and "expected to fail" in lines[0]
     assert any(ln.startswith("identity grounder=IDEA-Research/grounding-dino-tiny") for ln in lines)
     checks = [ln for ln in lines if ln.split(" ")[0] in ("PASS", "FAIL", "SKIP")]
-    assert len(checks) == 6
+    assert len(checks) == 6 + len(REFERENCE_CHECKS)
+    for name in REFERENCE_CHECKS:  # the hub checkpoints' own reference paths agree with ITEM's
+        assert next(ln for ln in checks if f" {name}:" in ln).startswith("PASS"), checks
     for name in QUALITY_CHECKS:
         line = next(ln for ln in checks if f" {name}:" in ln)
         assert line.startswith("FAIL") and "bound >=" in line

@@ -93,7 +93,7 @@ def test_real_grounder_ids_bring_their_family_thresholds():
     om = resolve_models("default", grounder="omlab/omdet-turbo-swin-tiny-hf")
     assert (om.box_threshold, om.text_threshold) == (0.3, 0.0)
     mm = resolve_models("fast", grounder="openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det")
-    assert (mm.box_threshold, mm.text_threshold) == (0.35, 0.25)
+    assert (mm.box_threshold, mm.text_threshold) == (0.4, 0.3)  # transformers MM Grounding DINO example
     gd = resolve_models("fast", grounder="IDEA-Research/grounding-dino-tiny")
     assert (gd.box_threshold, gd.text_threshold) == (0.35, 0.25)
 
@@ -203,3 +203,47 @@ def test_fast_random_preset_runs_through_the_cli(tmp_path):
         assert rd.manifest["compat"]["grounder"] == "omdet-random"
         assert rd.models["grounder"]["family"] == "omdet-turbo"
         assert rd.objects(rd.select())["grounded"].any()
+
+
+def test_omdet_runs_at_full_precision_after_autocast_on_the_same_loaded_grounder():
+    # transformers caches each class / task embedding in the dtype it was computed in: before the caches were
+    # kept per precision, the fp32 pass after an autocast pass failed ("mat1 and mat2 must have the same dtype")
+    # or reused low-precision embeddings. CPU bfloat16 autocast stands in for CUDA fp16.
+    images = _images(3, seed=5)
+    nouns = [["dog", "cat"], ["man", "kite", "beach"], ["bowl"]]
+    exact = load_grounder("omdet-tiny-random", box_threshold=0.0).ground(images, nouns)
+    g = load_grounder("omdet-tiny-random", box_threshold=0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = g.ground(images, nouns)
+    assert g.ground(images, nouns) == exact  # every noun cached in bf16 already: recomputed in fp32
+    # part of the nouns seen in bf16, part new: still the fp32 answers, and autocast again reuses its own cache
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert g.ground(images, nouns) == low
+    fresh = load_grounder("omdet-tiny-random", box_threshold=0.0)
+    mixed = [["dog", "sofa"], ["man", "road", "beach"], ["lake"]]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g.ground(images, mixed[:1] + [[]] * 2)
+    assert g.ground(images, mixed) == fresh.ground(images, mixed)
+    assert any(b is not None for bs in exact for b in bs)
+
+
+def test_images_up_to_the_aspect_limit_are_grounded_and_beyond_it_counted(tmp_path):
+    # The Grounding DINO families take every image as their processor resizes it (no padding of ITEM's own);
+    # only beyond 20:1 is an image not grounded, and the run summary counts it.
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    lines = ["path,label,caption"]
+    for i, (w, h) in enumerate([(950, 50), (25, 20), (40, 1000)]):  # 19:1, small, 25:1
+        path = folder / f"{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+        lines.append(f"{path},real,a dog next to a cat")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    r = CliRunner().invoke(app, ["featurize", str(tmp_path / "m.csv"), "--store", str(tmp_path / "s"), "--models",
+                                 "tiny-random", "--workers", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n_not_grounded"] == 1
+    with StoreReader(tmp_path / "s") as rd:
+        assert rd.manifest["compat"]["box_selection"] == "gdino-noun-mean-2"
+        objs, meta = rd.objects(rd.select()), rd.metadata()
+        grounded = {int(meta["width"][row]): bool(g) for row, g in zip(objs["image"], objs["grounded"]) if g}
+        assert set(grounded) == {950, 25}

@@ -14,7 +14,7 @@ from item.cli import app
 from item.errors import InputError
 from item.featurize.inputs.discover import InputRow
 from item.featurize.models.grounders import load_grounder
-from item.featurize.models.grounding import collate_pixels, letterbox
+from item.featurize.models.grounding import collate_pixels
 from item.featurize.models.loading import compat_for, load_models, models_info
 from item.featurize.models.presets import resolve_models
 from item.featurize.run.config import FeaturizeConfig
@@ -140,8 +140,8 @@ def test_grounder_prepare_and_forward_equal_the_one_call_path(models):
     images = [Image.fromarray(rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)) for w, h in SIZES[:5]]
     nouns = [["dog", "sofa"], ["man"], [], ["bowl", "fruit", "table"], ["boat"]]
     prepared = [pickle.loads(pickle.dumps(g.prepare(im))) for im in images]  # as from a worker process
-    # the batch the image processor makes of the letterboxed images, padding and mask included
-    ref = g.processor.image_processor(images=[letterbox(im)[0] for im in images], return_tensors="pt")
+    # the batch the image processor makes of the images as they are, padding and mask included
+    ref = g.processor.image_processor(images=images, return_tensors="pt")
     pix, mask = collate_pixels(prepared)
     assert torch.equal(pix, ref["pixel_values"]) and torch.equal(mask, ref["pixel_mask"].to(mask.dtype))
     assert g.ground(images, nouns) == g.ground_prepared(prepared, nouns)

@@ -17,6 +17,24 @@ bound (all bounds are this project's choice, documented here and in the README):
   gives the same captions and grounding decisions on at least 95% of the samples, and image and caption
   embeddings with cosine >= 0.999. On the CPU both are reported as skipped, with the reason.
 
+Reference checks (``REFERENCE_COMPARISONS``, one entry each, code in ``reference.py``): the same models'
+answers by their reference code path, on the user's real weights, so a departure of ITEM's code from the
+libraries' shows on the user's machine:
+
+- ``reference_grounding`` / ``reference_grounding_boxes``: ITEM's grounding of the annotated nouns (all
+  samples in one call, as a run grounds them) against the family's transformers processor and
+  post-processing one image at a time, with the per-noun rule DESIGN.md states: the same decision (and,
+  where both ground a noun, box within 1 px and score within 1e-3) for >= 99% of the nouns, and the
+  largest box difference <= 1 px;
+- ``reference_clip``: image and description embeddings against open_clip's own eval transform and
+  ``encode_image`` / ``encode_text`` in fp32: lowest cosine >= 0.999;
+- ``reference_captions``: the captions of the featurize run against BLIP's ``generate`` with its authors'
+  settings, one image at a time: identical on >= 95% of the samples (beam search in another batch shape
+  may flip a near tie in fp16).
+
+Samples are decoded exactly as featurize decodes them (``decode_image``: EXIF orientation, alpha composited
+over white), so a transparent sample shows the pixels featurize sees.
+
 Byte-identical samples (``duplicate_of``) count once. With random weights every check is expected to fail:
 the report says so first (``random_weights``).
 """
@@ -41,6 +59,11 @@ RETRIEVAL_BOUND = 0.90
 BATCH_BOUND_PX = 1.0
 FP16_AGREEMENT_BOUND = 0.95
 FP16_COSINE_BOUND = 0.999
+REFERENCE_GROUNDING_BOUND = 0.99
+REFERENCE_BOX_PX = 1.0
+REFERENCE_SCORE_TOL = 1e-3
+REFERENCE_CLIP_BOUND = 0.999
+REFERENCE_CAPTION_BOUND = 0.95
 
 
 @dataclass
@@ -143,9 +166,8 @@ def run_checks(models, *, expectations: dict | None = None, samples_dir: str | P
     """Run every check on the samples with loaded ``models`` (``item.featurize.Models``, or anything with the
     same parts: a stand-in passes through the same interfaces). ``progress(message)`` is called before each
     stage. Returns the CheckReport; raises InputError when the expectations or the samples cannot be read."""
-    from PIL import Image
-
     from item.featurize import FeaturizeConfig, compat_for, featurize_images
+    from item.featurize.inputs.decode import DecodeError, decode_image
     from item.store import schema
 
     say = progress or (lambda message: None)
@@ -155,9 +177,8 @@ def run_checks(models, *, expectations: dict | None = None, samples_dir: str | P
     images = []
     for k in keys:
         try:
-            with Image.open(root / k) as im:
-                images.append(im.convert("RGB"))
-        except OSError as exc:
+            images.append(decode_image(root / k).image)  # featurize's own decoding
+        except DecodeError as exc:
             raise InputError(f"{root / k}: cannot read the sample ({exc})") from None
     entries = [expectations["samples"][k] for k in keys]
     config = FeaturizeConfig(workers=0)
@@ -229,6 +250,12 @@ def run_checks(models, *, expectations: dict | None = None, samples_dir: str | P
                                 ">=", "fraction of samples whose own description ranks first among all "
                                 "samples' descriptions"))
 
+    # each model against its reference code path
+    ctx = ReferenceInputs(models, images, entries, records, together if grounder is not None else None)
+    for name, compare in REFERENCE_COMPARISONS:
+        say(f"comparing with the reference: {name}")
+        report.checks.extend(compare(ctx))
+
     # fp16 autocast against fp32, CUDA only
     if str(models.device).startswith("cuda") and records is not None:
         from item.featurize import full_precision
@@ -257,3 +284,97 @@ def run_checks(models, *, expectations: dict | None = None, samples_dir: str | P
                                    what="cosine between fp16-autocast and fp32 embeddings"))
     report.samples = per_sample
     return report
+
+
+# ------------------------------------------------------------------ reference comparisons
+
+
+@dataclass
+class ReferenceInputs:
+    """What a reference comparison gets: the loaded models, the decoded samples, their expectations, the
+    featurize run's records (None without a captioner) and ITEM's grounding of the annotated nouns."""
+
+    models: object
+    images: list
+    entries: list[dict]
+    records: list | None
+    grounding: list | None
+
+
+def _skipped(name: str, bound: float, what: str, why: str, op: str = ">=") -> Check:
+    return Check(name, None, None, bound, op, what, skipped=why)
+
+
+def _reference_grounding(ctx: ReferenceInputs) -> list[Check]:
+    from item.check import reference
+
+    what = ("fraction of annotated nouns with ITEM's decision (box within 1 px, score within 1e-3) by the "
+            "family's transformers post-processing and stated per-noun rule")
+    what_px = "largest box difference (px) against the reference among nouns both ground"
+    g = ctx.models.grounder
+    if g is None:
+        why = "no grounder (--grounder none)"
+    elif getattr(g, "family", "") not in reference.GROUNDING_REFERENCES:
+        why = f"no reference path for grounder family {getattr(g, 'family', '?')!r}"
+    else:
+        why = ""
+    if why:
+        return [_skipped("reference_grounding", REFERENCE_GROUNDING_BOUND, what, why),
+                _skipped("reference_grounding_boxes", REFERENCE_BOX_PX, what_px, why, "<=")]
+    agree = total = 0
+    shift = 0.0
+    for im, e, ours in zip(ctx.images, ctx.entries, ctx.grounding):
+        theirs = reference.reference_boxes(g, im, [o["noun"] for o in e["objects"]])
+        a, n, d = reference.agreement(ours, theirs, REFERENCE_BOX_PX, REFERENCE_SCORE_TOL)
+        agree, total, shift = agree + a, total + n, max(shift, d)
+    return [_check("reference_grounding", agree / total if total else 1.0, REFERENCE_GROUNDING_BOUND, ">=", what),
+            _check("reference_grounding_boxes", shift, REFERENCE_BOX_PX, "<=", what_px)]
+
+
+def _reference_clip(ctx: ReferenceInputs) -> list[Check]:
+    import numpy as np
+    import torch
+
+    from item.check import reference
+
+    what = ("lowest cosine between ITEM's image / description embeddings and open_clip's own transform and "
+            "encode (fp32)")
+    clip = ctx.models.clip
+    if getattr(clip, "model", None) is None or not hasattr(getattr(clip.model, "visual", None), "preprocess_cfg"):
+        return [_skipped("reference_clip", REFERENCE_CLIP_BOUND, what, "not an open_clip model")]
+    texts = [e["description"] for e in ctx.entries]
+    ours_img = clip.encode_images(torch.stack([clip.preprocess(im) for im in ctx.images]))
+    ours_txt, _ = clip.encode_texts(texts)
+    ref_img = reference.clip_image_embeddings(clip, ctx.images)
+    ref_txt = reference.clip_text_embeddings(clip, texts)
+    cos = np.concatenate([(ours_img * ref_img).sum(1), (ours_txt * ref_txt).sum(1)])
+    return [_check("reference_clip", float(cos.min()), REFERENCE_CLIP_BOUND, ">=", what)]
+
+
+def _reference_captions(ctx: ReferenceInputs) -> list[Check]:
+    from item.check import reference
+
+    what = "fraction of samples whose caption equals BLIP's generate() with its authors' settings"
+    c = ctx.models.captioner
+    if c is None or ctx.records is None:
+        why = "no captioner (--captioner none)"
+    elif getattr(c, "model", None) is None or getattr(c, "processor", None) is None:
+        why = "not a BLIP captioner"
+    elif getattr(c, "decoding", "") != "authors":
+        why = f"captions decoded as {getattr(c, 'decoding', '?')!r}; the reference is the authors' decoding"
+    else:
+        why = ""
+    if why:
+        return [_skipped("reference_captions", REFERENCE_CAPTION_BOUND, what, why)]
+    theirs = reference.blip_captions(c, ctx.images)
+    same = [rec.caption == t for rec, t in zip(ctx.records, theirs)]
+    return [_check("reference_captions", _fraction(same), REFERENCE_CAPTION_BOUND, ">=", what)]
+
+
+#: The reference comparisons, in report order: (name, function of ReferenceInputs -> list of Checks).
+#: A new comparison (another precision, another model part) is one more entry.
+REFERENCE_COMPARISONS = (
+    ("grounding", _reference_grounding),
+    ("clip", _reference_clip),
+    ("captions", _reference_captions),
+)

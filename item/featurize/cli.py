@@ -30,15 +30,24 @@ def featurize_cmd(
     grounder: Optional[str] = typer.Option(None, help="Grounder: HF id, local folder, random name or 'none' "
                                            "(global features only). Grounding DINO by default; OWLv2 "
                                            "(google/owlv2-base-patch16-ensemble, owlv2-random) is faster, "
-                                           "its grounding quality for ITEM is not measured."),
+                                           "its grounding quality for ITEM is not measured. Each family picks a "
+                                           "noun's box by its reference's rule: Grounding DINO / MM-Grounding-DINO "
+                                           "keep a query whose best token beats the box threshold and score a noun "
+                                           "by the mean of its tokens (the authors' phrase score); OWLv2 gives each "
+                                           "box its best query, so two nouns never share a box; OmDet-Turbo keeps "
+                                           "transformers' post-processing. Images go to the grounder as its own "
+                                           "processor resizes them; beyond 20:1 they are not grounded (counted)."),
     ground_size: Optional[int] = typer.Option(None, help="Grounder input size, shortest side in pixels "
                                               "(default: the model's own, 800 for Grounding DINO). Smaller is "
                                               "faster; what it costs in quality only real weights can tell."),
     ground_batch_size: int = typer.Option(0, help="Images per grounder forward; 0: 4 on CUDA, 1 on CPU. Only "
                                           "images of one prepared shape share a forward, so it changes no box "
                                           "(recorded in the run's manifest entry)."),
-    box_threshold: Optional[float] = typer.Option(None, help="Grounding DINO box threshold (preset default 0.35)."),
-    text_threshold: Optional[float] = typer.Option(None, help="Grounding DINO text threshold (preset default 0.25)."),
+    box_threshold: Optional[float] = typer.Option(None, help="Box threshold, kept strictly above (default: the "
+                                                  "family's own: Grounding DINO 0.35, MM-Grounding-DINO 0.4 as in "
+                                                  "transformers' example, OWLv2 0.1, OmDet-Turbo 0.3)."),
+    text_threshold: Optional[float] = typer.Option(None, help="Text threshold on a noun's mean token score, kept "
+                                                   "strictly above (Grounding DINO 0.25, MM-Grounding-DINO 0.3)."),
     max_objects: int = typer.Option(8, help="At most this many nouns per caption are grounded."),
     perturb: Optional[List[str]] = typer.Option(None, help="Robustness perturbation applied after decoding: "
                                                 "jpeg:75, blur:1.0, resize:0.5; repeat or join with '+'."),
@@ -173,6 +182,9 @@ def featurize_cmd(
     if summary.n_captions_without_nouns or summary.n_captions_not_english:
         info(f"captions: {summary.n_captions_without_nouns} without any noun, {summary.n_captions_not_english} "
              "not in English (the noun extractor reads English only: such rows get global features only)")
+    if summary.n_not_grounded:
+        info(f"grounding: {summary.n_not_grounded} images beyond the grounders' 20:1 aspect limit, their nouns "
+             "left ungrounded (the row's reason says so)")
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.stage_seconds.items())
     info(f"time per stage: {stages}")
     info(f"text cache: {summary.text_cache_hits} hits, {summary.text_cache_misses} misses "

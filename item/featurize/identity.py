@@ -12,7 +12,8 @@ never share a store, and a head trained on one is not applied to the other (see
 - ``nouns_version`` and ``noun_prompt``: which nouns are found and the text each is encoded as;
 - ``box_threshold`` / ``text_threshold`` / ``ground_input``: the grounder's thresholds and input size;
 - ``box_selection``: the rule that picks a noun's box from the detector's output (the grounder family's
-  ``BOX_SELECTION``; Grounding DINO's changed in issue 19 to keep queries by every prompt token);
+  ``BOX_SELECTION``; Grounding DINO's changed in issue 19 to keep queries by every prompt token, and every family's in
+  issue 29 to its reference's rule: DESIGN.md, "Each grounder's box rule is its reference's");
 - ``open_clip_version`` / ``transformers_version``: major.minor of the libraries that build the models;
 - ``device_class`` / ``precision``: 'cpu' or 'cuda', and 'fp32' or 'fp16-autocast' (CUDA runs autocast).
 """

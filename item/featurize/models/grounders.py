@@ -16,8 +16,11 @@ GROUNDER_FAMILIES = {
                          "iSEE-Laboratory/llmdet_tiny): Grounding DINO's prompt and box rule, retrained weights; its "
                          "grounding quality for ITEM is not measured",
 }
-#: Each family's own thresholds (box, text), used when --grounder names a real checkpoint of that family.
-FAMILY_THRESHOLDS = {"grounding-dino": (0.35, 0.25), "mm-grounding-dino": (0.35, 0.25), "owlv2": (0.1, 0.0),
+#: Each family's own thresholds (box, text), used when --grounder names a real checkpoint of that family:
+#: Grounding DINO's model card and transformers' example (0.35 / 0.25), MM Grounding DINO's transformers
+#: example (0.4 / 0.3, mm_grounding_dino.DEFAULT_THRESHOLDS), OWLv2's post-processing default (0.1),
+#: OmDet-Turbo's post-processing default (0.3).
+FAMILY_THRESHOLDS = {"grounding-dino": (0.35, 0.25), "mm-grounding-dino": (0.4, 0.3), "owlv2": (0.1, 0.0),
                      "omdet-turbo": (0.3, 0.0)}
 #: config.json model_type -> family (a local save_pretrained folder).
 _MODEL_TYPES = {"owlv2": "owlv2", "owlvit": "owlv2", "omdet-turbo": "omdet-turbo",

@@ -1,6 +1,6 @@
-"""What every grounder family shares: the Box a noun is grounded to, which images can be grounded, the
-letterbox canvas, image preparation in the decode workers, batching pixels, box conversion, and
-``PreparedGrounder`` (``ground`` = ``prepare`` + ``ground_prepared``).
+"""What every grounder family shares: the Box a noun is grounded to, which images can be grounded, image
+preparation in the decode workers (each family's own processor, on the image as it is), batching pixels,
+box conversion, and ``PreparedGrounder`` (``ground`` = ``prepare`` + ``ground_prepared``).
 
 Each family (grounding_dino, owlv2, and any later one) imports from here; this module imports none of them.
 """
@@ -8,8 +8,6 @@ Each family (grounding_dino, owlv2, and any later one) imports from here; this m
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
 
 from item.errors import InputError
 
@@ -32,25 +30,16 @@ class Box:
     box_score: float | None = None
 
 
-#: Images more elongated than this are padded (right or bottom, grey) before grounding: the detector's
-#: resize caps the long side, and a 10000x10 image would otherwise shrink to feature maps of zero or
-#: one cell, which Grounding DINO's group norms cannot take. Boxes are mapped back to the image.
-MAX_ASPECT = 3.0
-
-
-#: Images are also padded to at least this many pixels a side (very small images, same reason).
-MIN_SIDE = 32
-
-
 #: Beyond this aspect ratio an image is not grounded at all (its nouns are stored ungrounded, the row's
-#: reason says why): padded to MAX_ASPECT it would be mostly padding, and a 1x50000 image padded at full
-#: size took 16667x50000 pixels (gigabytes) before the detector's own resize.
+#: reason says why, the run summary counts it as ``n_not_grounded``). Every grounder takes the image as its
+#: own processor resizes it (Grounding DINO: shortest side 800, longest at most 1333), so a 20:1 image
+#: reaches the detector as 1333x67 pixels: its coarsest feature map (stride 64) still has one row. Beyond
+#: that the row count would reach zero. The limit is part of each grounder's ``box_selection``.
 MAX_GROUND_ASPECT = 20.0
 
 
-#: The padded canvas is never larger than this many pixels: a padded image is shrunk first. The bound sits
-#: well above what the detector's resize keeps (800x1333 for Grounding DINO), so only the padding is saved.
-MAX_CANVAS_PIXELS = 2666 * 2666
+#: --ground-size below this is refused (the coarsest feature map would have no cell).
+MIN_GROUND_SIZE = 32
 
 
 #: A box whose area inside the real image (not the padding) is below this many pixels is no box: its noun
@@ -67,31 +56,6 @@ def not_groundable(width: int, height: int) -> str:
         return (f"not grounded: aspect ratio {aspect:.0f}:1 is beyond the grounder's "
                 f"{MAX_GROUND_ASPECT:.0f}:1")
     return ""
-
-
-def letterbox(image):
-    """(padded RGB image, (padded width, padded height) in the original image's pixels).
-
-    The original sits at the top-left corner. When padding is needed and the canvas would exceed
-    MAX_CANVAS_PIXELS, the image is shrunk first, so the canvas never does.
-    """
-    from PIL import Image
-
-    w, h = image.size
-    pw = max(w, MIN_SIDE, int(np.ceil(h / MAX_ASPECT)))
-    ph = max(h, MIN_SIDE, int(np.ceil(w / MAX_ASPECT)))
-    if (pw, ph) == (w, h):
-        return image, (w, h)
-    scale = min(1.0, float(np.sqrt(MAX_CANVAS_PIXELS / (pw * ph))))
-    sw, sh = w, h
-    if scale < 1.0:
-        sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
-        image = image.resize((sw, sh), Image.BICUBIC)
-    cw = max(sw, MIN_SIDE, int(np.ceil(sh / MAX_ASPECT)))
-    ch = max(sh, MIN_SIDE, int(np.ceil(sw / MAX_ASPECT)))
-    canvas = Image.new("RGB", (cw, ch), (124, 116, 104))
-    canvas.paste(image, (0, 0))
-    return canvas, (cw * w / sw, ch * h / sh)
 
 
 def _pixel_boxes(rel, width: int, height: int, pad_w: float, pad_h: float):
@@ -113,32 +77,14 @@ class GroundImage:
     """One image made ready for the detector (picklable: made in the decode workers).
 
     pixel_values: (3, h, w) float32 tensor, resized and normalised by the model's own image processor.
-    size: (width, height) of the original image; padded: (width, height) of the canvas it was placed on,
-    in the original image's pixels (`letterbox`).
+    size: (width, height) of the original image; padded: (width, height), in the original image's pixels, of
+    the frame the detector's relative boxes refer to (the image itself, or the square OWLv2's processor pads
+    it to).
     """
 
     pixel_values: object
     size: tuple[int, int]
     padded: tuple[float, float]
-
-
-class GroundPrep:
-    """Picklable image preparation of a grounder (letterbox, resize, normalise): PIL image -> GroundImage.
-
-    Runs in the decode worker processes, like CLIP's preprocessing, so the main process only tokenises,
-    runs the forward and selects boxes. Images the grounder does not take (`not_groundable`) give None.
-    """
-
-    def __init__(self, image_processor):
-        self.image_processor = image_processor
-
-    def __call__(self, image) -> GroundImage | None:
-        if not_groundable(*image.size):
-            return None
-        original = image.convert("RGB")
-        rgb, padded = letterbox(original)
-        pix = self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"][0]
-        return GroundImage(pix.contiguous(), original.size, padded)
 
 
 def collate_pixels(prepared: list[GroundImage]):
@@ -163,8 +109,8 @@ def set_ground_size(image_processor, ground_size: int | None) -> int:
     size keeps the type of the old one, so that the recorded ``input_size`` has the same keys either way."""
     size = image_processor.size
     if ground_size:
-        if int(ground_size) < MIN_SIDE:
-            raise InputError(f"--ground-size must be at least {MIN_SIDE} pixels, got {ground_size}")
+        if int(ground_size) < MIN_GROUND_SIZE:
+            raise InputError(f"--ground-size must be at least {MIN_GROUND_SIZE} pixels, got {ground_size}")
         s = int(ground_size)
         new = {"shortest_edge": s, "longest_edge": int(round(s * 1333 / 800))}
         image_processor.size = new if isinstance(size, dict) else type(size)(**new)

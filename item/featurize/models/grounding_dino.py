@@ -3,33 +3,44 @@
 The prompt for nouns [man, bike, road] is "man . bike . road ." (Grounding DINO's phrase format). Each of
 the model's queries has a sigmoid probability per text token. For noun j and query q:
 
-- noun score s[q, j] = max probability over the tokens of noun j's span (found through the tokenizer's
-  character offsets, never by matching decoded label strings);
+- noun score s[q, j] = the mean probability over the tokens of noun j's span (found through the
+  tokenizer's character offsets, never by matching decoded label strings). This is how the detector's
+  authors score a phrase: IDEA-Research/GroundingDINO's COCO evaluation (demo/test_ap_on_coco.py,
+  ``PostProcessCocoGrounding``, read at ade33b7) multiplies the token probabilities by a positive map
+  normalised over each category's tokens, MMDetection's Grounding DINO head (mmdet/models/dense_heads/
+  grounding_dino_head.py ``_predict_by_feat_single`` through atss_vlfusion_head.py
+  ``convert_grounding_to_cls_scores``, read at 0c5238c) takes ``.mean(-1)`` over an entity's tokens, as
+  GLIP's MEAN aggregation and MDETR's normalised positive map do. transformers'
+  ``post_process_grounded_object_detection`` has no per-noun score (it labels a query with every token
+  above the text threshold); a one-token noun scores the same either way.
 - box score b[q] = max probability over every valid prompt token: [CLS], [SEP] and the "." delimiters
   included, padding excluded (what transformers' ``post_process_grounded_object_detection`` and the authors'
-  ``predict`` in IDEA-Research/GroundingDINO keep a query by).
+  ``predict`` keep a query by).
 
-Query q is kept when b[q] >= box_threshold; it is a candidate for noun j when also s[q, j] >= text_threshold
-(the same two thresholds, as the reference applies them to its phrase tokens) and its box covers at least
-MIN_BOX_AREA pixels of the real image (not of the padding added to small or elongated images); noun j's box
+Query q is kept when b[q] > box_threshold (strictly, as transformers keeps it); it is a candidate for noun j
+when also s[q, j] > text_threshold and its box covers at least MIN_BOX_AREA pixels of the image; noun j's box
 is its candidate with the highest s[q, j]. Box.score is that s[q, j] (the store's object ``score``),
-Box.box_score that query's b[q]. The reference keeps scores strictly above a threshold, this rule at or
-above it: they differ only on exact ties. A noun with no candidate is ungrounded (None). Nouns whose
-span falls past the text model's max_text_len tokens are ungrounded too, and so are all nouns of an image
-`not_groundable` refuses (too elongated).
+Box.box_score that query's b[q]. A noun with no candidate is ungrounded (None). Nouns whose span falls past
+the text model's max_text_len tokens are ungrounded too, and so are all nouns of an image `not_groundable`
+refuses (beyond 20:1).
+
+Images reach the detector as the processor resizes them (shortest side 800, longest at most 1333), whatever
+their aspect ratio or size, exactly as transformers' processor prepares them (no padding of our own).
 """
 
 from __future__ import annotations
 
 
-from item.featurize.models.grounding import (MAX_GROUND_ASPECT, MIN_BOX_AREA, Box, GroundImage, GroundPrep,
-                                             PreparedGrounder, _pixel_boxes, collate_pixels, set_ground_size)
+from item.featurize.models.grounding import (MAX_GROUND_ASPECT, MIN_BOX_AREA, Box, GroundImage, PreparedGrounder,
+                                             ProcessorPrep, _pixel_boxes, collate_pixels, set_ground_size)
 from item.featurize.models.hub import autocast_for, load_model_or_random, to_device
 
 
-#: The box selection rule, recorded in a store's identity: a store never mixes rows selected by two rules
-#: (before it, queries were kept by their best noun token only).
-BOX_SELECTION = "gdino-all-tokens-1"
+#: The box selection rule, recorded in a store's identity: a store never mixes rows selected by two rules.
+#: 'gdino-all-tokens-1' (issue 19) scored a noun by its best token and padded images beyond 3:1 or under
+#: 32 px before the processor; '-2' (issue 29) takes the mean over the noun's tokens, strict thresholds,
+#: and the processor's own resize for every image up to MAX_GROUND_ASPECT.
+BOX_SELECTION = "gdino-noun-mean-2"
 
 
 def build_prompt(nouns: list[str]) -> tuple[str, list[tuple[int, int]]]:
@@ -68,7 +79,7 @@ def select_boxes(probs, rel_boxes, valid, span_mask, size: tuple[int, int], padd
     float cx, cy, w, h relative to the padded image; valid: (n_tok,) bool, the prompt's real tokens ([CLS],
     [SEP] and the "." delimiters included, padding excluded: the attention mask); span_mask: (n_nouns, n_tok)
     bool, each noun's tokens (`noun_token_masks`); size: the real image's (width, height); padded_size: the
-    padded canvas's (width, height) in the real image's pixels. Box.score is the noun score, Box.box_score
+    (width, height) the relative boxes refer to, in the image's pixels (the image itself here). Box.score is the noun score, Box.box_score
     the query's score over every valid token.
 
     Importable on its own: any Grounding DINO variant with per-token logits (MM-Grounding-DINO) selects its
@@ -79,8 +90,10 @@ def select_boxes(probs, rel_boxes, valid, span_mask, size: tuple[int, int], padd
     width, height = size
     neg = torch.tensor(-1.0)
     query_score = torch.where(valid[None], probs, neg).amax(-1)  # (n_queries,) the box score
-    noun_score = torch.where(span_mask[None], probs[:, None, :], neg).amax(-1)  # (n_queries, n_nouns)
-    ok = (query_score[:, None] >= box_threshold) & (noun_score >= text_threshold)
+    n_span = span_mask.sum(-1).clamp(min=1)  # (n_nouns,) tokens per noun
+    zero = torch.tensor(0.0)
+    noun_score = torch.where(span_mask[None], probs[:, None, :], zero).sum(-1) / n_span  # (n_queries, n_nouns) mean
+    ok = (query_score[:, None] > box_threshold) & (noun_score > text_threshold)
     ok &= span_mask.any(1)[None]  # a noun truncated out of the prompt stays ungrounded
     px, area = _pixel_boxes(rel_boxes, width, height, *padded_size)
     ok &= (area >= min(MIN_BOX_AREA, width * height))[:, None]  # boxes in the padding are no boxes
@@ -101,7 +114,7 @@ class Grounder(PreparedGrounder):
     """Grounding DINO, batched: one forward pass per group of equally shaped inputs of a `ground_prepared` call.
 
     info: JSON-able: id, revision or weights_sha256 where known, random_weights, thresholds, input size,
-    box_selection (BOX_SELECTION). prepare: the picklable image preparation (`GroundPrep`); `ground_prepared`
+    box_selection (BOX_SELECTION). prepare: the picklable image preparation (`ProcessorPrep`); `ground_prepared`
     takes its outputs.
     """
 
@@ -115,7 +128,7 @@ class Grounder(PreparedGrounder):
         self.box_threshold = float(box_threshold)
         self.text_threshold = float(text_threshold)
         self.max_text_len = int(getattr(model.config, "max_text_len", 256))
-        self.prepare = GroundPrep(processor.image_processor)
+        self.prepare = ProcessorPrep(processor.image_processor)
 
     @property
     def ground_size(self) -> int:
@@ -170,7 +183,7 @@ def load_grounding_dino(name_or_path: str, device: str = "cpu", box_threshold: f
         "input_size": dict(size) if size is not None else None,
         "min_box_area": MIN_BOX_AREA, "max_ground_aspect": MAX_GROUND_ASPECT,
         "box_threshold": float(box_threshold), "text_threshold": float(text_threshold),
-        "prompt": "noun . noun . (lower-case)", "noun_score": "max token probability over the noun's span",
+        "prompt": "noun . noun . (lower-case)", "noun_score": "mean token probability over the noun's span",
         "box_selection": BOX_SELECTION,
     }
     return Grounder(model, processor, info, str(device), box_threshold, text_threshold)

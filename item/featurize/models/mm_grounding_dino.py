@@ -4,8 +4,21 @@ transformers' ``MMGroundingDinoForObjectDetection`` runs both MM-Grounding-DINO 
 re-training of Grounding DINO) and LLMDet (fine-tuned from it); their outputs (per-query token logits and
 boxes) and their processor (``GroundingDinoProcessor``) are Grounding DINO's, so the grounder is
 `grounding_dino.Grounder` with this model: the same "man . bike ." prompt, the same character-span noun
-scores and the same `grounding_dino.select_boxes` rule and thresholds (a change of that rule changes
-both families at once).
+scores and the same `grounding_dino.select_boxes` rule (a change of that rule changes both families at once).
+That rule's noun score is the mean over the noun's tokens, which is MM-Grounding-DINO's authors' own:
+MMDetection's ``GroundingDINOHead._predict_by_feat_single`` (mmdet/models/dense_heads/grounding_dino_head.py)
+scores an entity by ``convert_grounding_to_cls_scores`` (atss_vlfusion_head.py), the mean of the sigmoid
+token scores over the entity's positive tokens (read at 0c5238c).
+
+Thresholds: box 0.4, text 0.3, the values of transformers' own MM Grounding DINO example
+(docs/source/en/model_doc/mm-grounding-dino.md, ``post_process_grounded_object_detection(...,
+box_threshold=0.4, text_threshold=0.3)``, read at 36f003d), where Grounding DINO's are 0.35 / 0.25.
+MMDetection additionally keeps only the top ``max_per_img`` (query, entity) pairs (300 of 900 queries x
+entities); with a caption's few nouns that cut never reaches a noun's best query, and transformers'
+post-processing has none, so ITEM has none.
+
+The model differs from Grounding DINO in its class head (a learned bias on the contrastive logits, scaled by
+1/sqrt(d_model)) and in unshared decoder heads; the tiny random build differs in both, so tests exercise them.
 
 Hub ids and the numbers their authors report (read at their sources, not measured here):
 - ``openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det`` (Swin-T): LVIS minival 41.4 AP
@@ -32,9 +45,17 @@ class MMGroundingDinoGrounder(Grounder):
     family = "mm-grounding-dino"
 
 
+#: Box / text thresholds of transformers' MM Grounding DINO example (see the module docstring).
+DEFAULT_THRESHOLDS = (0.4, 0.3)
+#: The tiny random build's contrastive bias: MMDetection's initial value -log((1 - 0.01) / 0.01) (a
+#: learned parameter, 0.0 at transformers' init, which made the tiny build numerically Grounding DINO's).
+TINY_CLASS_BIAS = -4.59512
+
+
 def mm_grounding_dino_config(name: str):
-    """`MMGroundingDinoConfig`: 'mm-gdino-tiny-random' (the tiny Grounding DINO test shapes), or
-    'mm-gdino-random' (transformers' defaults: Swin-T + BERT-base, the tiny checkpoints' architecture)."""
+    """`MMGroundingDinoConfig`: 'mm-gdino-tiny-random' (the tiny Grounding DINO test shapes, decoder heads
+    not shared across layers), or 'mm-gdino-random' (transformers' defaults: Swin-T + BERT-base, the tiny
+    checkpoints' architecture)."""
     from transformers import MMGroundingDinoConfig
 
     from item.featurize.models.tiny import grounding_dino_config
@@ -45,6 +66,7 @@ def mm_grounding_dino_config(name: str):
                 "encoder_attention_heads", "decoder_attention_heads", "encoder_n_points", "decoder_n_points",
                 "num_feature_levels", "max_text_len")
         config = MMGroundingDinoConfig(backbone_config=g.backbone_config, text_config=g.text_config,
+                                       decoder_bbox_embed_share=False, decoder_cls_embed_share=False,
                                        **{k: getattr(g, k) for k in keep})
     elif name == "mm-gdino-random":
         config = MMGroundingDinoConfig()
@@ -52,6 +74,16 @@ def mm_grounding_dino_config(name: str):
         raise ValueError(f"not a random MM-Grounding-DINO name: {name!r}")
     config.item_random_weights = True
     return config
+
+
+def set_class_bias(model, value: float) -> None:
+    """Set the learned bias of every contrastive class head of an MMGroundingDinoForObjectDetection."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias") and param.ndim == 0:
+                param.fill_(value)
 
 
 def build_mm_grounding_dino(name: str):
@@ -64,6 +96,7 @@ def build_mm_grounding_dino(name: str):
     with seeded():
         model = MMGroundingDinoForObjectDetection(config).eval()
     if name == "mm-gdino-tiny-random":
+        set_class_bias(model, TINY_CLASS_BIAS)
         image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 192})
     else:
         image_processor = GroundingDinoImageProcessor()  # 800 / 1333, as Grounding DINO's
@@ -71,8 +104,8 @@ def build_mm_grounding_dino(name: str):
     return model, GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def load_mm_grounding_dino(name_or_path: str, device: str = "cpu", box_threshold: float = 0.35,
-                           text_threshold: float = 0.25, ground_size: int | None = None) -> MMGroundingDinoGrounder:
+def load_mm_grounding_dino(name_or_path: str, device: str = "cpu", box_threshold: float = DEFAULT_THRESHOLDS[0],
+                           text_threshold: float = DEFAULT_THRESHOLDS[1], ground_size: int | None = None) -> MMGroundingDinoGrounder:
     """MM-Grounding-DINO / LLMDet from a hub id, a local `save_pretrained` folder or a random name."""
     from transformers import AutoProcessor, MMGroundingDinoForObjectDetection
 
@@ -94,7 +127,7 @@ def load_mm_grounding_dino(name_or_path: str, device: str = "cpu", box_threshold
         "ground_size": shortest, "input_size": dict(size) if size is not None else None,
         "min_box_area": MIN_BOX_AREA, "max_ground_aspect": MAX_GROUND_ASPECT,
         "box_threshold": float(box_threshold), "text_threshold": float(text_threshold),
-        "prompt": "noun . noun . (lower-case)", "noun_score": "max token probability over the noun's span",
+        "prompt": "noun . noun . (lower-case)", "noun_score": "mean token probability over the noun's span (MMDetection's convert_grounding_to_cls_scores)",
         "selection": "grounding_dino.select_boxes (the Grounding DINO rule)",
         "box_selection": "mm-" + BOX_SELECTION,
         "quality": "not measured in this project (no real weights were reachable)",

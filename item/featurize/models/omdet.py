@@ -105,9 +105,35 @@ class OmDetGrounder(PreparedGrounder):
         self.text_threshold = 0.0  # one score per (query, class); kept for a uniform models_info
         self.max_text_len = TEXT_LEN
         self.prepare = OmDetPrep(processor.image_processor)
+        # One pair of text caches per precision (see `_use_text_caches`); the model holds the pair in use.
+        self._caches: dict = {}
+        self._cache_key = None
         model.language_cache_class = OmDetTurboLRUCache(CLASS_CACHE_SIZE)
         self.text_hits = 0
         self.text_misses = 0
+
+    def _use_text_caches(self) -> None:
+        """Put the text caches of the precision in effect now into the model (call inside the forward's
+        autocast context).
+
+        transformers keeps each class and task embedding in the dtype it was computed in: fp16 embeddings
+        cached under autocast fail a later fp32 pass on the same model ("mat1 and mat2 must have the same
+        dtype"), or, where only some are old, silently feed fp16 embeddings to the fp32 reference. So each
+        (device, parameter dtype, autocast dtype or none) has its own caches, kept for the grounder's life
+        (switching back and forth, as ``item check`` does, recomputes nothing)."""
+        import torch
+        from transformers.models.omdet_turbo.modeling_omdet_turbo import OmDetTurboLRUCache
+
+        kind = torch.device(self.device).type
+        autocast = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+        key = (str(self.device), next(self.model.parameters()).dtype, autocast)
+        if key == self._cache_key:
+            return
+        if self._cache_key is not None:
+            self._caches[self._cache_key] = (self.model.language_cache_class, self.model.language_cache_prompt)
+        fresh = (OmDetTurboLRUCache(CLASS_CACHE_SIZE), OmDetTurboLRUCache(self.model.config.cache_size))
+        self.model.language_cache_class, self.model.language_cache_prompt = self._caches.pop(key, fresh)
+        self._cache_key = key
 
     @property
     def ground_size(self) -> int:
@@ -145,8 +171,9 @@ class OmDetGrounder(PreparedGrounder):
         for i in todo:
             groups.setdefault((len(nouns[i]), tuple(prepared[i].pixel_values.shape)), []).append(i)
         for idx in groups.values():
-            inputs = self.model_inputs([prepared[i] for i in idx], [nouns[i] for i in idx])
             with torch.inference_mode(), autocast_for(self.device):
+                self._use_text_caches()
+                inputs = self.model_inputs([prepared[i] for i in idx], [nouns[i] for i in idx])
                 out = self.model(**inputs)
             scores = out.decoder_class_logits.float().sigmoid().cpu()  # (batch, n_queries, n_nouns)
             boxes = out.decoder_coord_logits.float().cpu()  # (batch, n_queries, 4) cx, cy, w, h relative

@@ -2,8 +2,16 @@
 
 OWLv2 (transformers' ``Owlv2ForObjectDetection``) scores every image patch's box against each text
 query. Each noun is one query, "a photo of a {noun}" (OWL's own prompt style), so nouns never share
-tokens and need no character spans. For noun j: score s[p, j] = sigmoid(logit[p, j]) of patch p; its box
-is the patch with the highest s[p, j], kept when s >= box_threshold (ungrounded, None, otherwise).
+tokens and need no character spans.
+
+Box selection is transformers' ``Owlv2ImageProcessor.post_process_object_detection`` for the image alone
+(read in transformers 5.25): each patch's box gets one label, its best query (argmax over the image's own
+queries), and the score s[p] = sigmoid of that query's logit; a box is kept when s[p] > box_threshold
+(strictly). Noun j's box is the kept box labelled j with the highest score, among those covering at least
+MIN_BOX_AREA pixels of the image (a box in the square's padding is no box); a noun no box is labelled with
+stays ungrounded (None). So two nouns never share one box: near-synonyms and part/whole nouns compete for
+each box as the reference makes them (the rule before, 'owlv2-best-patch-1', gave each noun its best patch
+whatever that patch's label, and grounded nouns the reference leaves ungrounded).
 
 The image processor pads each image to a square (bottom and right) and resizes it to the model's input
 size (960 for google/owlv2-base-patch16-ensemble); boxes come back relative to that square and are mapped
@@ -25,7 +33,7 @@ from item.featurize.models.hub import autocast_for, to_device
 OWL_RANDOM_NAMES = ("owlv2-tiny-random", "owlv2-random")
 PROMPT = "a photo of a {}"
 #: The box selection rule, recorded in a store's identity (see grounding_dino.BOX_SELECTION).
-BOX_SELECTION = "owlv2-best-patch-1"
+BOX_SELECTION = "owlv2-argmax-label-2"
 #: OWLv2's own detection threshold in its examples; the random presets pass 0.0.
 DEFAULT_BOX_THRESHOLD = 0.1
 
@@ -77,24 +85,41 @@ class OwlGrounder(PreparedGrounder):
         inputs = {k: to_device(v, self.device) for k, v in inputs.items()}
         with torch.inference_mode(), autocast_for(self.device):
             out = self.model(**inputs)
-        scores = out.logits.float().sigmoid().cpu()  # (batch, n_patches, n_q)
+        logits = out.logits.float().cpu()  # (batch, n_patches, n_q)
         boxes = out.pred_boxes.float().cpu()  # (batch, n_patches, 4) cx, cy, w, h relative to the square
         result: list[list[Box | None]] = []
         for b, (g, ns) in enumerate(zip(prepared, nouns)):
             width, height = g.size
             side_w, side_h = g.padded
-            px, area = _pixel_boxes(boxes[b], width, height, side_w, side_h)
-            # boxes that lie in the square's padding are no boxes (as for Grounding DINO)
-            s = torch.where((area >= min(MIN_BOX_AREA, width * height))[:, None], scores[b], torch.tensor(-1.0))
-            best, patch = s.max(0)  # (n_q,)
-            found: list[Box | None] = [None] * len(ns)
-            for j in range(len(ns)):
-                if float(best[j]) < max(self.box_threshold, 0.0):
-                    continue
-                x0, y0, x1, y1 = px[patch[j]].tolist()
-                found[j] = Box(x0, y0, x1, y1, float(best[j]), float(best[j]))
-            result.append(found)
+            result.append(select_owl(logits[b, :, :len(ns)], boxes[b], g.size, g.padded, self.box_threshold))
         return result
+
+
+def select_owl(logits, rel_boxes, size: tuple[int, int], padded: tuple[float, float],
+               box_threshold: float) -> list[Box | None]:
+    """One Box (or None) per noun from one image's OWLv2 output (the rule in the module docstring).
+
+    logits: (n_patches, n_nouns) float logits of the image's own queries (padding queries of a batch left
+    out; the label is the argmax of the logits, as the reference takes it, since sigmoids saturate to equal
+    1.0 where logits still differ); rel_boxes: (n_patches, 4) float cx, cy, w, h relative to the padded square; size: the image's
+    (width, height); padded: the square's (width, height) in the image's pixels."""
+    import torch
+
+    width, height = size
+    px, area = _pixel_boxes(rel_boxes, width, height, *padded)
+    best, label = logits.max(-1)  # (n_patches,) each box's one label, as the reference gives it
+    score = best.sigmoid()
+    ok = (score > box_threshold) & (area >= min(MIN_BOX_AREA, width * height))
+    found: list[Box | None] = []
+    for j in range(logits.shape[1]):
+        mine = torch.where(ok & (label == j), score, torch.tensor(-1.0))
+        best, patch = mine.max(0)
+        if float(best) < 0:
+            found.append(None)
+            continue
+        x0, y0, x1, y1 = px[patch].tolist()
+        found.append(Box(x0, y0, x1, y1, float(best), float(best)))
+    return found
 
 
 def _square_size(image_processor) -> int:
@@ -178,7 +203,7 @@ def load_owlv2(name_or_path: str, device: str = "cpu", box_threshold: float = DE
         **source, "class": type(model).__name__, "family": "owlv2", "random_weights": random_weights,
         "box_threshold": float(box_threshold), "ground_size": native,
         "input_size": {"height": native, "width": native}, "min_box_area": MIN_BOX_AREA,
-        "prompt": PROMPT.format("{noun}") + " (one query per noun)", "noun_score": "sigmoid of the query's logit",
+        "prompt": PROMPT.format("{noun}") + " (one query per noun)", "noun_score": "sigmoid of the query's logit; each box labelled with its best query (argmax), score > threshold",
         "box_selection": BOX_SELECTION,
         "quality": "not measured in this project (no real weights were reachable)",
     }

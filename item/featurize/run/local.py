@@ -49,6 +49,9 @@ class RunSummary:
     # English (nouns.reads_as_english: the extractor is English only); `item store info` sums them over runs.
     n_captions_without_nouns: int = 0
     n_captions_not_english: int = 0
+    # Rows written whose nouns were left ungrounded because the image is beyond the grounders' aspect limit
+    # (grounding.MAX_GROUND_ASPECT, 20:1; the row's reason says so).
+    n_not_grounded: int = 0
 
     @property
     def text_cache_hit_rate(self) -> float:
@@ -136,6 +139,7 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
         without, not_english = caption_counts(records, config.max_objects)
         summary.n_captions_without_nouns += without
         summary.n_captions_not_english += not_english
+        summary.n_not_grounded += sum(r.status == "ok" and (r.reason or "").startswith("not grounded") for r in records)
         n_batches += 1
         if progress:
             progress(len(batch))
