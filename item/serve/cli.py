@@ -65,7 +65,8 @@ def serve_cmd(
                                          "default only loopback names and --host are accepted."),
     token: Optional[str] = typer.Option(None, envvar="ITEM_SERVE_TOKEN", help="Require this token on every "
                                         "request (header 'Authorization: Bearer TOKEN'; a browser opens "
-                                        "/?token=TOKEN once). Also read from $ITEM_SERVE_TOKEN."),
+                                        "/?token=TOKEN once): 16 or more ASCII letters, digits and - . _ ~. "
+                                        "Also read from $ITEM_SERVE_TOKEN."),
 ):
     """Serve a web page and JSON API: score an image, see why, and what it resembles."""
     from item.errors import InputError
@@ -79,13 +80,12 @@ def serve_cmd(
         raise InputError("--max-pixels must be 0 (no limit) or positive")
     if max_pending < 1:
         raise InputError("--max-pending must be at least 1")
-    if token is not None and len(token) < 16:
-        raise InputError("--token must be at least 16 characters (e.g. python -c 'import secrets; "
-                         "print(secrets.token_urlsafe())')")
     import uvicorn
 
     from item.serve.app import create_app
-    from item.serve.service import MAX_K, ServeConfig, Service
+    from item.serve.service import MAX_K, ServeConfig, Service, check_token
+
+    check_token(token)  # at least 16 characters that a header, a cookie and a URL carry as they are
 
     if not 1 <= k <= MAX_K:
         raise InputError(f"-k {k}: give 1..{MAX_K}")
