@@ -15,6 +15,10 @@ What is refused, and how:
   limit), a JSON line that does not parse, is no object, or names a key twice, a ``path`` that is a
   URL (:data:`URL_REFUSAL`: relative-path resolution turned ``http://host/x.jpg`` into a mangled
   missing file).
+
+A CSV cell that ITEM's own CSV export protected against formula injection (an apostrophe before
+``=``, ``+``, ``-``, ``@``, ...: :mod:`item.spreadsheet`) is read without that apostrophe, so an
+export edited and given back to ``annotate`` holds the values the store holds.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import re
 import threading
 
 from item.errors import InputError
+from item.spreadsheet import unescape_cell
 
 LABELS = ("real", "fake", "unknown")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".json")
@@ -84,30 +89,31 @@ def read_text(src: str) -> str:
         raise InputError(f"manifest {src!r} is not UTF-8 text (byte {e.start})") from None
 
 
-def records(src: str, text_: str | None = None) -> tuple[str, list[tuple[int, dict | RowProblem]]]:
+def records(src: str, text_: str | None = None, keys=("path",)) -> tuple[str, list[tuple[int, dict | RowProblem]]]:
     """(layout, [(line number, {column: value} or RowProblem)]) of the manifest at ``src``.
 
-    Column names are trimmed and lower case; the layout is 'manifest-csv' or 'manifest-jsonl'.
-    Raises InputError for what refuses the whole file (see the module docstring).
+    Column names are trimmed and lower case; the layout is 'manifest-csv' or 'manifest-jsonl'. One of
+    ``keys`` must be a column. Raises InputError for what refuses the whole file (see the module docstring).
     """
     text_ = read_text(src) if text_ is None else text_
     if src.lower().endswith(".csv"):
-        return "manifest-csv", _csv_records(src, text_)
-    return "manifest-jsonl", _json_records(src, text_)
+        return "manifest-csv", _csv_records(src, text_, keys)
+    return "manifest-jsonl", _json_records(src, text_, keys)
 
 
-def read_manifest_records(src: str) -> tuple[list[str], list[tuple[str, dict]]]:
+def read_manifest_records(src: str, keys=("path",)) -> tuple[list[str], list[tuple[str, dict]]]:
     """A manifest's columns and raw records, for tools that update stored rows (``item store annotate``)
     or score listed files (``item predict``).
 
     Returns (column names, lower case; [(origin 'file:line', {column: value})]); a relative ``path``
     is resolved against the manifest's folder. A row problem (an over-long field, a URL, a bad JSON
     line) refuses the file in one line naming the row: these tools change or score exactly what they
-    are given. A missing file or an empty value is the caller's business.
+    are given. ``keys``: the columns of which one must be present (annotate takes ``path`` or ``id``).
+    A missing file or an empty value is the caller's business.
     """
     if not src.lower().endswith(MANIFEST_EXTENSIONS):
         raise InputError(f"{src!r} is not a manifest ({', '.join(MANIFEST_EXTENSIONS)})")
-    _, recs = records(src)
+    _, recs = records(src, keys=keys)
     base = os.path.dirname(os.path.abspath(src))
     columns: list[str] = []
     out = []
@@ -126,7 +132,10 @@ def read_manifest_records(src: str) -> tuple[list[str], list[tuple[str, dict]]]:
     return columns, out
 
 
-def _missing_path_error(src: str, found) -> InputError:
+def _missing_path_error(src: str, found, keys=("path",)) -> InputError:
+    if tuple(keys) != ("path",):
+        return InputError(f"manifest {src!r} has no {' or '.join(repr(k) for k in keys)} column; found columns: "
+                          f"{', '.join(repr(c) for c in found) or '(none)'}")
     return InputError(f"manifest {src!r} has no 'path' column; found columns: "
                       f"{', '.join(repr(c) for c in found) or '(none)'}; expected: {', '.join(MANIFEST_COLUMNS)} "
                       "(path required)")
@@ -140,7 +149,7 @@ def _too_long(rec: dict) -> RowProblem | None:
     return None
 
 
-def _csv_records(src: str, text_: str):
+def _csv_records(src: str, text_: str, keys):
     # csv's own field limit (131,072 characters by default) refused the whole file for one long caption;
     # it is a process-wide setting, lifted only while this file is parsed. Over-long fields are then the
     # row's problem (_too_long).
@@ -148,12 +157,12 @@ def _csv_records(src: str, text_: str):
         old = csv.field_size_limit()
         csv.field_size_limit(max(old, len(text_) + 1))
         try:
-            return _csv_rows(src, text_)
+            return _csv_rows(src, text_, keys)
         finally:
             csv.field_size_limit(old)
 
 
-def _csv_rows(src: str, text_: str):
+def _csv_rows(src: str, text_: str, keys):
     reader = csv.reader(io.StringIO(text_, newline=""))
     try:
         header = next(reader)
@@ -168,8 +177,8 @@ def _csv_rows(src: str, text_: str):
             raise InputError(f"manifest {src!r}: column {c!r} is given twice (columns {seen[c] + 1} and {i + 1}); "
                              "keep one")
         seen[c] = i
-    if "path" not in cols:
-        raise _missing_path_error(src, [h.strip() for h in header])
+    if not set(keys) & set(cols):
+        raise _missing_path_error(src, [h.strip() for h in header], keys)
     out = []
     try:
         start = reader.line_num + 1
@@ -177,7 +186,7 @@ def _csv_rows(src: str, text_: str):
             if not any(v.strip() for v in values):
                 start = reader.line_num + 1
                 continue
-            rec = {c: v for c, v in zip(cols, values) if c}
+            rec = {c: unescape_cell(v) for c, v in zip(cols, values) if c}
             out.append((start, _too_long(rec) or rec))
             start = reader.line_num + 1
     except csv.Error as e:
@@ -200,7 +209,7 @@ class _Duplicate(ValueError):
     pass
 
 
-def _json_records(src: str, text_: str):
+def _json_records(src: str, text_: str, keys):
     stripped = text_.lstrip()
     items = []
     if stripped.startswith("["):  # a .json file holding one array of objects
@@ -236,7 +245,7 @@ def _json_records(src: str, text_: str):
                 keys_seen.append(k)
         rec = {k: v for k, v in obj.items() if k}
         out.append((lineno, _too_long(rec) or rec))
-    if out and not any(isinstance(rec, dict) and "path" in rec for _, rec in out) and \
+    if out and not any(isinstance(rec, dict) and set(keys) & set(rec) for _, rec in out) and \
             any(isinstance(rec, dict) for _, rec in out):
-        raise _missing_path_error(src, keys_seen)
+        raise _missing_path_error(src, keys_seen, keys)
     return out

