@@ -140,3 +140,90 @@ def test_safe_cell_covers_every_formula_start_and_leaves_numbers():
     for v in ("a dog", "'quoted", "", "1.5", " =spaced"):
         assert safe_cell(v) == v and unescape_cell(v) == v
     assert safe_cell(-3) == -3 and safe_cell(-0.5) == -0.5 and safe_cell(None) is None
+
+
+# -- (9) a full disk and a broken stdout -------------------------------------------------------------
+def _tree(root: Path) -> dict:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+
+
+@pytest.fixture()
+def copied(store, tmp_path):
+    import shutil
+
+    s = tmp_path / "store"
+    shutil.copytree(store, s)
+    return s
+
+
+@pytest.mark.parametrize("command", ["split", "annotate"])
+@pytest.mark.parametrize("fault", ["overlay-tmp:1:raise=ENOSPC", "overlay-tmp:1:raise=EIO"])
+def test_split_and_annotate_on_a_full_disk_are_one_line_and_the_store_is_intact(copied, tmp_path, monkeypatch,
+                                                                                  command, fault):
+    from item import faults
+    from item.store import validate
+
+    labels = _manifest(tmp_path / "labels.csv", [[str(SAMPLES / PICKS[0][0]), "fake", "test"]],
+                       header=("path", "label", "split"))
+    args = ["store", "split", copied, "--overwrite"] if command == "split" else ["store", "annotate", copied, labels]
+    before = _tree(copied)
+    monkeypatch.setattr(faults, "_hits", {})
+    monkeypatch.setenv("ITEM_FAULT", fault)
+    line = one_error_line(run(*args, "--json"))
+    assert ("No space left on device" if "ENOSPC" in fault else "Input/output error") in line
+    assert "overlay" in line and "nothing was changed" in line
+    assert _tree(copied) == before  # no overlay, no temporary file left behind
+    assert validate(copied).ok
+    monkeypatch.delenv("ITEM_FAULT")
+    out = json.loads(ok(*args, "--json").stdout)  # room again: the same command works
+    assert out["overlay_version"] == 1 and out["n_changed"] >= 1
+
+
+def _subprocess(args, stdout):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(item.__file__).resolve().parents[1]))
+    return subprocess.run([sys.executable, "-m", "item", *map(str, args)], stdout=stdout, stderr=subprocess.PIPE,
+                          env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def head(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("round3-head") / "head"
+    ok("train", store, "--out", out, "--kind", "logistic")
+    return out
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("which", ["info", "info --json", "validate", "validate --json", "eval --json", "split --json",
+                                   "annotate"])
+def test_a_full_stdout_is_one_line_and_the_store_is_intact(copied, head, tmp_path, which):
+    from item.store import validate
+
+    labels = _manifest(tmp_path / "labels.csv", [[str(SAMPLES / PICKS[0][0]), "fake"]], header=("path", "label"))
+    name, *flags = which.split()
+    args = {"info": ["store", "info", copied], "validate": ["store", "validate", copied],
+            "eval": ["eval", copied, "--head", head], "split": ["store", "split", copied, "--overwrite"],
+            "annotate": ["store", "annotate", copied, labels]}[name] + flags
+    with open("/dev/full", "w") as full:
+        p = _subprocess(args, full)
+    err = p.stderr.decode()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert p.returncode == 1, err
+    assert lines == ["error: cannot write to standard output: No space left on device"], err
+    assert validate(copied).ok
+
+
+def test_a_closed_pipe_on_stdout_is_one_line(copied):
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = _subprocess(["store", "info", copied], w)
+    finally:
+        os.close(w)
+    lines = [ln for ln in p.stderr.decode().splitlines() if ln.strip()]
+    assert p.returncode == 1 and lines == ["error: cannot write to standard output: Broken pipe"], lines

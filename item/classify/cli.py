@@ -201,7 +201,7 @@ def eval_cmd(
     if out is not None and out.suffix.lower() == ".json":
         import json
 
-        out.write_text(json.dumps(doc, indent=2))
+        _write_file(out, json.dumps(doc, indent=2))
     if as_csv:
         from item.spreadsheet import safe_row
 
@@ -209,7 +209,18 @@ def eval_cmd(
         w = csv.DictWriter(buf, fieldnames=["head"] + METRIC_COLUMNS)
         w.writeheader()
         w.writerows(safe_row(row) for row in flat)  # head and generator names as text, never formulas
-        as_csv.write_text(buf.getvalue())
+        _write_file(as_csv, buf.getvalue())
+
+
+def _write_file(path: Path, text: str) -> None:
+    """Write a result file; a full disk or an unwritable folder is one line naming the file."""
+    from item.errors import InputError
+
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write it ({exc.strerror or exc})") \
+            from None
 
 
 def predict_cmd(
