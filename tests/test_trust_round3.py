@@ -227,3 +227,34 @@ def test_a_closed_pipe_on_stdout_is_one_line(copied):
         os.close(w)
     lines = [ln for ln in p.stderr.decode().splitlines() if ln.strip()]
     assert p.returncode == 1 and lines == ["error: cannot write to standard output: Broken pipe"], lines
+
+
+# -- (12) RANDOM WEIGHTS before any warning --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mixed_captions(tmp_path_factory):
+    """A store whose reals carry the dataset's captions and whose fakes were captioned: train and eval warn."""
+    base = tmp_path_factory.mktemp("round3-captions")
+    rows = [[str(SAMPLES / p), lab, "camera" if lab == "real" else "sd", split, "a photo of a dog" if lab == "real"
+             else ""] for p, lab, split in PICKS]
+    s = base / "store"
+    ok("featurize", _manifest(base / "m.csv", rows), "--store", s, "--models", "tiny-random", "--workers", "0")
+    return s
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_random_weights_is_the_first_line_before_the_caption_warnings(mixed_captions, tmp_path, as_json):
+    from item.console import RANDOM_WEIGHTS_LINE
+
+    flag = ["--json"] if as_json else []
+    for args in (["train", mixed_captions, "--out", tmp_path / "h", "--kind", "logistic", *flag],
+                 ["train", mixed_captions, "--out", tmp_path / "h2", "--head", "logistic", *flag],  # deprecated alias
+                 ["eval", mixed_captions, "--head", tmp_path / "h", *flag]):
+        r = ok(*args)
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]  # stdout and stderr, in the order written
+        assert lines[0] == RANDOM_WEIGHTS_LINE, (args, lines[:3])
+        assert any(ln.startswith("warning: ") and "captions" in ln for ln in lines), lines
+        assert sum(ln == RANDOM_WEIGHTS_LINE for ln in lines) == 1
+        if as_json:
+            assert json.loads(r.stdout)["random_weights"] is True  # stdout is the JSON document alone
+        else:
+            assert r.stdout.splitlines()[0] == RANDOM_WEIGHTS_LINE
