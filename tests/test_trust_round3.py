@@ -258,3 +258,33 @@ def test_random_weights_is_the_first_line_before_the_caption_warnings(mixed_capt
             assert json.loads(r.stdout)["random_weights"] is True  # stdout is the JSON document alone
         else:
             assert r.stdout.splitlines()[0] == RANDOM_WEIGHTS_LINE
+
+
+# -- (1, library side) index parameters the store's size cannot take ------------------------------------
+@pytest.mark.parametrize("flags,words", [
+    (["--kind", "ivfsq", "--nlist", "1000"], ["--nlist 1000", "give 1..8"]),
+    (["--kind", "ivfpq", "--nlist", "9"], ["--nlist 9", "give 1..8"]),
+    (["--kind", "ivfpq4", "--nlist", "4"], ["ivfpq4", "16 centroids"]),
+    # values that are wrong whatever the store (the command line's own ranges may refuse them first: only the
+    # flag's name is asserted)
+    (["--kind", "hnsw", "--hnsw-m", "0"], ["--hnsw-m"]),
+    (["--kind", "hnsw", "--hnsw-m", "1"], ["--hnsw-m"]),
+    (["--kind", "hnsw", "--ef-search", "0"], ["--ef-search"]),
+    (["--kind", "ivfpq", "--pq-m", "-4"], ["--pq-m"]),
+])
+def test_index_parameters_faiss_cannot_take_are_one_line_before_faiss(copied, flags, words):
+    before = _tree(copied)
+    line = one_error_line(run("store", "index", copied, *flags))
+    assert all(w in line for w in words), line
+    assert _tree(copied) == before  # no index, no half-written file
+
+
+def test_check_params_in_the_library_without_the_cli():
+    from item.errors import InputError
+    from item.store.index import _auto_params, check_params
+
+    with pytest.raises(InputError, match="--nlist 1000"):
+        check_params("ivfsq", 44, 32, _auto_params("ivfsq", 44, 32, {"nlist": 1000}))
+    check_params("ivfsq", 44, 32, _auto_params("ivfsq", 44, 32, {"nlist": 44}))  # as many lists as rows is fine
+    with pytest.raises(InputError, match="--hnsw-m 0"):
+        check_params("hnsw", 44, 32, _auto_params("hnsw", 44, 32, {"M": 0}))
