@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 import item
 from item.cli import app as cli_app
+from tests._schemas import assert_valid
 
 pytest.importorskip("fastapi", reason="item serve needs the serve extra: pip install -e '.[serve]'")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -73,6 +74,7 @@ def _error(resp, status, reason=None):
     assert resp.status_code == status, (resp.status_code, resp.text)
     body = resp.json()
     assert set(body) == {"error", "reason"} and body["error"], body
+    assert_valid(body, "api_error")
     if reason:
         assert body["reason"] == reason, body
     return body
