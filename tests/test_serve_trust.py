@@ -194,10 +194,11 @@ def test_held_uploads_beyond_max_pending_are_refused_unread_and_memory_stays_bou
     assert all(b'"reason":"busy"' in b for _, b in answered.values())
     held_peak = server.status()["VmHWM"] - baseline
     admitted = [s for i, s in enumerate(socks) if i not in answered]
-    for s in admitted:
+    for s in admitted:  # a generous timeout: the machine's two cores may be busy with other work
+        s.settimeout(180)
         s.sendall(body[first:])
     for s in admitted:
-        assert _read_response(s)[0] == 415
+        assert _read_response(s, timeout=180)[0] == 415
     peak = server.status()["VmHWM"] - baseline
     for s in socks:
         s.close()
