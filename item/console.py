@@ -57,13 +57,43 @@ def warn(message: str) -> None:
     _stderr().print(f"warning: {safe_text(message)}", markup=False, style="yellow")
 
 
+def _echo(text: str) -> None:
+    """typer.echo (which flushes), a failure to write stdout raised as OutputError (one line in ``guarded``)."""
+    try:
+        typer.echo(text)
+    except OSError as exc:
+        raise _output_error(exc) from None
+
+
+def _output_error(exc: OSError):
+    from item.errors import OutputError
+
+    return OutputError(f"cannot write to standard output: {exc.strerror or exc}")
+
+
+def _silence_stdout() -> None:
+    """After stdout failed: point it at /dev/null, so the interpreter's flush at exit does not fail again
+    (which printed 'Exception ignored ... OSError' and exited 120)."""
+    try:
+        fd = sys.stdout.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        sys.stdout = open(os.devnull, "w")
+    except OSError:
+        pass
+
+
 def emit(text: str = "") -> None:
     """A result line on stdout (control characters escaped)."""
-    typer.echo(safe_text(text))
+    _echo(safe_text(text))
 
 
 def emit_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=_json_default, ensure_ascii=False))
+    _echo(json.dumps(obj, indent=2, default=_json_default, ensure_ascii=False))
 
 
 @contextmanager
@@ -112,11 +142,23 @@ def guarded(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from item.errors import ItemError
+        from item.errors import ItemError, OutputError
 
         try:
-            return fn(*args, **kwargs)
+            try:
+                out = fn(*args, **kwargs)
+                sys.stdout.flush()  # a result still buffered fails here, not at the interpreter's exit
+                return out
+            except OSError as exc:  # not turned into an ItemError by the library: a write to stdout (rich,
+                try:                # a library's print) or a bug; either way one line, not a traceback
+                    sys.stdout.flush()
+                except OSError as out_exc:
+                    raise _output_error(out_exc) from None
+                where = f": {os.fsdecode(exc.filename)}" if exc.filename is not None else ""
+                raise ItemError(f"{exc.strerror or exc}{where}") from None
         except ItemError as exc:
+            if isinstance(exc, OutputError):
+                _silence_stdout()
             _stderr().print(f"error: {safe_text(exc, keep_newlines=False)}", markup=False, style="red")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:

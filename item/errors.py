@@ -31,3 +31,7 @@ class ModelLoadError(ItemError):
 
 class HeadError(ItemError):
     """A head file is missing, malformed or does not fit the store."""
+
+
+class OutputError(ItemError):
+    """Standard output cannot be written (a full device, a closed pipe): the result could not be printed."""

@@ -15,6 +15,8 @@ Points (where they are checked):
 - ``shard-written``: a shard's ``.partial`` file is complete and fsynced, before its rename;
 - ``shard-renamed``: the shard is renamed into place, before the manifest lists it;
 - ``manifest-tmp``: the manifest's temporary file is written and fsynced, before ``os.replace``;
+- ``overlay-tmp``: the metadata overlay's temporary file is written and fsynced, before ``os.replace``
+  (``store split`` / ``store annotate``);
 - ``index-written``: an index's ``.faiss`` and ``.rows.npy`` are in place, before its JSON sidecar;
 - ``overwrite-moved``: ``--overwrite`` moved the old manifest aside, before the old shards and index;
 - ``head-weights-written``: a head's ``head.safetensors`` is in place, before its ``head.json``.
@@ -30,8 +32,8 @@ import os
 import signal
 import time
 
-POINTS = ("batch", "shard-written", "shard-renamed", "manifest-tmp", "index-written", "overwrite-moved",
-          "head-weights-written")
+POINTS = ("batch", "shard-written", "shard-renamed", "manifest-tmp", "overlay-tmp", "index-written",
+          "overwrite-moved", "head-weights-written")
 
 _hits: dict[str, int] = {}
 

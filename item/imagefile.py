@@ -71,7 +71,12 @@ def estimate_jpeg_quality(luminance) -> tuple[int, float]:
 
 
 def open_image_cues(im) -> tuple[int, int]:
-    """(jpeg_quality or UNKNOWN, exif 1/0) of an open PIL image, from its header only (no pixel decoding)."""
+    """(jpeg_quality or UNKNOWN, exif 1/0) of an open PIL image.
+
+    The quality comes from the header. EXIF may not: a PNG's ``getexif()`` decodes the image to find an
+    eXIf chunk after its pixels, so a decoder calls this after ``load()`` (a failed decode here would leave
+    the image marked loaded).
+    """
     quality = UNKNOWN
     tables = getattr(im, "quantization", None)
     if (im.format or "").upper() == "JPEG" and tables:

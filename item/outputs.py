@@ -238,7 +238,13 @@ DOCUMENTS = {
                         "neighbors": {"type": "object"}, "limits": {"type": "object"}},
                        required=["status", "store", "heads", "models", "limits"], closed=False,
                        description="GET /api/health"),
-    "api_error": _obj({"error": _STR, "reason": _STR}, description="Any 4xx/5xx answer of the API"),
+    "api_error": _obj({"error": _STR, "reason": _STR}, description=(
+        "Any 4xx/5xx answer of the API, the framework's own (404, 405, a malformed body) included. `reason` is "
+        "one word: e.g. busy (503: all --max-pending upload places are taken; the body was not read), "
+        "store-changed (503, on every endpoint: the store on disk is no longer the one the server loaded, "
+        "restart it), upload-too-large (413), token-required (401), unknown-host (421), cross-origin (403), "
+        "not-found (404), method-not-allowed (405), bad-request (400), invalid-request (422), or an image's "
+        "skip reason (415, 413 too-large).")),
 }
 
 

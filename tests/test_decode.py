@@ -256,3 +256,107 @@ def test_decode_error_message_names_path_and_reason(tmp_path):
     with pytest.raises(DecodeError) as ei:
         decode_image(p)
     assert str(p) in str(ei.value) and "empty-file" in str(ei.value)
+
+
+# -- issue 30 (4): a file Pillow cannot fully decode is never a good image ---------------------------
+def _encoded(fmt, seed=0, **kw) -> bytes:
+    buf = io.BytesIO()
+    _noise(96, 64, seed).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _pillow_fails(data: bytes) -> bool:
+    """Whether Pillow's own open + load of these bytes raises (the reference for 'cannot fully decode')."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+        return False
+    except Exception:
+        return True
+
+
+def _damaged_idat_png() -> bytes:
+    """A PNG whose IDAT data is damaged, its chunk CRC fixed so that only the zlib stream is wrong."""
+    data = bytearray(_encoded("PNG"))
+    at = data.find(b"IDAT")
+    n = struct.unpack(">I", data[at - 4:at])[0]
+    for i in range(at + 4 + 10, at + 4 + 60):
+        data[i] ^= 0x5A
+    data[at + 4 + n:at + 8 + n] = struct.pack(">I", zlib.crc32(bytes(data[at:at + 4 + n])) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def _damaged_jpeg_scan() -> bytes:
+    """A JPEG whose entropy-coded segment holds marker bytes (0xFF runs) in its middle."""
+    data = bytearray(_encoded("JPEG", quality=90))
+    sos = data.find(b"\xff\xda")
+    mid = sos + (len(data) - sos) // 2
+    data[mid:mid + 50] = b"\xff" * 50
+    return bytes(data)
+
+
+def _damaged_webp() -> bytes:
+    """A WebP cut inside its VP8 data (libwebp refuses it when Pillow opens it)."""
+    data = _encoded("WEBP", quality=80)
+    return data[: len(data) * 2 // 3]
+
+
+@pytest.mark.parametrize("make,name", [(_damaged_idat_png, "idat.png"), (_damaged_jpeg_scan, "scan.jpg"),
+                                       (_damaged_webp, "cut.webp")])
+def test_a_damaged_file_is_corrupt_whatever_was_read_before_its_pixels(tmp_path, make, name):
+    data = make()
+    assert _pillow_fails(data)
+    p = tmp_path / name
+    p.write_bytes(data)
+    assert _reason(p) in ("corrupt", "truncated")
+    with pytest.raises(DecodeError):
+        dec.probe_image(p) if name.endswith(".webp") else decode_image(p, draft=(32, 32))
+    if name == "idat.png":
+        assert _reason(p) == "corrupt"  # "broken data stream", not an image with made-up pixels
+
+
+@pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("JPEG", {"quality": 90}), ("WEBP", {"quality": 80}),
+                                    ("WEBP", {"lossless": True}), ("GIF", {}), ("TIFF", {"compression": "tiff_deflate"}),
+                                    ("BMP", {})])
+def test_any_damage_pillow_cannot_decode_is_refused_never_unreadable(tmp_path, fmt, kw):
+    """16 bytes flipped at 40 places over the file: wherever Pillow's own load raises, decode_image refuses
+    the file with a decoder's reason (never 'ok', never the file system's 'unreadable')."""
+    import warnings
+
+    base = _encoded(fmt, **kw)
+    p = tmp_path / f"x.{fmt.lower()}"
+    refused = 0
+    for at in range(0, len(base), max(1, len(base) // 40)):
+        data = bytearray(base)
+        for i in range(at, min(len(data), at + 16)):
+            data[i] ^= 0xA5
+        p.write_bytes(bytes(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if not _pillow_fails(bytes(data)):
+                continue
+            reason = _reason(p)
+        assert reason in ("corrupt", "truncated", "not-an-image", "too-large", "bad-size"), (at, reason)
+        refused += 1
+    assert refused >= 1
+    p.write_bytes(base[: len(base) // 2])  # cut in half (a TIFF's directory sits at its end: not an image then)
+    assert _reason(p) in ("corrupt", "truncated", "not-an-image")
+
+
+def test_featurize_skips_a_png_with_damaged_idat_as_corrupt(tmp_path):
+    from typer.testing import CliRunner
+
+    from item.cli import app
+    from item.store import StoreReader
+
+    (tmp_path / "in").mkdir()
+    _noise(64, 48, 1).save(tmp_path / "in" / "good.png")
+    (tmp_path / "in" / "bad.png").write_bytes(_damaged_idat_png())
+    r = CliRunner().invoke(app, ["featurize", str(tmp_path / "in"), "--store", str(tmp_path / "s"), "--models",
+                                 "tiny-random", "--workers", "0", "--label", "real"])
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    with StoreReader(tmp_path / "s") as rd:
+        m = rd.metadata()
+    by_name = {os.path.basename(p): (s, why) for p, s, why in zip(m["path"], m["status"], m["reason"])}
+    assert by_name["good.png"][0] == "ok"
+    assert by_name["bad.png"] == ("skipped", "corrupt"), by_name

@@ -213,3 +213,66 @@ def test_a_huge_caption_is_refused_for_its_row_only(tmp_path):
     assert [os.path.basename(r.path) for r in d.rows] == ["b.png"]
     assert d.rows[0].caption == "a dog"
     assert len(d.problems) == 1 and "m.jsonl:1" in d.problems[0] and "longer than" in d.problems[0]
+
+
+# -- issue 30 (10): repeated columns, over-long fields, URLs ---------------------------------------
+@pytest.mark.parametrize("header", ["path,label,generator,label", "path,label,Label ", "PATH,label,path"])
+def test_a_column_given_twice_refuses_the_manifest_naming_it(tmp_path, header):
+    _touch(tmp_path, "a.png")
+    (tmp_path / "m.csv").write_text(header + "\n" + "a.png,real,g,fake\n")
+    with pytest.raises(InputError) as e:
+        discover([str(tmp_path / "m.csv")])
+    name = "path" if header.lower().count("path") == 2 else "label"
+    assert f"column '{name}' is given twice" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_key_given_twice_in_a_json_line_is_that_rows_problem(tmp_path):
+    _touch(tmp_path, "a.png")
+    _touch(tmp_path, "b.png")
+    (tmp_path / "m.jsonl").write_text('{"path": "a.png", "label": "real", "Label": "fake"}\n'
+                                      '{"path": "b.png", "label": "fake"}\n')
+    d = discover([str(tmp_path / "m.jsonl")])
+    assert [os.path.basename(r.path) for r in d.rows] == ["b.png"]
+    assert len(d.problems) == 1 and "m.jsonl:1" in d.problems[0] and "'label' is given twice" in d.problems[0]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_field_of_megabytes_is_its_rows_problem_not_the_files(tmp_path, fmt):
+    import csv as _csv
+
+    from item.manifests import MAX_FIELD_CHARS
+
+    for n in ("a.png", "b.png", "c.png"):
+        _touch(tmp_path, n)
+    rows = [{"path": "a.png", "label": "real", "caption": "x" * 10_000_000},  # 10 MB: over csv's own limit too
+            {"path": "b.png", "label": "fake", "caption": "a dog", "generator": "g" * (MAX_FIELD_CHARS + 1)},
+            {"path": "c.png", "label": "fake", "caption": "a cat"}]
+    m = tmp_path / f"m.{fmt}"
+    if fmt == "csv":
+        with open(m, "w", newline="") as f:
+            w = _csv.DictWriter(f, ["path", "label", "caption", "generator"])
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = discover([str(m)])
+    assert [os.path.basename(r.path) for r in d.rows] == ["c.png"]
+    assert len(d.problems) == 2 and all(len(p) < 400 for p in d.problems), [p[:200] for p in d.problems]
+    assert "'caption' field has 10,000,000 characters" in d.problems[0] and "'generator' field has" in d.problems[1]
+    import csv as _csv2
+
+    assert _csv2.field_size_limit() == 131072  # the process-wide limit is left as it was
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1/x.jpg", "https://example.org/a b.png", "s3://bucket/k.jpg",
+                                 "HTTP://EXAMPLE.ORG/X.JPG", "file:///tmp/x.jpg"])
+def test_a_url_in_a_manifest_says_urls_are_not_supported(tmp_path, url):
+    _touch(tmp_path, "a.png")
+    (tmp_path / "m.csv").write_text(f"path,label\n{url},fake\na.png,real\n")
+    d = discover([str(tmp_path / "m.csv")])
+    assert [os.path.basename(r.path) for r in d.rows] == ["a.png"]
+    assert len(d.problems) == 1
+    assert "URLs are not supported: download the files first" in d.problems[0] and url in d.problems[0]
+    assert "missing file" not in d.problems[0]
+    with pytest.raises(InputError, match="URLs are not supported"):
+        discover([url])

@@ -216,3 +216,16 @@ def test_the_noun_lexicon_ships_as_package_data():
 
     singles, compounds = load_lexicon()
     assert singles and compounds
+
+
+def test_the_store_imports_nothing_of_featurize_and_manifests_sit_below_the_stages():
+    """issue 30: annotate read its CSV through featurize's discovery; manifests are read by item.manifests,
+    which imports no stage, and the store imports nothing of featurize (functions' imports included)."""
+    graph = import_graph(ITEM)
+    store = [m for m in graph if m.startswith("item.store.")]
+    assert "item.store.annotate" in store
+    bad = [f"{m} -> {t}" for m in store for t in graph[m] if t.startswith("item.featurize")]
+    assert not bad, bad
+    assert "item.manifests" in graph.get("item.store.annotate", {})
+    stages = ("item.featurize", "item.store", "item.classify", "item.serve", "item.protocols", "item.api")
+    assert not [t for t in graph.get("item.manifests", {}) if t.startswith(stages)]

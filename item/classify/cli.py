@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from item.console import RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, info, progress_bar, table, warn
+from item.console import RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, heads_random, info, progress_bar, table, warn
 
 METRIC_COLUMNS = ["generator", "reals", "n_real", "n_fake", "acc", "real_acc", "fake_acc", "ap", "auroc",
                   "acc_05", "real_acc_05", "fake_acc_05", "oracle_acc"]
@@ -108,6 +108,7 @@ def train_cmd(
     from item.classify.heads import load_head
     from item.classify.streaming import parse_memory
 
+    said = _say_random_first(_store_random(store), as_json)  # before the training and any warning
     if head_kind_old is not None:
         warn("--head for the head type is deprecated (it means a head folder everywhere else): use "
              f"--kind {head_kind_old}")
@@ -134,6 +135,8 @@ def train_cmd(
                             max_memory=parse_memory(max_memory))
     fitted.save(out, overwrite=True)  # as documented: --out replaces a head already there
     meta = load_head(out)[1]
+    if not said:
+        _say_random_first(bool(meta.get("random_weights")), as_json)
     if meta.get("caption_source_warning"):
         warn(meta["caption_source_warning"])
     if meta.get("unsplit_warning"):
@@ -141,8 +144,6 @@ def train_cmd(
     if as_json:
         emit_json(_strict_json({**meta, "random_weights": bool(meta.get("random_weights"))}))
         return
-    if meta.get("random_weights"):
-        emit(RANDOM_WEIGHTS_LINE)
     v = meta.get("validation", {})
     emit(f"head {out}: {meta['kind']} on {meta['recipe']} ({meta['feature_size']} features), "
          f"{meta['n_train']} train rows, {meta['n_val']} validation rows ({meta['threshold_from']})")
@@ -172,9 +173,12 @@ def eval_cmd(
         from item.errors import InputError
 
         raise InputError(f"--out {out}: give a .json or .csv file")
+    said = _say_random_first(heads_random(heads), as_json)  # read from head.json, before the work and warnings
     results = evaluate(store, [str(h) for h in heads], None if split == "all" else split, allow_mixed=allow_mixed,
                        reals=parse_reals(reals))
     random_weights = any(r["info"].get("random_weights") for r in results.values())
+    if not said:
+        _say_random_first(random_weights, as_json)
     flat = [{"head": name, **row} for name, r in results.items() for row in r["table"]]
     warnings = [w for r in results.values() for w in r["warnings"]]
     for w in warnings:
@@ -187,8 +191,6 @@ def eval_cmd(
     if as_json:
         emit_json(doc)
     else:
-        if random_weights:
-            emit(RANDOM_WEIGHTS_LINE)
         if len(results) < 2 or not multi_head_table(results, split):
             for name, r in results.items():
                 metric_table(r["table"], title=f"{name} (threshold {r['threshold']:.4f}, split {split})")
@@ -201,13 +203,48 @@ def eval_cmd(
     if out is not None and out.suffix.lower() == ".json":
         import json
 
-        out.write_text(json.dumps(doc, indent=2))
+        _write_file(out, json.dumps(doc, indent=2))
     if as_csv:
+        from item.spreadsheet import safe_row
+
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=["head"] + METRIC_COLUMNS)
         w.writeheader()
-        w.writerows(flat)
-        as_csv.write_text(buf.getvalue())
+        w.writerows(safe_row(row) for row in flat)  # head and generator names as text, never formulas
+        _write_file(as_csv, buf.getvalue())
+
+
+def _say_random_first(random_weights: bool, as_json: bool) -> bool:
+    """RANDOM WEIGHTS before any warning (issue 23: the first line of every output): on stdout in text, on
+    stderr with --json (stdout carries the one JSON document, which says ``random_weights`` itself).
+    Returns whether it was said."""
+    if random_weights:
+        (info if as_json else emit)(RANDOM_WEIGHTS_LINE)
+    return random_weights
+
+
+def _store_random(store) -> bool:
+    """Whether the store's manifest records random weights (False when it cannot be read: the command's
+    own load says what is wrong)."""
+    from item.errors import ItemError
+    from item.store import StoreReader
+
+    try:
+        with StoreReader(store) as r:
+            return bool(r.random_weights)
+    except ItemError:
+        return False
+
+
+def _write_file(path: Path, text: str) -> None:
+    """Write a result file; a full disk or an unwritable folder is one line naming the file."""
+    from item.errors import InputError
+
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write it ({exc.strerror or exc})") \
+            from None
 
 
 def predict_cmd(

@@ -10,9 +10,26 @@ from item.store import StoreReader
 from item.store import schema
 
 
+def reads_stored(compat: dict, recipe: str, recompute: bool = False) -> bool:
+    """Whether ``recipe``'s features on a store with ``compat`` are its stored ``misalignment`` column
+    (the store's own recipe, not recomputed) rather than computed from the stored embeddings."""
+    return recipe == compat.get("recipe") and not recompute
+
+
+def feature_width(compat: dict, recipe: str, recompute: bool = False) -> int:
+    """Columns of :func:`store_features` for ``recipe`` on a store with ``compat`` (its ``recipe``,
+    ``embed_dim`` and ``misalignment_dim``): the stored column's width for the store's own recipe,
+    ``feature_size(recipe, embed_dim)`` otherwise. The one answer every path (in memory, streamed, a
+    head's fit check) takes, so they cannot disagree on a store whose stored vectors have another width
+    (a synthetic store's 8-float misalignment)."""
+    if reads_stored(compat, recipe, recompute):
+        return int(compat["misalignment_dim"])
+    return feature_size(recipe, int(compat["embed_dim"]))
+
+
 def store_features(reader: StoreReader, recipe: str, rows: np.ndarray, chunk_rows: int = 16384,
                    recompute: bool = False) -> np.ndarray:
-    """(len(rows), feature_size(recipe, embed_dim)) float32 for the given store rows, in their order.
+    """(len(rows), feature_width(reader.compat, recipe)) float32 for the given store rows, in their order.
 
     Computed from image_emb, caption_emb and the objects' crop/noun embeddings in chunks of
     ``chunk_rows`` images, so memory holds the result plus one chunk. Rows may repeat (e.g. a
@@ -20,7 +37,7 @@ def store_features(reader: StoreReader, recipe: str, rows: np.ndarray, chunk_row
     its ``misalignment`` column instead, unless ``recompute``.
     """
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-    if recipe == reader.manifest.get("recipe") and not recompute:
+    if reads_stored(_compat_of(reader), recipe, recompute):
         # Featurize stores this recipe's vectors computed from the float16 embeddings the store keeps,
         # so they equal a recomputation (tests/test_classify.py checks it) and read many times faster.
         return reader.read(schema.MISALIGNMENT, rows)
@@ -37,6 +54,17 @@ def store_features(reader: StoreReader, recipe: str, rows: np.ndarray, chunk_row
             uniq)
         out[s:s + chunk.size] = feats[inverse.reshape(-1)]
     return out
+
+
+def _compat_of(reader) -> dict:
+    """What feature_width reads, from a reader (the manifest's recipe is the one its column holds)."""
+    return {"recipe": reader.manifest.get("recipe"), "embed_dim": reader.embed_dim,
+            "misalignment_dim": reader.misalignment_dim}
+
+
+def store_feature_width(reader, recipe: str, recompute: bool = False) -> int:
+    """:func:`feature_width` of an open store."""
+    return feature_width(_compat_of(reader), recipe, recompute)
 
 
 def records_features(recipe: str, image_emb, caption_emb, objects: dict | None, rows=None) -> np.ndarray:

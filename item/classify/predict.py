@@ -118,10 +118,13 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], dict[str, str]]:
     """(absolute paths, {path: given caption}): files as given, folders walked recursively for image
     files (sorted), manifests (CSV / JSON Lines with ``path`` and optional ``caption``) read."""
-    from item.featurize.inputs.discover import IMAGE_EXTENSIONS, MANIFEST_EXTENSIONS, read_manifest_records
+    from item.featurize.inputs.discover import IMAGE_EXTENSIONS
+    from item.manifests import MANIFEST_EXTENSIONS, URL_REFUSAL, is_url, read_manifest_records
 
     out, captions = [], {}
     for p in inputs:
+        if is_url(str(p)):
+            raise InputError(f"{p}: {URL_REFUSAL}")
         path = Path(p)
         if path.is_dir():
             found = sorted(str(f.absolute()) for f in path.rglob("*")

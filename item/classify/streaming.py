@@ -71,13 +71,14 @@ class StoreRows:
     """Feature rows of a store, read in chunks: ``rows`` (sorted store rows), chunked by shard and budget."""
 
     def __init__(self, reader, recipe: str, rows: np.ndarray, max_chunk_rows: int):
-        from item.misalignment import feature_size
+        from item.classify.features import store_feature_width
 
         self.reader, self.recipe = reader, recipe
         self.rows = np.asarray(rows, np.int64)
         if self.rows.size and (np.diff(self.rows) <= 0).any():
             raise InputError("StoreRows: rows must be sorted and unique")
-        self.n_features = feature_size(recipe, reader.embed_dim)
+        # the width store_features gives (read() calls it), as the in-memory path sees it
+        self.n_features = store_feature_width(reader, recipe)
         shard_ends = np.cumsum([int(s["n_images"]) for s in reader.manifest["shards"]])
         cuts = np.searchsorted(self.rows, shard_ends)  # positions in rows where a shard ends
         bounds = sorted({0, self.rows.size, *[int(c) for c in cuts if 0 < c < self.rows.size]})

@@ -254,11 +254,12 @@ def _fit_streamed_if_large(reader, cfg: TrainConfig, head, train, y, val, yv, ha
     Returns the validation scores (n_val,) when it streamed, None when the rows fit in memory.
     """
     from item.classify.heads import MLPHead
+    from item.classify.features import store_feature_width
     from item.classify.streaming import (StoreRows, default_memory_budget, fit_logistic_streaming, fit_mlp_streaming,
                                          in_memory_bytes, predict_streaming)
 
     budget = cfg.max_memory or default_memory_budget()
-    n_features = feature_size(cfg.recipe, reader.embed_dim)
+    n_features = store_feature_width(reader, cfg.recipe)
     need = in_memory_bytes(train.size + val.size, n_features)
     if need <= budget:
         return None
@@ -287,7 +288,10 @@ def check_head_fits(head_info: dict, compat: dict, where: str, allow_mixed: bool
         raise IncompatibleError(f"the head was trained on other models or settings than {where}: " + "; ".join(diff)
                                 + ("; pass --allow-mixed to apply it anyway" if mixable else "")
                                 + (f" ({why})" if why else ""))
-    fs = feature_size(head_info["recipe"], int(compat["embed_dim"]))
+    from item.classify.features import feature_width
+
+    fs = feature_width(compat, head_info["recipe"]) if "misalignment_dim" in compat else \
+        feature_size(head_info["recipe"], int(compat["embed_dim"]))
     if fs != int(head_info["feature_size"]):
         raise HeadError(f"recipe {head_info['recipe']} gives {fs} features here, the head expects "
                         f"{head_info['feature_size']}")

@@ -1,7 +1,10 @@
 """The FastAPI app of ``item serve``: the static page and the JSON API over a loaded :class:`Service`.
 
 Every error is JSON ``{"error": message, "reason": word}`` with a 4xx status for what the request
-got wrong (a non-image upload is 415 naming the decode reason, never a 500). The page is one HTML
+got wrong (a non-image upload is 415 naming the decode reason, never a 500), the framework's own
+errors (404, 405, a malformed body) included. An upload is admitted (``max_pending``) and its size
+checked before its body is read (:class:`_Admission`). There is no ``/docs`` page (FastAPI's loads its
+scripts from a CDN); the schema is ``/openapi.json``. The page is one HTML
 file shipped in the package; each response gets a fresh CSP nonce for its inline script and style,
 so no other script can run in it.
 
@@ -15,10 +18,13 @@ cookie the page sets when opened once as ``/?token=TOKEN``).
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time, and
 # they are imported inside create_app.
+import logging
 import secrets
 from functools import lru_cache
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 from importlib import resources
+import re
+from http import HTTPStatus
 from typing import Optional
 
 from item.errors import InputError, ItemError
@@ -28,6 +34,11 @@ from item.serve.service import RequestError, Service
 _SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
                      "X-Frame-Options": "DENY"}
 _MULTIPART_SLACK = 64 * 1024  # form boundaries, headers and the caption around the file
+_SPOOL_MEMORY = 1 << 20  # bytes of an upload's body held in memory; the rest is spooled to disk
+_REPLAY_CHUNK = 1 << 16
+UPLOAD_PATH = "/api/predict"
+_ADMITTED = "item.admitted"  # scope key: the request holds an upload place (set by _Admission)
+_log = logging.getLogger("uvicorn.error")  # the server's own log (uvicorn configures it)
 
 
 @lru_cache(maxsize=1)
@@ -42,47 +53,122 @@ def _error(status: int, message: str, reason: str):
     return JSONResponse({"error": message, "reason": reason}, status_code=status, headers=_SECURITY_HEADERS)
 
 
-class _BodyLimit:
-    """ASGI middleware: a POST body larger than ``limit`` bytes is answered 413 before anything parses it.
+class _Admission:
+    """ASGI middleware: admission and the size limit apply before a body is read.
 
-    The declared Content-Length is checked first; the body is then read (at most ``limit`` + 1 bytes are
-    ever held) and replayed to the app, so a chunked upload without a length is bounded too.
+    Any request whose declared Content-Length exceeds ``limit`` is answered 413 at once. An upload
+    (``POST /api/predict``) then takes one of the service's ``max_pending`` places without waiting
+    (503 ``busy`` when all are taken; its body is never read) and only then is read, into a spooled
+    temporary file (``_SPOOL_MEMORY`` bytes in memory, the rest on disk, in the service's own folder),
+    refused 413 as soon as it passes ``limit`` (a chunked upload has no length to check first), and
+    replayed to the app in chunks. So the bytes in memory do not grow with the number or size of
+    uploads in flight. A client that goes away mid-upload costs one log line. Other requests carry
+    no body any route reads: theirs is cut off past ``limit``.
     """
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, service: Service, limit: int):
+        self.app, self.service, self.limit = app, service, limit
 
     async def _too_large(self, scope, receive, send):
         await _error(413, f"the upload is larger than the limit of {self.limit} bytes", "upload-too-large")(
             scope, receive, send)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            return await self._too_large(scope, receive, send)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.limit:
+        declared = _header(scope, b"content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                return await _error(400, "the Content-Length header is not a number", "bad-request")(
+                    scope, receive, send)
+            if int(declared) > self.limit:
                 return await self._too_large(scope, receive, send)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        sent = False
+        if not (scope["method"] == "POST" and scope["path"] == UPLOAD_PATH):
+            return await self.app(scope, self._capped(receive), send)
+        if not self.service.try_admit():
+            exc = self.service.busy()
+            return await _error(exc.status, str(exc), exc.reason)(scope, receive, send)
+        try:
+            await self._upload(scope, receive, send)
+        finally:
+            self.service.release_admission()
 
-        async def replay():
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+    def _capped(self, receive):
+        seen = 0
 
-        await self.app(scope, replay, send)
+        async def capped():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            return {"type": "http.disconnect"} if seen > self.limit else message
+
+        return capped
+
+    async def _upload(self, scope, receive, send):
+        import tempfile
+
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY, dir=self.service.upload_dir) as spool:
+            size, more = 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    _log.info("%s went away during its upload (%d bytes received); nothing was scored",
+                              _client(scope), size)
+                    return
+                body = message.get("body", b"")
+                size += len(body)
+                if size > self.limit:
+                    return await self._too_large(scope, receive, send)
+                spool.write(body)
+                more = message.get("more_body", False)
+            spool.seek(0)
+            done = False
+
+            async def replay():
+                nonlocal done
+                if done:
+                    return await receive()
+                chunk = spool.read(_REPLAY_CHUNK)
+                done = len(chunk) < _REPLAY_CHUNK
+                return {"type": "http.request", "body": chunk, "more_body": not done}
+
+            scope = dict(scope, **{_ADMITTED: True})
+            await self.app(scope, replay, send)
+
+
+def _header(scope, name: bytes):
+    """The value of header ``name`` (lower case), or None; the last one if repeated."""
+    value = None
+    for key, v in scope.get("headers", ()):
+        if key == name:
+            value = v
+    return value
+
+
+def _client(scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "a client"
+
+
+class _SecurityHeaders:
+    """ASGI middleware: ``_SECURITY_HEADERS`` on every response that does not set them itself."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                have = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k.lower().encode(), v.encode()) for k, v in _SECURITY_HEADERS.items()
+                         if k.lower().encode() not in have]
+                message = dict(message, headers=list(message.get("headers", [])) + extra)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 #: Names of this machine's loopback that a local browser may send as Host.
@@ -90,6 +176,19 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 #: Methods that change or spend something: they need no Origin or the server's own.
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 TOKEN_COOKIE = "item_serve_token"
+
+
+def _query_value(query: bytes, name: bytes) -> bytes:
+    """The first value of ``name`` in a raw query string, percent-decoded to bytes (b"" when absent).
+
+    ``urllib.parse.parse_qs`` on bytes decodes through UTF-8 and encodes back as ASCII, which raises on
+    any escaped non-ASCII byte (``?token=%C3%A9``); bytes in, bytes out here.
+    """
+    for part in query.split(b"&"):
+        key, _, value = part.partition(b"=")
+        if unquote_to_bytes(key.replace(b"+", b" ")) == name:
+            return unquote_to_bytes(value.replace(b"+", b" "))
+    return b""
 
 
 def _host_name(value: str) -> str:
@@ -131,17 +230,22 @@ class _SiteGuard:
         await _error(status, message, reason)(scope, receive, send)
 
     def _has_token(self, headers: dict, scope) -> tuple[bool, bool]:
-        """(presented, from_query): whether the request carries the token, and whether it came in ?token=."""
-        auth = headers.get(b"authorization", b"").decode("latin-1")
-        if auth.lower().startswith("bearer ") and secrets.compare_digest(auth[7:].strip(), self.token):
+        """(presented, from_query): whether the request carries the token, and whether it came in ?token=.
+
+        Compared as bytes: a header, cookie or query holding any other bytes (non-ASCII included) is
+        simply not the token (401), never an error.
+        """
+        token = self.token.encode("ascii")  # checked at start: ASCII a header can carry
+        auth = headers.get(b"authorization", b"")
+        if auth[:7].lower() == b"bearer " and secrets.compare_digest(auth[7:].strip(), token):
             return True, False
-        for part in headers.get(b"cookie", b"").decode("latin-1").split(";"):
-            name, _, value = part.strip().partition("=")
-            if name == TOKEN_COOKIE and secrets.compare_digest(value, self.token):
+        for part in headers.get(b"cookie", b"").split(b";"):
+            name, _, value = part.strip().partition(b"=")
+            if name == TOKEN_COOKIE.encode() and secrets.compare_digest(value, token):
                 return True, False
         if scope.get("path") == "/":
-            given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
-            if given and secrets.compare_digest(given, self.token):
+            given = _query_value(scope.get("query_string", b""), b"token")
+            if given and secrets.compare_digest(given, token):
                 return True, True
         return False, False
 
@@ -183,25 +287,23 @@ def create_app(service: Service):
     from fastapi import FastAPI, File, Form, Query, Request, UploadFile
     from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from fastapi.responses import HTMLResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from item import __version__
 
-    app = FastAPI(title="ITEM serve", version=__version__,
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, which breaks offline and calls out
+    # to a third party; the schema itself is served, as JSON, at /openapi.json.
+    app = FastAPI(title="ITEM serve", version=__version__, docs_url=None, redoc_url=None,
                   description="Score a suspicious image, see why (per-object misalignment) and which stored "
-                              "images and known generators it resembles.")
+                              "images and known generators it resembles. Every error is JSON "
+                              '{"error": message, "reason": word}.')
     app.state.service = service
-    app.add_middleware(_BodyLimit, limit=service.config.max_upload_bytes + _MULTIPART_SLACK)
+    app.add_middleware(_SecurityHeaders)
+    app.add_middleware(_Admission, service=service, limit=service.config.max_upload_bytes + _MULTIPART_SLACK)
     # Added last, so it runs first: nothing from another site is read, parsed or decoded.
     app.add_middleware(_SiteGuard, hosts=allowed_host_names(service.config.host, service.config.allowed_hosts),
                        token=service.config.token)
-
-    @app.middleware("http")
-    async def _headers(request: Request, call_next):
-        response = await call_next(request)
-        for k, v in _SECURITY_HEADERS.items():
-            response.headers.setdefault(k, v)
-        return response
 
     @app.exception_handler(RequestError)
     async def _request_error(request, exc: RequestError):
@@ -218,6 +320,17 @@ def create_app(service: Service):
     @app.exception_handler(Exception)
     async def _unexpected(request, exc: Exception):
         return _error(500, f"internal error: {type(exc).__name__}", "internal-error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc: StarletteHTTPException):
+        if exc.status_code == 404 and exc.detail == "Not Found":
+            return _error(404, f"no such route: {request.url.path}", "not-found")
+        reason = re.sub(r"[^a-z0-9]+", "-", HTTPStatus(exc.status_code).phrase.lower()).strip("-") \
+            if exc.status_code in HTTPStatus._value2member_map_ else "http-error"
+        response = _error(exc.status_code, str(exc.detail), reason)
+        for k, v in (exc.headers or {}).items():  # e.g. Allow on a 405
+            response.headers[k] = v
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request, exc: RequestValidationError):
@@ -241,14 +354,14 @@ def create_app(service: Service):
     def summary():
         return service.summary()
 
-    @app.post("/api/predict", summary="Score one uploaded image (multipart field `file`)")
-    async def predict(file: UploadFile = File(..., description="The image file."),
+    @app.post(UPLOAD_PATH, summary="Score one uploaded image (multipart field `file`)")
+    async def predict(request: Request, file: UploadFile = File(..., description="The image file."),
                       caption: Optional[str] = Form(None, description="Use this caption instead of the captioner's."),
                       k: Optional[int] = Form(None, description="Neighbours to return (default: the server's).")):
-        # The whole request was bounded by _BodyLimit; the file itself is checked exactly here.
-        data = await file.read(service.config.max_upload_bytes + 1)
-        return await run_in_threadpool(service.predict_upload, data, filename=file.filename or "",
-                                       caption=caption, k=k)
+        # Admitted and bounded by _Admission before the body was read; the file is copied from its spooled
+        # part a chunk at a time (never whole in memory) and checked exactly there.
+        return await run_in_threadpool(service.predict_upload, file.file, filename=file.filename or "",
+                                       caption=caption, k=k, admitted=bool(request.scope.get(_ADMITTED)))
 
     @app.get("/api/rows", summary="Stored images, filtered by label / generator / split, a page at a time")
     def rows(label: Optional[str] = None, generator: Optional[str] = None, split: Optional[str] = None,
@@ -269,10 +382,5 @@ def create_app(service: Service):
     def thumb(image_id: str, size: str = "small"):
         return Response(service.thumbnail(image_id, size), media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=3600"})
-
-    @app.exception_handler(404)
-    async def _not_found(request, exc):
-        return JSONResponse({"error": f"no such route: {request.url.path}", "reason": "not-found"}, status_code=404,
-                            headers=_SECURITY_HEADERS)
 
     return app

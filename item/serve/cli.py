@@ -65,19 +65,17 @@ def serve_cmd(
                                          "default only loopback names and --host are accepted."),
     token: Optional[str] = typer.Option(None, envvar="ITEM_SERVE_TOKEN", help="Require this token on every "
                                         "request (header 'Authorization: Bearer TOKEN'; a browser opens "
-                                        "/?token=TOKEN once). Also read from $ITEM_SERVE_TOKEN."),
+                                        "/?token=TOKEN once): 16 or more ASCII letters, digits and - . _ ~. "
+                                        "Also read from $ITEM_SERVE_TOKEN."),
 ):
     """Serve a web page and JSON API: score an image, see why, and what it resembles."""
-    from item.errors import InputError
-
     _require_extra()  # numbers are checked before this body runs (item/options.py)
-    if token is not None and len(token) < 16:
-        raise InputError("--token must be at least 16 characters (e.g. python -c 'import secrets; "
-                         "print(secrets.token_urlsafe())')")
     import uvicorn
 
     from item.serve.app import create_app
-    from item.serve.service import ServeConfig, Service
+    from item.serve.service import ServeConfig, Service, check_token
+
+    check_token(token)  # at least 16 characters that a header, a cookie and a URL carry as they are
 
     if not is_local_host(host) and not token:
         warn(f"--host {host}: this server has NO authentication. Anyone who can reach {host}:{port} can upload "

@@ -18,6 +18,13 @@ answered 503 at once, and a thumbnail that waits more than ``SLOT_WAIT_S`` for a
 (``DEFAULT_UPLOAD_PIXELS``, lower than featurize's) before any pixel is decoded, and after a large
 image the memory it used is handed back to the system (``gc`` and glibc's ``malloc_trim``).
 
+One store, one answer: the server holds the store's ``writer.lock`` shared for its whole life, so an
+``--overwrite`` is refused while it runs, and before and after every answer it checks that the store on
+disk is still the one it loaded (the manifest's and overlay's file identity, then the store's
+fingerprint and overlay version when those moved). A store that changed (rows added by another
+writer, metadata annotated, the folder replaced) is answered 503 ``store-changed`` from then on, on
+every endpoint, until the server is restarted: no answer mixes what it loaded with what is there now.
+
 Nothing a request sends becomes a path: uploads are written under a name this process makes up in
 a private temporary folder, and thumbnails are served only for ids found in the store, from the
 path the store records.
@@ -25,6 +32,7 @@ path the store records.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -35,7 +43,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import numpy as np
 
@@ -62,6 +70,25 @@ MAX_K = 100
 THUMB_SIZES = {"small": 160, "large": 512}
 #: Ids are sha256 hex digests; a unique prefix of at least 6 characters is accepted.
 _ID_RE = re.compile(r"^[0-9a-f]{6,64}$")
+#: What a token may hold: URL-unreserved ASCII, which a header, a cookie and a query string all carry as is.
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~-]+$")
+#: Bytes copied at a time from an upload's file to the server's own.
+_COPY_CHUNK = 1 << 16
+
+
+def check_token(token: str | None) -> None:
+    """Raise InputError unless ``token`` (when given) is at least 16 characters a header, a cookie and a
+    URL can all carry unchanged: letters, digits and ``-._~`` (what ``secrets.token_urlsafe`` makes)."""
+    if token is None:
+        return
+    if len(token) < 16:
+        raise InputError("--token must be at least 16 characters (e.g. python -c 'import secrets; "
+                         "print(secrets.token_urlsafe())')")
+    if not _TOKEN_RE.match(token):
+        bad = next(c for c in token if not _TOKEN_RE.match(c))
+        raise InputError(f"--token holds {bad!r}, which an HTTP header, cookie or URL cannot carry as is: use only "
+                         "ASCII letters, digits and - . _ ~ (e.g. python -c 'import secrets; "
+                         "print(secrets.token_urlsafe())')")
 
 
 class RequestError(InputError):
@@ -110,6 +137,26 @@ def release_memory() -> None:
         pass
 
 
+def _answers(method):
+    """An answer given only while the store on disk is the one loaded: checked before and after (see the
+    module doc); a store error met meanwhile is a 503 when the store changed under it."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        self.check_store()
+        try:
+            out = method(self, *args, **kwargs)
+        except RequestError:
+            raise
+        except (ItemError, OSError):
+            self.check_store()
+            raise
+        self.check_store()
+        return out
+
+    return wrapper
+
+
 def vote(hits: list[dict]) -> list[dict]:
     """Known generators (and 'real') by vote of one query's neighbours (``item.outputs.vote_table``)."""
     from item.outputs import vote_table
@@ -128,17 +175,34 @@ class Service:
 
     def __init__(self, config: ServeConfig, *, log: Callable[[str], None] = lambda s: None,
                  models=None):
+        from item.store.locks import ReaderLock
+
+        if not config.heads:
+            raise InputError("give at least one --head")
+        if config.max_pending < 1:
+            raise InputError(f"max_pending must be at least 1, got {config.max_pending}")
+        check_token(config.token)
+        # Held until close(): an --overwrite of this store is refused while the server answers from it.
+        self._store_lock_file = ReaderLock(config.store).acquire()
+        try:
+            self._load(config, log, models)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, config: ServeConfig, log, models) -> None:
         from item.classify.heads import load_head
         from item.classify.train import check_head_fits
         from item.featurize.inputs.decode import DEFAULT_MAX_PIXELS
         from item.store import StoreReader, list_indexes
         from item.store import schema
 
-        if not config.heads:
-            raise InputError("give at least one --head")
-        if config.max_pending < 1:
-            raise InputError(f"max_pending must be at least 1, got {config.max_pending}")
         self.config = config
+        self.reader = None
+        self.indexes = {}
+        self._upload_dir = None
+        self._changed: str | None = None
+        self._watch_lock = threading.Lock()
         self.max_pixels = DEFAULT_UPLOAD_PIXELS if config.max_pixels is None else (config.max_pixels or None)
         # Stored images were accepted by featurize under its own limit: their thumbnails use it.
         self.thumb_max_pixels = DEFAULT_MAX_PIXELS
@@ -147,7 +211,10 @@ class Service:
         self.decode_slots = threading.BoundedSemaphore(THUMB_DECODES)
         self.store_lock = threading.Lock()
         log(f"opening store {config.store} (read-only)")
+        self._seen = self._file_state()
         self.reader = StoreReader(config.store)
+        self.loaded_fingerprint = self.reader.fingerprint
+        self.loaded_overlay = self._overlay_key(self.reader.overlay)
         self.meta = self.reader.metadata()
         self.ok_rows = self.reader.select()
         self._ok = np.zeros(self.reader.n_images, bool)
@@ -198,10 +265,94 @@ class Service:
             + (" (RANDOM WEIGHTS)" if self.random_weights else ""))
 
     def close(self) -> None:
-        for ix in self.indexes.values():
+        for ix in getattr(self, "indexes", {}).values():
             ix.close()
-        self.reader.close()
-        shutil.rmtree(self._upload_dir, ignore_errors=True)
+        if getattr(self, "reader", None) is not None:
+            self.reader.close()
+        if getattr(self, "_upload_dir", None):
+            shutil.rmtree(self._upload_dir, ignore_errors=True)
+        self._store_lock_file.release()
+
+    @property
+    def upload_dir(self) -> str:
+        """The private folder uploads are written to (and spooled in) while they are scored."""
+        return self._upload_dir
+
+    # -- the store on disk is the one loaded ------------------------------------------------
+    def _file_state(self) -> tuple:
+        """Identity of the store folder, its manifest and its overlay on disk (None for a missing one)."""
+        from item.store import schema
+        from item.store.overlay import overlay_path
+
+        root = Path(self.config.store)
+        out = []
+        for path, full in ((root, False), (root / schema.MANIFEST, True), (overlay_path(root), True)):
+            try:
+                st = os.stat(path)
+            except OSError:
+                out.append(None)
+                continue
+            out.append((st.st_dev, st.st_ino) + ((st.st_mtime_ns, st.st_size) if full else ()))
+        return tuple(out)
+
+    @staticmethod
+    def _overlay_key(overlay: dict) -> tuple:
+        from item.store.overlay import overlay_version
+
+        v = overlay_version(overlay)
+        return v["version"], v["digest"]
+
+    def check_store(self) -> None:
+        """Raise RequestError 503 ``store-changed`` when the store on disk is no longer the one loaded.
+
+        Cheap while nothing moved (three ``stat`` calls); when a file moved, the manifest and overlay are
+        read again and compared by fingerprint and overlay version, so a rewrite that changes neither
+        (a run that added no rows) is no change. Once changed, every later answer is refused too.
+        """
+        if self._changed is None:
+            state = self._file_state()
+            if state != self._seen:
+                with self._watch_lock:
+                    if state != self._seen and self._changed is None:
+                        self._changed = self._what_changed(state)
+                        if self._changed is None:
+                            self._seen = state
+        if self._changed is not None:
+            raise RequestError(f"the store {self.config.store} changed after this server loaded it: {self._changed}; "
+                               "restart item serve to answer from the store as it is now", status=503,
+                               reason="store-changed")
+
+    def _what_changed(self, state: tuple) -> str | None:
+        """Why the store at ``state`` is not the one loaded, or None when it still is."""
+        from item.store.manifest import read_manifest
+        from item.store.overlay import read_overlay
+        from item.store.reader import manifest_fingerprint
+
+        if state[0] != self._seen[0]:
+            return "its folder was moved, removed or replaced"
+        root = Path(self.config.store)
+        try:
+            now_fp = manifest_fingerprint(read_manifest(root))
+            now_ov = self._overlay_key(read_overlay(root))
+        except (ItemError, OSError, KeyError, TypeError) as exc:
+            return f"it cannot be read as it was loaded ({exc})"
+        if now_fp != self.loaded_fingerprint:
+            return f"its content changed (fingerprint {self.loaded_fingerprint} when loaded, {now_fp} now)"
+        if now_ov != self.loaded_overlay:
+            return f"its metadata overlay changed (version {self.loaded_overlay[0]} when loaded, {now_ov[0]} now)"
+        return None
+
+    # -- admission ---------------------------------------------------------------------------
+    def try_admit(self) -> bool:
+        """Take one of the ``max_pending`` upload places, without waiting; False when all are taken."""
+        return self.pending.acquire(blocking=False)
+
+    def release_admission(self) -> None:
+        self.pending.release()
+
+    def busy(self) -> RequestError:
+        return RequestError(f"the server is busy: {self.config.max_pending} uploads are already being scored or "
+                            "waiting; try again shortly", status=503, reason="busy")
 
     # -- helpers -------------------------------------------------------------------------
     def _k(self, k: int | None) -> int:
@@ -311,28 +462,31 @@ class Service:
         return out
 
     # -- answers -------------------------------------------------------------------------
-    def predict_upload(self, data: bytes, *, filename: str = "", caption: str | None = None,
-                       k: int | None = None) -> dict:
-        """Score one uploaded image: verdict per head, caption, objects, neighbours, generators."""
+    @_answers
+    def predict_upload(self, data: bytes | BinaryIO, *, filename: str = "", caption: str | None = None,
+                       k: int | None = None, admitted: bool = False) -> dict:
+        """Score one uploaded image (its bytes, or a binary file read in chunks): verdict per head,
+        caption, objects, neighbours, generators.
+
+        ``admitted``: the caller already holds one of the ``max_pending`` places (:meth:`try_admit`,
+        as the web app does before it reads a body) and releases it; otherwise one is taken here.
+        """
         from item.classify.features import record_features
         from item.store import schema
 
         k = self._k(k)
-        if len(data) > self.config.max_upload_bytes:
-            raise RequestError(f"the upload is larger than the limit of {self.config.max_upload_bytes} bytes",
-                               status=413, reason="upload-too-large")
         if caption is not None:
             caption = caption.strip() or None
             if caption and len(caption) > MAX_CAPTION_CHARS:
                 raise RequestError(f"the caption has {len(caption)} characters, more than {MAX_CAPTION_CHARS}",
                                    reason="caption-too-long")
-        if not self.pending.acquire(blocking=False):
-            raise RequestError(f"the server is busy: {self.config.max_pending} uploads are already being scored or "
-                               "waiting; try again shortly", status=503, reason="busy")
+        if not admitted and not self.try_admit():
+            raise self.busy()
         try:
             rec = self._featurize_upload(data, caption)
         finally:
-            self.pending.release()
+            if not admitted:
+                self.release_admission()
         if rec.status != schema.STATUS_OK:
             raise RequestError(f"the image could not be featurized: {rec.reason}", status=422, reason=rec.reason)
         verdicts = self._verdicts(lambda recipe: record_features(recipe, [rec]))
@@ -363,8 +517,7 @@ class Service:
         path = os.path.join(self._upload_dir, uuid.uuid4().hex)
         pixels = 0
         try:
-            with open(path, "wb") as f:
-                f.write(data)
+            self._save_upload(data, path)
             try:
                 # The header alone (no pixel decoded) decides the size: a bomb is refused before it costs memory.
                 w, h = probe_image(path, max_pixels=self.max_pixels)
@@ -388,6 +541,26 @@ class Service:
             if pixels >= _TRIM_AFTER_PIXELS:
                 release_memory()
 
+    def _save_upload(self, data: bytes | BinaryIO, path: str) -> None:
+        """Write the upload to ``path``, a chunk at a time from a file; 413 past ``max_upload_bytes``."""
+        limit = self.config.max_upload_bytes
+        too_large = RequestError(f"the upload is larger than the limit of {limit} bytes", status=413,
+                                 reason="upload-too-large")
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            if len(data) > limit:
+                raise too_large
+            with open(path, "wb") as f:
+                f.write(data)
+            return
+        size = 0
+        with open(path, "wb") as f:
+            while chunk := data.read(_COPY_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                f.write(chunk)
+
+    @_answers
     def row_view(self, image_id: str, k: int | None = None) -> dict:
         """A stored image's view from its stored embeddings (nothing is re-encoded)."""
         from item.classify.features import store_features
@@ -420,6 +593,7 @@ class Service:
                           objects=objects, **self._lookups(image_emb, mis, k, {row}), in_store=True,
                           warnings=self._warnings(source), row=int(row), stored=stored)
 
+    @_answers
     def neighbors(self, image_id: str, k: int | None = None, on: str = "image") -> dict:
         """The k stored images nearest to a stored one (itself excluded), on image or misalignment vectors."""
         from item.store import INDEX_ON
@@ -435,6 +609,7 @@ class Service:
                 "method": f"index {self.indexes[on].kind}" if on in self.indexes else "exact",
                 "neighbors": hits, "generators": vote(hits), "random_weights": self.random_weights}
 
+    @_answers
     def rows(self, *, label: str | None = None, generator: str | None = None, split: str | None = None,
              offset: int = 0, limit: int = 100) -> dict:
         """Stored (ok) images matching the filters, a page at a time, and the values each filter takes."""
@@ -453,6 +628,7 @@ class Service:
                 "rows": [{k: v for k, v in self._hit(int(r), 1.0).items() if k != "similarity"} for r in page],
                 "random_weights": self.random_weights}
 
+    @_answers
     def thumbnail(self, image_id: str, size: str = "small") -> bytes:
         """JPEG bytes of a stored image, longest side THUMB_SIZES[size]; only for ids in the store."""
         from PIL import Image
@@ -496,6 +672,7 @@ class Service:
                 self._thumbs.popitem(last=False)
         return data
 
+    @_answers
     def summary(self) -> dict:
         """What the page shows before the first upload: the store's summary (images, generators, splits,
         groups, indexes), the heads and the number of neighbours shown by default."""
@@ -509,6 +686,7 @@ class Service:
                   "random_weights": bool(i.get("random_weights"))} for n, _, i in self.heads]
         return {"store": d, "heads": heads, "k": self.config.k, "random_weights": self.random_weights}
 
+    @_answers
     def health(self) -> dict:
         """Store, heads, models and indexes: what this server loaded at start-up."""
         r = self.reader
@@ -531,4 +709,5 @@ class Service:
         }
 
 
-__all__ = ["DEFAULT_UPLOAD_PIXELS", "ItemError", "RequestError", "ServeConfig", "Service", "release_memory", "vote"]
+__all__ = ["DEFAULT_UPLOAD_PIXELS", "ItemError", "RequestError", "ServeConfig", "Service", "check_token", "release_memory",
+           "vote"]

@@ -101,9 +101,9 @@ class AnnotateResult:
 def updates_from_manifest(manifest) -> list[Update]:
     """The Updates a CSV / JSON Lines manifest asks for: ``path`` and / or ``id``, and any of ``label``,
     ``generator``, ``split`` (empty values keep what the store holds). Raises InputError."""
-    from item.featurize.inputs.discover import normalize_label, read_manifest_records
+    from item.manifests import normalize_label, read_manifest_records
 
-    columns, records = read_manifest_records(str(manifest))
+    columns, records = read_manifest_records(str(manifest), keys=("path", "id"))
     fields = [c for c in ("label", "generator", "split") if c in columns]
     if not fields:
         raise InputError(f"manifest {manifest}: nothing to annotate; give a label, generator or split column "

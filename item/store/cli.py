@@ -121,7 +121,13 @@ def validate_cmd(store: Path = StoreDir,
 @guarded
 def export_cmd(store: Path = StoreDir,
                out: Path = typer.Option(..., "--out", "-o", help="Output file: .csv or .parquet.")):
-    """Write the per-image metadata (one row per image and per duplicate path) as CSV or Parquet."""
+    """Write the per-image metadata (one row per image and per duplicate path) as CSV or Parquet.
+
+    In CSV, a text cell that starts with =, +, -, @, a tab or a carriage return (a path, caption or
+    generator a spreadsheet would run as a formula) is written with a leading apostrophe, so the
+    spreadsheet shows it as text (OWASP's CSV-injection guidance); `item store annotate` reads such a
+    cell back without the apostrophe. Parquet keeps the raw values.
+    """
     from item.store import export_metadata
 
     if _random(store):

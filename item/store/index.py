@@ -266,6 +266,42 @@ def _auto_params(kind: str, n: int, dim: int, params: dict) -> dict:
     return p
 
 
+def check_params(kind: str, n: int, dim: int, p: dict, train_rows: int = 200_000) -> None:
+    """Raise InputError, in one line, for parameters faiss cannot take for ``n`` rows of ``dim``: it would
+    abort the process (HNSW with M < 2 fails an assertion) or end in a traceback (k-means with more lists
+    than training rows). Called with the resolved parameters, before faiss sees them."""
+    def need(name: str, flag: str, lo: int, hi: int | None = None, why: str = "") -> None:
+        if name not in p or p[name] is None:
+            return
+        try:
+            value = int(p[name])
+        except (TypeError, ValueError):
+            raise InputError(f"{flag} {p[name]!r}: give a whole number") from None
+        if value < lo or (hi is not None and value > hi):
+            span = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
+            raise InputError(f"{flag} {value}: give {span}" + (f" ({why})" if why else ""))
+
+    if kind == "hnsw":
+        need("M", "--hnsw-m", 2, why="links per node of the graph; faiss aborts below 2")
+        need("ef_search", "--ef-search", 1)
+        need("ef_construction", "ef_construction", 1)
+    if kind in IVF_KINDS:
+        n_train = min(n, train_rows)
+        need("nlist", "--nlist", 1, n_train,
+             why=f"k-means needs a training row for every list and trains on {n_train} of the {n} rows indexed "
+                 f"here; the default for this store is {_auto_params(kind, n, dim, {})['nlist']}")
+        need("nprobe", "--nprobe", 1, int(p["nlist"]), why="lists probed per query, at most --nlist")
+        if kind in ("ivfpq", "ivfpq4"):
+            need("m", "--pq-m", 1, dim, why=f"sub-quantizers, a divisor of the vector size {dim}")
+        if kind == "ivfpq4" and n_train < 16:
+            raise InputError(f"an ivfpq4 index trains 16 centroids per sub-quantizer (4-bit codes) and this store "
+                             f"has {n} rows to index; use --kind flat (exact) at this size")
+        if kind in ("ivfsq", "ivfpq4"):
+            need("refine", "refine", 0, 1)
+        if p.get("k_factor") not in (None, 0, 0.0) and float(p["k_factor"]) < 1:
+            raise InputError(f"k_factor {p['k_factor']}: give at least 1 (candidates re-ranked per result)")
+
+
 def _new_index(kind: str, dim: int, p: dict, n: int):
     import faiss
 
@@ -537,6 +573,7 @@ def build_index(root, *, on: str = "image", kind: str = "flat", params: dict | N
         dim = reader.embed_dim if on == "image" else reader.misalignment_dim
         kind, planned = plan_index(rows.size, dim, kind, budget)
         p = _auto_params(kind, rows.size, dim, {**planned, **(params or {})})
+        check_params(kind, int(rows.size), dim, p, train_rows)  # before faiss: an abort or a traceback otherwise
         if budget and index_bytes(kind, rows.size, dim, p) > budget:
             raise InputError(f"this {kind} index needs about {index_bytes(kind, rows.size, dim, p) / 2**20:.0f} "
                              f"MiB, over the memory budget of {budget / 2**20:.0f} MiB")

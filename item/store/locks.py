@@ -9,6 +9,9 @@ their process dies.
 - ``commit.lock``: exclusive and short: held for a commit's rename and manifest replace (and for
   creating the manifest and cleaning up after dead writers), never while rows are encoded.
 - ``index.lock``: one ``store index`` at a time.
+- A long-lived reader (``item serve``) may hold ``writer.lock`` shared too (:class:`ReaderLock`), so an
+  ``--overwrite`` is refused while it answers from the store; it opens the file read-only and creates
+  nothing.
 
 A flock protects an open file, not a name: after ``rm writer.lock`` the next process locks a new
 file while running writers still hold the old one. So nobody trusts writer.lock alone: a taker
@@ -170,7 +173,9 @@ class WriterLock:
             fd = _open(self.path)
             if not _flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH):
                 os.close(fd)
-                who = "; ".join(describe_holder(w) for w in live_writers(self.root)) or "another process"
+                who = "; ".join(describe_holder(w) for w in live_writers(self.root)) or (
+                    "another process (a writer, `item store index` or an `item serve` answering from it)"
+                    if exclusive else "another process")
                 what = ("--overwrite needs the store to itself, and another process is using it" if exclusive
                         else "another process is overwriting this store")
                 raise LockedError(f"{self.root}: {what}: {who}; wait for it to finish or use another --store")
@@ -331,3 +336,60 @@ def remove_if_unused(root: Path) -> bool:
     finally:
         if fd is not None:
             os.close(fd)
+
+
+class ReaderLock:
+    """A long-lived reader's hold on store ``root`` (``item serve``): ``writer.lock`` shared, for as long
+    as it answers from the store, so that an ``--overwrite`` (which needs it exclusively) is refused
+    instead of replacing the store under it. Writers that add rows still run (they hold it shared as
+    well); the reader notices their commits by the store's fingerprint.
+
+    The file is opened read-only and never created: a reader writes nothing in the store. A store
+    without ``writer.lock`` (copied without it) is read unlocked (``held`` is False). Raises
+    LockedError while an overwrite holds the store.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.path = self.root / schema.LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> "ReaderLock":
+        for _ in range(20):
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return self
+            except OSError as exc:
+                raise StoreError(f"{self.path}: cannot open the lock file ({exc.strerror or exc})") from None
+            if not _flock(fd, fcntl.LOCK_SH):
+                os.close(fd)
+                raise LockedError(f"{self.root}: another process is overwriting this store; wait for it to finish")
+            if _is_file_at(fd, self.path):
+                break
+            os.close(fd)
+        else:
+            raise LockedError(f"{self.path}: keeps being replaced; is another program removing it?")
+        if any(w.get("exclusive") for w in live_writers(self.root)):
+            os.close(fd)
+            raise LockedError(f"{self.root}: another process is overwriting this store; wait for it to finish")
+        _HELD.add(fd)
+        self.fd = fd
+        return self
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            _HELD.discard(self.fd)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False

@@ -30,7 +30,8 @@ import numpy as np
 
 from item.errors import InputError, SchemaError, StoreError
 from item.store import schema
-from item.store.manifest import atomic_write_json, now
+from item.store.files import atomic_write_bytes
+from item.store.manifest import now
 
 OVERLAY_FILE = "overlay.json"
 OVERLAY_LOCK = "overlay.lock"
@@ -141,7 +142,11 @@ def apply_overlay(meta: dict[str, np.ndarray], overlay: dict) -> dict[str, np.nd
 def _locked(root):
     """An exclusive flock on DIR/overlay.lock: one overlay writer at a time (read-modify-write)."""
     path = Path(root) / OVERLAY_LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open the overlay's lock ({exc.strerror or exc}); nothing was changed") \
+            from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -197,7 +202,14 @@ def write_changes(root, changes: list[Change], current: dict[str, dict], command
             data["updated"] = now()
             data["history"].append({"version": data["version"], "at": data["updated"], "command": command,
                                     "changed": len(changed), "by_field": dict(by_field)})
-            atomic_write_json(overlay_path(root), data)
+            path = overlay_path(root)
+            try:
+                atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"),
+                                   fault_point="overlay-tmp")
+            except OSError as exc:
+                raise StoreError(f"{path}: cannot write the metadata overlay ({exc.strerror or exc}); nothing was "
+                                 f"changed: the store keeps overlay version {int(data['version']) - 1}, and the "
+                                 "same command can be run again once there is room") from None
     return OverlayResult(int(data["version"]), digest(data), len(changed), dict(by_field))
 
 

@@ -31,6 +31,18 @@ def _decode(arr) -> np.ndarray:
     return out
 
 
+def manifest_fingerprint(manifest: dict) -> str:
+    """Identifies a store's content from its manifest: its compat key and the shards it holds (names,
+    counts and, where recorded, sizes and checksums), in order. 32 hex characters."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(manifest["compat"], sort_keys=True).encode())
+    for e in manifest["shards"]:
+        h.update(f"{e['name']}:{e['n_images']}:{e['n_objects']}:{e.get('bytes', '')}:{e.get('sha256', '')}\n"
+                 .encode())
+    return h.hexdigest()[:32]
+
+
 #: Shard files a reader keeps open at once (least recently used closed first).
 MAX_OPEN_SHARDS = 16
 
@@ -88,15 +100,8 @@ class StoreReader:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies this store's content: its compat key and the shards it holds (names, counts and,
-        where recorded, sizes and checksums), in order."""
-        import hashlib
-
-        h = hashlib.sha256(json.dumps(self.compat, sort_keys=True).encode())
-        for e in self.manifest["shards"]:
-            h.update(f"{e['name']}:{e['n_images']}:{e['n_objects']}:{e.get('bytes', '')}:{e.get('sha256', '')}\n"
-                     .encode())
-        return h.hexdigest()[:32]
+        """Identifies this store's content (:func:`manifest_fingerprint` of its manifest)."""
+        return manifest_fingerprint(self.manifest)
 
     # -- shard access ---------------------------------------------------------------------
     def _file(self, name: str):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from item.errors import InputError, StoreError
+from item.spreadsheet import safe_row
 from item.store import schema
 from item.store.reader import StoreReader
 
@@ -100,7 +101,10 @@ def export_metadata(root, out) -> int:
     """Write one row per image row (and per alias path, status 'duplicate') to ``out``; returns rows written.
 
     Reads and writes shard by shard (memory bounded by one shard's metadata plus a map from image id
-    to row for the aliases), into a temporary file beside ``out`` that replaces it when complete.
+    to row for the aliases), into a temporary file beside ``out`` that replaces it when complete. In a
+    CSV, a text cell starting with a formula character (``=``, ``+``, ``-``, ``@``, tab, CR, ...) gets a
+    leading apostrophe so a spreadsheet shows it as text (:mod:`item.spreadsheet`); Parquet keeps the
+    raw values.
     """
     from item.store import files
 
@@ -157,8 +161,8 @@ def export_metadata(root, out) -> int:
             w = csv.DictWriter(text, fieldnames=EXPORT_COLUMNS)
             w.writeheader()
             for block in blocks():
-                for rec in block:
-                    w.writerow({k: rec.get(k, "") for k in EXPORT_COLUMNS})
+                for rec in block:  # text a spreadsheet would run as a formula is written as text
+                    w.writerow(safe_row({k: rec.get(k, "") for k in EXPORT_COLUMNS}))
                 n += len(block)
             text.flush()
             text.detach()

@@ -12,6 +12,12 @@ What is decoded
 - EXIF orientation is applied (``ImageOps.exif_transpose``); ``width`` and
   ``height`` are the size *after* it. Broken EXIF is ignored (no rotation).
 - ``format`` is Pillow's name of the file format ('JPEG', 'PNG', ...).
+- A file whose pixels Pillow cannot fully decode is 'corrupt' (or 'truncated'
+  when the decoder says its data ends early), whatever was read before its
+  pixels: the pixels are decoded first, then the file cues (JPEG quality,
+  EXIF) are read. An error the decoder raises is never 'unreadable' (that
+  is the file system's errors). Damage a decoder conceals without an error
+  (libjpeg fills a damaged JPEG scan and goes on) cannot be seen here.
 - Any size of at least 1x1 decodes, including 1x1 and very thin images such
   as 10000x10: minimum sizes are the business of whoever crops or resizes.
   Neither side may be 0 ('bad-size').
@@ -142,6 +148,12 @@ def _os_error(path, e: OSError) -> DecodeError:
     return DecodeError(path, "unreadable", e.strerror or str(e))
 
 
+def _damaged(path, e: OSError) -> DecodeError:
+    """A decoder's OSError: 'truncated' when it says the data ends early, else 'corrupt'."""
+    msg = str(e)
+    return DecodeError(path, "truncated" if "truncat" in msg.lower() else "corrupt", msg)
+
+
 def file_id(path) -> str:
     """sha256 hex digest (64 lowercase hex chars) of the file's bytes, read in 1 MiB chunks.
 
@@ -225,6 +237,8 @@ def _open(path, max_pixels: int | None) -> Image.Image:
     except UnidentifiedImageError:
         raise DecodeError(path, "not-an-image") from None
     except OSError as e:
+        if e.errno is None:  # raised by a decoder, not by the file system (a damaged WebP: "could not create
+            raise _damaged(path, e) from None  # decoder object")
         raise _os_error(path, e) from None
     except Exception as e:  # plugins raise SyntaxError, ValueError, struct.error ... on junk headers
         raise DecodeError(path, "corrupt", f"{type(e).__name__}: {e}") from None
@@ -258,7 +272,6 @@ def decode_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     with im:
         fmt = im.format or ""
         w, h = im.size
-        quality, exif = open_image_cues(im)  # header only, before the pixels are decoded
         if w <= 0 or h <= 0:
             raise DecodeError(path, "bad-size", f"{w}x{h}")
         if max_pixels is not None and w * h > max_pixels:
@@ -270,14 +283,17 @@ def decode_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                 im.draft("RGB", draft)
             im.load()
         except OSError as e:
-            msg = str(e)
-            if "truncat" in msg.lower():
-                raise DecodeError(path, "truncated", msg) from None
-            raise DecodeError(path, "corrupt", msg) from None
+            if e.errno is not None:  # the file system's (EIO on a failing disk), not the decoder's
+                raise _os_error(path, e) from None
+            raise _damaged(path, e) from None
         except (EOFError, SyntaxError, ValueError, IndexError, TypeError) as e:
             raise DecodeError(path, "corrupt", f"{type(e).__name__}: {e}") from None
         except Exception as e:  # zlib.error, struct.error, MemoryError from odd codecs
             raise DecodeError(path, "corrupt", f"{type(e).__name__}: {e}") from None
+        # The file cues only after the pixels decoded: reading them may decode (a PNG's getexif() loads the
+        # image to find an eXIf chunk after IDAT), and a failed decode there left Pillow's image marked
+        # loaded, so the load above passed a PNG with damaged IDAT data as good (issue 30).
+        quality, exif = open_image_cues(im)
         try:
             oriented = ImageOps.exif_transpose(im)
         except Exception:  # broken EXIF must not cost the image: keep it unrotated

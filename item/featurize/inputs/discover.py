@@ -39,9 +39,14 @@ too). Columns, case-insensitive and trimmed: ``path`` (required), ``label``,
 ``generator``, ``split``, ``caption``; others are ignored (e.g. ``prompt``).
 A UTF-8 BOM and Windows line ends are fine. Relative paths are resolved
 against the manifest's folder. Per-row problems (the row is dropped, the rest
-kept, the message names ``file:line``): empty path, missing file, a
-directory, an unknown label, a duplicate path (the first row is kept), an
-unparsable JSON line. An empty caption is None.
+kept, the message names ``file:line``): empty path, a URL ("URLs are not
+supported: download the files first"), missing file, a directory, an unknown
+label, a duplicate path (the first row is kept), an unparsable JSON line, a
+key given twice in one JSON object, a caption over ``MAX_CAPTION_CHARS`` or
+any field over ``item.manifests.MAX_FIELD_CHARS``. A column given twice in a
+CSV header refuses the manifest in one line naming it. An empty caption is
+None. The files are read by :mod:`item.manifests`, shared with the store's
+``annotate`` and with ``predict``.
 
 Labels (manifest values and arguments; trimmed, case-insensitive):
 ``real`` = real, 0, nature, natural; ``fake`` = fake, 1, ai, generated,
@@ -58,28 +63,23 @@ none get label 'unknown', generator '' and split ''.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 
 from item.errors import InputError
-
-LABELS = ("real", "fake", "unknown")
+from item.manifests import LABEL_ALIASES as _LABEL_ALIASES
+from item.manifests import LABELS, MANIFEST_COLUMNS, MANIFEST_EXTENSIONS, URL_REFUSAL, RowProblem, is_url
+from item.manifests import normalize_label, read_manifest_records, records as manifest_records
+from item.manifests import text as _text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".json")
-MANIFEST_COLUMNS = ("path", "label", "generator", "split", "caption")
 #: A given caption longer than this is refused for its row: CLIP encodes 77 tokens (a few hundred
 #: characters), and a caption of megabytes made noun extraction and tokenising take gigabytes.
 MAX_CAPTION_CHARS = 10_000
 
-_LABEL_ALIASES = {
-    "real": "real", "0": "real", "nature": "real", "natural": "real",
-    "fake": "fake", "1": "fake", "ai": "fake", "generated": "fake", "synthetic": "fake",
-    "unknown": "unknown", "": "unknown",
-}
+__all__ = ["IMAGE_EXTENSIONS", "LABELS", "LAYOUTS", "MANIFEST_COLUMNS", "MANIFEST_EXTENSIONS", "MAX_CAPTION_CHARS",
+           "Discovery", "InputRow", "discover", "normalize_label", "read_manifest_records"]
 _SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 
 #: Folder label names per layout (lower case) -> label.
@@ -131,19 +131,6 @@ class Discovery:
         return dict(sorted(Counter((r.generator, r.label) for r in self.rows).items()))
 
 
-def normalize_label(value) -> str | None:
-    """A label value or alias -> 'real' | 'fake' | 'unknown'; None when not recognised."""
-    if value is None:
-        return "unknown"
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        value = str(value)
-    if not isinstance(value, str):
-        return None
-    return _LABEL_ALIASES.get(value.strip().lower())
-
-
 def _check_arg_label(label) -> str | None:
     if label is None:
         return None
@@ -176,6 +163,8 @@ def discover(sources: list[str], *, label=None, generator=None, split=None) -> D
         src = os.fspath(source)
         if isinstance(src, bytes):
             src = os.fsdecode(src)
+        if is_url(src):
+            raise InputError(f"source {src!r}: {URL_REFUSAL}")
         if not os.path.exists(src):
             raise InputError(f"source {src!r} does not exist")
         if os.path.isdir(src):
@@ -270,26 +259,20 @@ def _classify_parts(parts: list[str]):
 def _read_manifest(src: str, problems: list[str]):
     """-> (layout name, [(abs path, label, generator, split, caption, origin)])."""
     base = os.path.dirname(os.path.abspath(src))
-    try:
-        with open(src, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise InputError(f"cannot read manifest {src!r}: {e.strerror or e}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise InputError(f"manifest {src!r} is not UTF-8 text (byte {e.start})") from None
-    if src.lower().endswith(".csv"):
-        layout, records = "manifest-csv", _csv_records(src, text)
-    else:
-        layout, records = "manifest-jsonl", _json_records(src, text, problems)
+    layout, records = manifest_records(src)
     rows = []
     for lineno, rec in records:
         origin = f"{src}:{lineno}"
+        if isinstance(rec, RowProblem):
+            problems.append(f"{origin}: {rec}")
+            continue
         path = rec.get("path")
         path = "" if path is None else str(path).strip()
         if not path:
             problems.append(f"{origin}: empty path")
+            continue
+        if is_url(path):
+            problems.append(f"{origin}: {path[:200]}: {URL_REFUSAL}")
             continue
         full = path if os.path.isabs(path) else os.path.join(base, path)
         full = os.path.abspath(full)
@@ -313,118 +296,3 @@ def _read_manifest(src: str, problems: list[str]):
             continue
         rows.append((full, lab, _text(rec.get("generator")), _text(rec.get("split")), caption, origin))
     return layout, rows
-
-
-def read_manifest_records(src: str) -> tuple[list[str], list[tuple[str, dict]]]:
-    """A manifest's columns and raw records, for tools that update stored rows (``item store annotate``).
-
-    Returns (column names, lower case; [(origin 'file:line', {column: value})]); a relative ``path``
-    is resolved against the manifest's folder. Nothing is checked beyond the file's syntax: unlike
-    featurizing, a missing file or an empty value is the caller's business.
-    """
-    try:
-        with open(src, "rb") as f:
-            text = f.read().decode("utf-8-sig")
-    except OSError as e:
-        raise InputError(f"cannot read manifest {src!r}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"manifest {src!r} is not UTF-8 text (byte {e.start})") from None
-    if not src.lower().endswith(MANIFEST_EXTENSIONS):
-        raise InputError(f"{src!r} is not a manifest ({', '.join(MANIFEST_EXTENSIONS)})")
-    problems: list[str] = []
-    records = _csv_records(src, text) if src.lower().endswith(".csv") else _json_records(src, text, problems)
-    if problems:
-        raise InputError(problems[0])
-    base = os.path.dirname(os.path.abspath(src))
-    columns: list[str] = []
-    out = []
-    for lineno, rec in records:
-        for k in rec:
-            if k not in columns:
-                columns.append(k)
-        path = _text(rec.get("path"))
-        if path:
-            rec["path"] = os.path.abspath(path if os.path.isabs(path) else os.path.join(base, path))
-        out.append((f"{src}:{lineno}", rec))
-    return columns, out
-
-
-def _text(value) -> str:
-    return "" if value is None else str(value).strip()
-
-
-def _norm_keys(rec: dict) -> dict:
-    return {str(k).strip().lower(): v for k, v in rec.items() if k is not None}
-
-
-def _missing_path_error(src: str, found) -> InputError:
-    return InputError(f"manifest {src!r} has no 'path' column; found columns: "
-                      f"{', '.join(repr(c) for c in found) or '(none)'}; expected: {', '.join(MANIFEST_COLUMNS)} "
-                      "(path required)")
-
-
-def _csv_records(src: str, text: str):
-    import io
-
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise InputError(f"manifest {src!r} is empty; expected a header row with: {', '.join(MANIFEST_COLUMNS)}") from None
-    except csv.Error as e:
-        raise InputError(f"manifest {src!r} is not valid CSV: {e}") from None
-    cols = [h.strip().lower() for h in header]
-    if "path" not in cols:
-        raise _missing_path_error(src, [h.strip() for h in header])
-    records = []
-    try:
-        start = reader.line_num + 1
-        for values in reader:
-            if not any(v.strip() for v in values):
-                start = reader.line_num + 1
-                continue
-            rec = {}
-            for c, v in zip(cols, values):
-                rec.setdefault(c, v)
-            records.append((start, rec))
-            start = reader.line_num + 1
-    except csv.Error as e:
-        raise InputError(f"manifest {src!r} line {reader.line_num}: not valid CSV: {e}") from None
-    return records
-
-
-def _json_records(src: str, text: str, problems: list[str]):
-    stripped = text.lstrip()
-    if stripped.startswith("["):  # a .json file holding one array of objects
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"manifest {src!r}: not valid JSON ({e})") from None
-        items = [(i + 1, obj) for i, obj in enumerate(data)]  # number = position in the array
-    else:
-        items = []
-        # JSON Lines ends a line at \n only: str.splitlines() also breaks at U+2028, U+2029, U+0085 and others,
-        # which json.dumps(..., ensure_ascii=False) leaves raw inside strings (a \r before \n is JSON whitespace).
-        for lineno, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                items.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as e:
-                items.append((lineno, e))
-    records, keys_seen = [], []
-    for lineno, obj in items:
-        if isinstance(obj, json.JSONDecodeError):
-            problems.append(f"{src}:{lineno}: not valid JSON ({obj.msg})")
-            continue
-        if not isinstance(obj, dict):
-            problems.append(f"{src}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            continue
-        rec = _norm_keys(obj)
-        for k in obj:
-            if str(k).strip() not in keys_seen:
-                keys_seen.append(str(k).strip())
-        records.append((lineno, rec))
-    if records and not any("path" in rec for _, rec in records):
-        raise _missing_path_error(src, keys_seen)
-    return records
