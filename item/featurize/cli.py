@@ -114,7 +114,7 @@ def featurize_cmd(
 
         raise InputError("no image found in the given sources")
     counts = disc.counts()
-    table([{"generator": g or "-", "label": lab, "images": n} for (g, lab), n in sorted(counts.items())],
+    table([{"generator": g, "label": lab, "images": n} for (g, lab), n in sorted(counts.items())],
           ["generator", "label", "images"], title=f"{len(disc.rows)} inputs:", stderr=True)
     given = {r.label for r in disc.rows if r.caption}
     missing = {r.label for r in disc.rows if not r.caption}
