@@ -46,12 +46,30 @@ LABEL_ALIASES = {
     "unknown": "unknown", "": "unknown",
 }
 
+#: The generator of an image whose source names none: a ``0_real/1_fake`` (or ``real/fake``, ``nature/ai``)
+#: folder with no folder above its label folder, a manifest without a generator column or with an empty
+#: value, a single image file, all without ``--generator``. One name everywhere: stores, ``eval``'s tables,
+#: ``store info``, ``neighbors --generator``, the API. Stores written before it hold '' (older tables showed
+#: '-'); readers read both as this name (:func:`generator_name`).
+UNKNOWN_GENERATOR = "unknown"
+#: How a generator name is found, in the order tried (``item store info`` prints it).
+GENERATOR_RULE = ("--generator when given; else the folder layout's generator folder (the outermost folder "
+                  "above the label folder that is not a split folder) or a manifest's generator value; "
+                  f"else {UNKNOWN_GENERATOR!r}")
+_NO_GENERATOR = ("", "-")
+
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _CSV_LIMIT_LOCK = threading.Lock()
 
 
 class RowProblem(str):
     """What is wrong with one manifest row, in place of its record (the message, without 'file:line')."""
+
+
+def generator_name(value) -> str:
+    """A stored or given generator value -> its name: '' / '-' / None (no name) -> :data:`UNKNOWN_GENERATOR`."""
+    text = "" if value is None else str(value)
+    return UNKNOWN_GENERATOR if text.strip() in _NO_GENERATOR else text
 
 
 def normalize_label(value) -> str | None:

@@ -103,6 +103,7 @@ STORE_SUMMARY_PROPS = {
     "embed_dim": _INT, "misalignment_dim": _INT, "recipe": _STR, "models": {"type": "object"},
     "extractors": {"type": "object"}, "identity": {"type": "object"}, "overlay": {"type": "object"},
     "groups": _arr(_obj({"generator": _STR, "label": _STR, "split": _STR, "n": _INT})),
+    "generator_rule": _STR, "n_unknown_generator": _INT,
     "generators": _arr(_STR), "splits": _arr(_STR), "indexes": _arr({"type": "object"}), "random_weights": _BOOL,
 }
 CHECK_RESULT_PROPS = {"ok": _BOOL, "state": _STR, "problems": _arr(_STR), "warnings": _arr(_STR),
@@ -321,10 +322,13 @@ def neighbour_from_hit(hit: dict) -> dict:
 
 
 def vote_group(label: str, generator: str) -> str:
-    """A neighbour's vote: reals are one group whatever their source; fakes vote by generator."""
+    """A neighbour's vote: reals are one group whatever their source; fakes vote by generator (a fake whose
+    source named none under ``unknown``, as everywhere: :data:`item.manifests.UNKNOWN_GENERATOR`)."""
+    from item.manifests import generator_name
+
     if str(label) == "real":
         return "real"
-    return str(generator) or "(no generator)"
+    return generator_name(generator)
 
 
 def vote_table(per_query: list[list[dict]]) -> list[dict]:

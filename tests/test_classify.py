@@ -441,7 +441,7 @@ def test_generator_profile_finds_the_planted_neighbour(tmp_path):
     assert sum(r["share"] for r in prof["table"]) == pytest.approx(1.0)
     assert sum(r["top1"] for r in prof["table"]) == 30
     assert prof["table"][0]["generator"] == "A" and prof["table"][0]["share"] > 0.7
-    assert {r["generator"] for r in prof["table"]} <= {"A", "B", "real", "(no generator)"}
+    assert {r["generator"] for r in prof["table"]} <= {"A", "B", "real", "unknown"}
     assert sum(r["votes"] for r in prof["table"]) == 30 * 5
     text = ok("neighbors", store, "--generator", "C", "-k", "5").stdout
     assert "A" in text and "share" in text

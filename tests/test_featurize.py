@@ -98,7 +98,7 @@ def test_folder_layouts(tmp_path, models, layout):
         for lab in ("real", "fake"):
             for i in range(3):
                 p = make_image(src / lab / f"{i}.jpg", seed := seed + 1)
-                expected[str(p)] = (lab, "")
+                expected[str(p)] = (lab, "unknown")
     elif layout == "genimage":
         for gen in ("midjourney", "sdv4"):
             for sp in ("train", "val"):

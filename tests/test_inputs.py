@@ -49,7 +49,7 @@ def test_split_folders_anywhere_and_genimage(tmp_path):
         ("sdv4/imagenet_ai_sdv4/train/ai/b.png", "fake", "sdv4", "train"),
         ("sdv4/imagenet_ai_sdv4/val/nature/c.png", "real", "sdv4", "val"),
         ("test/progan/0_real/a.png", "real", "progan", "test"),
-        ("validation/real/d.webp", "real", "", "val"),
+        ("validation/real/d.webp", "real", "unknown", "val"),
     ]
     g = tmp_path / "g"
     _touch(g, "midjourney/train/ai/x.png")
@@ -62,7 +62,7 @@ def test_real_fake_and_flat_with_arguments(tmp_path):
     _touch(rf, "FAKE/b.png")
     d = discover([str(rf)])
     assert d.layouts[str(rf)] == "real-fake"
-    assert [(r.label, r.generator) for r in d.rows] == [("fake", ""), ("real", "")]
+    assert [(r.label, r.generator) for r in d.rows] == [("fake", "unknown"), ("real", "unknown")]
     flat = tmp_path / "flat"
     _touch(flat, "b.png")
     _touch(flat, "a.gif")
@@ -70,7 +70,7 @@ def test_real_fake_and_flat_with_arguments(tmp_path):
     d = discover([str(flat)])
     assert d.layouts[str(flat)] == "flat"
     assert [(os.path.basename(r.path), r.label, r.generator, r.split) for r in d.rows] == [
-        ("a.gif", "unknown", "", ""), ("b.png", "unknown", "", ""), ("c.tiff", "unknown", "", "")]
+        ("a.gif", "unknown", "unknown", ""), ("b.png", "unknown", "unknown", ""), ("c.tiff", "unknown", "unknown", "")]
     d = discover([str(flat)], label="AI", generator="sdxl", split="test")
     assert {(r.label, r.generator, r.split) for r in d.rows} == {("fake", "sdxl", "test")}
 
@@ -143,7 +143,7 @@ def test_csv_manifest_bom_crlf_case_and_problems(tmp_path):
     assert [(os.path.basename(r.path), r.label, r.generator, r.split, r.caption, r.origin) for r in d.rows] == [
         ("a.png", "real", "camera", "train", "A dog on a couch", f"{m}:2"),
         ("b.png", "fake", "sdxl", "test", None, f"{m}:3"),
-        ("c.png", "fake", "", "", "a caption, with comma", f"{m}:7"),
+        ("c.png", "fake", "unknown", "", "a caption, with comma", f"{m}:7"),
     ]
     probs = "\n".join(d.problems)
     assert len(d.problems) == 5
@@ -174,7 +174,7 @@ def test_jsonl_manifest(tmp_path):
     d = discover([str(m)])
     assert d.layouts[str(m)] == "manifest-jsonl"
     assert [(os.path.basename(r.path), r.label, r.generator, r.caption, r.origin) for r in d.rows] == [
-        ("a.png", "real", "", "a cat", f"{m}:1"), ("b.png", "real", "x", None, f"{m}:4")]
+        ("a.png", "real", "unknown", "a cat", f"{m}:1"), ("b.png", "real", "x", None, f"{m}:4")]
     assert any(p.startswith(f"{m}:3: not valid JSON") for p in d.problems)
     assert any(p.startswith(f"{m}:5: expected a JSON object") for p in d.problems)
     assert any(p.startswith(f"{m}:6: unknown label True") for p in d.problems)

@@ -203,51 +203,6 @@ def test_help_shows_real_metavariables_and_the_store_group_names_every_subcomman
         assert sub in line, (sub, line)
 
 
-def _readme_defaults():
-    """(command words, option, documented default) for every `[--opt VALUE]` in the README's command
-    headings; `a|b|c` documents the default as its first choice. Metavariables (DIR, N, ...) are skipped."""
-    out = []
-    for heading in re.findall(r"^### `item ([^`]+)`", (ROOT / "README.md").read_text(), re.M):
-        words = []
-        for w in heading.split():
-            if not re.fullmatch(r"[a-z]+", w):
-                break
-            words.append(w)
-        for opt, value in re.findall(r"\[(-{1,2}[a-z][\w-]*) ([^\]\s]+)\]", heading):
-            if "..." in value or "=" in value or re.fullmatch(r"[A-Z][A-Z0-9_]*", value):
-                continue
-            out.append((words, opt, value.split("|")[0]))
-    return out
-
-
-def test_readme_documents_the_defaults_the_commands_have():
-    from typer.main import get_command
-
-    from item.cli import app as root
-
-    group = get_command(root)
-    checked = []
-    for words, opt, value in _readme_defaults():
-        cmd = group
-        for w in words:
-            cmd = cmd.commands[w]
-        param = next((p for p in cmd.params if opt in getattr(p, "opts", [])), None)
-        assert param is not None, f"README: item {' '.join(words)} has no option {opt}"
-        default = param.default
-        if isinstance(default, (list, tuple)):
-            default = ",".join(map(str, default))
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            assert float(value) == float(default), (words, opt, value, default)
-        else:
-            assert value == str(default), (words, opt, value, default)
-        checked.append((" ".join(words), opt))
-    # the main options are among those checked
-    for want in [("train", "--kind"), ("train", "--hidden"), ("train", "--recipe"), ("eval", "--split"),
-                 ("neighbors", "-k"), ("serve", "--port"), ("serve", "-k"), ("store split", "--val"),
-                 ("store index", "--kind"), ("demo", "--out"), ("reproduce", "--kind")]:
-        assert want in checked, (want, checked)
-
-
 def test_report_has_the_model_spec_as_a_table_distinct_map_colours_and_index_sizes_are_true(made, tmp_path):
     from item.classify.report import map_colours
 

@@ -216,7 +216,7 @@ def test_annotate_changes_labels_and_splits_without_any_model(small, monkeypatch
     with StoreReader(store) as reader:
         m = reader.metadata(["path", "label", "split", "generator"])
         by_path = {Path(p).name: (lab, s, g) for p, lab, s, g in zip(m["path"], m["label"], m["split"], m["generator"])}
-    assert by_path["0.png"] == ("real", "test", "") and by_path["1.png"] == ("fake", "test", "gen_x")
+    assert by_path["0.png"] == ("real", "test", "unknown") and by_path["1.png"] == ("fake", "test", "gen_x")
     assert by_path["5.png"] == ("fake", "val", "gen_y")
     assert shard_digests(store) == before
     assert validate(store).ok

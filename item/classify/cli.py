@@ -294,7 +294,7 @@ def neighbors_cmd(
     from item.classify.predict import generator_profile, neighbors
     from item.errors import InputError
 
-    if generator:
+    if generator is not None:
         prof = generator_profile(store, generator, k=k, on=on)
         if as_json:
             emit_json(_strict_json(prof))
@@ -302,7 +302,7 @@ def neighbors_cmd(
         if prof["random_weights"]:
             emit(RANDOM_WEIGHTS_LINE)
         table(prof["table"], ["generator", "votes", "share", "mean_similarity", "top1"],
-              title=f"{generator}: {prof['n_queries']} rows, {k} nearest neighbours each among other "
+              title=f"{prof['generator']}: {prof['n_queries']} rows, {k} nearest neighbours each among other "
                     f"generators ({on} embeddings)")
         return
     if not query:

@@ -16,6 +16,7 @@ from item.classify.features import record_features
 from item.classify.heads import load_head
 from item.classify.train import HEAD_COMPAT_KEYS, check_head_fits, identity_diff
 from item.errors import HeadError, IncompatibleError, InputError, StoreError
+from item.manifests import generator_name
 from item.store import StoreIndex, StoreReader
 from item.store import schema
 from item.store.index import INDEX_ON, list_indexes
@@ -399,8 +400,9 @@ def generator_profile(store, generator: str, k: int = 10, on: str = "image") -> 
         meta = reader.metadata([schema.LABEL, schema.GENERATOR])
         mine = reader.select(generator=generator)
         if mine.size == 0:
-            gens = sorted(set(meta[schema.GENERATOR][reader.select()]))
-            raise InputError(f"no rows of generator {generator!r}; generators: {', '.join(gens)}")
+            names = ", ".join(sorted(set(meta[schema.GENERATOR][reader.select()].astype(str).tolist())))
+            raise InputError(f"no rows of generator {generator!r}; generators: {names or 'none (no ok row)'}")
+        generator = generator_name(generator)
         mine_fake = mine[meta[schema.LABEL][mine] == "fake"]
         queries_rows = mine_fake if mine_fake.size else mine
         others = np.setdiff1d(reader.select(), mine)

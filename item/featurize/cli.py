@@ -16,7 +16,8 @@ def featurize_cmd(
                                         show_default=False),
     store: Path = typer.Option(..., "--store", "-s", help="Store directory (created, or resumed when it exists)."),
     label: Optional[str] = typer.Option(None, help="Label for folders without label sub-folders: real|fake|unknown."),
-    generator: Optional[str] = typer.Option(None, help="Generator name for rows whose layout gives none."),
+    generator: Optional[str] = typer.Option(None, help="Generator name for rows whose layout or manifest gives "
+                                           "none (without it they are 'unknown'; given, it names every row)."),
     split: Optional[str] = typer.Option(None, help="Split name (train|val|test) for rows whose layout gives none."),
     models: str = typer.Option("default", help="Model preset: default, small, fast, tiny-random, small-random, "
                                "default-random."),
@@ -128,7 +129,7 @@ def featurize_cmd(
 
         raise InputError("no image found in the given sources")
     counts = disc.counts()
-    table([{"generator": g or "-", "label": lab, "images": n} for (g, lab), n in sorted(counts.items())],
+    table([{"generator": g, "label": lab, "images": n} for (g, lab), n in sorted(counts.items())],
           ["generator", "label", "images"], title=f"{len(disc.rows)} inputs:", stderr=True)
     given = {r.label for r in disc.rows if r.caption}
     missing = {r.label for r in disc.rows if not r.caption}

@@ -138,7 +138,7 @@ def run_robustness(source: str, head, work, cfg: RobustnessConfig = RobustnessCo
     for s in specs:
         evals[s] = evaluate(stores[s], [str(head)], None, reals=cfg.reals)
         r = next(iter(evals[s].values()))
-        results[s] = {(row["generator"] or "(no generator)"): {k: row[k] for k in ("n_real", "n_fake", "reals", "acc", "acc_05", "real_acc",
+        results[s] = {row["generator"]: {k: row[k] for k in ("n_real", "n_fake", "reals", "acc", "acc_05", "real_acc",
                                                              "fake_acc", "ap", "auroc")}
                       for row in r["table"]}
     with StoreReader(stores[""]) as reader:

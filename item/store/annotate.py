@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from item.errors import InputError
+from item.manifests import UNKNOWN_GENERATOR, generator_name
 from item.store import schema
 from item.store.overlay import FIELDS, SPLIT_BY, Change, assign_splits, write_changes
 from item.store.reader import StoreReader
@@ -227,6 +228,14 @@ def _stored_rows_of(reader) -> tuple[dict, dict]:
     return row_of, meta
 
 
+def _given(field: str, value) -> bool:
+    """Does an input name this field? '' never does, nor 'unknown' for a label or a generator (the name of
+    none, :data:`item.manifests.UNKNOWN_GENERATOR`)."""
+    if field == schema.GENERATOR:
+        return generator_name(value) != UNKNOWN_GENERATOR
+    return bool(value) and not (field == schema.LABEL and value == "unknown")
+
+
 def input_conflicts(root, rows) -> list[list[tuple[str, str, str]]]:
     """Inputs that are one stored image (the same bytes) under different labels, generators or splits.
 
@@ -244,7 +253,7 @@ def input_conflicts(root, rows) -> list[list[tuple[str, str, str]]]:
     out = []
     for entries in given.values():
         for j, c in enumerate(FIELDS):
-            named = [(p, v[j]) for p, v in entries if v[j] and not (c == schema.LABEL and v[j] == "unknown")]
+            named = [(p, v[j]) for p, v in entries if _given(c, v[j])]
             if len({v for _, v in named}) > 1:
                 out.append([(p, c, v) for p, v in named])
     return out
@@ -253,8 +262,8 @@ def input_conflicts(root, rows) -> list[list[tuple[str, str, str]]]:
 def metadata_disagreements(root, rows) -> list[tuple[str, str, str, str]]:
     """Inputs already stored whose given metadata differs from what readers see.
 
-    ``rows``: (path, label, generator, split) of a featurize run's inputs; an empty value (and label
-    'unknown') counts as not given. Inputs that contradict each other (:func:`input_conflicts`) are
+    ``rows``: (path, label, generator, split) of a featurize run's inputs; an empty value (and label or
+    generator 'unknown') counts as not given. Inputs that contradict each other (:func:`input_conflicts`) are
     left out: annotating cannot resolve them. Returns (path, field, stored value, given value), one per
     field.
     """
@@ -267,7 +276,7 @@ def metadata_disagreements(root, rows) -> list[tuple[str, str, str, str]]:
         if k is None:
             continue
         for c, v in zip(FIELDS, values):
-            if not v or (c == schema.LABEL and v == "unknown") or (path, c) in conflicting:
+            if not _given(c, v) or (path, c) in conflicting:
                 continue
             if str(meta[c][k]) != v:
                 out.append((path, c, str(meta[c][k]), v))

@@ -72,6 +72,9 @@ def info_cmd(store: Path = StoreDir,
     c = d["captions"]
     emit(f"captions         {c['without_nouns']} without any noun, {c['not_english']} not in English "
          f"(counted in {c['runs_counted']} of {c['runs']} runs; nouns are read in English only)")
+    n_unknown = d.get("n_unknown_generator", 0)
+    emit(f"generators       {d['generator_rule']}" + (f"; {n_unknown} ok rows have none and read as 'unknown'"
+                                                     if n_unknown else ""))
     if d["groups"]:
         table(d["groups"], ["generator", "label", "split", "n"], title="rows with status ok:")
     for ix in d["indexes"]:

@@ -17,10 +17,21 @@ from typing import Iterator
 import numpy as np
 
 from item.errors import StoreError
+from item.manifests import UNKNOWN_GENERATOR, generator_name
 from item.store import schema
 from item.store.manifest import read_manifest
 from item.store.overlay import apply_overlay, read_overlay
 from item.store.shards import open_checked
+
+
+def _named_generators(col: np.ndarray) -> np.ndarray:
+    """A generator column as readers see it: no name ('' in stores before, '-' in older tables) ->
+    ``unknown`` (:data:`item.manifests.UNKNOWN_GENERATOR`), whatever wrote the shard."""
+    blank = np.isin(col.astype(str), ("", "-")) if col.size else np.zeros(0, bool)
+    if blank.any():
+        col = col.copy()
+        col[blank] = UNKNOWN_GENERATOR
+    return col
 
 
 def _decode(arr) -> np.ndarray:
@@ -163,6 +174,8 @@ class StoreReader:
         if name in (schema.LABEL, schema.GENERATOR, schema.SPLIT) and self.overlay.get("rows"):
             # label / generator / split as annotated since (overlay.py)
             col = apply_overlay({schema.ID: self._read_column(k, schema.ID, local), name: col}, self.overlay)[name]
+        if name == schema.GENERATOR:
+            col = _named_generators(col)
         return col
 
     @cached_property
@@ -215,7 +228,8 @@ class StoreReader:
         """Global rows matching every given filter (a value or a list of values); sorted int64.
 
         Reads only the filtered columns, shard by shard."""
-        filters = [(col, [want] if isinstance(want, str) else list(want))
+        filters = [(col, [generator_name(w) if col == schema.GENERATOR else w
+                          for w in ([want] if isinstance(want, str) else list(want))])
                    for col, want in ((schema.LABEL, label), (schema.GENERATOR, generator), (schema.SPLIT, split),
                                      (schema.STATUS, status)) if want is not None]
         out = []
@@ -327,7 +341,8 @@ class StoreReader:
         for name in self.shards:
             g = self._file(name)[schema.G_ALIASES]
             for c in schema.ALIAS_COLUMNS:
-                cols[c.name].append(_decode(g[c.name][()]))
+                col = _decode(g[c.name][()])
+                cols[c.name].append(_named_generators(col) if c.name == schema.ALIAS_GENERATOR else col)
         return {k: (np.concatenate(v) if v else np.array([], dtype=object)) for k, v in cols.items()}
 
     def nouns(self, row: int) -> list[str]:

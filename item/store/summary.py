@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from item.errors import InputError, StoreError
+from item.manifests import GENERATOR_RULE, UNKNOWN_GENERATOR
 from item.spreadsheet import safe_row
 from item.store import schema
 from item.store.reader import StoreReader
@@ -93,6 +94,8 @@ def store_info(root) -> dict:
             "random_weights": r.random_weights,
             "overlay": {**overlay_version(r.overlay), "updated": r.overlay.get("updated")},
             "fingerprint": r.fingerprint,
+            "generator_rule": GENERATOR_RULE,
+            "n_unknown_generator": int((meta[schema.GENERATOR][ok] == UNKNOWN_GENERATOR).sum()),
             "groups": [{"generator": g, "label": lab, "split": s, "n": n}
                        for (g, lab, s), n in sorted(groups.items())],
             "indexes": [{k: i.get(k) for k in ("file", "kind", "on", "count", "fresh", "problem")}

@@ -26,7 +26,7 @@ Each path component below the source is read, deepest first:
   not a split folder, e.g. ``progan`` in ``progan/car/0_real/x.png`` or
   ``test/progan/1_fake/x.png``, ``sdv4`` in ``sdv4/train/ai/x.png``. A label
   folder directly under the source (or under split folders only) gives no
-  generator (''). In a folder with no label folders, every row is ``flat``.
+  generator (``unknown``, :data:`item.manifests.UNKNOWN_GENERATOR`). In a folder with no label folders, every row is ``flat``.
 
 Names compare case-insensitively. The layout name reported per source is a key
 of :data:`LAYOUTS`.
@@ -58,7 +58,7 @@ Precedence
 An explicit ``label`` / ``generator`` / ``split`` argument wins over what the
 layout or the manifest says, for every row of every source (you asked for
 it by name). Without it, the layout or manifest value is used; rows with
-none get label 'unknown', generator '' and split ''.
+none get label 'unknown', generator 'unknown' and split ''.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 from item.errors import InputError
 from item.manifests import LABEL_ALIASES as _LABEL_ALIASES
 from item.manifests import LABELS, MANIFEST_COLUMNS, MANIFEST_EXTENSIONS, URL_REFUSAL, RowProblem, is_url
-from item.manifests import normalize_label, read_manifest_records, records as manifest_records
+from item.manifests import generator_name, normalize_label, read_manifest_records, records as manifest_records
 from item.manifests import text as _text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -112,7 +112,7 @@ class InputRow:
 
     path: str  # absolute path (os.fsdecode form for non-UTF-8 names)
     label: str  # one of LABELS
-    generator: str  # '' when unknown
+    generator: str  # 'unknown' (UNKNOWN_GENERATOR) when the source names none
     split: str  # '' when unknown
     caption: str | None  # given caption (manifest), None otherwise
     origin: str  # 'manifest.csv:12' or the source folder, for messages
@@ -186,7 +186,7 @@ def discover(sources: list[str], *, label=None, generator=None, split=None) -> D
             found.rows.append(InputRow(
                 path=path,
                 label=overrides["label"] if overrides["label"] is not None else lab,
-                generator=overrides["generator"] if overrides["generator"] is not None else gen,
+                generator=generator_name(overrides["generator"] if overrides["generator"] is not None else gen),
                 split=overrides["split"] if overrides["split"] is not None else spl,
                 caption=caption,
                 origin=origin,
