@@ -120,9 +120,9 @@ class Join:
 
 def join_line(summary: dict) -> str:
     """One line saying how many images a join kept, and how many each store dropped."""
-    per = "; ".join(f"{s['store']}: {s['n_ok']} ok rows, {s['dropped']} dropped (not in every store)"
-                    for s in summary["stores"])
-    return f"joined {summary['n_joined']} images of {len(summary['stores'])} stores by image id ({per})"
+    per = ", ".join(f"{s['store']} {s['dropped']} of {s['n_ok']} ok rows" for s in summary["stores"])
+    return (f"joined {summary['n_joined']} images of {len(summary['stores'])} stores by image id; dropped (not in "
+            f"every store): {per}")
 
 
 def _ok_ids(reader: StoreReader) -> tuple[np.ndarray, np.ndarray]:

@@ -334,7 +334,7 @@ def head_parts(info: dict) -> list[dict]:
              "feature_columns": [0, int(info.get("feature_size", 0))]}]
 
 
-def _fit_problem(want: dict, recipe: str, n_features: int, compat: dict, where: str,
+def fit_problem(want: dict, recipe: str, n_features: int, compat: dict, where: str,
                  allow_mixed: bool = False) -> Exception | None:
     """Why features of a store with ``compat`` cannot feed a head (part) trained on ``want`` with
     ``n_features`` columns of ``recipe``; None when they can."""
@@ -367,7 +367,7 @@ def check_head_fits(head_info: dict, compat: dict, where: str, allow_mixed: bool
         raise IncompatibleError(f"the head was trained on {len(parts)} stores, one per backbone ({labels}); "
                                 f"{where} is one: give all {len(parts)} (e.g. `item eval STORE_1 ... STORE_{len(parts)} "
                                 "--head HEAD`)")
-    problem = _fit_problem(head_info.get("compat", {}), head_info["recipe"], int(head_info["feature_size"]), compat,
+    problem = fit_problem(head_info.get("compat", {}), head_info["recipe"], int(head_info["feature_size"]), compat,
                            where, allow_mixed)
     if problem is not None:
         raise problem
@@ -390,7 +390,7 @@ def assign_stores(heads: list, compats: list[dict], names: list[str], allow_mixe
         n_features = [p["feature_columns"][1] - p["feature_columns"][0] for p in parts]
         picks: list[int] = []
         for i, part in enumerate(parts):
-            problems = {j: _fit_problem(part["compat"], info["recipe"], n_features[i], compats[j],
+            problems = {j: fit_problem(part["compat"], info["recipe"], n_features[i], compats[j],
                                         f"store {names[j]}", allow_mixed) for j in range(len(compats)) if j not in picks}
             fits = [j for j, p in problems.items() if p is None]
             if not fits:
@@ -491,7 +491,8 @@ def evaluate(store, heads: list, split: str | None = "test", allow_mixed: bool =
     reals: {fake generator (or fnmatch pattern): generator of the reals it is scored against}, see
     ``item.classify.pairing``; generators not named keep the automatic own / pooled choice.
     Returns {head name: {'table': rows, 'scores', 'labels', 'generators', 'threshold', 'info',
-    'real_pool', 'warnings', 'join' (the counts joined and dropped; None for one store)}}. Each head's own
+    'real_pool', 'warnings', 'join' (the counts joined and dropped; None for one store), 'stores_read' (the
+    indices of the stores the head read, in its feature order)}}. Each head's own
     threshold (fixed on validation data at training time) is used as is. Rows that are training-time
     augmented copies (their perturbation differs from the store's) are never evaluated.
     """
@@ -544,7 +545,7 @@ def evaluate(store, heads: list, split: str | None = "test", allow_mixed: bool =
             warnings += store_warnings + own_warnings.get(name, [])
             out[name] = {"table": table, "scores": scores, "labels": labels, "generators": gens,
                          "threshold": info["threshold"], "info": info, "rows": rows, "real_pool": pool,
-                         "warnings": warnings, "join": summary}
+                         "warnings": warnings, "join": summary, "stores_read": list(use)}
     return out
 
 
