@@ -123,8 +123,17 @@ class Head:
         self.info = info
 
     def __repr__(self) -> str:
-        return (f"<item head: {self.info.get('kind')} on {self.recipe}, {self.info.get('feature_size')} features, "
+        over = f" over {len(self.info['stores'])} backbones" if self.info.get("stores") else ""
+        return (f"<item head: {self.info.get('kind')} on {self.recipe}{over}, {self.info.get('feature_size')} features, "
                 f"threshold {self.threshold:.4f}{', RANDOM WEIGHTS' if self.random_weights else ''}>")
+
+    @property
+    def backbones(self) -> list[str]:
+        """The backbone of each store the head reads, in the order of its feature columns (one for a head
+        trained on one store)."""
+        from item.classify.train import head_parts
+
+        return [p["backbone"]["label"] for p in head_parts(self.info)]
 
     @property
     def recipe(self) -> str:

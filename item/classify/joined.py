@@ -134,16 +134,21 @@ def _ok_ids(reader: StoreReader) -> tuple[np.ndarray, np.ndarray]:
     return rows[keep], ids[keep]
 
 
+def check_distinct(paths) -> None:
+    """Refuse a store given twice (the same folder under two spellings too)."""
+    seen: set[str] = set()
+    for p in paths:
+        key = str(Path(p).resolve())
+        if key in seen:
+            raise InputError(f"store {p} is given twice; give each store once")
+        seen.add(key)
+
+
 def join_readers(paths, readers) -> Join:
     """Join open readers (see the module docstring); refuses a store given twice, no shared image, and
     stores that disagree on an image's label, split or generator."""
     paths = [Path(p) for p in paths]
-    seen: dict[str, Path] = {}
-    for p in paths:
-        key = str(p.resolve())
-        if key in seen:
-            raise InputError(f"store {p} is given twice; give each store once")
-        seen[key] = p
+    check_distinct(paths)
     if len(readers) == 1:
         rows = readers[0].select()
         return Join(paths, readers, [rows], [rows.size])

@@ -496,12 +496,20 @@ def evaluate(store, heads: list, split: str | None = "test", allow_mixed: bool =
     threshold (fixed on validation data at training time) is used as is. Rows that are training-time
     augmented copies (their perturbation differs from the store's) are never evaluated.
     """
-    from item.classify.joined import open_join
+    from contextlib import ExitStack
+
+    from item.classify.joined import check_distinct, join_readers
     from item.classify.pairing import real_pools
 
     split = None if split in (None, "", ALL_SPLITS) else split
     paths = store_paths(store)
-    with open_join(paths) as join:
+    check_distinct(paths)
+    with ExitStack() as stack:
+        readers = [stack.enter_context(StoreReader(p)) for p in paths]
+        loaded, own_warnings, picks = [], {}, None
+        if len(paths) > 1:  # which head reads which store first: a wrong store is named as such, not as a bad join
+            picks = _load_and_assign(heads, each, readers, paths, allow_mixed, loaded, own_warnings)
+        join = join_readers(paths, readers)
         reader = join.first
         rows = reader.select(label=["real", "fake"], split=split) if split else reader.select(label=["real", "fake"])
         if rows.size:
@@ -522,18 +530,8 @@ def evaluate(store, heads: list, split: str | None = "test", allow_mixed: bool =
         overlay_rows = reader.overlay.get("rows") or {}
         store_warnings = _relabelled_fake_warnings(ids, labels, gens, overlay_rows)
         pool, kinds = real_pools(labels, gens, reals or {})
-        loaded, own_warnings = [], {}
-        for name, head_dir in zip(_head_names(heads), heads):
-            head, info = load_head(head_dir)
-            loaded.append((name, head, info))
-            if each and len(head_parts(info)) > 1:
-                subs, own_warnings[name] = backbone_heads(name, info)
-                loaded += subs
-        if each and len(loaded) == len(heads):
-            own_warnings[loaded[0][0]] = ["--each: no head reads several stores, so there is no backbone to show "
-                                          "alone"]
-        picks = assign_stores([(n, i) for n, _, i in loaded], [r.compat for r in join.readers],
-                              [str(p) for p in join.paths], allow_mixed)
+        if picks is None:
+            picks = _load_and_assign(heads, each, readers, paths, allow_mixed, loaded, own_warnings)
         summary = join.summary() if len(join) > 1 else None
         out = {}
         for (name, head, info), use in zip(loaded, picks):
@@ -547,6 +545,23 @@ def evaluate(store, heads: list, split: str | None = "test", allow_mixed: bool =
                          "threshold": info["threshold"], "info": info, "rows": rows, "real_pool": pool,
                          "warnings": warnings, "join": summary, "stores_read": list(use)}
     return out
+
+
+def _load_and_assign(heads, each, readers, paths, allow_mixed, loaded: list, own_warnings: dict) -> list[list[int]]:
+    """Load ``heads`` into ``loaded`` as (name, head, info), each followed by its backbones alone with
+    ``each`` (their warnings into ``own_warnings``); returns ``assign_stores``' picks."""
+    compats, names = [r.compat for r in readers], [str(p) for p in paths]
+    given = [(name, *load_head(head_dir)) for name, head_dir in zip(_head_names(heads), heads)]
+    if each:  # the stores are checked before minutes of training on the fly
+        assign_stores([(n, i) for n, _, i in given], compats, names, allow_mixed)
+    for name, head, info in given:
+        loaded.append((name, head, info))
+        if each and len(head_parts(info)) > 1:
+            subs, own_warnings[name] = backbone_heads(name, info)
+            loaded += subs
+    if each and len(loaded) == len(heads):
+        own_warnings[loaded[0][0]] = ["--each: no head reads several stores, so there is no backbone to show alone"]
+    return assign_stores([(n, i) for n, _, i in loaded], compats, names, allow_mixed)
 
 
 def _relabelled_fake_warnings(ids, labels, gens, overlay_rows: dict) -> list[str]:
