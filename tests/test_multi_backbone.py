@@ -202,6 +202,17 @@ def test_a_missing_extra_or_wrong_store_is_one_line_naming_it(two, tmp_path):
     one_error_line(cli("report", two["A"], "--head", two["H"], "--out", tmp_path / "r.html"), "needs a store")
 
 
+def test_one_store_commands_refuse_a_head_over_several_in_one_line(two, tmp_path):
+    from item.classify.train import check_head_fits
+    from item.errors import IncompatibleError
+
+    info = json.loads((two["H"] / "head.json").read_text())
+    with StoreReader(two["A"]) as r, pytest.raises(IncompatibleError, match="trained on 2 stores, one per backbone"):
+        check_head_fits(info, r.compat, "store A")  # what `item serve` checks its heads with
+    one_error_line(cli("robustness", two["rows"][0]["path"], "--head", two["H"], "--work", tmp_path / "w"),
+                   "reads 2 stores", "give a head trained on one store")
+
+
 def test_eval_each_shows_every_backbone_alone_beside_the_fused_head(two):
     doc = _eval_json(two["A"], two["B"], "--head", two["H"], "--head", two["HA"], "--each")
     label_b = doc["backbones"]["H"][1]
@@ -216,6 +227,17 @@ def test_eval_each_shows_every_backbone_alone_beside_the_fused_head(two):
     text = ok("eval", two["A"], two["B"], "--head", two["H"], "--each").stdout
     assert text.startswith(RANDOM) and "split test: 3 heads side by side" in text
     assert f"H[{label_b}] (threshold" in text
+
+
+def test_eval_each_needs_the_stores_the_head_was_trained_on(two, tmp_path):
+    moved = tmp_path / "H"
+    shutil.copytree(two["H"], moved)
+    info = json.loads((moved / "head.json").read_text())
+    info["stores"][1]["store"] = str(tmp_path / "gone")
+    (moved / "head.json").write_text(json.dumps(info))
+    ok("eval", two["A"], two["B"], "--head", moved)  # the fused head needs only the stores given
+    one_error_line(cli("eval", two["A"], two["B"], "--head", moved, "--each"), "--each", str(tmp_path / "gone"),
+                   "is not there")
 
 
 def test_eval_each_on_a_one_store_head_says_there_is_nothing_to_split(two):
