@@ -48,7 +48,15 @@ def featurize_cmd(
                                                   "transformers' example, OWLv2 0.1, OmDet-Turbo 0.3)."),
     text_threshold: Optional[float] = typer.Option(None, help="Text threshold on a noun's mean token score, kept "
                                                    "strictly above (Grounding DINO 0.25, MM-Grounding-DINO 0.3)."),
-    max_objects: int = typer.Option(8, help="At most this many nouns per caption are grounded."),
+    max_objects: Optional[int] = typer.Option(None, help="At most this many nouns per caption are grounded "
+                                              "(default 8; with --objects-from, OLD's, or fewer)."),
+    objects_from: Optional[Path] = typer.Option(None, "--objects-from", help="A store of the same images whose "
+                                                "captions, nouns, boxes and grounding decisions this run reuses "
+                                                "(matched by content id): no captioner or grounder loads, only "
+                                                "the CLIP given by --backbone / --clip / --models is run. Every "
+                                                "input must be in OLD; OLD's captioner, grounder, thresholds, "
+                                                "perturbation and max objects become this store's.",
+                                                show_default=False),
     perturb: Optional[List[str]] = typer.Option(None, help="Robustness perturbation applied after decoding: "
                                                 "jpeg:75, blur:1.0, resize:0.5; repeat or join with '+'."),
     batch_size: int = typer.Option(0, help="Images per batch (decoded together); 0: 64 on CUDA, 16 on CPU."),
@@ -98,8 +106,14 @@ def featurize_cmd(
 
     check_caption_decoding(caption_decoding)  # refused before any input is read or model loaded
     perturbation = parse_perturb(perturb or None)
+    old_random = False
+    if objects_from is not None:
+        old_random = _check_objects_from(objects_from, captioner=captioner, grounder=grounder, ground_size=ground_size,
+                            box_threshold=box_threshold, text_threshold=text_threshold, augment=augment)
     spec = resolve_models(models, clip=clip, pretrained=pretrained, captioner=captioner, grounder=grounder,
                           ground_size=ground_size, backbone=backbone)
+    if old_random:
+        spec = dataclasses.replace(spec, random_weights=True)
     if spec.random_weights and not as_json:  # the first line, before discovery and hours of work
         emit(RANDOM_WEIGHTS_LINE)
     disc = discover(list(sources), label=label, generator=generator, split=split)
@@ -122,7 +136,7 @@ def featurize_cmd(
         warn("captions are given for some labels only: real and fake rows will be captioned by different "
              "sources, which a head can learn instead of misalignment")
     no_caption = [r for r in disc.rows if not r.caption]
-    if spec.captioner == "none" and no_caption:
+    if spec.captioner == "none" and no_caption and objects_from is None:
         from item.errors import InputError
 
         # Refused before any model loads and before the store folder exists.
@@ -135,13 +149,16 @@ def featurize_cmd(
     config = FeaturizeConfig(
         batch_size=batch_size, clip_batch_size=clip_batch_size, caption_batch_size=caption_batch_size,
         ground_batch_size=ground_batch_size,
-        max_objects=max_objects, workers=workers,
+        max_objects=8 if max_objects is None else max_objects, workers=workers,
         shard_size=shard_size, perturb=str(perturbation), device=device, noun_prompt=noun_prompt,
         caption_decoding=caption_decoding,
         max_pixels=(None if max_pixels == 0 else (max_pixels or DEFAULT_MAX_PIXELS)),
         engine=engine, ray_address=ray_address, ray_actors=ray_actors, gpus_per_actor=gpus_per_actor,
         profile_stages=profile_stages)
     command = "item featurize " + " ".join(sources)
+    if objects_from is not None:
+        info(f"captions, nouns and boxes from {objects_from}: loading the CLIP only ({spec.clip_model} "
+             f"{spec.clip_pretrained or 'random'}) ...")
     info(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''})"
          f"{' in ' + str(ray_actors) + ' Ray actors' if engine == 'ray' else ''} ...")
     if augment and engine != "local":
@@ -157,7 +174,8 @@ def featurize_cmd(
         with progress_bar(len(disc.rows), "featurizing") as advance:
             summary = featurize_store(disc.rows, store, models=run_models, config=config, progress=advance,
                                       overwrite=overwrite, command=command,
-                                      allow_mixed=allow_mixed)
+                                      allow_mixed=allow_mixed, objects_from=objects_from,
+                                      max_objects=max_objects if objects_from is not None else None)
         for k, v in summary.mixed_identity.items():
             warn(f"--allow-mixed: {k} was {v['run']!r} in this run, the store's is {v['store']!r}")
         if augment:
@@ -189,6 +207,26 @@ def featurize_cmd(
     info(f"time per stage: {stages}")
     info(f"text cache: {summary.text_cache_hits} hits, {summary.text_cache_misses} misses "
          f"({100 * summary.text_cache_hit_rate:.0f}% hit rate)")
+
+
+def _check_objects_from(path: Path, **given) -> bool:
+    """--objects-from with an option that only a captioner or grounder would use: one line, before any work.
+    True when OLD was made with random weights."""
+    from item.errors import InputError
+    from item.featurize.run.objects_from import ObjectsSource
+
+    clash = [k for k, v in given.items() if v]
+    if clash:
+        opt = "--" + clash[0].replace("_", "-")
+        raise InputError(f"--objects-from {path} takes captions, nouns and boxes from that store: {opt} does not "
+                         "apply (no captioner or grounder runs)")
+    if not path.is_dir():
+        raise InputError(f"--objects-from {path}: no such store folder")
+    source = ObjectsSource(path)
+    try:
+        return bool(source.compat.get("random_weights"))
+    finally:
+        source.close()
 
 
 def _after_run_warnings(store: Path, rows, sources) -> None:

@@ -60,6 +60,11 @@ def info_cmd(store: Path = StoreDir,
     for role, spec in d["extractors"].items():
         emit(f"extractor {role:<6} " + ", ".join(str(v) if k in ("extractor", "version") else f"{k} {v}"
                                                    for k, v in spec.items()))
+    if d.get("objects_from"):
+        o = d["objects_from"]
+        emit(f"objects from     {o.get('store')} (fingerprint {str(o.get('fingerprint'))[:12]}: captions by "
+             f"{o.get('captioner')}, boxes by {o.get('grounder')}, embedded there with {o.get('clip_model')} "
+             f"{o.get('clip_pretrained') or 'random'})")
     ov = d["overlay"]
     emit("metadata overlay " + (f"version {ov['version']} ({ov['n_rows']} rows annotated, digest {ov['digest']}, "
                                  f"{ov['updated']})" if ov["version"] else "none (labels and splits as featurized)"))

@@ -85,6 +85,10 @@ def store_info(root) -> dict:
             "models": split_models(m["models"])[0],
             "extractors": split_models(m["models"])[1],
             "identity": {k: m["compat"].get(k) for k in schema.IDENTITY_KEYS},
+            # featurize --objects-from: the store whose captions, nouns and boxes these rows reuse; None otherwise
+            "objects_from": {k: v for k, v in m["models"].get("objects_from", {}).items()
+                             if k in ("store", "fingerprint", "clip_model", "clip_pretrained", "captioner", "grounder")}
+            if isinstance(m["models"].get("objects_from"), dict) else None,
             "captions": caption_counts(m),
             "random_weights": r.random_weights,
             "overlay": {**overlay_version(r.overlay), "updated": r.overlay.get("updated")},

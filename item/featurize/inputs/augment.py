@@ -102,11 +102,13 @@ def augment_store(rows: list[InputRow], store, *, models, config, specs, progres
     models: loaded Models (or a preset / ModelSpec, loaded here); config: the FeaturizeConfig of the
     store's run (its perturbation is the store's). Takes the store's writer lock like any writer.
     """
-    from item.featurize.models.loading import as_models, compat_for, models_info
+    from item.featurize.models.loading import as_models
+    from item.featurize.run.objects_from import run_identity
     from item.store.writer import StoreWriter
 
     loaded = as_models(models, config.device)
-    with StoreWriter(store, compat=compat_for(loaded, config), models=models_info(loaded), recipe=config.recipe,
+    compat, info = run_identity(loaded, config)
+    with StoreWriter(store, compat=compat, models=info, recipe=config.recipe,
                      shard_size=config.shard_size, command=command) as writer:
         return add_augmented_rows(rows, writer, loaded, config, specs, progress=progress)
 

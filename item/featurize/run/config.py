@@ -56,6 +56,9 @@ class FeaturizeConfig:
     # How the caller re-encoded the fakes before this run (item reproduce --align-format, e.g. 'jpeg:96'); ''
     # for files as given. Recorded in the store's identity (compat 'alignment'): aligned rows never mix with others.
     alignment: str = ""
+    # --objects-from: a store whose captions, nouns and boxes this run takes (by content id) instead of
+    # captioning and grounding (run.objects_from); '' for a full run. Its identity keys become the run's.
+    objects_from: str = ""
 
     def resolved_batch_size(self, device: str) -> int:
         return self.batch_size or (64 if str(device).startswith("cuda") else 16)

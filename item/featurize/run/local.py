@@ -52,6 +52,8 @@ class RunSummary:
     # Rows written whose nouns were left ungrounded because the image is beyond the grounders' aspect limit
     # (grounding.MAX_GROUND_ASPECT, 20:1; the row's reason says so).
     n_not_grounded: int = 0
+    # --objects-from: the store whose captions, nouns and boxes this run reused (its path and fingerprint).
+    objects_from: dict = field(default_factory=dict)
 
     @property
     def text_cache_hit_rate(self) -> float:
@@ -95,11 +97,12 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
                    progress: Callable[[int], None] | None = None,
                    hash_progress: Callable[[int], None] | None = None,
                    after_batch: Callable[[int], None] | None = None,
-                   mixed_identity: dict | None = None) -> RunSummary:
+                   mixed_identity: dict | None = None, objects=None, ids=None) -> RunSummary:
     """Featurize ``rows`` into an open StoreWriter; rows whose content is already stored are skipped.
 
     ``after_batch(n_batches_done)`` is called after each batch has been handed to the writer (tests use
-    it to interrupt a run).
+    it to interrupt a run). ``objects``: the open run.objects_from.ObjectsSource of ``config.objects_from``
+    (opened here when not given). ``ids``: the rows' planning.hash_inputs, when the caller has them.
     """
     from item.store.manifest import now
 
@@ -107,11 +110,24 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
                          ground_batch_size=config.resolved_ground_batch_size(models.device),
                          mixed_identity=dict(mixed_identity or {}))
     t0 = time.perf_counter()
-    ids = hash_inputs(rows, hash_progress)
+    ids = hash_inputs(rows, hash_progress) if ids is None else ids
     todo, aliases, n_done = plan(rows, ids, writer.done_ids, writer.known_paths)
     summary.n_already_done = n_done
     summary.n_duplicates = len(aliases)
-    feat = Featurizer(models, config)
+    opened = None
+    if config.objects_from and objects is None:
+        from item.featurize.run.objects_from import ObjectsSource
+
+        objects = opened = ObjectsSource(config.objects_from)
+    if objects is not None:
+        try:
+            objects.refuse_missing(rows, ids)  # before any model runs: every input's objects must be in OLD
+        except BaseException:
+            if opened is not None:
+                opened.close()
+            raise
+        summary.objects_from = {"store": str(objects.root.resolve()), "fingerprint": objects.fingerprint}
+    feat = Featurizer(models, config, objects=objects)
     if writer.done_ids and todo:
         seed_from_store(feat, writer.root)
     reasons: Counter = Counter()
@@ -170,6 +186,8 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
         processed = summary.n_written + summary.n_skipped
         summary.images_per_second = round(processed / summary.seconds, 3) if summary.seconds else 0.0
         writer.record_run(summary.to_json())
+        if opened is not None:
+            opened.close()
     return summary
 
 

@@ -71,10 +71,11 @@ def _identity(spec, config):
     The store's identity names the device class and precision the rows are computed in, so the models
     are loaded on the device the actors use.
     """
-    from item.featurize.models.loading import compat_for, load_models, models_info
+    from item.featurize.models.loading import load_models
+    from item.featurize.run.objects_from import run_identity
 
     loaded = load_models(spec, _actor_device(config))
-    return compat_for(loaded, config), models_info(loaded), loaded.clip.preprocess
+    return (*run_identity(loaded, config), loaded.clip.preprocess)
 
 
 def _decode_batch(row: dict, preprocess, perturb: str, max_pixels) -> dict:
@@ -171,10 +172,13 @@ def _make_sink(root: str, compat: dict, min_rows: int, writer_id: str):
 
 
 # -- the driver -----------------------------------------------------------------------------------
-def featurize_store_ray(rows, root, *, models, config, progress=None, overwrite=False, command="", lock=None):
+def featurize_store_ray(rows, root, *, models, config, progress=None, overwrite=False, command="", lock=None,
+                        objects=None, ids=None):
     """Featurize InputRows into the store at ``root`` with a Ray Data job (see the module docstring).
 
-    ``lock``: the store's WriterLock, held by the caller. Returns the RunSummary.
+    ``lock``: the store's WriterLock, held by the caller. ``objects``: the open ObjectsSource of
+    ``config.objects_from`` (each model actor opens its own); ``ids``: the rows' hash_inputs when the caller
+    has them. Returns the RunSummary.
     """
     ray = import_ray()
     from ray.data import ActorPoolStrategy
@@ -211,8 +215,11 @@ def featurize_store_ray(rows, root, *, models, config, progress=None, overwrite=
         compat, info, preprocess = ray.get(identity.remote(spec, config))
         with StoreWriter(root, compat=compat, models=info, recipe=config.recipe, shard_size=config.shard_size,
                          overwrite=overwrite, command=command, lock=lock) as writer:
-            ids = hash_inputs(rows)
+            ids = hash_inputs(rows) if ids is None else ids
             todo, aliases, n_done = plan(rows, ids, writer.done_ids, writer.known_paths)
+            if objects is not None:
+                objects.refuse_missing(rows, ids)
+                summary.objects_from = {"store": str(objects.root.resolve()), "fingerprint": objects.fingerprint}
             summary.n_already_done, summary.n_duplicates = n_done, len(aliases)
             bs = config.resolved_batch_size("cuda" if config.gpus_per_actor > 0 else "cpu")
             batches = [todo[s:s + bs] for s in range(0, len(todo), bs)]

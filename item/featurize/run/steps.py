@@ -23,10 +23,17 @@ NON_FINITE = "non-finite"
 class Featurizer:
     """Turns batches of decoded Items into ImageRecords. Keeps the run's text cache and stage timers."""
 
-    def __init__(self, models: Models, config: FeaturizeConfig):
+    def __init__(self, models: Models, config: FeaturizeConfig, objects=None):
         from item.misalignment import feature_size
 
         self.models, self.config = models, config
+        # --objects-from: captions, nouns and boxes come from this run.objects_from.ObjectsSource (opened
+        # here from config.objects_from when not given: a Ray actor's), never from a captioner or grounder.
+        if objects is None and config.objects_from:
+            from item.featurize.run.objects_from import ObjectsSource
+
+            objects = ObjectsSource(config.objects_from)
+        self.objects = objects
         self.text_cache: dict[str, tuple[np.ndarray, bool]] = {}
         self.text_hits = 0
         self.text_misses = 0
@@ -110,6 +117,8 @@ class Featurizer:
         from item.featurize.models.grounding import not_groundable, shape_groups
         from item.featurize.text.captions import clean_caption
 
+        if self.objects is not None:
+            return self._timed("objects_from", self._front_from_store, batch)
         good = [it for it in batch if not it.reason]
         # captions: given ones as is, the captioner for the rest
         need = [it for it in good if not it.row.caption]
@@ -149,6 +158,27 @@ class Featurizer:
             boxes = [[None] * len(n) for n in nouns]
         return {"batch": batch, "good": good, "raw_captions": raw_captions, "captions": captions,
                 "sources": sources, "nouns": nouns, "boxes": boxes, "ground_note": ground_note}
+
+    def _front_from_store(self, batch: list[Item]) -> dict:
+        """`front` of a run with --objects-from: each image's caption, nouns and boxes as OLD holds them for
+        its content id. An image OLD holds as skipped is skipped with OLD's reason."""
+        from item.featurize.run.objects_from import SKIPPED_IN_SOURCE
+
+        found = self.objects.lookup([it.id for it in batch if not it.reason], self.config.max_objects)
+        for it in batch:
+            if it.reason:
+                continue
+            s = found.get(it.id)
+            if s is None:  # refused before the run (refuse_missing); here only if OLD lost rows meanwhile
+                it.reason = f"not in the --objects-from store {self.objects.root}"
+            elif s.status != "ok":
+                it.reason = f"{SKIPPED_IN_SOURCE}: {s.reason}" if s.reason else SKIPPED_IN_SOURCE
+        good = [it for it in batch if not it.reason]
+        got = [found[it.id] for it in good]
+        return {"batch": batch, "good": good, "raw_captions": [s.caption for s in got],
+                "captions": [s.caption_encoded for s in got], "sources": [s.caption_source for s in got],
+                "nouns": [list(s.nouns) for s in got], "boxes": [list(s.boxes) for s in got],
+                "ground_note": {i: s.reason for i, s in enumerate(got) if s.reason}}
 
     def back(self, front: dict) -> list[ImageRecord]:
         """Crops, CLIP embeddings, misalignment and the records of a batch that went through `front`."""
