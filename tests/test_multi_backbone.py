@@ -262,6 +262,25 @@ def test_predict_featurizes_with_each_backbone_and_gives_evals_scores(two, tmp_p
     assert text.stdout.startswith(RANDOM)
 
 
+def test_a_second_backbone_from_objects_from_trains_evaluates_and_predicts(two, tmp_path):
+    """The intended path to a second backbone: `featurize --objects-from A` reuses A's captions and boxes."""
+    from item.classify.train import evaluate
+
+    b = tmp_path / "B"
+    ok("featurize", write_csv(tmp_path / "b.csv", two["rows"]), "--store", b, "--objects-from", two["A"],
+       "--clip", "item-tiny-clip", "--pretrained", two["ckpt"], "--workers", "0")
+    r = ok("train", two["A"], b, "--out", tmp_path / "H", *FAST)
+    assert "joined 20 images of 2 stores" in r.stdout
+    info = json.loads((tmp_path / "H" / "head.json").read_text())
+    assert info["stores"][1]["models"]["objects_from"]["store"] == str(two["A"].resolve())
+    res = evaluate([two["A"], b], [str(tmp_path / "H")], "test")["H"]
+    with StoreReader(two["A"]) as reader:
+        paths = [str(p) for p in reader.metadata(["path"], rows=res["rows"][:2])["path"]]
+    manifest = write_csv(tmp_path / "p.csv", [{"path": p, "caption": CAPTION} for p in paths])
+    doc = json.loads(ok("predict", manifest, "--head", tmp_path / "H", "--model-path", two["ckpt"], "--json").stdout)
+    np.testing.assert_allclose([row["p_fake"] for row in doc["rows"]], res["scores"][:2], rtol=1e-5, atol=1e-6)
+
+
 # -- report --------------------------------------------------------------------------------------------
 def test_report_takes_the_stores_and_shows_the_backbones_side_by_side(two, tmp_path):
     out = tmp_path / "r.html"
