@@ -124,7 +124,8 @@ class Head:
 
     def __repr__(self) -> str:
         over = f" over {len(self.info['stores'])} backbones" if self.info.get("stores") else ""
-        return (f"<item head: {self.info.get('kind')} on {self.recipe}{over}, {self.info.get('feature_size')} features, "
+        return (f"<item head: {self.info.get('kind')} on {self.recipe}{over}, {self.info.get('feature_size')} "
+                f"features, "
                 f"threshold {self.threshold:.4f}{', RANDOM WEIGHTS' if self.random_weights else ''}>")
 
     @property

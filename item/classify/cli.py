@@ -129,7 +129,8 @@ def train_cmd(
 
     with warnings.catch_warnings():  # the command says RANDOM WEIGHTS in its own first line
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        fitted = train_head(store if len(store) > 1 else store[0], recipe=recipe, kind=kind, train_split=train_split, val_split=val_split,
+        fitted = train_head(store if len(store) > 1 else store[0], recipe=recipe, kind=kind,
+                            train_split=train_split, val_split=val_split,
                             val_fraction=val_fraction, seed=seed,
                             train_generators=tuple(g.strip() for g in (train_generators or "").split(",")
                                                    if g.strip()),
@@ -164,7 +165,8 @@ def train_cmd(
 
 
 def eval_cmd(
-    store: List[Path] = typer.Argument(..., help=_STORES_HELP + " Each head reads the stores of its backbones.", show_default=False),
+    store: List[Path] = typer.Argument(..., help=_STORES_HELP + " Each head reads the stores of its backbones.",
+                                       show_default=False),
     heads: List[Path] = typer.Option(..., "--head", help="Head directory; repeat to compare heads side by side."),
     split: str = typer.Option("test", help="Rows to evaluate; 'all' for every labelled row."),
     as_json: bool = typer.Option(False, "--json", help="Print the tables as JSON on stdout instead of text."),
@@ -246,8 +248,9 @@ def _refuse_files_as_stores(stores) -> None:
 
     for p in stores[1:]:
         if p.suffix.lower() in (".json", ".csv") and not p.is_dir():
-            raise _click.exceptions.UsageError(f"Got unexpected extra argument ({p}): a store is a folder (to write a file, "
-                                   f"use --out {p})", ctx=_click.globals.get_current_context(silent=True))
+            raise _click.exceptions.UsageError(f"Got unexpected extra argument ({p}): a store is a folder (to write "
+                                               f"a file, use --out {p})",
+                                               ctx=_click.globals.get_current_context(silent=True))
 
 
 def _say_random_first(random_weights: bool, as_json: bool) -> bool:

@@ -365,8 +365,8 @@ def check_head_fits(head_info: dict, compat: dict, where: str, allow_mixed: bool
     if len(parts) > 1:
         labels = ", ".join(p["backbone"]["label"] for p in parts)
         raise IncompatibleError(f"the head was trained on {len(parts)} stores, one per backbone ({labels}); "
-                                f"{where} is one: give all {len(parts)} (e.g. `item eval STORE_1 ... STORE_{len(parts)} "
-                                "--head HEAD`)")
+                                f"{where} is one: give all {len(parts)} (e.g. `item eval STORE_1 ... "
+                                f"STORE_{len(parts)} --head HEAD`)")
     problem = fit_problem(head_info.get("compat", {}), head_info["recipe"], int(head_info["feature_size"]), compat,
                            where, allow_mixed)
     if problem is not None:
@@ -391,7 +391,8 @@ def assign_stores(heads: list, compats: list[dict], names: list[str], allow_mixe
         picks: list[int] = []
         for i, part in enumerate(parts):
             problems = {j: fit_problem(part["compat"], info["recipe"], n_features[i], compats[j],
-                                        f"store {names[j]}", allow_mixed) for j in range(len(compats)) if j not in picks}
+                                       f"store {names[j]}", allow_mixed)
+                        for j in range(len(compats)) if j not in picks}
             fits = [j for j, p in problems.items() if p is None]
             if not fits:
                 from item.classify.joined import backbone_label
