@@ -5,6 +5,8 @@
     X, y, rows = store.features("hierarchical", split="train")
     head = item.train_head(store, recipe="hierarchical", kind="mlp")
     item.evaluate(store, head, split="test")          # pandas DataFrame, one row per generator
+    fused = item.train_head([store_a, store_b])       # one head over two backbones' stores of the same images
+    item.evaluate([store_a, store_b], fused, each=True)  # the fused head beside each backbone alone
     head.save("heads/hier"); head = item.load_head("heads/hier")
     item.predict(["a.jpg", "b.png"], head)            # pandas DataFrame, one row per image
 
@@ -27,6 +29,17 @@ __all__ = ["Store", "Head", "open_store", "train_head", "load_head", "evaluate",
 
 def _path(store) -> Path:
     return Path(store.path if isinstance(store, Store) else store)
+
+
+def _stores(store):
+    """One store (``Store`` or path) as a path; a list or tuple of them as a list of paths (several stores of
+    the same images, one per backbone: their rows joined by image id)."""
+    if isinstance(store, (list, tuple)):
+        if not store:
+            raise InputError("give at least one store")
+        paths = [_path(s) for s in store]
+        return paths if len(paths) > 1 else paths[0]
+    return _path(store)
 
 
 class Store:
@@ -110,8 +123,18 @@ class Head:
         self.info = info
 
     def __repr__(self) -> str:
-        return (f"<item head: {self.info.get('kind')} on {self.recipe}, {self.info.get('feature_size')} features, "
+        over = f" over {len(self.info['stores'])} backbones" if self.info.get("stores") else ""
+        return (f"<item head: {self.info.get('kind')} on {self.recipe}{over}, {self.info.get('feature_size')} "
+                f"features, "
                 f"threshold {self.threshold:.4f}{', RANDOM WEIGHTS' if self.random_weights else ''}>")
+
+    @property
+    def backbones(self) -> list[str]:
+        """The backbone of each store the head reads, in the order of its feature columns (one for a head
+        trained on one store)."""
+        from item.classify.train import head_parts
+
+        return [p["backbone"]["label"] for p in head_parts(self.info)]
 
     @property
     def recipe(self) -> str:
@@ -167,6 +190,11 @@ def train_head(store, *, recipe: str = "hierarchical", kind: str = "mlp", train_
                max_memory: int = 0, **hyper) -> Head:
     """Train a head on a store (``Store`` or path), as ``item train`` does; nothing is written.
 
+    ``store`` may be a list of stores of the same images, one per backbone (``item train A B``): their rows
+    are joined by image id (``head.info['join']`` has the counts joined and dropped), each store's recipe
+    features are put side by side in the order given, and ``head.info['stores']`` records each store's
+    fingerprint, backbone and feature columns.
+
     ``hyper``: head hyperparameters of ``item.classify.heads.HeadConfig`` (hidden, dropout, lr, C, ...).
     ``max_memory``: bytes the feature rows may take (0: half the RAM); more are streamed from the store.
     ``train_split='all'``: every labelled row outside the validation split.
@@ -174,7 +202,7 @@ def train_head(store, *, recipe: str = "hierarchical", kind: str = "mlp", train_
     from item.classify.train import fit_head
 
     cfg = _train_config(recipe, kind, train_split, val_split, val_fraction, train_generators, seed, hyper, max_memory)
-    estimator, info = fit_head(_path(store), cfg)
+    estimator, info = fit_head(_stores(store), cfg)
     warn_random_weights(bool(info.get("random_weights")))
     # The same metadata a saved and reloaded head has (kind, config, feature size).
     import dataclasses
@@ -199,10 +227,17 @@ def _head_dir(head, tmp: Path) -> str:
     return str(head)
 
 
-def evaluate(store, head, split: str | None = "test"):
+def evaluate(store, head, split: str | None = "test", *, each: bool = False):
     """Per-generator metrics of ``head`` (Head or head directory) on ``split`` (pandas DataFrame).
 
-    Columns as ``item eval``; ``DataFrame.attrs`` holds 'threshold', 'random_weights' and 'warnings'.
+    ``store``: one store, or a list of stores of the same images, one per backbone, for a head trained on
+    several (``train_head([a, b])``); they are matched to the head's backbones by identity, and a missing
+    or extra one is refused naming it. ``each``: for a head over several stores, one more column group
+    per backbone alone (a head trained on the fly on that store's features, same recipe, kind, seed and
+    joined train / validation rows): the columns become a (head, metric) MultiIndex, the per-generator
+    columns (generator, reals, n_real, n_fake) first.
+    Columns as ``item eval``; ``DataFrame.attrs`` holds 'threshold' (a dict by head with ``each``),
+    'random_weights', 'warnings' and, for several stores, 'join' (the counts joined and dropped).
     """
     import tempfile
 
@@ -211,11 +246,21 @@ def evaluate(store, head, split: str | None = "test"):
     from item.classify.train import evaluate as _evaluate
 
     with tempfile.TemporaryDirectory() as tmp:
-        results = _evaluate(_path(store), [_head_dir(head, Path(tmp))], split)
-    (name, res), = results.items()
-    df = pd.DataFrame(res["table"])
-    df.attrs.update({"threshold": res["threshold"], "random_weights": bool(res["info"].get("random_weights")),
-                     "warnings": list(res["warnings"]), "split": split})
+        results = _evaluate(_stores(store), [_head_dir(head, Path(tmp))], split, each=each)
+    res = next(iter(results.values()))
+    random_weights = any(r["info"].get("random_weights") for r in results.values())
+    warnings = list(dict.fromkeys(w for r in results.values() for w in r["warnings"]))
+    if len(results) == 1:
+        df = pd.DataFrame(res["table"])
+        threshold = res["threshold"]
+    else:
+        shared = ["generator", "reals", "n_real", "n_fake"]
+        frames = {name: pd.DataFrame(r["table"]).drop(columns=shared) for name, r in results.items()}
+        df = pd.concat({"": pd.DataFrame(res["table"])[shared], **frames}, axis=1)
+        threshold = {name: r["threshold"] for name, r in results.items()}
+    df.attrs.update({"threshold": threshold, "random_weights": random_weights, "warnings": warnings, "split": split})
+    if res.get("join"):
+        df.attrs["join"] = res["join"]
     warn_random_weights(df.attrs["random_weights"])
     return df
 

@@ -68,8 +68,12 @@ def multi_head_table(results: dict, split: str) -> bool:
     return True
 
 
+_STORES_HELP = ("A featurized store; several stores of the same images (one per backbone) are joined by image id "
+                "and their features put side by side, in the order given.")
+
+
 def train_cmd(
-    store: Path = typer.Argument(..., help="A featurized store.", show_default=False),
+    store: List[Path] = typer.Argument(..., help=_STORES_HELP, show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Head directory to write (head.safetensors + head.json)."),
     recipe: str = typer.Option("hierarchical", help="Features: hierarchical, global, local or visual."),
     kind: str = typer.Option("mlp", "--kind", metavar="mlp|logistic", help="The head: mlp or logistic."),
@@ -108,7 +112,7 @@ def train_cmd(
     from item.classify.heads import load_head
     from item.classify.streaming import parse_memory
 
-    said = _say_random_first(_store_random(store), as_json)  # before the training and any warning
+    said = _say_random_first(any(_store_random(s) for s in store), as_json)  # before the training and any warning
     if head_kind_old is not None:
         warn("--head for the head type is deprecated (it means a head folder everywhere else): use "
              f"--kind {head_kind_old}")
@@ -125,7 +129,8 @@ def train_cmd(
 
     with warnings.catch_warnings():  # the command says RANDOM WEIGHTS in its own first line
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        fitted = train_head(store, recipe=recipe, kind=kind, train_split=train_split, val_split=val_split,
+        fitted = train_head(store if len(store) > 1 else store[0], recipe=recipe, kind=kind,
+                            train_split=train_split, val_split=val_split,
                             val_fraction=val_fraction, seed=seed,
                             train_generators=tuple(g.strip() for g in (train_generators or "").split(",")
                                                    if g.strip()),
@@ -144,15 +149,24 @@ def train_cmd(
     if as_json:
         emit_json(_strict_json({**meta, "random_weights": bool(meta.get("random_weights"))}))
         return
+    if meta.get("join"):
+        from item.classify.joined import join_line
+
+        emit(join_line(meta["join"]))
     v = meta.get("validation", {})
     emit(f"head {out}: {meta['kind']} on {meta['recipe']} ({meta['feature_size']} features), "
          f"{meta['n_train']} train rows, {meta['n_val']} validation rows ({meta['threshold_from']})")
     emit(f"threshold {meta['threshold']:.4f}; validation acc {v.get('acc', float('nan')):.4f} "
          f"AP {v.get('ap', float('nan')):.4f} AUROC {v.get('auroc', float('nan')):.4f}")
+    for part in meta.get("stores") or []:
+        a, b = part["feature_columns"]
+        emit(f"  features {a}..{b - 1}: {part['backbone']['label']} ({part['compat'].get('embed_dim')}-d), "
+             f"store {part['store']} (fingerprint {part['store_fingerprint'][:12]})")
 
 
 def eval_cmd(
-    store: Path = typer.Argument(..., help="A featurized store.", show_default=False),
+    store: List[Path] = typer.Argument(..., help=_STORES_HELP + " Each head reads the stores of its backbones.",
+                                       show_default=False),
     heads: List[Path] = typer.Option(..., "--head", help="Head directory; repeat to compare heads side by side."),
     split: str = typer.Option("test", help="Rows to evaluate; 'all' for every labelled row."),
     as_json: bool = typer.Option(False, "--json", help="Print the tables as JSON on stdout instead of text."),
@@ -164,18 +178,23 @@ def eval_cmd(
     reals: Optional[str] = typer.Option(None, "--reals", help="Real pairing GEN=REALGEN,... (GEN may be a pattern, "
                                         "e.g. 'ldm_*=laion,guided=imagenet'): score GEN's fakes against the reals "
                                         "of REALGEN."),
+    each: bool = typer.Option(False, "--each", help="Beside each head over several stores, each of its backbones "
+                              "alone: a head trained on the fly on that store's features with the same recipe, kind, "
+                              "hyperparameters, seed and joined train / validation rows, its threshold fixed on "
+                              "those validation rows."),
 ):
     """Per-generator ACC, real/fake ACC, AP, AUROC and their mean, at each head's validation threshold and at 0.5."""
     from item.classify.pairing import parse_reals
-    from item.classify.train import evaluate
+    from item.classify.train import evaluate, head_parts
 
+    _refuse_files_as_stores(store)
     if out is not None and out.suffix.lower() not in (".json", ".csv"):
         from item.errors import InputError
 
         raise InputError(f"--out {out}: give a .json or .csv file")
     said = _say_random_first(heads_random(heads), as_json)  # read from head.json, before the work and warnings
-    results = evaluate(store, [str(h) for h in heads], None if split == "all" else split, allow_mixed=allow_mixed,
-                       reals=parse_reals(reals))
+    results = evaluate(store if len(store) > 1 else store[0], [str(h) for h in heads],
+                       None if split == "all" else split, allow_mixed=allow_mixed, reals=parse_reals(reals), each=each)
     random_weights = any(r["info"].get("random_weights") for r in results.values())
     if not said:
         _say_random_first(random_weights, as_json)
@@ -183,14 +202,22 @@ def eval_cmd(
     warnings = [w for r in results.values() for w in r["warnings"]]
     for w in warnings:
         warn(w)
+    join = next(iter(results.values())).get("join")
     doc = _strict_json({"random_weights": random_weights, "warnings": warnings, "split": split,
                         "heads": list(results),
-                        "thresholds": {name: r["threshold"] for name, r in results.items()}, "rows": flat})
+                        "thresholds": {name: r["threshold"] for name, r in results.items()},
+                        **({"join": join, "backbones": {name: [p["backbone"]["label"] for p in head_parts(r["info"])]
+                                                         for name, r in results.items()}} if join else {}),
+                        "rows": flat})
     if out is not None and out.suffix.lower() == ".csv":
         as_csv = out
     if as_json:
         emit_json(doc)
     else:
+        if join:
+            from item.classify.joined import join_line
+
+            emit(join_line(join))
         if len(results) < 2 or not multi_head_table(results, split):
             for name, r in results.items():
                 metric_table(r["table"], title=f"{name} (threshold {r['threshold']:.4f}, split {split})")
@@ -212,6 +239,18 @@ def eval_cmd(
         w.writeheader()
         w.writerows(safe_row(row) for row in flat)  # head and generator names as text, never formulas
         _write_file(as_csv, buf.getvalue())
+
+
+def _refuse_files_as_stores(stores) -> None:
+    """A .json / .csv file among the stores is a mistyped option value (``--json out.json`` for ``--out``):
+    a usage error, as click gives one for an extra argument."""
+    from typer.core import _click  # typer's vendored click: the root command turns its errors into one line
+
+    for p in stores[1:]:
+        if p.suffix.lower() in (".json", ".csv") and not p.is_dir():
+            raise _click.exceptions.UsageError(f"Got unexpected extra argument ({p}): a store is a folder (to write "
+                                               f"a file, use --out {p})",
+                                               ctx=_click.globals.get_current_context(silent=True))
 
 
 def _say_random_first(random_weights: bool, as_json: bool) -> bool:
@@ -325,28 +364,30 @@ def neighbors_cmd(
     table(res["neighbors"], ["row", "similarity", "label", "generator", "path"])
 
 
-def _store_random(store) -> bool:
-    from item.store import StoreReader
-
-    with StoreReader(store) as r:
-        return bool(r.random_weights)
-
-
 def report_cmd(
-    store: Path = typer.Argument(..., help="A featurized store.", show_default=False),
+    store: List[Path] = typer.Argument(..., help=_STORES_HELP + " Each head reads the stores of its backbones.",
+                                       show_default=False),
     heads: List[Path] = typer.Option(..., "--head", help="Head directory; repeat for several."),
     out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write."),
     split: str = typer.Option("test", help="Rows to evaluate; 'all' for every labelled row."),
+    each: bool = typer.Option(False, "--each", help="Beside each head over several stores, each of its backbones "
+                              "alone (trained on the fly as for `item eval --each`)."),
 ):
     """One self-contained HTML report: tables, ROC/PR curves, histograms, a 2-D feature map, provenance."""
     from item.classify.reporting import write_report
 
-    results = write_report(store, [str(h) for h in heads], out, None if split == "all" else split)
-    if any(r["info"].get("random_weights") for r in results.values()) or _store_random(store):
+    results = write_report(store if len(store) > 1 else store[0], [str(h) for h in heads], out,
+                           None if split == "all" else split, each=each)
+    if any(r["info"].get("random_weights") for r in results.values()) or any(_store_random(s) for s in store):
         emit(RANDOM_WEIGHTS_LINE)
     for r in results.values():
         for w in r["warnings"]:
             warn(w)
+    join = next(iter(results.values())).get("join")
+    if join:
+        from item.classify.joined import join_line
+
+        info(join_line(join))
     emit(f"wrote {out}")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from item.classify.features import record_features
 from item.classify.heads import load_head
-from item.classify.train import HEAD_COMPAT_KEYS, check_head_fits, identity_diff
+from item.classify.train import HEAD_COMPAT_KEYS, fit_problem, check_head_fits, head_parts, identity_diff
 from item.errors import HeadError, IncompatibleError, InputError, StoreError
 from item.manifests import generator_name
 from item.store import StoreIndex, StoreReader
@@ -189,16 +189,19 @@ def predict_files(inputs: list, head_dir, *, device: str = "auto", batch_size: i
     ({path: caption}) are used instead of the captioner. ``model_paths``: local model files or folders
     the head may name (see :func:`check_named_models`). ``progress(n, total=None)``: called once with the
     number of images (``n`` 0) once the inputs are expanded, then with the images done after each batch;
-    ``log``: status lines.
+    ``log``: status lines. A head over several stores (one per backbone) featurizes each image once per
+    backbone, with each store's recorded models, and scores their features side by side; the caption,
+    objects and global alignment shown are the first backbone's.
     """
     from item import outputs
     from item.misalignment import pair_scores
 
     head, info = load_head(head_dir)
-    compat = info.get("compat")
-    if not compat or not isinstance(compat, dict):
-        raise InputError(f"{head_dir}: the head records no models; it cannot featurize new images")
-    check_named_models(compat, model_paths)
+    parts = head_parts(info)
+    for part in parts:
+        if not part.get("compat") or not isinstance(part["compat"], dict):
+            raise InputError(f"{head_dir}: the head records no models; it cannot featurize new images")
+        check_named_models(part["compat"], model_paths)
     paths, given = [], {}
     for x in inputs:
         if isinstance(x, (str, os.PathLike)):
@@ -211,14 +214,39 @@ def predict_files(inputs: list, head_dir, *, device: str = "auto", batch_size: i
     if log is not None:
         log(f"scoring {len(paths)} image(s) with head {head_dir}")
     if progress is not None:
-        progress(0, total=len(paths))
-    records, got = featurize_like(paths, compat, info.get("models", {}), device=device, batch_size=batch_size,
-                                  captions=given, allow_mixed=allow_mixed, progress=progress, log=log)
-    check_head_fits(info, got, "the models loaded for prediction", allow_mixed)
-    ok = [r for r in records if r.status == schema.STATUS_OK]
-    probs = head.predict_proba(record_features(info["recipe"], ok))[:, 1] if ok else np.zeros(0)
+        progress(0, total=len(paths) * len(parts))
+    # A head over several backbones: each backbone featurizes the images in full with the models its store
+    # was made with (its own captioner and grounder runs too: featurize's front door takes no given boxes).
+    per_part = []
+    for k, part in enumerate(parts):
+        if log is not None and len(parts) > 1:
+            log(f"backbone {k + 1} of {len(parts)}: {part['backbone']['label']}")
+        records, got = featurize_like(paths, part["compat"], part.get("models", {}), device=device,
+                                      batch_size=batch_size, captions=given, allow_mixed=allow_mixed,
+                                      progress=progress, log=log)
+        if len(parts) == 1:
+            check_head_fits(info, got, "the models loaded for prediction", allow_mixed)
+        else:
+            a, b = part["feature_columns"]
+            problem = fit_problem(part["compat"], info["recipe"], b - a, got,
+                                   f"the models loaded for backbone {part['backbone']['label']}", allow_mixed)
+            if problem is not None:
+                raise problem
+        per_part.append(records)
+    records = per_part[0]
+    for other in per_part[1:]:  # an image skipped by any backbone is skipped
+        for i, (r, o) in enumerate(zip(records, other)):
+            if r.status == schema.STATUS_OK and o.status != schema.STATUS_OK:
+                records[i] = o
+    ok_at = [i for i, r in enumerate(records) if r.status == schema.STATUS_OK]
+    ok = [records[i] for i in ok_at]
+    if ok:
+        X = np.concatenate([record_features(info["recipe"], [recs[i] for i in ok_at]) for recs in per_part], axis=1)
+        probs = head.predict_proba(X)[:, 1]
+    else:
+        probs = np.zeros(0)
     p_of = {id(r): float(p) for r, p in zip(ok, probs)}
-    random_weights = bool(info.get("random_weights") or compat.get("random_weights"))
+    random_weights = bool(info.get("random_weights") or any(p["compat"].get("random_weights") for p in parts))
     head_name = Path(head_dir).resolve().name if isinstance(head_dir, (str, os.PathLike)) else ""
     out = []
     for r in records:

@@ -104,6 +104,21 @@ class StoreRows:
             yield a, b, self.read(k)
 
 
+class JoinedRows(StoreRows):
+    """Feature rows of joined stores (``item.classify.joined.Join``), read in chunks: ``rows`` are sorted
+    first-store rows, chunked as :class:`StoreRows` chunks them on the first store; each chunk holds the
+    stores in ``use`` side by side (``Join.features``)."""
+
+    def __init__(self, join, recipe: str, rows: np.ndarray, max_chunk_rows: int, use=None):
+        super().__init__(join.first, recipe, rows, max_chunk_rows)
+        self.join, self.use = join, use
+        self.n_features = join.feature_width(recipe, use)
+
+    def read(self, k: int) -> np.ndarray:
+        a, b = self.chunks[k]
+        return self.join.features(self.recipe, self.rows[a:b], self.use)
+
+
 def _mean_scale(rows: StoreRows) -> tuple[np.ndarray, np.ndarray]:
     """Mean and scale (n_features,) float32 as heads._standardiser computes them, in two streamed passes."""
     total = np.zeros(rows.n_features, np.float64)

@@ -8,7 +8,8 @@ Its front door (everything a caller needs; the modules behind it are the stage's
   files or PIL images in memory (prediction, a server);
 - ``ModelSpec`` (``from_store``, ``from_head``), ``resolve_models`` (presets), ``load_models``
   (load once, pass the loaded ``Models`` to either call), ``compat_for`` (the identity loaded models
-  give a store's rows), ``FeaturizeConfig``, ``RunSummary``.
+  give a store's rows), ``FeaturizeConfig``, ``RunSummary``, ``backbone_of`` (the registered backbone
+  name of a CLIP model + tag, for what a head records).
 
 Importing this package is cheap: the names resolve on first use (torch and the models load inside
 the functions that need them).
@@ -29,6 +30,7 @@ _EXPORTS = {
     "load_models": "item.featurize.models.loading",
     "compat_for": "item.featurize.models.loading",
     "full_precision": "item.featurize.models.hub",
+    "backbone_of": "item.featurize.models.backbones",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -59,14 +59,14 @@ def protocols_cmd(
             emit(f"  - {n}")
 
 
-def _random_models(models: str, heads=()) -> bool:
-    """Whether the model preset or a given head has random weights (read, nothing loaded)."""
+def _random_models(models: str, heads=(), backbones=()) -> bool:
+    """Whether the model preset (with each backbone) or a given head has random weights (read, nothing loaded)."""
     from item.featurize import resolve_models
 
     if heads:
         return heads_random(heads)
     try:
-        return bool(resolve_models(models).random_weights)
+        return any(bool(resolve_models(models, backbone=b).random_weights) for b in (backbones or (None,)))
     except Exception:  # an unknown preset: the run itself says so in one line
         return False
 
@@ -93,6 +93,10 @@ def reproduce_cmd(
     align_format: Optional[str] = typer.Option(None, "--align-format", help="Re-encode the fakes before "
                                                "featurizing, e.g. jpeg:96 (as Dual Data Alignment reports); "
                                                "stores, heads and results go to WORK/aligned-jpeg-96."),
+    backbone: Optional[List[str]] = typer.Option(None, "--backbone", help="Image-text backbone to featurize with "
+                                                 "(overrides the preset's CLIP; `item backbones` lists them); repeat "
+                                                 "for several: each gets its stores and heads in WORK/backbones/NAME "
+                                                 "and a column group in the one table."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     batch_size: int = typer.Option(16, help="Images per featurize batch."),
     workers: int = typer.Option(0, help="Decoding processes (0: in the main process)."),
@@ -102,7 +106,7 @@ def reproduce_cmd(
     from item.errors import InputError
     from item.protocols import get_protocol
     from item.protocols.layout import check_layout
-    from item.protocols.reproduce import ReproduceConfig, needed_splits, run_reproduce
+    from item.protocols.reproduce import ReproduceConfig, check_backbones, needed_splits, run_reproduce
     from item.protocols.tables import text_rows
 
     if head_kind_old is not None:
@@ -112,19 +116,20 @@ def reproduce_cmd(
     cfg = ReproduceConfig(models=models, recipes=_csv(heads), head_kind=kind,
                           heads=tuple(str(h) for h in head or ()), device=device, batch_size=batch_size,
                           workers=workers, allow_missing=allow_missing, augment=tuple(augment or ()),
-                          align_format=align_format or "")
+                          align_format=align_format or "", backbones=tuple(backbone or ()))
     if align_format:
         from item.protocols.align import parse_alignment
 
         parse_alignment(align_format)  # a bad spec fails before the layout check
     if not cfg.recipes and not cfg.heads:
         raise InputError("--heads names no recipe; give e.g. --heads hierarchical,visual")
+    check_backbones(cfg)
     if check_only:
         splits = ("test",) if protocol.test_only or cfg.heads else ("train", "val", "test")
     else:
         splits = needed_splits(protocol, cfg)
     early = False
-    if not as_json and _random_models(models, cfg.heads):  # the first line, before hours of work
+    if not as_json and _random_models(models, cfg.heads, cfg.backbones):  # the first line, before hours of work
         emit(RANDOM_WEIGHTS_LINE)
         early = True
     layout = check_layout(protocol, root, splits)

@@ -6,6 +6,10 @@ into WORK/heads/<recipe> (kept when already trained on the same store) -> evalua
 with the protocol's real pairing -> the trivial-cue audit of the test store (can its labels be read
 off file format and size? see item.classify.audit) -> WORK/results.{md,json} and WORK/report.html.
 
+With ``backbones`` (``--backbone NAME``, repeatable) each backbone gets its own stores and heads in
+WORK/backbones/NAME, and the one table carries every backbone's heads (``ITEM visual [pe-core-l14]``:
+the visual recipe on a backbone is the linear-probe baseline of arXiv 2509.12995 with ``--kind logistic``).
+
 Test-only benchmarks (Chameleon, Co-Spy-Bench, Synthbuster) take heads trained elsewhere (--head).
 """
 
@@ -35,6 +39,7 @@ class ReproduceConfig:
     augment: tuple[str, ...] = ()  # train-time augmentation of the training images
     seed: int = 0
     align_format: str = ""  # e.g. 'jpeg:96': the fakes re-encoded before featurizing (see align.py)
+    backbones: tuple[str, ...] = ()  # registered backbones (item backbones): stores and heads for each, one table
 
 
 @dataclass
@@ -54,6 +59,22 @@ def needed_splits(protocol: Protocol, cfg: ReproduceConfig) -> tuple[str, ...]:
         raise InputError(f"{protocol.name} ({protocol.title}) is test-only: give the heads to evaluate with --head "
                          "(e.g. WORK/heads/hierarchical of `item reproduce genimage`)")
     return ("train", "val", "test")
+
+
+def check_backbones(cfg: ReproduceConfig) -> None:
+    """Refuse (InputError) an unknown backbone name (listing the valid ones), one named twice, and
+    backbones with given heads (those bring their own models); before any work."""
+    if not cfg.backbones:
+        return
+    from item.featurize.models.backbones import get_backbone
+
+    for b in cfg.backbones:
+        get_backbone(b)
+    if cfg.heads:
+        raise InputError("--backbone picks the CLIP model to featurize and train with; heads given with --head "
+                         "bring their own models: give one or the other")
+    if len(set(cfg.backbones)) < len(cfg.backbones):
+        raise InputError(f"--backbone names a backbone twice: {', '.join(cfg.backbones)}")
 
 
 def _head_is_current(head_dir: Path, recipe: str, kind: str, fingerprint: str) -> bool:
@@ -87,11 +108,13 @@ def run_reproduce(protocol: Protocol, root, work, cfg: ReproduceConfig = Reprodu
     from item.classify.heads import HeadConfig, load_head
     from item.classify.reporting import describe_model, write_report
     from item.classify.train import TrainConfig, evaluate, train_head
+    from item.featurize import resolve_models
     from item.protocols import tables
     from item.store import StoreReader
 
     from item.protocols.align import align_rows, parse_alignment
 
+    check_backbones(cfg)
     alignment = parse_alignment(cfg.align_format)
     work = Path(work) / alignment.slug if alignment else Path(work)
     splits = needed_splits(protocol, cfg)
@@ -119,45 +142,62 @@ def run_reproduce(protocol: Protocol, root, work, cfg: ReproduceConfig = Reprodu
     if train_rows:
         manifests["train"] = work / "manifests" / "train.csv"
         write_manifest(train_rows, manifests["train"])
-    stores = {"train": work / "stores" / "train", "test": work / "stores" / "test"}
-    jobs = []
-    if train_rows:
-        jobs.append(StoreJob((str(manifests["train"]),), stores["train"], augment=tuple(cfg.augment),
-                             alignment=str(alignment or "")))
-    jobs.append(StoreJob((str(manifests["test"]),), stores["test"], alignment=str(alignment or "")))
-    if cfg.heads:
-        infos = [load_head(h)[1] for h in cfg.heads]
-        models = spec_from_head(infos[0])
-    else:
-        models = cfg.models
-    featurize_jobs(jobs, models=models, device=cfg.device, batch_size=cfg.batch_size, workers=cfg.workers, log=log,
-                   progress=progress, command=f"item reproduce {protocol.name}")
-    heads: dict[str, Path] = {}
-    if cfg.heads:
-        for h in cfg.heads:
-            heads[f"ITEM {Path(h).name}"] = Path(h)
-    else:
-        with StoreReader(stores["train"]) as r:
-            fingerprint = r.fingerprint
-        for recipe in cfg.recipes:
-            out = work / "heads" / recipe
-            if _head_is_current(out, recipe, cfg.head_kind, fingerprint):
-                log(f"head {out}: already trained on this store, kept")
-            else:
-                log(f"training the {recipe} head -> {out}")
-                train_head(stores["train"], out, TrainConfig(recipe=recipe, head=HeadConfig(kind=cfg.head_kind),
-                                                             train_split="train", val_split="val", seed=cfg.seed))
-            heads[f"ITEM {recipe}"] = out
     reals = {p.name: p.pool for p in protocol.parts("test") if p.pool and p.name not in missing_tests}
-    log(f"evaluating {len(heads)} head(s) on {len(protocol.parts('test')) - len(missing_tests)} test set(s)")
-    results = evaluate(stores["test"], [str(h) for h in heads.values()], "test", reals=reals)
-    labels = dict(zip(results, heads))
-    for name, h in zip(results, heads.values()):
-        results[name]["path"] = str(h)
-    with StoreReader(stores["test"]) as r:
-        random_weights = bool(r.random_weights)
-        models_used = {role: describe_model(spec) for role, spec in r.models.items() if isinstance(spec, dict)}
-    audit = _audit(stores["test"], stores["train"] if train_rows else None, reals, log)
+    # One run of stores and heads per backbone (WORK/backbones/NAME with --backbone), one table for all.
+    results, labels, heads, test_stores, models_by = {}, {}, {}, [], {}
+    random_weights = False
+    for backbone in cfg.backbones or (None,):
+        sub = work if backbone is None else work / "backbones" / backbone
+        tag = "" if backbone is None else f" [{backbone}]"
+        stores = {"train": sub / "stores" / "train", "test": sub / "stores" / "test"}
+        jobs = []
+        if train_rows:
+            jobs.append(StoreJob((str(manifests["train"]),), stores["train"], augment=tuple(cfg.augment),
+                                 alignment=str(alignment or "")))
+        jobs.append(StoreJob((str(manifests["test"]),), stores["test"], alignment=str(alignment or "")))
+        if cfg.heads:
+            infos = [load_head(h)[1] for h in cfg.heads]
+            models = spec_from_head(infos[0])
+        elif backbone is not None:
+            models = resolve_models(cfg.models, backbone=backbone)
+            log(f"backbone {backbone}: {models.clip_model} / {models.clip_pretrained or 'random weights'}")
+        else:
+            models = cfg.models
+        featurize_jobs(jobs, models=models, device=cfg.device, batch_size=cfg.batch_size, workers=cfg.workers,
+                       log=log, progress=progress, command=f"item reproduce {protocol.name}")
+        these: dict[str, Path] = {}
+        if cfg.heads:
+            for h in cfg.heads:
+                these[f"ITEM {Path(h).name}"] = Path(h)
+        else:
+            with StoreReader(stores["train"]) as r:
+                fingerprint = r.fingerprint
+            for recipe in cfg.recipes:
+                out = sub / "heads" / recipe
+                if _head_is_current(out, recipe, cfg.head_kind, fingerprint):
+                    log(f"head {out}: already trained on this store, kept")
+                else:
+                    log(f"training the {recipe} head -> {out}")
+                    train_head(stores["train"], out, TrainConfig(recipe=recipe, head=HeadConfig(kind=cfg.head_kind),
+                                                                 train_split="train", val_split="val", seed=cfg.seed))
+                these[f"ITEM {recipe}{tag}"] = out
+        log(f"evaluating {len(these)} head(s) on {len(protocol.parts('test')) - len(missing_tests)} test set(s)"
+            + (f" ({backbone})" if backbone else ""))
+        got = evaluate(stores["test"], [str(h) for h in these.values()], "test", reals=reals)
+        for (name, res), (label, h) in zip(got.items(), these.items()):
+            res["path"] = str(h)
+            results[name + tag] = res
+            labels[name + tag] = label
+        heads.update(these)
+        test_stores.append(stores["test"])
+        with StoreReader(stores["test"]) as r:
+            models_by[backbone] = {role: describe_model(spec) for role, spec in r.models.items()
+                                   if isinstance(spec, dict)}
+            random_weights = random_weights or bool(r.random_weights)
+    models_used = next(iter(models_by.values()))
+    # the file cues the audit reads do not depend on the backbone: the first backbone's stores serve
+    first = work if not cfg.backbones else work / "backbones" / cfg.backbones[0]
+    audit = _audit(test_stores[0], first / "stores" / "train" if train_rows else None, reals, log)
     table = tables.build_table(protocol, results, labels, random_weights=random_weights, missing=missing_tests,
                                layout=layout.summary(), alignment=str(alignment or ""))
     table["audit"] = {k: audit[k] for k in ("verdict", "error") if k in audit}
@@ -166,10 +206,13 @@ def run_reproduce(protocol: Protocol, root, work, cfg: ReproduceConfig = Reprodu
                                                                      "threshold_from", "per_generator")})
     table["config"] = {**asdict(cfg), "root": str(layout.root), "work": str(work)}
     table["models"] = models_used
+    if cfg.backbones:
+        table["backbones"] = {b: {"work": str(work / "backbones" / b), "models": m} for b, m in models_by.items()}
     files = {"json": work / "results.json", "markdown": work / "results.md", "html": work / "report.html"}
     tables.write_json(table, files["json"])
     files["markdown"].write_text(tables.markdown(table), encoding="utf-8")
-    write_report(stores["test"], [str(h) for h in heads.values()], files["html"], "test", reals=reals,
+    write_report(test_stores if len(test_stores) > 1 else test_stores[0], [str(h) for h in heads.values()],
+                 files["html"], "test", reals=reals,
                  title=f"ITEM on {protocol.title}", results=results, audit=audit,
                  extra_sections=[(f"{protocol.title}: ITEM beside the published numbers", tables.html_section(table))])
     return ReproduceResult(table=table, layout=layout, work=work, files=files, heads=heads, random_weights=random_weights)

@@ -37,9 +37,14 @@ class JobResult:
 
 
 def spec_from_head(info: dict):
-    """The ModelSpec a head was trained with (from its recorded compat and models)."""
+    """The ModelSpec a head was trained with (from its recorded compat and models). A head over several
+    stores (one per backbone, ``item train A B``) is refused: these commands featurize with one model set."""
     from item.featurize import ModelSpec
 
+    if info.get("stores"):
+        labels = ", ".join(str((p.get("backbone") or {}).get("label")) for p in info["stores"])
+        raise InputError(f"the head reads {len(info['stores'])} stores, one per backbone ({labels}); this command "
+                         "featurizes with one backbone: give a head trained on one store")
     return ModelSpec.from_head(info)
 
 
