@@ -169,7 +169,7 @@ DOCUMENTS = {
                       "heads": _arr(_STR), "rows": _arr(_ref("eval_row"))}, description="item eval --json"),
     "cli_featurize": _doc({"n_inputs": _INT, "n_already_done": _INT, "n_duplicates": _INT, "n_written": _INT,
                            "n_skipped": _INT, "skipped_by_reason": {"type": "object"}, "seconds": _NUM,
-                           "images_per_second": _NUM, "device": _STR},
+                           "images_per_second": _NUM, "device": _STR, "precision": _STR},
                           required=["n_inputs", "n_written", "n_skipped", "skipped_by_reason"], closed=False,
                           description="item featurize --json: the run's summary (also appended to the manifest's "
                                       "runs)"),

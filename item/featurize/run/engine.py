@@ -76,7 +76,7 @@ def featurize_store(sources, store, *, models="default", config: FeaturizeConfig
 
             return featurize_store_ray(rows, root, models=models, config=config, progress=progress,
                                        overwrite=overwrite, command=command, lock=lock)
-        loaded = as_models(models, config.device)
+        loaded = as_models(models, config.device, config.precision)
         compat, mixed = compat_for(loaded, config), {}
         if allow_mixed and not overwrite and os.path.isfile(os.path.join(root, "manifest.json")):
             from item.featurize.identity import adopt_mixable
