@@ -154,7 +154,7 @@ _VIEW_EXTRA = {"heads": _arr(_ref("verdict")), "neighbors": _arr(_ref("neighbour
 
 DOCUMENTS = {
     # the command line
-    "cli_predict": _doc({"warnings": _arr(_STR), "rows": _arr(_ref("prediction"))},
+    "cli_predict": _doc({"warnings": _arr(_STR), "precision": _STR, "rows": _arr(_ref("prediction"))},
                         description="item predict --json"),
     "cli_neighbors": _doc({"query": _STR, "kind": {"enum": ["row", "file"]}, "id": _STR, "row": _INT,
                            "stored_row": _INT, "path": _STR, "caption": _STR, "models_loaded": _arr(_STR),

@@ -197,3 +197,90 @@ def test_cgroup_quota_counts_as_cores(tmp_path):
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
     assert cgroup_cores(v1) == 2.0
     assert cgroup_cores(tmp_path / "none") is None
+
+
+# ------------------------------------------------------------------ predict and serve
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """A tiny-random store of 6 images (fp32, captions given so grounding runs) and a logistic head on it."""
+    base = tmp_path_factory.mktemp("precision")
+    manifest = _manifest(base / "in", 6, seed=7)
+    store = base / "store"
+    r = _featurize(manifest, store)
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["train", str(store), "--out", str(base / "head"), "--kind", "logistic",
+                                 "--train-split", "all"])
+    assert r.exit_code == 0, r.output
+    return {"base": base, "store": store, "head": base / "head", "image": next((base / "in").glob("*.png"))}
+
+
+def _predict(scored, *extra):
+    r = CliRunner().invoke(app, ["predict", str(scored["image"]), "--head", str(scored["head"]), "--device", "cpu",
+                                 "--json", *extra])
+    assert r.exit_code == 0, r.output
+    return assert_valid(json.loads(r.stdout), "cli_predict")
+
+
+def test_predict_reports_its_precision_and_bf16_stays_close_to_the_fp32_answer(scored):
+    exact = _predict(scored)
+    assert exact["precision"] == "fp32" and not any("--precision" in w for w in exact["warnings"])
+    low = _predict(scored, "--precision", "bf16")
+    assert low["precision"] == "bf16-autocast"
+    # scored in another arithmetic than the head's embeddings: said, never silent
+    assert any("scored in bf16-autocast" in w and "fp32" in w for w in low["warnings"]), low["warnings"]
+    a, b = exact["rows"][0], low["rows"][0]
+    assert a["caption"] == b["caption"] and abs(a["p_fake"] - b["p_fake"]) < 0.05
+    assert abs(a["global_alignment"] - b["global_alignment"]) < 0.01
+
+
+def _service(scored, **kw):
+    from item.serve import ServeConfig, Service
+
+    return Service(ServeConfig(store=str(scored["store"]), heads=(str(scored["head"]),), device="cpu", **kw))
+
+
+def test_serve_warms_up_every_model_and_says_its_precision(scored):
+    pytest.importorskip("fastapi")
+    data = scored["image"].read_bytes()
+    cold = _service(scored, warm_up=False)
+    try:
+        assert cold.health()["models"]["warm_up_seconds"] is None
+        assert cold.health()["models"]["precision"] == "fp32"
+        first = cold.predict_upload(data)
+    finally:
+        cold.close()
+    warm = _service(scored)
+    try:
+        health = warm.health()["models"]
+        assert health["precision"] == "fp32" and health["warm_up_seconds"] > 0
+        assert not warm.models.text_cache  # the warm-up's own texts are not kept
+        # the warm-up changes no answer, and nor does the text cache kept across uploads
+        one = warm.predict_upload(data, caption="a dog on a red couch next to a cat")
+        n_cached = len(warm.models.text_cache)
+        assert n_cached >= 2  # the caption and its nouns
+        two = warm.predict_upload(data, caption="a dog on a red couch next to a cat")
+        assert len(warm.models.text_cache) == n_cached  # every text was a hit
+        assert one["heads"] == two["heads"] and one["objects"] == two["objects"]
+        again = warm.predict_upload(data)
+        assert again["heads"] == first["heads"] and again["caption"] == first["caption"]
+    finally:
+        warm.close()
+
+
+def test_serve_scores_uploads_in_bf16_when_asked_and_bounds_its_text_cache(scored, monkeypatch):
+    pytest.importorskip("fastapi")
+    import item.serve.featurizer as featurizer
+
+    monkeypatch.setattr(featurizer, "MAX_TEXT_CACHE", 1)
+    low = _service(scored, precision="bf16", warm_up=False)
+    try:
+        assert low.health()["models"]["precision"] == "bf16-autocast"
+        low.predict_upload(scored["image"].read_bytes(), caption="a dog on a red couch next to a cat")
+        low.predict_upload(scored["image"].read_bytes(), caption="a bird")
+        assert len(low.models.text_cache) <= 2  # cleared past the bound before the second upload
+    finally:
+        low.close()
+    r = CliRunner().invoke(app, ["serve", "--help"])
+    assert "--precision [fp32|bf16|auto]" in r.output and "--no-warm-up" in r.output

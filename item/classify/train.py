@@ -274,14 +274,17 @@ def _fit_streamed_if_large(reader, cfg: TrainConfig, head, train, y, val, yv, ha
     return predict_streaming(head, StoreRows(reader, cfg.recipe, val, chunk_rows)) if val.size else np.array([])
 
 
-def check_head_fits(head_info: dict, compat: dict, where: str, allow_mixed: bool = False) -> None:
+def check_head_fits(head_info: dict, compat: dict, where: str, allow_mixed: bool = False,
+                    tolerated: tuple = ()) -> None:
     """Refuse a head trained on embeddings of other models / preprocessing / identity than ``compat`` describes.
 
     ``allow_mixed`` lets differences in schema.mixable_keys pass (library versions; device class and precision
-    only where no captioner or grounder ran).
+    only where no captioner or grounder ran); ``tolerated``: keys the caller lets differ because the user chose
+    them and the output says so (``predict --precision``).
     """
     want = head_info.get("compat", {})
     keys, mixable = identity_diff(want, compat, HEAD_COMPAT_KEYS, allow_mixed)
+    keys = [k for k in keys if k not in tolerated]
     diff = [f"{k}: head {want.get(k)!r}, {where} {compat.get(k)!r}" for k in keys]
     if diff:
         why = schema.why_not_mixable(keys, want, compat)
