@@ -201,7 +201,7 @@ DOCUMENTS = {
                             "results": {"type": "object"}},
                            required=["format", "head", "threshold", "results"], closed=False,
                            description="item robustness --json (and WORK/robustness.json)"),
-    "cli_check": _doc({"passed": _BOOL, "device": _STR, "identity": {"type": "object"}, "models": {"type": "object"},
+    "cli_check": _doc({"passed": _BOOL, "device": _STR, "precision": _STR, "identity": {"type": "object"}, "models": {"type": "object"},
                        "checks": _arr(_obj({"name": _STR, "passed": _null(_BOOL), "value": _null(_NUM), "bound": _NUM,
                                             "op": _STR, "what": _STR, "skipped": _STR},
                                            required=["name", "passed", "value", "bound"], closed=False)),
