@@ -265,13 +265,15 @@ def evaluate(store, head, split: str | None = "test", *, each: bool = False):
     return df
 
 
-def predict(paths_or_images, head, *, captions=None, device: str = "auto", batch_size: int = 16):
+def predict(paths_or_images, head, *, captions=None, device: str = "auto", batch_size: int = 16,
+            precision: str | None = None):
     """Score images with ``head`` (Head or head directory): a pandas DataFrame, one row per image.
 
     ``paths_or_images``: files, folders, manifests (CSV / JSON Lines with ``path`` and optional
     ``caption``) or PIL images, alone or in a list. ``captions``: {path: caption} used instead of
     the captioner. Columns: path, id, status, reason, p_fake, label, threshold, caption,
-    caption_source, global_alignment, objects; ``attrs`` holds 'random_weights' and 'warnings'.
+    caption_source, global_alignment, objects; ``attrs`` holds 'random_weights', 'warnings' and 'precision'
+    (the arithmetic the models ran in; ``precision``: fp32, bf16 or auto on the CPU, None for the device's own).
     """
     import tempfile
 
@@ -285,8 +287,9 @@ def predict(paths_or_images, head, *, captions=None, device: str = "auto", batch
             raise InputError(f"cannot predict on a {type(it).__name__}: give paths or PIL images")
     with tempfile.TemporaryDirectory() as tmp:
         result = predict_files(items, _head_dir(head, Path(tmp)), device=device, batch_size=batch_size,
-                               captions=captions)
+                               captions=captions, precision=precision)
     df = pd.DataFrame(result["rows"])
-    df.attrs.update({"random_weights": result["random_weights"], "warnings": result["warnings"]})
+    df.attrs.update({"random_weights": result["random_weights"], "warnings": result["warnings"],
+                     "precision": result["precision"]})
     warn_random_weights(result["random_weights"])
     return df

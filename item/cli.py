@@ -71,6 +71,10 @@ def _plain_metavars(group) -> None:
             if getattr(param, "is_flag", False) or getattr(param, "_item_metavar", False):
                 continue
             param._item_metavar = True
+            desc = getattr(param, "type_descriptor", None)
+            choices = getattr(desc, "choices", None) if getattr(desc, "is_choice", False) else None
+            if param.metavar is None and choices:  # a choice (an Enum option) shows its values
+                param.metavar = "[" + "|".join(str(getattr(c, "value", c)) for c in choices) + "]"
             if param.metavar is None:
                 bare = param.bare_type() if hasattr(param, "bare_type") else ""
                 if bare.startswith("list[") and bare.endswith("]"):

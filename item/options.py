@@ -16,6 +16,7 @@ Upper ends are not cosmetic where the value sizes a native allocation (``--hidde
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -126,6 +127,26 @@ NUMBERS: dict[str, Number] = {
     "store split test": Number(0, 1, hi_open=True),
     "store split seed": _SEED,
 }
+
+
+class Precision(str, enum.Enum):
+    """``--precision``: a choice, so click refuses anything else in one line listing the valid values
+    (``item.featurize.models.hub.PRECISIONS``, of which these are the members; a test checks they agree)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+    auto = "auto"
+
+
+#: The help of every command's ``--precision``; ``default`` says what leaving it out means for that command.
+PRECISION_HELP = ("Arithmetic of the models on the CPU: fp32, bf16 (bfloat16 autocast: CLIP, captioner and grounder), "
+                  "or auto (bf16 where torch says the CPU computes bfloat16 natively, else fp32). Default: fp32 on the "
+                  "CPU; CUDA runs fp16 autocast (there only auto is accepted). Recorded in a store's identity.")
+
+
+def precision_value(choice) -> str | None:
+    """The library's value of a ``--precision`` choice (None when the option is left out)."""
+    return None if choice is None else Precision(choice).value
 
 
 def _hidden(text: str) -> None:

@@ -155,7 +155,7 @@ _VIEW_EXTRA = {"heads": _arr(_ref("verdict")), "neighbors": _arr(_ref("neighbour
 
 DOCUMENTS = {
     # the command line
-    "cli_predict": _doc({"warnings": _arr(_STR), "rows": _arr(_ref("prediction"))},
+    "cli_predict": _doc({"warnings": _arr(_STR), "precision": _STR, "rows": _arr(_ref("prediction"))},
                         description="item predict --json"),
     "cli_neighbors": _doc({"query": _STR, "kind": {"enum": ["row", "file"]}, "id": _STR, "row": _INT,
                            "stored_row": _INT, "path": _STR, "caption": _STR, "models_loaded": _arr(_STR),
@@ -175,7 +175,7 @@ DOCUMENTS = {
                      description="item eval --json (join and backbones: with several stores, one per backbone)"),
     "cli_featurize": _doc({"n_inputs": _INT, "n_already_done": _INT, "n_duplicates": _INT, "n_written": _INT,
                            "n_skipped": _INT, "skipped_by_reason": {"type": "object"}, "seconds": _NUM,
-                           "images_per_second": _NUM, "device": _STR},
+                           "images_per_second": _NUM, "device": _STR, "precision": _STR},
                           required=["n_inputs", "n_written", "n_skipped", "skipped_by_reason"], closed=False,
                           description="item featurize --json: the run's summary (also appended to the manifest's "
                                       "runs)"),
@@ -207,7 +207,7 @@ DOCUMENTS = {
                             "results": {"type": "object"}},
                            required=["format", "head", "threshold", "results"], closed=False,
                            description="item robustness --json (and WORK/robustness.json)"),
-    "cli_check": _doc({"passed": _BOOL, "device": _STR, "identity": {"type": "object"}, "models": {"type": "object"},
+    "cli_check": _doc({"passed": _BOOL, "device": _STR, "precision": _STR, "identity": {"type": "object"}, "models": {"type": "object"},
                        "checks": _arr(_obj({"name": _STR, "passed": _null(_BOOL), "value": _null(_NUM), "bound": _NUM,
                                             "op": _STR, "what": _STR, "skipped": _STR},
                                            required=["name", "passed", "value", "bound"], closed=False)),

@@ -28,6 +28,7 @@ from tests._schemas import assert_valid
 
 QUALITY_CHECKS = ("captions", "grounding", "clip_retrieval")
 REFERENCE_CHECKS = ("reference_grounding", "reference_grounding_boxes", "reference_clip", "reference_captions")
+BF16_CHECKS = ("bf16_captions", "bf16_grounding", "bf16_cosine")
 
 
 def test_caption_names_match_whole_words_and_plurals():
@@ -162,15 +163,65 @@ def _stand_in_models(exp):
 
 def test_stand_in_models_that_answer_the_expectations_pass_every_check():
     exp = load_expectations()
-    report = run_checks(_stand_in_models(exp), expectations=exp)
+    report = run_checks(_stand_in_models(exp), expectations=exp, cpu_bf16=False)
     ran = [c for c in report.checks if not c.skipped]
     assert {c.name for c in ran} == {"captions", "grounding", "batch_invariance", "clip_retrieval"}
     assert all(c.passed for c in ran), [(c.name, c.value) for c in ran]
     assert report.passed and not report.random_weights
     skipped = {c.name: c.skipped for c in report.checks if c.skipped}
     # stand-ins have no reference code path: the reference checks say so
-    assert set(skipped) == {"fp16_agreement", "fp16_cosine", *REFERENCE_CHECKS} and "CUDA" in skipped["fp16_cosine"]
+    assert set(skipped) == {"fp16_agreement", "fp16_cosine", *REFERENCE_CHECKS, *BF16_CHECKS}
+    assert "CUDA" in skipped["fp16_cosine"] and skipped["bf16_cosine"] == "not asked for"
     assert "stand-in" in skipped["reference_grounding"] and "open_clip" in skipped["reference_clip"]
+
+
+def test_bf16_agreement_is_measured_on_the_cpu_and_fails_when_bf16_changes_the_answers():
+    from item.featurize.models.hub import BF16_AUTOCAST, precision_in_effect
+
+    exp = load_expectations()
+    models = _stand_in_models(exp)
+    report = run_checks(models, expectations=exp, cpu_bf16=True)
+    by_name = {c.name: c for c in report.checks}
+    # the stand-ins answer alike in either arithmetic: every agreement is 1 and passes its bound
+    assert [(by_name[n].value, by_name[n].passed) for n in BF16_CHECKS] == [(1.0, True)] * 3
+    assert (by_name["bf16_captions"].bound, by_name["bf16_grounding"].bound, by_name["bf16_cosine"].bound) == \
+        (0.95, 0.95, 0.999)
+    assert report.passed and report.precision == "fp32"
+
+    # a captioner whose words change under bfloat16 autocast, and a grounder that loses half its nouns there
+    captioner, grounder = models.captioner, models.grounder
+    plain_caption, plain_ground = captioner.caption_prepared, type(grounder).ground_batch
+
+    def caption_prepared(pixels):
+        low = precision_in_effect("cpu", getattr(captioner, "precision", None)) == BF16_AUTOCAST
+        return ["a blurry photo" for _ in pixels] if low else plain_caption(pixels)
+
+    def ground_batch(prepared, nouns):
+        out = plain_ground(grounder, prepared, nouns)
+        if precision_in_effect("cpu", grounder.precision) == BF16_AUTOCAST:
+            out = [[b if j % 2 else None for j, b in enumerate(bs)] for bs in out]
+        return out
+
+    captioner.caption_prepared, grounder.ground_batch = caption_prepared, ground_batch
+    report = run_checks(models, expectations=exp, cpu_bf16=True)
+    by_name = {c.name: c for c in report.checks}
+    assert by_name["bf16_captions"].passed is False and by_name["bf16_captions"].value == 0.0
+    assert by_name["bf16_grounding"].passed is False and by_name["bf16_grounding"].value < 0.95
+    assert by_name["bf16_cosine"].passed and by_name["captions"].passed  # the run itself was fp32
+    assert not report.passed
+
+
+def test_bf16_agreement_is_skipped_with_its_reason_where_the_cpu_lacks_bfloat16(monkeypatch):
+    import item.hardware
+
+    monkeypatch.setattr(item.hardware, "native_bfloat16", lambda: False)
+    exp = load_expectations()
+    report = run_checks(_stand_in_models(exp), expectations=exp)
+    skipped = {c.name: c.skipped for c in report.checks if c.skipped}
+    assert set(BF16_CHECKS) <= set(skipped) and "does not compute bfloat16 natively" in skipped["bf16_cosine"]
+    monkeypatch.setattr(item.hardware, "native_bfloat16", lambda: True)  # auto would pick bf16: measured
+    report = run_checks(_stand_in_models(exp), expectations=exp)
+    assert all(c.value == 1.0 for c in report.checks if c.name in BF16_CHECKS)
 
 
 def test_a_stand_in_that_misses_fails_the_check_it_misses():
@@ -238,13 +289,30 @@ def test_runs_from_a_hub_layout_cache_with_one_line_per_check(tmp_path):
     assert lines[0].startswith("RANDOM WEIGHTS") and "expected to fail" in lines[0]
     assert any(ln.startswith("identity grounder=IDEA-Research/grounding-dino-tiny") for ln in lines)
     checks = [ln for ln in lines if ln.split(" ")[0] in ("PASS", "FAIL", "SKIP")]
-    assert len(checks) == 6 + len(REFERENCE_CHECKS)
+    assert len(checks) == 6 + len(REFERENCE_CHECKS) + len(BF16_CHECKS)
     for name in REFERENCE_CHECKS:  # the hub checkpoints' own reference paths agree with ITEM's
         assert next(ln for ln in checks if f" {name}:" in ln).startswith("PASS"), checks
     for name in QUALITY_CHECKS:
         line = next(ln for ln in checks if f" {name}:" in ln)
         assert line.startswith("FAIL") and "bound >=" in line
     assert any(ln.startswith("SKIP") and "fp16_cosine" in ln and "CUDA" in ln for ln in checks)
+
+
+def test_cpu_bf16_agreement_is_in_the_json_report_with_tiny_models(tmp_path):
+    """RANDOM WEIGHTS: ``--precision bf16`` runs the checks under bfloat16 autocast and measures it against fp32
+    on the same loaded models; each bf16 entry carries its measured value and bound in --json."""
+    expected = _small_expectations(tmp_path / "samples", n=3)
+    r = CliRunner().invoke(app, ["check", "--models", "tiny-random", "--device", "cpu", "--precision", "bf16",
+                                 "--expectations", str(expected), "--json"])
+    assert r.exit_code == 1, r.output  # random weights fail the quality checks
+    report = assert_valid(json.loads(r.stdout), "cli_check")
+    assert report["precision"] == report["identity"]["precision"] == "bf16-autocast"
+    by_name = {c["name"]: c for c in report["checks"]}
+    for name in BF16_CHECKS:
+        c = by_name[name]
+        assert c["skipped"] == "" and isinstance(c["value"], float) and isinstance(c["passed"], bool), c
+    assert by_name["bf16_cosine"]["value"] >= 0.999 and by_name["bf16_cosine"]["passed"]
+    assert by_name["bf16_captions"]["bound"] == by_name["bf16_grounding"]["bound"] == 0.95
 
 
 def test_bad_expectations_file_is_one_line_before_any_model_loads(tmp_path):

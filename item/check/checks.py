@@ -15,7 +15,14 @@ bound (all bounds are this project's choice, documented here and in the README):
   lie within 1 pixel of the boxes found one image at a time, and the same nouns are grounded;
 - ``fp16_agreement`` / ``fp16_cosine`` (CUDA only): the same featurize run in fp32 and under fp16 autocast
   gives the same captions and grounding decisions on at least 95% of the samples, and image and caption
-  embeddings with cosine >= 0.999. On the CPU both are reported as skipped, with the reason.
+  embeddings with cosine >= 0.999. On the CPU both are reported as skipped, with the reason;
+- ``bf16_captions`` / ``bf16_grounding`` / ``bf16_cosine`` (CPU only; ``REFERENCE_COMPARISONS`` entry
+  ``cpu_bf16``): the same models in fp32 and under bfloat16 autocast (``--precision bf16``) give the same
+  caption on at least 95% of the samples, the same grounding decision for at least 95% of the annotated nouns
+  (both ungrounded, or both grounded with boxes at IoU >= 0.5 to each other), and CLIP image and description
+  embeddings with cosine >= 0.999 (the GPU path's bounds). Measured where the models run in bf16 or the CPU
+  computes bfloat16 natively (``item.hardware.native_bfloat16``: what ``--precision auto`` picks bf16 on);
+  elsewhere skipped with the reason.
 
 Reference checks (``REFERENCE_COMPARISONS``, one entry each, code in ``reference.py``): the same models'
 answers by their reference code path, on the user's real weights, so a departure of ITEM's code from the
@@ -64,6 +71,10 @@ REFERENCE_BOX_PX = 1.0
 REFERENCE_SCORE_TOL = 1e-3
 REFERENCE_CLIP_BOUND = 0.999
 REFERENCE_CAPTION_BOUND = 0.95
+BF16_CAPTION_BOUND = 0.95
+BF16_GROUNDING_BOUND = 0.95
+BF16_BOX_IOU = 0.5
+BF16_COSINE_BOUND = 0.999
 
 
 @dataclass
@@ -90,6 +101,7 @@ class CheckReport:
     models: dict
     checks: list[Check] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)  # per sample: caption, named, boxes found
+    precision: str = ""  # the arithmetic the models ran the checks in (the identity's precision)
 
     @property
     def passed(self) -> bool:
@@ -98,7 +110,7 @@ class CheckReport:
 
     def to_json(self) -> dict:
         return {"random_weights": self.random_weights, "passed": self.passed, "device": self.device,
-                "identity": self.identity, "models": self.models,
+                "precision": self.precision, "identity": self.identity, "models": self.models,
                 "checks": [asdict(c) for c in self.checks], "samples": self.samples}
 
 
@@ -162,10 +174,12 @@ def _box_tuple(b):
 
 
 def run_checks(models, *, expectations: dict | None = None, samples_dir: str | Path | None = None,
-               progress=None) -> CheckReport:
+               progress=None, cpu_bf16: bool | None = None) -> CheckReport:
     """Run every check on the samples with loaded ``models`` (``item.featurize.Models``, or anything with the
     same parts: a stand-in passes through the same interfaces). ``progress(message)`` is called before each
-    stage. Returns the CheckReport; raises InputError when the expectations or the samples cannot be read."""
+    stage. ``cpu_bf16``: measure bfloat16 autocast against fp32 on the CPU (the bf16_* checks); None: where the
+    models run in bf16 or the CPU computes bfloat16 natively. Returns the CheckReport; raises InputError when
+    the expectations or the samples cannot be read."""
     from item.featurize import FeaturizeConfig, compat_for, featurize_images
     from item.featurize.inputs.decode import DecodeError, decode_image
     from item.store import schema
@@ -187,7 +201,8 @@ def run_checks(models, *, expectations: dict | None = None, samples_dir: str | P
         random_weights=bool(compat["random_weights"]), device=str(models.device),
         identity={k: compat[k] for k in ("clip_model", "clip_pretrained", "captioner", "grounder")
                   + tuple(schema.IDENTITY_KEYS)},
-        models={"spec": models.spec.to_json() if hasattr(models.spec, "to_json") else str(models.spec)})
+        models={"spec": models.spec.to_json() if hasattr(models.spec, "to_json") else str(models.spec)},
+        precision=str(compat["precision"]))
     per_sample = [{"sample": k} for k in keys]
 
     # captions (and the CLIP embeddings of the whole featurize path, reused by fp16 against fp32)
@@ -251,7 +266,8 @@ def run_checks(models, *, expectations: dict | None = None, samples_dir: str | P
                                 "samples' descriptions"))
 
     # each model against its reference code path
-    ctx = ReferenceInputs(models, images, entries, records, together if grounder is not None else None)
+    ctx = ReferenceInputs(models, images, entries, records, together if grounder is not None else None,
+                          config=config, cpu_bf16=cpu_bf16, progress=say)
     for name, compare in REFERENCE_COMPARISONS:
         say(f"comparing with the reference: {name}")
         report.checks.extend(compare(ctx))
@@ -276,7 +292,8 @@ def run_checks(models, *, expectations: dict | None = None, samples_dir: str | P
         report.checks.append(_check("fp16_cosine", min(cosines) if cosines else 0.0, FP16_COSINE_BOUND, ">=",
                                     "lowest cosine between fp16-autocast and fp32 image and caption embeddings"))
     else:
-        why = ("runs on CUDA only (the CPU computes in fp32)" if not str(models.device).startswith("cuda")
+        why = ("runs on CUDA only (the CPU's bfloat16 autocast: bf16_captions, bf16_grounding, bf16_cosine)"
+               if not str(models.device).startswith("cuda")
                else "needs a captioner")
         report.checks.append(Check("fp16_agreement", None, None, FP16_AGREEMENT_BOUND, skipped=why,
                                    what="same captions and grounding decisions in fp16 autocast and fp32"))
@@ -299,6 +316,9 @@ class ReferenceInputs:
     entries: list[dict]
     records: list | None
     grounding: list | None
+    config: object = None  # the FeaturizeConfig the records were made with
+    cpu_bf16: bool | None = None  # run_checks' cpu_bf16
+    progress: object = None  # progress(message), or None
 
 
 def _skipped(name: str, bound: float, what: str, why: str, op: str = ">=") -> Check:
@@ -371,10 +391,93 @@ def _reference_captions(ctx: ReferenceInputs) -> list[Check]:
     return [_check("reference_captions", _fraction(same), REFERENCE_CAPTION_BOUND, ">=", what)]
 
 
+def _bf16_skip_reason(ctx: ReferenceInputs) -> str:
+    """Why bfloat16 against fp32 is not measured here ('' when it is)."""
+    from item.featurize.models.hub import BF16_AUTOCAST
+
+    if str(ctx.models.device).startswith("cuda"):
+        return "CPU precision only (CUDA runs fp16 autocast: fp16_agreement, fp16_cosine)"
+    if ctx.cpu_bf16 is not None:
+        return "" if ctx.cpu_bf16 else "not asked for"
+    if getattr(ctx.models, "precision", "") == BF16_AUTOCAST:
+        return ""
+    from item.hardware import native_bfloat16
+
+    if native_bfloat16():
+        return ""
+    return ("this CPU does not compute bfloat16 natively (torch.cpu reports neither AVX512-BF16 nor AMX, ARM no "
+            "BF16), so --precision auto stays fp32; --precision bf16 measures it anyway")
+
+
+def _cpu_bf16(ctx: ReferenceInputs) -> list[Check]:
+    """bfloat16 autocast against fp32 on the CPU with the same loaded models: captions of the featurize run,
+    grounding decisions on the annotated nouns, CLIP image and description embeddings."""
+    import numpy as np
+    import torch
+
+    from item.featurize import featurize_images
+    from item.featurize.models.hub import BF16_AUTOCAST, FP32, run_precision
+
+    what_cap = "fraction of samples with the same caption under bfloat16 autocast and in fp32"
+    what_gr = (f"fraction of annotated nouns with the same grounding decision under bfloat16 autocast and in fp32 "
+               f"(both ungrounded, or boxes at IoU >= {BF16_BOX_IOU})")
+    what_cos = "lowest cosine between bfloat16-autocast and fp32 CLIP image and description embeddings"
+    names = (("bf16_captions", BF16_CAPTION_BOUND, what_cap), ("bf16_grounding", BF16_GROUNDING_BOUND, what_gr),
+             ("bf16_cosine", BF16_COSINE_BOUND, what_cos))
+    why = _bf16_skip_reason(ctx)
+    if why:
+        return [_skipped(n, b, w, why) for n, b, w in names]
+    say = ctx.progress or (lambda message: None)
+    models = ctx.models
+    # The run's own outputs are in the models' precision; the other side is computed under run_precision().
+    own = getattr(models, "precision", "") or FP32
+    other = FP32 if own == BF16_AUTOCAST else BF16_AUTOCAST
+
+    def sides(fn):
+        mine = fn()
+        with run_precision(other):
+            theirs = fn()
+        return (mine, theirs) if own == BF16_AUTOCAST else (theirs, mine)  # (bf16, fp32)
+
+    out = []
+    if ctx.records is not None:
+        say(f"featurizing the samples again in {other}")
+        with run_precision(other):
+            again = featurize_images(ctx.images, models=models, config=ctx.config)
+        same = [a.caption == b.caption for a, b in zip(ctx.records, again)]
+        out.append(_check("bf16_captions", _fraction(same), BF16_CAPTION_BOUND, ">=", what_cap))
+    else:
+        out.append(_skipped("bf16_captions", BF16_CAPTION_BOUND, what_cap, "no captioner (--captioner none)"))
+    if models.grounder is not None and ctx.grounding is not None:
+        say(f"grounding the annotated objects in {other}")
+        nouns = [[o["noun"] for o in e["objects"]] for e in ctx.entries]
+        with run_precision(other):
+            again = models.grounder.ground(ctx.images, nouns)
+        bf16_boxes, fp32_boxes = (ctx.grounding, again) if own == BF16_AUTOCAST else (again, ctx.grounding)
+        agree = []
+        for xs, ys in zip(bf16_boxes, fp32_boxes):
+            for a, b in zip(xs, ys):
+                agree.append((a is None and b is None) or (a is not None and b is not None
+                                                           and iou(_box_tuple(a), _box_tuple(b)) >= BF16_BOX_IOU))
+        out.append(_check("bf16_grounding", _fraction(agree), BF16_GROUNDING_BOUND, ">=", what_gr))
+    else:
+        out.append(_skipped("bf16_grounding", BF16_GROUNDING_BOUND, what_gr, "no grounder (--grounder none)"))
+    say(f"encoding the samples and descriptions in {other}")
+    clip = models.clip
+    pixels = torch.stack([clip.preprocess(im) for im in ctx.images])
+    texts = [e["description"] for e in ctx.entries]
+    img_bf16, img_fp32 = sides(lambda: clip.encode_images(pixels))
+    txt_bf16, txt_fp32 = sides(lambda: clip.encode_texts(texts)[0])
+    cos = np.concatenate([(img_bf16 * img_fp32).sum(1), (txt_bf16 * txt_fp32).sum(1)])
+    out.append(_check("bf16_cosine", float(cos.min()) if cos.size else 0.0, BF16_COSINE_BOUND, ">=", what_cos))
+    return out
+
+
 #: The reference comparisons, in report order: (name, function of ReferenceInputs -> list of Checks).
 #: A new comparison (another precision, another model part) is one more entry.
 REFERENCE_COMPARISONS = (
     ("grounding", _reference_grounding),
     ("clip", _reference_clip),
     ("captions", _reference_captions),
+    ("cpu_bf16", _cpu_bf16),
 )

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from item.console import emit, emit_json, guarded, info
+from item.options import PRECISION_HELP, Precision, precision_value
 
 RANDOM_CHECK_LINE = ("RANDOM WEIGHTS: a model has randomly initialised weights; the checks are expected to fail "
                      "(they test pretrained models)")
@@ -42,14 +43,19 @@ def check_cmd(
     captioner: Optional[str] = typer.Option(None, help="Captioner: HF id, local folder, random name or 'none'."),
     grounder: Optional[str] = typer.Option(None, help="Grounder: HF id, local folder, random name or 'none'."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    precision: Optional[Precision] = typer.Option(None, help=PRECISION_HELP + " The checks run in it; on the CPU "
+                                                  "bf16 is also measured against fp32 (bf16_* checks) where the "
+                                                  "models run in bf16 or the CPU computes bfloat16 natively.",
+                                                  show_default=False),
     expectations: Optional[Path] = typer.Option(None, help="Another expectations file (the format of "
                                                 "item/samples/expected.json; image paths relative to its "
                                                 "folder). Default: the shipped samples."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ):
     """Check the models on the shipped samples: captions name the main object, boxes hit the annotated
-    objects, CLIP ranks each sample's own description first, batching changes no box, and (CUDA) fp16
-    agrees with fp32. Reference checks compare the same weights with their libraries' own code paths:
+    objects, CLIP ranks each sample's own description first, batching changes no box, (CUDA) fp16
+    agrees with fp32, and (CPU) bfloat16 autocast agrees with fp32 (>= 95% same captions and grounding
+    decisions, cosine >= 0.999). Reference checks compare the same weights with their libraries' own code paths:
     grounding against the family's transformers post-processing (same decision for >= 99% of nouns, boxes
     within 1 px), CLIP against open_clip's own transform and encode (cosine >= 0.999), captions against
     BLIP's generate() with its authors' settings (>= 95% identical). Samples are decoded as featurize
@@ -63,7 +69,7 @@ def check_cmd(
     if spec.random_weights:
         info(RANDOM_CHECK_LINE)
     info(f"loading models ({models}{', RANDOM WEIGHTS' if spec.random_weights else ''}) ...")
-    loaded = load_models(spec, device)
+    loaded = load_models(spec, device, precision_value(precision))
     report = run_checks(loaded, expectations=expected, progress=info,
                         samples_dir=expectations.parent if expectations is not None else None)
     if as_json:

@@ -68,7 +68,7 @@ def grounding_dino(grounder, image, nouns: list[str]):
     prompt = " . ".join(nouns) + " ."
     proc = grounder.processor
     inputs = proc(images=image, text=prompt, return_tensors="pt")
-    with torch.inference_mode(), autocast_for(grounder.device):
+    with torch.inference_mode(), autocast_for(grounder.device, getattr(grounder, "precision", None)):
         out = grounder.model(**{k: to_device(v, grounder.device) for k, v in inputs.items()})
     out.logits, out.pred_boxes = out.logits.float().cpu(), out.pred_boxes.float().cpu()
     w, h = image.size
@@ -107,7 +107,7 @@ def owlv2(grounder, image, nouns: list[str]):
                          return_tensors="pt")
     pix = proc.image_processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"]
     inputs = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"], "pixel_values": pix}
-    with torch.inference_mode(), autocast_for(grounder.device):
+    with torch.inference_mode(), autocast_for(grounder.device, getattr(grounder, "precision", None)):
         out = grounder.model(**{k: to_device(v, grounder.device) for k, v in inputs.items()})
     out.logits, out.pred_boxes = out.logits.float().cpu(), out.pred_boxes.float().cpu()
     w, h = image.size
@@ -137,7 +137,7 @@ def omdet_turbo(grounder, image, nouns: list[str]):
     classes = [_clean(n) for n in nouns]
     proc = grounder.processor
     prepared = grounder.prepare(image)
-    with torch.inference_mode(), autocast_for(grounder.device):
+    with torch.inference_mode(), autocast_for(grounder.device, getattr(grounder, "precision", None)):
         if isinstance(proc, OmDetTurboProcessor):
             inputs = proc(images=image.convert("RGB"), text=classes, task=TASK.format(", ".join(classes)),
                           return_tensors="pt")
@@ -233,7 +233,7 @@ def blip_captions(captioner, images) -> list[str]:
     out = []
     for im in images:
         inputs = captioner.processor(images=im.convert("RGB"), text=prompt, return_tensors="pt")
-        with torch.inference_mode(), autocast_for(captioner.device):
+        with torch.inference_mode(), autocast_for(captioner.device, getattr(captioner, "precision", None)):
             ids = captioner.model.generate(pixel_values=to_device(inputs["pixel_values"], captioner.device),
                                            input_ids=to_device(inputs["input_ids"], captioner.device),
                                            num_beams=3, max_length=20, min_length=5, repetition_penalty=1.0,

@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from item.options import PRECISION_HELP, Precision, precision_value
 from item.console import RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, heads_random, info, progress_bar, table, warn
 
 METRIC_COLUMNS = ["generator", "reals", "n_real", "n_fake", "acc", "real_acc", "fake_acc", "ap", "auroc",
@@ -297,6 +298,8 @@ def predict_cmd(
                                      "version, device class or precision (rounding-level differences only)."),
     model_path: Optional[List[Path]] = typer.Option(None, "--model-path", help="A local model file or folder the "
                                                     "head may name (repeat); a head can name no other local path."),
+    precision: Optional[Precision] = typer.Option(None, help=PRECISION_HELP + " Given, it may differ from the "
+                                                  "head's (the output says both).", show_default=False),
 ):
     """Score images: P(fake), the label at the head's threshold, the caption (given ones are used)."""
     from item.classify.heads import load_head
@@ -307,12 +310,14 @@ def predict_cmd(
         emit(RANDOM_WEIGHTS_LINE)  # first, before the minutes of featurizing
     with progress_bar(None, "scoring") as advance:
         res = predict_files(list(inputs), head, device=device, batch_size=batch_size, allow_mixed=allow_mixed,
-                            model_paths=[str(p) for p in model_path or []], progress=advance, log=info)
+                            model_paths=[str(p) for p in model_path or []], progress=advance, log=info,
+                            precision=precision_value(precision))
     for w in res["warnings"]:
         warn(w)
     if as_json:
         emit_json(_strict_json(res))
         return
+    info(f"models ran in {res['precision']}")
     ok_row = lambda r: r["status"] == "ok"  # noqa: E731
     table([{"path": r["path"], "p_fake": r["p_fake"] if ok_row(r) else float("nan"),
             "label": r["label"] if ok_row(r) else f"skipped: {r['reason']}", "caption": r["caption"] or ""}

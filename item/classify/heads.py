@@ -201,16 +201,10 @@ def auto_plan(cfg: HeadConfig, n_train: int) -> tuple[int, int]:
 
 
 def native_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 matrix products natively (x86 AVX512-BF16 or AMX; ARM BF16)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.split(":", 1)[-1].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    """Whether this CPU computes bfloat16 matrix products natively (``item.hardware.native_bfloat16``)."""
+    from item.hardware import native_bfloat16 as native
+
+    return native()
 
 
 def resolve_device(device: str) -> str:

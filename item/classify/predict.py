@@ -71,7 +71,7 @@ def own_flags_message(message: str, local_flag: str | None = "--model-path") -> 
 
 def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str = "auto", batch_size: int = 16,
                    captions: dict[str, str] | None = None, allow_mixed: bool = False, mixable_keys=None,
-                   local_flag: str | None = "--model-path", progress=None, log=None):
+                   local_flag: str | None = "--model-path", progress=None, log=None, precision: str | None = None):
     """Featurize files with the models ``compat``/``models`` record. Returns (records, loaded compat).
 
     ``progress(n)`` is called after each batch of ``batch_size`` images with the number done;
@@ -80,7 +80,9 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
     (``caption_decoding``; greedy for identities that predate it). Refuses (IncompatibleError) when what
     loaded here would compute other numbers than ``compat`` records; ``allow_mixed`` lets ``mixable_keys``
     differ (default schema.mixable_keys: library versions; device class and precision only where no captioner
-    or grounder ran)."""
+    or grounder ran). ``precision``: the models' arithmetic on the CPU (``--precision``: fp32, bf16, auto; None:
+    the device's own); a precision asked for explicitly may differ from the recorded one (the caller reports
+    both: what was computed is the user's choice, said in the output, never silent)."""
     from item.errors import ModelLoadError
     from item.featurize import FeaturizeConfig, ModelSpec, compat_for, featurize_images, load_models
     from item.featurize.models.blip import recorded_caption_decoding
@@ -91,16 +93,17 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
         log(f"loading models ({compat.get('clip_model')}, {compat.get('captioner')}, {compat.get('grounder')}"
             f"{', RANDOM WEIGHTS' if compat.get('random_weights') else ''}) ...")
     try:
-        loaded = load_models(spec, device)
+        loaded = load_models(spec, device, precision)
     except ModelLoadError as exc:
         raise ModelLoadError(own_flags_message(str(exc), local_flag)) from None
     prompt = compat.get("noun_prompt", DEFAULT_NOUN_PROMPT)
-    config = FeaturizeConfig(workers=0, batch_size=batch_size, device=device,
+    config = FeaturizeConfig(workers=0, batch_size=batch_size, device=device, precision=precision,
                              max_objects=int(compat.get("max_objects", 8)), recipe=compat.get("recipe", "hierarchical"),
                              noun_prompt=prompt if prompt != schema.UNRECORDED else DEFAULT_NOUN_PROMPT,
                              caption_decoding=recorded_caption_decoding(compat))
     got = compat_for(loaded, config)
     diff, mixable = identity_diff(compat, got, HEAD_COMPAT_KEYS, allow_mixed, mixable_keys)
+    diff = [k for k in diff if k not in explicit_keys(precision)]
     if diff:
         why = schema.why_not_mixable(diff, compat, got) if mixable_keys is None else ""
         raise IncompatibleError("the models that loaded here differ from those recorded: "
@@ -114,6 +117,21 @@ def featurize_like(paths: list[str], compat: dict, models: dict, *, device: str 
         if progress is not None:
             progress(len(paths[start:start + step]))
     return records, got
+
+
+def explicit_keys(precision: str | None) -> tuple[str, ...]:
+    """Identity keys a scoring run may differ in from the head's because the user chose them: ``precision``
+    when ``--precision`` was given (the prediction reports the precision it ran in beside the head's)."""
+    return ("precision",) if precision is not None else ()
+
+
+def precision_note(recorded: str | None, ran: str) -> str:
+    """A warning line when new images were scored in another arithmetic than the head's embeddings were made
+    in ('' when they agree or nothing is recorded)."""
+    if not recorded or recorded == ran or recorded == schema.UNRECORDED:
+        return ""
+    return (f"--precision: scored in {ran}, the head's embeddings were made in {recorded}; `item check --precision "
+            "bf16` measures how far the two agree on your weights (bf16_* checks)")
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -180,10 +198,11 @@ def _caption_warnings(info: dict, records) -> list[str]:
 
 def predict_files(inputs: list, head_dir, *, device: str = "auto", batch_size: int = 16,
                   captions: dict[str, str] | None = None, allow_mixed: bool = False, model_paths=(),
-                  progress=None, log=None) -> dict:
+                  progress=None, log=None, precision: str | None = None) -> dict:
     """Score image files, folders, manifests and PIL images with a head.
 
-    Returns {'random_weights': bool, 'warnings': [str], 'rows': [one ``item.outputs.prediction`` per
+    Returns {'random_weights': bool, 'warnings': [str], 'precision': the arithmetic the models ran in
+    ('fp32', 'bf16-autocast', 'fp16-autocast'; ``precision`` is the ``--precision`` setting), 'rows': [one ``item.outputs.prediction`` per
     image: path, id, status, reason, and for ok rows p_fake, label (at the head's threshold), threshold,
     caption, caption_source, global_alignment, width, height, objects]}. Captions given in a manifest or ``captions``
     ({path: caption}) are used instead of the captioner. ``model_paths``: local model files or folders
@@ -223,9 +242,10 @@ def predict_files(inputs: list, head_dir, *, device: str = "auto", batch_size: i
             log(f"backbone {k + 1} of {len(parts)}: {part['backbone']['label']}")
         records, got = featurize_like(paths, part["compat"], part.get("models", {}), device=device,
                                       batch_size=batch_size, captions=given, allow_mixed=allow_mixed,
-                                      progress=progress, log=log)
+                                      progress=progress, log=log, precision=precision)
         if len(parts) == 1:
-            check_head_fits(info, got, "the models loaded for prediction", allow_mixed)
+            check_head_fits(info, got, "the models loaded for prediction", allow_mixed,
+                            tolerated=explicit_keys(precision))
         else:
             a, b = part["feature_columns"]
             problem = fit_problem(part["compat"], info["recipe"], b - a, got,
@@ -266,14 +286,18 @@ def predict_files(inputs: list, head_dir, *, device: str = "auto", batch_size: i
             threshold_from=str(info.get("threshold_from", "")), head=head_name, caption=r.caption,
             caption_source=r.caption_source, width=int(r.width), height=int(r.height),
             global_alignment=float(pair_scores(r.image_emb[None], r.caption_emb[None])[0]), objects=objs))
-    return {"random_weights": random_weights, "warnings": _caption_warnings(info, records), "rows": out}
+    warnings = _caption_warnings(info, records)
+    note = precision_note(compat.get("precision"), got["precision"]) if precision is not None else ""
+    return {"random_weights": random_weights, "warnings": warnings + ([note] if note else []),
+            "precision": got["precision"], "rows": out}
 
 
 def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16,
-            captions: dict[str, str] | None = None, allow_mixed: bool = False, model_paths=()) -> list[dict]:
+            captions: dict[str, str] | None = None, allow_mixed: bool = False, model_paths=(),
+            precision: str | None = None) -> list[dict]:
     """One dict per image (see ``predict_files``; its warnings are dropped here)."""
     return predict_files(inputs, head_dir, device=device, batch_size=batch_size, captions=captions,
-                         allow_mixed=allow_mixed, model_paths=model_paths)["rows"]
+                         allow_mixed=allow_mixed, model_paths=model_paths, precision=precision)["rows"]
 
 
 # -- neighbours -----------------------------------------------------------------------------------

@@ -335,10 +335,11 @@ def head_parts(info: dict) -> list[dict]:
 
 
 def fit_problem(want: dict, recipe: str, n_features: int, compat: dict, where: str,
-                 allow_mixed: bool = False) -> Exception | None:
+                 allow_mixed: bool = False, tolerated: tuple = ()) -> Exception | None:
     """Why features of a store with ``compat`` cannot feed a head (part) trained on ``want`` with
-    ``n_features`` columns of ``recipe``; None when they can."""
+    ``n_features`` columns of ``recipe``; None when they can. ``tolerated``: keys allowed to differ."""
     keys, mixable = identity_diff(want, compat, HEAD_COMPAT_KEYS, allow_mixed)
+    keys = [k for k in keys if k not in tolerated]
     diff = [f"{k}: head {want.get(k)!r}, {where} {compat.get(k)!r}" for k in keys]
     if diff:
         why = schema.why_not_mixable(keys, want, compat)
@@ -354,11 +355,14 @@ def fit_problem(want: dict, recipe: str, n_features: int, compat: dict, where: s
     return None
 
 
-def check_head_fits(head_info: dict, compat: dict, where: str, allow_mixed: bool = False) -> None:
+def check_head_fits(head_info: dict, compat: dict, where: str, allow_mixed: bool = False,
+                    tolerated: tuple = ()) -> None:
     """Refuse a head trained on embeddings of other models / preprocessing / identity than ``compat`` describes.
 
     ``allow_mixed`` lets differences in schema.mixable_keys pass (library versions; device class and precision
-    only where no captioner or grounder ran). A head over several stores is refused: it scores only the
+    only where no captioner or grounder ran); ``tolerated``: keys the caller lets differ because the user chose
+    them and the output says so (``predict --precision``). A head over several stores is refused: it scores only
+    the
     stores of its backbones together (``assign_stores``).
     """
     parts = head_parts(head_info)
@@ -368,7 +372,7 @@ def check_head_fits(head_info: dict, compat: dict, where: str, allow_mixed: bool
                                 f"{where} is one: give all {len(parts)} (e.g. `item eval STORE_1 ... "
                                 f"STORE_{len(parts)} --head HEAD`)")
     problem = fit_problem(head_info.get("compat", {}), head_info["recipe"], int(head_info["feature_size"]), compat,
-                           where, allow_mixed)
+                           where, allow_mixed, tolerated)
     if problem is not None:
         raise problem
 

@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from item.options import PRECISION_HELP, Precision, precision_value
 from item.console import (RANDOM_WEIGHTS_LINE, emit, emit_json, guarded, info, progress_bar, stdout_for_json, table,
                           warn)
 
@@ -69,6 +70,8 @@ def featurize_cmd(
     max_pixels: Optional[int] = typer.Option(None, help="Decompression-bomb limit in pixels (default: "
                                              "Pillow's, 89,478,485); 0 removes the limit."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    precision: Optional[Precision] = typer.Option(None, help=PRECISION_HELP + " A store is resumed only under "
+                                                  "the precision it was written with.", show_default=False),
     profile_stages: bool = typer.Option(False, "--profile-stages", help="Synchronise the GPU after every stage so "
                                         "that the summary's stage times are each stage's own (slower: no overlap)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete what the store holds and start afresh."),
@@ -155,7 +158,7 @@ def featurize_cmd(
         caption_decoding=caption_decoding,
         max_pixels=(None if max_pixels == 0 else (max_pixels or DEFAULT_MAX_PIXELS)),
         engine=engine, ray_address=ray_address, ray_actors=ray_actors, gpus_per_actor=gpus_per_actor,
-        profile_stages=profile_stages)
+        profile_stages=profile_stages, precision=precision_value(precision))
     command = "item featurize " + " ".join(sources)
     if objects_from is not None:
         info(f"captions, nouns and boxes from {objects_from}: loading the CLIP only ({spec.clip_model} "
@@ -171,7 +174,7 @@ def featurize_cmd(
         if augment:  # loaded once, for the run and its augmented copies
             from item.featurize import load_models
 
-            run_models = load_models(spec, device)
+            run_models = load_models(spec, device, precision_value(precision))
         with progress_bar(len(disc.rows), "featurizing") as advance:
             summary = featurize_store(disc.rows, store, models=run_models, config=config, progress=advance,
                                       overwrite=overwrite, command=command,
@@ -191,7 +194,7 @@ def featurize_cmd(
     if as_json:
         emit_json({**summary.to_json(), "random_weights": bool(spec.random_weights)})
         return
-    info(f"done in {summary.seconds:.1f} s on {summary.device}: {summary.n_written} images written, "
+    info(f"done in {summary.seconds:.1f} s on {summary.device} ({summary.precision}): {summary.n_written} images written, "
          f"{summary.n_skipped} skipped, {summary.n_already_done} already in the store, "
          f"{summary.n_duplicates} duplicate paths ({summary.images_per_second:.2f} img/s)")
     for reason, n in sorted(summary.skipped_by_reason.items()):

@@ -15,7 +15,9 @@ never share a store, and a head trained on one is not applied to the other (see
   ``BOX_SELECTION``; Grounding DINO's changed in issue 19 to keep queries by every prompt token, and every family's in
   issue 29 to its reference's rule: DESIGN.md, "Each grounder's box rule is its reference's");
 - ``open_clip_version`` / ``transformers_version``: major.minor of the libraries that build the models;
-- ``device_class`` / ``precision``: 'cpu' or 'cuda', and 'fp32' or 'fp16-autocast' (CUDA runs autocast).
+- ``device_class`` / ``precision``: 'cpu' or 'cuda', and the arithmetic the models ran in: 'fp32',
+  'fp16-autocast' (CUDA's own) or 'bf16-autocast' (the CPU under ``--precision bf16``, or ``auto`` where the
+  CPU computes bfloat16 natively; hub.resolve_precision).
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ def major_minor(version: str) -> str:
     return ".".join(str(version).split(".")[:2])
 
 
-def precision_for(device: str) -> str:
-    """The arithmetic the models run in on ``device``: CUDA runs them under fp16 autocast, the CPU in fp32."""
-    return "fp16-autocast" if str(device).startswith("cuda") else "fp32"
+def precision_for(device: str, setting: str | None = None) -> str:
+    """The arithmetic the models run in on ``device`` under ``--precision setting`` (None: the device's own,
+    fp16 autocast on CUDA and fp32 on the CPU); see hub.resolve_precision."""
+    from item.featurize.models.hub import resolve_precision
+
+    return resolve_precision(setting, device)
 
 
 def identity_fields(models, noun_prompt: str, caption_decoding: str = "authors") -> dict:
@@ -70,7 +75,7 @@ def identity_fields(models, noun_prompt: str, caption_decoding: str = "authors")
         "open_clip_version": major_minor(open_clip.__version__),
         "transformers_version": tf_version,
         "device_class": "cuda" if str(models.device).startswith("cuda") else "cpu",
-        "precision": precision_for(models.device),
+        "precision": getattr(models, "precision", "") or precision_for(models.device),
     }
 
 
@@ -87,7 +92,7 @@ def adopt_mixable(store_compat: dict, compat: dict) -> tuple[dict, dict]:
     if why:
         k = next(k for k in differ if k in schema.DEVICE_KEYS)
         raise InputError(f"--allow-mixed refused: {k} is {store_compat.get(k)!r} in the store and "
-                         f"{compat.get(k)!r} in this run, and {why}; resume on the store's device or use another "
-                         "--store")
+                         f"{compat.get(k)!r} in this run, and {why}; resume on the store's device and precision "
+                         "(--device, --precision) or use another --store")
     mixed = {k: {"store": store_compat.get(k), "run": compat.get(k)} for k in differ}
     return {**compat, **{k: store_compat[k] for k in mixed}}, mixed

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from item.options import PRECISION_HELP, Precision, precision_value
 from item.console import RANDOM_WEIGHTS_LINE, emit, guarded, heads_random, info, warn
 
 SERVE_EXTRA = "pip install 'item-detect[serve]' (FastAPI, uvicorn, python-multipart)"
@@ -54,6 +55,11 @@ def serve_cmd(
                              "others: give it a --token."),
     port: int = typer.Option(8000, help="Port to listen on."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N] (for the models that score uploads)."),
+    precision: Optional[Precision] = typer.Option(None, help=PRECISION_HELP + " Uploads may be scored in another "
+                                                  "precision than the store was made in; /api/health says which.",
+                                                  show_default=False),
+    warm_up: bool = typer.Option(True, "--warm-up/--no-warm-up", help="Run every model once at start, so that "
+                                 "the first upload does not pay what a first forward costs."),
     k: int = typer.Option(10, "-k", help="Neighbours shown by default."),
     max_upload_mb: float = typer.Option(20.0, help="Largest upload accepted, in MiB."),
     max_pixels: Optional[int] = typer.Option(None, help="Largest upload in pixels, read from its header before "
@@ -82,6 +88,7 @@ def serve_cmd(
              "images and read the store's paths, captions and thumbnails. Keep it on 127.0.0.1 (reach it through "
              "an SSH tunnel), give it a --token, or put it behind a reverse proxy that authenticates.")
     config = ServeConfig(store=str(store), heads=tuple(str(h) for h in heads), device=device,
+                         precision=precision_value(precision), warm_up=warm_up,
                          max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, k=k,
                          max_pending=max_pending, allowed_hosts=tuple(allow_host), host=host, token=token or None)
     if _any_random(store, heads):  # the first line, before minutes of loading

@@ -107,6 +107,11 @@ class ServeConfig:
     store: str
     heads: tuple[str, ...]
     device: str = "auto"
+    #: The models' arithmetic on the CPU (``--precision``: fp32, bf16, auto; None: the device's own). Uploads may
+    #: be scored in another precision than the store was made in; /api/health says which.
+    precision: str | None = None
+    #: Run every model once at start (``LoadedModels.warm_up``), so that the first upload does not pay it.
+    warm_up: bool = True
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_pixels: int | None = None  # None: DEFAULT_UPLOAD_PIXELS; 0: no limit
     k: int = 10
@@ -239,8 +244,12 @@ class Service:
             clip = self.reader.compat.get("clip_model")
             log(f"loading models ({clip}, {self.reader.compat.get('captioner')}, {self.reader.compat.get('grounder')}"
                 f"{', RANDOM WEIGHTS' if self.reader.random_weights else ''}) ...")
-            models = LoadedModels(self.reader.manifest, device=config.device, max_pixels=self.max_pixels)
+            models = LoadedModels(self.reader.manifest, device=config.device, max_pixels=self.max_pixels,
+                                  precision=config.precision)
         self.models = models
+        log(f"models run in {getattr(models, 'precision', '?')} on {models.device}")
+        if config.warm_up and hasattr(models, "warm_up"):
+            log(f"warm-up: every model ran once in {models.warm_up():.1f} s")
         self.indexes, self.index_status = {}, []
         from item.store import INDEX_ON, StoreIndex
 
@@ -698,7 +707,9 @@ class Service:
             "heads": [{"name": n, "kind": i.get("kind"), "recipe": i["recipe"], "threshold": i["threshold"],
                        "threshold_from": i.get("threshold_from", ""), "random_weights": bool(i.get("random_weights"))}
                       for n, _, i in self.heads],
-            "models": {**self.models.info(), "device": str(self.models.device)},
+            "models": {**self.models.info(), "device": str(self.models.device),
+                       "precision": getattr(self.models, "precision", None),
+                       "warm_up_seconds": getattr(self.models, "warm_up_seconds", None)},
             "indexes": self.index_status,
             "neighbors": {on: (f"index {ix.kind}" if (ix := self.indexes.get(on)) else "exact")
                           for on in ("image", "misalignment")},

@@ -226,7 +226,8 @@ def why_not_mixable(keys, *compats: dict) -> str:
     if not held:
         return ""
     return (f"{' and '.join(held)} may differ only where no captioner or grounder ran (captions given, "
-            "--grounder none): fp16 against fp32 can change a caption's words and which boxes pass a threshold")
+            "--grounder none): fp16 or bf16 against fp32 can change a caption's words and which boxes pass a "
+            "threshold")
 #: What a store written before an identity key existed records for it (schema 1: every key but
 #: caption_decoding; schema 2: box_selection; schema-2 stores record the legacy greedy caption decoding,
 #: versions.migrate_compat).

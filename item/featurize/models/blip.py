@@ -73,6 +73,8 @@ class Captioner:
     """
 
     decodings = tuple(CAPTION_DECODINGS)
+    #: The arithmetic it runs in (hub.RUN_PRECISIONS; None: the device's own); set by ``load_models``.
+    precision: str | None = None
 
     def __init__(self, model, processor, info: dict, device: str, settings: dict,
                  decoding: str = DEFAULT_CAPTION_DECODING):
@@ -110,7 +112,7 @@ class Captioner:
             # [CLS] prompt [SEP]: generate() puts the start token in place of [CLS] and drops the [SEP]
             ids = self.processor.tokenizer([prompt] * len(pixels), return_tensors="pt").input_ids
             kwargs["input_ids"] = to_device(ids, self.device)
-        with torch.inference_mode(), autocast_for(self.device):
+        with torch.inference_mode(), autocast_for(self.device, self.precision):
             out = self.model.generate(pixel_values=pixel_values, **kwargs, **settings)
         texts = [" ".join(t.split()) for t in self.processor.batch_decode(out, skip_special_tokens=True)]
         return [strip_prompt(t, prompt) for t in texts]

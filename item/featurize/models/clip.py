@@ -88,8 +88,11 @@ class ClipEncoder:
         self.embed_dim = int(info["embed_dim"])
         self.context_length = int(getattr(model, "context_length", None) or getattr(tokenizer, "context_length", 77))
 
+    #: The arithmetic it runs in (hub.RUN_PRECISIONS; None: the device's own); set by ``load_models``.
+    precision: str | None = None
+
     def _autocast(self):
-        return autocast_for(self.device)
+        return autocast_for(self.device, self.precision)
 
     def encode_images(self, pixels) -> np.ndarray:
         """(n, 3, H, W) float tensor from `preprocess` -> (n, embed_dim) float32, L2-normalised rows."""

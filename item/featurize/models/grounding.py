@@ -174,6 +174,9 @@ class PreparedGrounder:
     ``ground_prepared``, which runs ``ground_batch`` (the forward and box selection, implemented by each
     family) once per group of equally shaped inputs (``shape_groups``): batching never changes a box."""
 
+    #: The arithmetic it runs in (hub.RUN_PRECISIONS; None: the device's own); set by ``load_models``.
+    precision: str | None = None
+
     def ground(self, images, nouns: list[list[str]]) -> list[list[Box | None]]:
         """PIL images and each image's nouns -> for each image, one Box (or None: ungrounded) per noun."""
         if len(images) != len(nouns):

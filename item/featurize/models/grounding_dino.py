@@ -147,7 +147,7 @@ class Grounder(PreparedGrounder):
         pixel_values, pixel_mask = collate_pixels(prepared)
         inputs = {k: to_device(v, self.device)
                   for k, v in {**tok, "pixel_values": pixel_values, "pixel_mask": pixel_mask}.items()}
-        with torch.inference_mode(), autocast_for(self.device):
+        with torch.inference_mode(), autocast_for(self.device, self.precision):
             out = self.model(**inputs)
         probs = out.logits.float().sigmoid().cpu()  # (batch, n_queries, max_text_len); 0 past the prompt
         boxes = out.pred_boxes.float().cpu()  # (batch, n_queries, 4) cx, cy, w, h relative to the image

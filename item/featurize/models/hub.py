@@ -105,30 +105,85 @@ def load_hf_pretrained(kind: str, name_or_path: str, model_cls, processor_cls, f
     return model.eval(), processor, source
 
 
-#: True inside ``full_precision()``: CUDA runs its models in fp32 too (a context variable, so a server's
-#: other threads keep their own setting).
-_FULL_PRECISION: contextvars.ContextVar[bool] = contextvars.ContextVar("item_full_precision", default=False)
+#: ``--precision``: the models' arithmetic on the CPU. fp32; bf16 (bfloat16 autocast); auto (bf16 where the CPU
+#: computes bfloat16 natively, ``item.hardware.native_bfloat16``, else fp32). CUDA runs fp16 autocast.
+PRECISIONS = ("fp32", "bf16", "auto")
+#: What a store's identity records (compat ``precision``) for each arithmetic the models run in.
+FP32, FP16_AUTOCAST, BF16_AUTOCAST = "fp32", "fp16-autocast", "bf16-autocast"
+RUN_PRECISIONS = (FP32, FP16_AUTOCAST, BF16_AUTOCAST)
+
+
+def check_precision(setting: str | None) -> str | None:
+    """``setting`` when it is one of PRECISIONS (or None: the device's own); else InputError listing them."""
+    if setting is not None and setting not in PRECISIONS:
+        raise InputError(f"unknown precision {setting!r}; valid precisions: {', '.join(PRECISIONS)}")
+    return setting
+
+
+def resolve_precision(setting: str | None, device: str) -> str:
+    """The arithmetic (one of RUN_PRECISIONS) the models run in on ``device`` under ``--precision setting``.
+
+    None (the option left out) is the device's own: fp32 on the CPU, fp16 autocast on CUDA, as stores were
+    always written. On CUDA ``auto`` is fp16 autocast too; ``fp32`` and ``bf16`` name the CPU's arithmetic and
+    are refused there (InputError, one line), so no setting is ignored without a word."""
+    check_precision(setting)
+    if str(device).startswith("cuda"):
+        if setting in (None, "auto"):
+            return FP16_AUTOCAST
+        raise InputError(f"--precision {setting} sets the arithmetic on the CPU; on CUDA the models run under fp16 "
+                         "autocast: leave --precision out (or give auto), or use --device cpu")
+    if setting == "bf16":
+        return BF16_AUTOCAST
+    if setting == "auto":
+        from item.hardware import native_bfloat16
+
+        return BF16_AUTOCAST if native_bfloat16() else FP32
+    return FP32
+
+
+#: Set inside ``run_precision()``: every model runs in this arithmetic, whatever it was loaded with (a context
+#: variable, so a server's other threads keep their own setting).
+_RUN_PRECISION: contextvars.ContextVar[str | None] = contextvars.ContextVar("item_run_precision", default=None)
 
 
 @contextlib.contextmanager
-def full_precision():
-    """Inside the block every model runs in fp32, on CUDA too (no autocast): the reference ``item check``
-    compares fp16 autocast against. Stores are never written this way (their identity records fp16-autocast
-    for CUDA)."""
-    token = _FULL_PRECISION.set(True)
+def run_precision(precision: str):
+    """Inside the block every model runs in ``precision`` (one of RUN_PRECISIONS) instead of its own: what
+    ``item check`` compares a precision against fp32 with. Stores are never written this way (a store's
+    identity records the precision its models were loaded with)."""
+    if precision not in RUN_PRECISIONS:
+        raise InputError(f"unknown run precision {precision!r}; valid: {', '.join(RUN_PRECISIONS)}")
+    token = _RUN_PRECISION.set(precision)
     try:
         yield
     finally:
-        _FULL_PRECISION.reset(token)
+        _RUN_PRECISION.reset(token)
 
 
-def autocast_for(device: str):
-    """fp16 autocast on CUDA (unless inside ``full_precision()``), nothing on CPU."""
+def full_precision():
+    """Inside the block every model runs in fp32, on CUDA too (no autocast): the reference ``item check``
+    compares fp16 (CUDA) and bf16 (CPU) autocast against."""
+    return run_precision(FP32)
+
+
+def precision_in_effect(device: str, precision: str | None = None) -> str:
+    """The arithmetic a model on ``device`` loaded with ``precision`` (None: the device's own) runs in now."""
+    return _RUN_PRECISION.get() or precision or (FP16_AUTOCAST if str(device).startswith("cuda") else FP32)
+
+
+def autocast_for(device: str, precision: str | None = None):
+    """The autocast context of a model on ``device`` loaded with ``precision`` (one of RUN_PRECISIONS; None:
+    the device's own, fp16 autocast on CUDA and fp32 on the CPU), unless ``run_precision()`` says otherwise:
+    fp16 or bfloat16 autocast, or nothing for fp32."""
     import torch
 
-    if str(device).startswith("cuda") and not _FULL_PRECISION.get():
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+    p = precision_in_effect(device, precision)
+    if p == FP32:
+        return contextlib.nullcontext()
+    kind = torch.device(str(device)).type
+    if p == FP16_AUTOCAST and kind != "cuda":
+        return contextlib.nullcontext()  # fp16 autocast is CUDA's; a CPU model asked for it stays in fp32
+    return torch.autocast(kind, dtype=torch.float16 if p == FP16_AUTOCAST else torch.bfloat16)
 
 
 def load_model_or_random(kind: str, name_or_path: str, builder, model_cls, processor_cls, flag: str, hint: str = ""):

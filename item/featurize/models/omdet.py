@@ -171,7 +171,7 @@ class OmDetGrounder(PreparedGrounder):
         for i in todo:
             groups.setdefault((len(nouns[i]), tuple(prepared[i].pixel_values.shape)), []).append(i)
         for idx in groups.values():
-            with torch.inference_mode(), autocast_for(self.device):
+            with torch.inference_mode(), autocast_for(self.device, self.precision):
                 self._use_text_caches()
                 inputs = self.model_inputs([prepared[i] for i in idx], [nouns[i] for i in idx])
                 out = self.model(**inputs)

@@ -83,7 +83,7 @@ class OwlGrounder(PreparedGrounder):
         inputs = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"],
                   "pixel_values": pixel_values}
         inputs = {k: to_device(v, self.device) for k, v in inputs.items()}
-        with torch.inference_mode(), autocast_for(self.device):
+        with torch.inference_mode(), autocast_for(self.device, self.precision):
             out = self.model(**inputs)
         logits = out.logits.float().cpu()  # (batch, n_patches, n_q)
         boxes = out.pred_boxes.float().cpu()  # (batch, n_patches, 4) cx, cy, w, h relative to the square

@@ -24,6 +24,9 @@ class FeaturizeConfig:
     perturb: str = ""
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     device: str = "auto"
+    # The models' arithmetic on the CPU (hub.PRECISIONS: fp32, bf16, auto; None: the device's own, fp32 on the CPU
+    # and fp16 autocast on CUDA). Part of a store's identity (compat precision: hub.RUN_PRECISIONS).
+    precision: str | None = None
     recipe: str = "hierarchical"
     clip_batch_size: int = 256  # images or texts per CLIP forward
     # Images per captioner generate(); the image batch caps it. BLIP on an H200: 21.7 ms an image at 16,

@@ -107,7 +107,7 @@ def featurize_store(sources, store, *, models="default", config: FeaturizeConfig
 
             return featurize_store_ray(rows, root, models=models, config=config, progress=progress,
                                        overwrite=overwrite, command=command, lock=lock, objects=source, ids=ids)
-        loaded = as_models(models, config.device)
+        loaded = as_models(models, config.device, config.precision)
         compat, info = run_identity(loaded, config)
         mixed = {}
         if allow_mixed and not overwrite and os.path.isfile(os.path.join(root, "manifest.json")):

@@ -42,6 +42,7 @@ class RunSummary:
     text_cache_misses: int = 0
     images_per_second: float = 0.0
     device: str = ""
+    precision: str = ""  # the arithmetic the models ran in (the store identity's precision)
     interrupted: bool = False
     mixed_identity: dict = field(default_factory=dict)  # allow_mixed: {key: {'store': v, 'run': v}}
     ground_batch_size: int = 0  # images per grounder forward in effect (FeaturizeConfig.ground_batch_size)
@@ -106,7 +107,7 @@ def featurize_rows(rows: list[InputRow], writer, models: Models, config: Featuri
     """
     from item.store.manifest import now
 
-    summary = RunSummary(started=now(), n_inputs=len(rows), device=models.device,
+    summary = RunSummary(started=now(), n_inputs=len(rows), device=models.device, precision=models.run_precision,
                          ground_batch_size=config.resolved_ground_batch_size(models.device),
                          mixed_identity=dict(mixed_identity or {}))
     t0 = time.perf_counter()
@@ -211,7 +212,7 @@ def _image_id(image) -> str:
 
 
 def featurize_images(images_or_paths, *, models, captions=None,
-                     config: FeaturizeConfig | None = None) -> list[ImageRecord]:
+                     config: FeaturizeConfig | None = None, text_cache: dict | None = None) -> list[ImageRecord]:
     """Featurize images in memory (no store): what prediction and a server call.
 
     images_or_paths: image file paths and/or PIL images, in any mix.
@@ -219,6 +220,9 @@ def featurize_images(images_or_paths, *, models, captions=None,
     captions: None (the captioner writes them), a sequence aligned with the inputs (None entries are
         captioned), or a dict from the path as given to its caption.
     config: defaults to decoding in this process (``workers=0``).
+    text_cache: a dict the caller keeps across calls (a server's), so a caption or noun seen before is not
+        encoded again; None: one cache for this call. Entries hold the float16 values every encode goes
+        through, so a hit gives the bits a miss would. The caller bounds its size.
 
     Returns one ImageRecord per input, in order; unreadable files come back with status 'skipped' and
     their reason. A PIL image's record has the path ``<image N>`` (N its position) unless it has a
@@ -227,7 +231,7 @@ def featurize_images(images_or_paths, *, models, captions=None,
     from item.featurize.models.loading import as_models
 
     config = config or FeaturizeConfig(workers=0)
-    loaded = as_models(models, config.device)
+    loaded = as_models(models, config.device, config.precision)
     inputs = list(images_or_paths)
     if captions is None:
         given = [None] * len(inputs)
@@ -255,6 +259,8 @@ def featurize_images(images_or_paths, *, models, captions=None,
     for n, (fid, reason) in zip(file_at, hash_inputs(file_rows)):
         items[n].id, items[n].reason = fid, reason
     feat = Featurizer(loaded, config)
+    if text_cache is not None:
+        feat.text_cache = text_cache
     out: list[ImageRecord] = []
     for batch in iter_decoded(items, loaded, config):
         out.extend(feat.process(batch))

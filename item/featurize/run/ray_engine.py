@@ -74,7 +74,7 @@ def _identity(spec, config):
     from item.featurize.models.loading import load_models
     from item.featurize.run.objects_from import run_identity
 
-    loaded = load_models(spec, _actor_device(config))
+    loaded = load_models(spec, _actor_device(config), config.precision)
     return (*run_identity(loaded, config), loaded.clip.preprocess)
 
 
@@ -96,7 +96,7 @@ class _ModelActor:
         from item.featurize.models.loading import load_models
         from item.featurize.run.steps import Featurizer
 
-        self.feat = Featurizer(load_models(spec, _actor_device(config)), config)
+        self.feat = Featurizer(load_models(spec, _actor_device(config), config.precision), config)
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
@@ -197,7 +197,10 @@ def featurize_store_ray(rows, root, *, models, config, progress=None, overwrite=
     spec = models.spec if isinstance(models, Models) else resolve_models(models) if isinstance(models, str) else models
     if not isinstance(spec, ModelSpec):
         raise InputError(f"models must be a preset name, a ModelSpec or loaded Models, not {type(models).__name__}")
-    summary = RunSummary(started=now(), n_inputs=len(rows), device=f"ray ({config.ray_actors} actors)")
+    from item.featurize.models.hub import resolve_device, resolve_precision
+
+    summary = RunSummary(started=now(), n_inputs=len(rows), device=f"ray ({config.ray_actors} actors)",
+                         precision=resolve_precision(config.precision, resolve_device(_actor_device(config))))
     t0 = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
