@@ -362,8 +362,7 @@ def check_head_fits(head_info: dict, compat: dict, where: str, allow_mixed: bool
     ``allow_mixed`` lets differences in schema.mixable_keys pass (library versions; device class and precision
     only where no captioner or grounder ran); ``tolerated``: keys the caller lets differ because the user chose
     them and the output says so (``predict --precision``). A head over several stores is refused: it scores only
-    the
-    stores of its backbones together (``assign_stores``).
+    the stores of its backbones together (``assign_stores``).
     """
     parts = head_parts(head_info)
     if len(parts) > 1:
