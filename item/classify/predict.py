@@ -236,7 +236,7 @@ def predict_files(inputs: list, head_dir, *, device: str = "auto", batch_size: i
         progress(0, total=len(paths) * len(parts))
     # A head over several backbones: each backbone featurizes the images in full with the models its store
     # was made with (its own captioner and grounder runs too: featurize's front door takes no given boxes).
-    per_part = []
+    per_part, got_first = [], None
     for k, part in enumerate(parts):
         if log is not None and len(parts) > 1:
             log(f"backbone {k + 1} of {len(parts)}: {part['backbone']['label']}")
@@ -249,10 +249,12 @@ def predict_files(inputs: list, head_dir, *, device: str = "auto", batch_size: i
         else:
             a, b = part["feature_columns"]
             problem = fit_problem(part["compat"], info["recipe"], b - a, got,
-                                   f"the models loaded for backbone {part['backbone']['label']}", allow_mixed)
+                                   f"the models loaded for backbone {part['backbone']['label']}", allow_mixed,
+                                   tolerated=explicit_keys(precision))
             if problem is not None:
                 raise problem
         per_part.append(records)
+        got_first = got if got_first is None else got_first
     records = per_part[0]
     for other in per_part[1:]:  # an image skipped by any backbone is skipped
         for i, (r, o) in enumerate(zip(records, other)):
@@ -287,9 +289,10 @@ def predict_files(inputs: list, head_dir, *, device: str = "auto", batch_size: i
             caption_source=r.caption_source, width=int(r.width), height=int(r.height),
             global_alignment=float(pair_scores(r.image_emb[None], r.caption_emb[None])[0]), objects=objs))
     warnings = _caption_warnings(info, records)
-    note = precision_note(compat.get("precision"), got["precision"]) if precision is not None else ""
+    ran = got_first["precision"]
+    note = precision_note(parts[0]["compat"].get("precision"), ran) if precision is not None else ""
     return {"random_weights": random_weights, "warnings": warnings + ([note] if note else []),
-            "precision": got["precision"], "rows": out}
+            "precision": ran, "rows": out}
 
 
 def predict(inputs: list[str], head_dir, *, device: str = "auto", batch_size: int = 16,
