@@ -166,3 +166,38 @@ def test_missing_hub_tokenizer_is_one_line(tmp_path, args):
     assert len(errors) == 1 and "tokenizer" in errors[0] and "hf download" in errors[0], r.stderr
     assert "Traceback" not in r.stderr
     assert not store.exists()  # nothing was written, so no store folder is left behind
+
+
+def test_a_head_over_a_store_made_from_a_relative_checkpoint_folder_predicts_from_anywhere(tmp_path, monkeypatch):
+    """`--pretrained FOLDER` (given relative) is recorded absolute, and the head predicts from another folder
+    with `--model-path FOLDER`: the store records the checkpoint file the folder holds, the spec the folder."""
+    model, folder = _local_clip(tmp_path, {"mean": [0.5] * 3, "std": [0.5] * 3})
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    rows = ["path,label,caption"]
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)).save(data / f"im{i}.png")
+        rows.append(f"im{i}.png,{'real' if i % 2 else 'fake'},a red car next to a tree")
+    (data / "m.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.chdir(folder.parent)
+    r = RUNNER.invoke(app, ["featurize", str(data / "m.csv"), "--store", str(tmp_path / "store"), "--clip", model,
+                            "--pretrained", folder.name, "--captioner", "none", "--grounder", "none", "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    from item.store import StoreReader
+
+    with StoreReader(tmp_path / "store") as reader:
+        assert reader.models["spec"]["clip_pretrained"] == str(folder)
+        assert Path(reader.compat["clip_pretrained"]).parent == folder
+    monkeypatch.chdir(data)
+    r = RUNNER.invoke(app, ["train", str(tmp_path / "store"), "--out", str(tmp_path / "head"), "--kind", "logistic",
+                            "--train-split", "all"])
+    assert r.exit_code == 0, r.output
+    r = RUNNER.invoke(app, ["predict", "m.csv", "--head", str(tmp_path / "head"), "--model-path", str(folder),
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["rows"]
+    assert len(rows) == 10 and all(row["status"] == "ok" for row in rows)
+    # without --model-path the head's local checkpoint is refused, by name
+    r = RUNNER.invoke(app, ["predict", "m.csv", "--head", str(tmp_path / "head")])
+    assert r.exit_code != 0 and "--model-path" in r.output

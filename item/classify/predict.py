@@ -38,8 +38,9 @@ def check_named_models(compat: dict, allowed_paths=()) -> None:
     allowed = {os.path.realpath(p) for p in allowed_paths}
     preset_values = {v for s in PRESETS.values() for v in (s.clip_model, s.clip_pretrained, s.captioner, s.grounder)}
 
-    def local_ok(value: str) -> bool:
-        return os.path.realpath(value) in allowed
+    def local_ok(value: str) -> bool:  # a path the user passed, or a file inside a folder they passed
+        real = os.path.realpath(value)
+        return real in allowed or os.path.dirname(real) in allowed
 
     clip_model, tag = str(compat.get("clip_model", "")), str(compat.get("clip_pretrained", ""))
     if clip_model not in preset_values and clip_model not in open_clip.list_models() \

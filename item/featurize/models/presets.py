@@ -14,6 +14,7 @@ Random presets (weights mean nothing; every output made with them is marked ``ra
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from item.errors import InputError
@@ -169,7 +170,7 @@ def spec_from_record(compat: dict, models: dict, where: str = "the store") -> Mo
     # The compat keys are what the store checks rows against: a spec that disagrees with them is corrupt.
     for key, value in (("clip_model", spec.clip_model), ("clip_pretrained", spec.clip_pretrained),
                        ("captioner", spec.captioner), ("grounder", spec.grounder)):
-        if key in compat and compat[key] != value:
+        if key in compat and compat[key] != value and not _same_checkpoint(key, value, compat[key]):
             raise InputError(f"{where}: its recorded model spec says {key}={value!r} but its rows were made "
                              f"with {compat[key]!r}")
     for name in ("box_threshold", "text_threshold"):  # a file users exchange: NaN or text is refused
@@ -177,6 +178,30 @@ def spec_from_record(compat: dict, models: dict, where: str = "the store") -> Mo
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise InputError(f"{where}: grounder {name} {value!r} is not a number between 0 and 1")
     return spec
+
+
+def _absolute_if_local(key: str, value: str) -> str:
+    """``value`` made absolute where the loaders read it as a local path (the rules of ``load_clip`` for
+    ``--pretrained`` and of ``load_hf_pretrained`` for captioner / grounder folders), so that a store
+    records the same path whichever folder a later command runs from; tags and hub ids are kept as given."""
+    if not value or is_random(value) or value == "none":
+        return value
+    if key == "clip_pretrained":
+        local = os.sep in value or os.path.exists(value)
+    else:
+        local = os.path.exists(os.path.expanduser(value)) or value.startswith((".", os.sep, "~")) \
+            or value.count("/") > 1
+    return os.path.abspath(os.path.expanduser(value)) if local else value
+
+
+def _same_checkpoint(key: str, spec_value, compat_value) -> bool:
+    """True where the spec names a local checkpoint folder (``--pretrained FOLDER``) and the rows record the
+    checkpoint file that folder holds (the loader records the file it read)."""
+    if key != "clip_pretrained" or not isinstance(spec_value, str) or not isinstance(compat_value, str):
+        return False
+    if not spec_value or not compat_value or os.sep not in compat_value:
+        return False
+    return os.path.normpath(os.path.dirname(compat_value)) == os.path.normpath(spec_value)
 
 
 def is_random(name: str) -> bool:
@@ -230,6 +255,9 @@ def resolve_models(
         # a real checkpoint brings its family's own thresholds (OWLv2 and OmDet-Turbo have one score per box)
         box, text = FAMILY_THRESHOLDS[grounder_family(grounder)]
         changes.update(box_threshold=box, text_threshold=text)
+    for key in ("clip_pretrained", "captioner", "grounder"):  # a local path is recorded absolute
+        if key in changes:
+            changes[key] = _absolute_if_local(key, changes[key])
     spec = dataclasses.replace(spec, **changes)
     random_weights = spec.clip_pretrained == "" or is_random(spec.captioner) or is_random(spec.grounder)
     return dataclasses.replace(spec, random_weights=random_weights)
