@@ -2,7 +2,7 @@
 bfloat16 autocast saves against float32, and what each other lever saves, with the agreement against fp32
 beside every row.
 
-    # the measurement (an otherwise idle machine; ~60-75 min on 2 cores, see BENCHMARKS.md section 10):
+    # the measurement (an otherwise idle machine; about 25 min on 2 cores with --lever-reps 2, see BENCHMARKS.md section 10):
     python benchmarks/cpu_precision.py --out-dir benchmarks/results/cpu_precision
     # end to end in a few minutes (1 repetition, 1 image): checks that the script works, measures nothing
     python benchmarks/cpu_precision.py --quick --out-dir /tmp/cpu_precision_smoke
