@@ -104,10 +104,17 @@ def test_every_model_runs_under_bfloat16_autocast_and_stays_close_to_fp32():
     def hook(name):
         return lambda mod, args: seen[name].append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
 
-    # the autocast state each model's forward sees (CLIP's image tower, BLIP's vision model, Grounding DINO)
+    # the autocast state BLIP's vision model and Grounding DINO see; CLIP's image tower runs a bfloat16 copy of
+    # its weights without autocast (ClipEncoder._runner), so what it sees is bfloat16 pixels
     hooks = [m.register_forward_pre_hook(hook(name)) for name, m in
-             (("clip", low.clip.model.visual), ("blip", low.captioner.model.vision_model),
-              ("grounder", low.grounder.model))]
+             (("blip", low.captioner.model.vision_model), ("grounder", low.grounder.model))]
+    import open_clip.transformer
+
+    def clip_hook(mod, args):
+        if isinstance(mod, open_clip.transformer.VisionTransformer) and mod is not exact.clip.model.visual:
+            seen["clip"].append(args[0].dtype == next(mod.parameters()).dtype and args[0].dtype)
+
+    hooks.append(torch.nn.modules.module.register_module_forward_pre_hook(clip_hook))
     try:
         images = _images(3, seed=4)
         given = ["a dog on a red couch next to a cat"] * 3
@@ -127,6 +134,50 @@ def test_every_model_runs_under_bfloat16_autocast_and_stays_close_to_fp32():
     with hub.full_precision():
         again = featurize_images(images, models=low, captions=given)
     assert all(np.array_equal(x.image_emb, y.image_emb) for x, y in zip(a, again))
+    assert {p.dtype for p in low.clip.model.parameters()} == {torch.float32}  # the loaded weights stay fp32
+
+
+def _per_token_weight_copies(encoder, run) -> list:
+    """Ops of ``run`` that take a stack of one of the model's weight matrices (n > 1 copies of a Linear's
+    weight or its transpose): torch's matmul broadcasting a weight over tokens instead of one matrix product."""
+    from torch.profiler import ProfilerActivity, profile
+
+    weights = {tuple(p.shape) for p in encoder.model.parameters() if p.ndim == 2}
+    weights |= {s[::-1] for s in weights}
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        run()
+    bad = []
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key in ("aten::bmm", "aten::copy_", "aten::baddbmm"):
+            for shape in e.input_shapes:
+                if len(shape) == 3 and shape[0] > 1 and tuple(shape[1:]) in weights:
+                    bad.append((e.key, e.input_shapes))
+    return bad
+
+
+def test_bf16_clip_on_the_cpu_never_copies_a_weight_per_token():
+    # Under CPU autocast nn.MultiheadAttention runs its Python path, whose bfloat16 input projection over a
+    # transposed (tokens, batch, width) view made torch broadcast the projection weight to every token (one
+    # copy per token per layer; ViT-L-14's crops ran 20x slower than fp32, BENCHMARKS section 10). The CPU's bf16
+    # runs a bfloat16 copy of the weights instead, on torch's fused attention path. First: the pathology is real
+    # in this torch (else this test proves nothing), then: ITEM's bf16 encode does not show it.
+    models = load_models(resolve_models("tiny-random"), "cpu", precision="bf16")
+    clip = models.clip
+    pixels = torch.stack([clip.preprocess(im) for im in _images(3, seed=2)])
+    texts = ["a dog on a red couch", "a cat", "a traffic light"]
+
+    def autocast_encode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            clip.model.encode_image(pixels)
+
+    assert _per_token_weight_copies(clip, autocast_encode)
+    clip.encode_images(pixels)  # the bfloat16 copy is made on first use, outside the profiled run
+    assert _per_token_weight_copies(clip, lambda: (clip.encode_images(pixels), clip.encode_texts(texts))) == []
+    exact = load_models(resolve_models("tiny-random"), "cpu")
+    for got, want in ((clip.encode_images(pixels), exact.clip.encode_images(pixels)),
+                      (clip.encode_texts(texts)[0], exact.clip.encode_texts(texts)[0])):
+        assert (got * want).sum(1).min() > 0.999  # DESIGN.md's bf16 bound
+        assert not np.array_equal(got, want)
 
 
 def test_identity_records_precision_and_resume_under_another_is_refused_in_one_line(tmp_path):

@@ -21,17 +21,21 @@ warning is an error here, and the built model is checked to hold the activation 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from item.errors import InputError, ModelLoadError
-from item.featurize.models.hub import autocast_for, file_sha256, hf_cache_dir, hub_offline
+from item.featurize.models.hub import (
+    BF16_AUTOCAST, autocast_for, file_sha256, hf_cache_dir, hub_offline, precision_in_effect,
+)
 
 RANDOM_SEED = 0
 _CHECKPOINT_NAMES = (
@@ -87,12 +91,40 @@ class ClipEncoder:
         self.device = device
         self.embed_dim = int(info["embed_dim"])
         self.context_length = int(getattr(model, "context_length", None) or getattr(tokenizer, "context_length", 77))
+        self._bf16_model = None  # the bfloat16 copy the CPU runs under bf16 (``_runner``), made on first use
+        self._bf16_lock = threading.Lock()
 
     #: The arithmetic it runs in (hub.RUN_PRECISIONS; None: the device's own); set by ``load_models``.
     precision: str | None = None
 
     def _autocast(self):
         return autocast_for(self.device, self.precision)
+
+    def _runner(self):
+        """(model, pixel dtype or None, context) for the precision in effect now.
+
+        bfloat16 on the CPU runs a bfloat16 copy of the weights, made on first use and kept beside the float32
+        model (which stays as loaded, so ``item check`` compares both on one load), instead of autocast. Under
+        autocast torch refuses ``nn.MultiheadAttention``'s fused inference path ("autocast is enabled") and
+        runs its Python path, whose input projection is a bfloat16 ``linear`` over a transposed (seq, batch,
+        width) view; torch 2.14's CPU matmul cannot fold that view into one matrix product and broadcasts the
+        weight to every token instead (one copy of the projection weight per token, per layer: ViT-L-14's
+        image tower ran 20x slower than in float32, BENCHMARKS section 10). With bfloat16 weights and no
+        autocast the fused path runs (tests/test_cpu_precision.py checks that no per-token weight copy is
+        made). LayerNorm and softmax then run in bfloat16 too, where autocast would keep them in float32;
+        ``item check`` measures the result against float32 with the same bound (cosine >= 0.999).
+        CUDA's fp16 autocast is unchanged."""
+        import torch
+
+        if (precision_in_effect(self.device, self.precision) == BF16_AUTOCAST
+                and torch.device(self.device).type == "cpu"):
+            with self._bf16_lock:
+                if self._bf16_model is None:
+                    import copy
+
+                    self._bf16_model = copy.deepcopy(self.model).to(torch.bfloat16).eval()
+            return self._bf16_model, torch.bfloat16, contextlib.nullcontext()
+        return self.model, None, self._autocast()
 
     def encode_images(self, pixels) -> np.ndarray:
         """(n, 3, H, W) float tensor from `preprocess` -> (n, embed_dim) float32, L2-normalised rows."""
@@ -102,8 +134,9 @@ class ClipEncoder:
             raise InputError(f"encode_images wants (n, 3, H, W) pixels, got shape {tuple(pixels.shape)}")
         if len(pixels) == 0:
             return np.zeros((0, self.embed_dim), np.float32)
-        with torch.inference_mode(), self._autocast():
-            emb = self.model.encode_image(pixels.to(self.device, non_blocking=True))
+        model, dtype, context = self._runner()
+        with torch.inference_mode(), context:
+            emb = model.encode_image(pixels.to(self.device, dtype=dtype, non_blocking=True))
         emb = torch.nn.functional.normalize(emb.float(), dim=-1)
         return emb.cpu().numpy().astype(np.float32, copy=False)
 
@@ -126,8 +159,9 @@ class ClipEncoder:
             return np.zeros((0, self.embed_dim), np.float32), np.zeros(0, bool)
         truncated = self.count_tokens(texts) > self.context_length
         tokens = self.tokenizer(texts, context_length=self.context_length)
-        with torch.inference_mode(), self._autocast():
-            emb = self.model.encode_text(tokens.to(self.device))
+        model, _, context = self._runner()
+        with torch.inference_mode(), context:
+            emb = model.encode_text(tokens.to(self.device))
         emb = torch.nn.functional.normalize(emb.float(), dim=-1)
         return emb.cpu().numpy().astype(np.float32, copy=False), truncated
 
