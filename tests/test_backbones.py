@@ -201,3 +201,89 @@ def test_a_head_over_a_store_made_from_a_relative_checkpoint_folder_predicts_fro
     # without --model-path the head's local checkpoint is refused, by name
     r = RUNNER.invoke(app, ["predict", "m.csv", "--head", str(tmp_path / "head")])
     assert r.exit_code != 0 and "--model-path" in r.output
+
+
+def _featurize_local(tmp_path: Path, model: str, folder: Path, store: Path):
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    manifest = _manifest(data)
+    return RUNNER.invoke(app, ["featurize", str(manifest), "--store", str(store), "--clip", model, "--pretrained",
+                               str(folder), "--captioner", "none", "--grounder", "none", "--workers", "0"])
+
+
+@pytest.mark.parametrize("name", ["my-siglip-finetune", "ViT-B-16-SigLIP"])
+def test_a_local_checkpoint_under_a_siglip_name_tokenizes_as_local_dir(tmp_path, name):
+    """The folder's open_clip_config.json names no Hugging Face tokenizer, so open_clip's local-dir: loading
+    tokenizes with its BPE; a --clip name holding 'siglip' must not switch to SigLIP's tokenizer (by name,
+    open_clip.get_tokenizer would: a vocabulary download offline, other token ids online)."""
+    import open_clip
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from item.store import StoreReader
+
+    _, folder = _local_clip(tmp_path, {"mean": [0.5] * 3, "std": [0.5] * 3, "resize_mode": "squash"})
+    assert isinstance(open_clip.get_tokenizer("local-dir:" + str(folder)), SimpleTokenizer)
+    store = tmp_path / "store"
+    r = _featurize_local(tmp_path, name, folder, store)
+    assert r.exit_code == 0, (r.output, r.exception)
+    with StoreReader(store) as reader:
+        paths = [Path(p) for p in reader.metadata(["path"])["path"]]
+        stored_img, stored_txt = reader.read("image_emb"), reader.read("caption_emb")
+    want_img, want_txt = _local_dir_reference(folder, paths, ["a red car next to a tree"] * len(paths))
+    assert np.abs(stored_img - want_img).max() < 2e-3
+    assert np.abs(stored_txt - want_txt).max() < 2e-3
+
+
+@pytest.mark.parametrize("preprocess,key", [
+    ({"interpolation": "nearest"}, "interpolation"),
+    ({"resize_mode": "crop"}, "resize_mode"),
+    ({"mode": "L"}, "mode"),
+    ({"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5]}, "std"),
+])
+def test_a_preprocess_value_open_clip_cannot_build_is_one_line_naming_it(tmp_path, preprocess, key):
+    """open_clip's own local-dir: loading of the folder cannot preprocess an image with these values (it
+    asserts, or torchvision raises on the first image); ITEM stops in one line naming the file and the key,
+    before any weight is read and before the store folder exists."""
+    import open_clip
+
+    _, folder = _local_clip(tmp_path, preprocess)
+    with pytest.raises(Exception):
+        _, _, transform = open_clip.create_model_and_transforms("local-dir:" + str(folder))
+        transform(Image.new("RGB", (20, 10)))
+    store = tmp_path / "store"
+    r = _featurize_local(tmp_path, "my-local-clip", folder, store)
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "open_clip_config.json" in errors[0] and f"preprocess_cfg {key} " in errors[0], r.output
+    assert "Traceback" not in r.output and not store.exists()
+
+
+def test_a_missing_local_hf_tokenizer_names_its_hub_id(tmp_path):
+    """A folder whose config names a Hugging Face tokenizer but holds no tokenizer files: open_clip's local-dir:
+    reads the tokenizer from the folder only, and fails; ITEM says so in one line naming the hub id."""
+    import open_clip
+
+    _, folder = _local_clip(tmp_path, {}, {"text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32,
+                                                        "heads": 2, "layers": 1,
+                                                        "hf_tokenizer_name": "nobody/not-cached-tokenizer"}})
+    with pytest.raises(Exception):
+        open_clip.get_tokenizer("local-dir:" + str(folder))
+    r = _featurize_local(tmp_path, "my-local-clip", folder, tmp_path / "store")
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "'nobody/not-cached-tokenizer'" in errors[0] and str(folder) in errors[0], r.output
+
+
+@pytest.mark.parametrize("args", [["--clip", "local-dir:{folder}"], ["--clip", "x", "--pretrained", "local-dir:{folder}"],
+                                  ["--clip", "hf-hub:timm/ViT-B-16-SigLIP"]])
+def test_open_clip_schema_names_are_one_line_naming_the_flags_to_use(tmp_path, args):
+    _, folder = _local_clip(tmp_path, {})
+    data = tmp_path / "data"
+    data.mkdir()
+    r = RUNNER.invoke(app, ["featurize", str(_manifest(data)), "--store", str(tmp_path / "store"),
+                            *[a.format(folder=folder) for a in args], "--captioner", "none", "--grounder", "none",
+                            "--workers", "0"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "--pretrained" in errors[0] and "--clip" in errors[0], r.output
+

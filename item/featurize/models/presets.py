@@ -180,6 +180,27 @@ def spec_from_record(compat: dict, models: dict, where: str = "the store") -> Mo
     return spec
 
 
+#: open_clip's model-name schemas (``open_clip.factory.parse_model_name``); ITEM takes the same folder or hub
+#: files as --pretrained PATH under a model name of the user's choosing (see check_no_schema).
+OPEN_CLIP_SCHEMAS = ("local-dir:", "hf-hub:")
+
+
+def check_no_schema(value: str | None) -> None:
+    """Refuse (InputError, one line) open_clip's ``local-dir:PATH`` / ``hf-hub:ORG/NAME`` spelling in --clip
+    or --pretrained: ITEM names the model with --clip and its weights with --pretrained, and reads a local
+    folder's open_clip_config.json (model_cfg, preprocess_cfg, tokenizer) as open_clip's local-dir: does."""
+    if not value or not value.startswith(OPEN_CLIP_SCHEMAS):
+        return
+    schema_name, _, rest = value.partition(":")
+    if schema_name == "local-dir":
+        raise InputError(f"{value!r}: give the folder as --pretrained {rest or 'FOLDER'} and a name for its model "
+                         "with --clip (any name; the folder's open_clip_config.json is read as open_clip's "
+                         "local-dir: reads it)")
+    raise InputError(f"{value!r}: hf-hub: names are not loaded directly; download the repo (`hf download "
+                     f"{rest or 'ORG/NAME'} --local-dir FOLDER`) and give the folder as --pretrained FOLDER and a name "
+                     "for its model with --clip")
+
+
 def _absolute_if_local(key: str, value: str) -> str:
     """``value`` made absolute where the loaders read it as a local path (the rules of ``load_clip`` for
     ``--pretrained`` and of ``load_hf_pretrained`` for captioner / grounder folders), so that a store
@@ -255,6 +276,8 @@ def resolve_models(
         # a real checkpoint brings its family's own thresholds (OWLv2 and OmDet-Turbo have one score per box)
         box, text = FAMILY_THRESHOLDS[grounder_family(grounder)]
         changes.update(box_threshold=box, text_threshold=text)
+    for value in (clip, pretrained):
+        check_no_schema(value)
     for key in ("clip_pretrained", "captioner", "grounder"):  # a local path is recorded absolute
         if key in changes:
             changes[key] = _absolute_if_local(key, changes[key])
