@@ -287,3 +287,31 @@ def test_open_clip_schema_names_are_one_line_naming_the_flags_to_use(tmp_path, a
     errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "--pretrained" in errors[0] and "--clip" in errors[0], r.output
 
+
+def test_a_head_over_a_checkpoint_whose_config_names_its_own_model_predicts(tmp_path):
+    """--clip NAME that only the folder's open_clip_config.json defines (open_clip.list_models() does not know
+    it): `item predict --model-path FOLDER` loads it as featurize did, and without --model-path the
+    refusal names the flag (not 'unknown CLIP model')."""
+    _, folder = _local_clip(tmp_path, {"mean": [0.5] * 3, "std": [0.5] * 3, "resize_mode": "squash"})
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(2)
+    rows = ["path,label,caption"]
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)).save(data / f"im{i}.png")
+        rows.append(f"im{i}.png,{'real' if i % 2 else 'fake'},a red car next to a tree")
+    (data / "m.csv").write_text("\n".join(rows) + "\n")
+    store, head = tmp_path / "store", tmp_path / "head"
+    r = RUNNER.invoke(app, ["featurize", str(data / "m.csv"), "--store", str(store), "--clip", "only-in-its-config",
+                            "--pretrained", str(folder), "--captioner", "none", "--grounder", "none", "--workers", "0"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    r = RUNNER.invoke(app, ["train", str(store), "--out", str(head), "--kind", "logistic", "--train-split", "all"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    # a fresh process, as a user's: this one registered the folder's config under the name while featurizing
+    predict = [sys.executable, "-m", "item", "predict", str(data / "m.csv"), "--head", str(head)]
+    r = subprocess.run([*predict, "--model-path", str(folder), "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert [row["status"] for row in json.loads(r.stdout)["rows"]] == ["ok"] * 10
+    r = subprocess.run(predict, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "--model-path" in r.stderr and "unknown CLIP model" not in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
