@@ -315,3 +315,24 @@ def test_a_head_over_a_checkpoint_whose_config_names_its_own_model_predicts(tmp_
     r = subprocess.run(predict, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "--model-path" in r.stderr and "unknown CLIP model" not in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("backbone", ["pe-core-b16", "mobileclip2-s0"])
+def test_missing_hub_weights_are_one_line_naming_the_repo(tmp_path, backbone):
+    """Weights of a registered backbone that are not in the cache: one line naming the hub repo open_clip's
+    pretrained config downloads them from, and how to fetch it."""
+    import open_clip
+
+    b = get_backbone(backbone)
+    repo = open_clip.pretrained.get_pretrained_cfg(b.clip_model, b.pretrained)["hf_hub"].strip("/")
+    data = tmp_path / "data"
+    data.mkdir()
+    env = dict(os.environ, HF_HOME=str(tmp_path / "empty-hf"), HF_HUB_OFFLINE="1")
+    for k in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        env.pop(k, None)
+    r = subprocess.run([sys.executable, "-m", "item", "featurize", str(_manifest(data)), "--store",
+                        str(tmp_path / "store"), "--backbone", backbone, "--captioner", "none", "--grounder", "none",
+                        "--workers", "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and f"hf download {repo}`" in errors[0], r.stderr

@@ -435,9 +435,11 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
                 f"known tags: {', '.join(known) or 'none'}; or pass a local checkpoint file with --pretrained"
             ) from None
         why = "HF_HUB_OFFLINE is set" if hub_offline() else "the download failed"
+        hub = (open_clip.pretrained.get_pretrained_cfg(model, pretrained) or {}).get("hf_hub", "").strip("/")
+        fetch = f"fetch them with `hf download {hub}` where the hub is reachable, " if hub else "allow network access, "
         raise ModelLoadError(
-            f"cannot load CLIP {model} weights {pretrained!r}: not in the Hugging Face cache {hf_cache_dir()} "
-            f"and {why}; allow network access, set HF_HOME to a cache that holds them, "
+            f"cannot load CLIP {model} weights {pretrained!r}{f' (hub repo {hub})' if hub else ''}: not in the "
+            f"Hugging Face cache {hf_cache_dir()} and {why}; {fetch}set HF_HOME to a cache that holds them, "
             f"or pass a local checkpoint file with --pretrained"
         ) from None
     finally:
