@@ -336,3 +336,33 @@ def test_missing_hub_weights_are_one_line_naming_the_repo(tmp_path, backbone):
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and f"hf download {repo}`" in errors[0], r.stderr
+
+
+@pytest.mark.parametrize("files", [["open_clip_pytorch_model.pth"], ["model.safetensors", "open_clip_pytorch_model.pth"]])
+def test_a_checkpoint_folder_reads_the_file_open_clips_local_dir_reads(tmp_path, files):
+    """A folder holding open_clip_pytorch_model.pth (a name open_clip's local-dir: loads) was refused as holding
+    no checkpoint; with several files, the one local-dir: picks is the one loaded (the others hold other
+    weights here, so a wrong pick shows in the embeddings)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from item.store import StoreReader
+
+    _, folder = _local_clip(tmp_path, {"mean": [0.5] * 3, "std": [0.5] * 3, "resize_mode": "squash"})
+    src = next(folder.glob("*.safetensors"))
+    state = load_file(str(src))
+    src.unlink()
+    for k, name in enumerate(files):
+        weights = {key: v + 0.05 * k for key, v in state.items()}  # each file its own weights
+        if name.endswith(".safetensors"):
+            save_file(weights, str(folder / name))
+        else:
+            torch.save(weights, folder / name)
+    store = tmp_path / "store"
+    r = _featurize_local(tmp_path, "my-local-clip", folder, store)
+    assert r.exit_code == 0, (r.output, r.exception)
+    with StoreReader(store) as reader:
+        paths = [Path(p) for p in reader.metadata(["path"])["path"]]
+        stored = reader.read("image_emb")
+    want, _ = _local_dir_reference(folder, paths, ["a red car"])
+    assert np.abs(stored - want).max() < 2e-3

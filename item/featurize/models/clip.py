@@ -34,9 +34,11 @@ from item.errors import InputError, ModelLoadError
 from item.featurize.models.hub import autocast_for, file_sha256, hf_cache_dir, hub_offline
 
 RANDOM_SEED = 0
+#: The file a checkpoint folder is loaded from, first found first: open_clip's local-dir: order
+#: (``open_clip.factory._find_checkpoint_in_dir``), so both read the same file of a folder holding several.
 _CHECKPOINT_NAMES = (
     "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
-    "model.safetensors", "pytorch_model.bin",
+    "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
 )
 _PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
 
@@ -138,7 +140,8 @@ def _find_checkpoint(path: Path) -> Path:
     for name in _CHECKPOINT_NAMES:
         if (path / name).is_file():
             return path / name
-    found = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + sorted(path.glob("*.pt"))
+    found = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + sorted(path.glob("*.pt")) \
+        + sorted(path.glob("*.pth"))
     if len(found) == 1:
         return found[0]
     raise ModelLoadError(
