@@ -366,3 +366,33 @@ def test_a_checkpoint_folder_reads_the_file_open_clips_local_dir_reads(tmp_path,
         stored = reader.read("image_emb")
     want, _ = _local_dir_reference(folder, paths, ["a red car"])
     assert np.abs(stored - want).max() < 2e-3
+
+
+def test_a_backbone_over_a_bare_local_checkpoint_is_refused_when_its_preprocessing_would_be_lost(tmp_path):
+    """`--backbone pe-core-b16 --pretrained FILE` with no open_clip_config.json beside FILE: open_clip builds a
+    bare file with its default preprocessing (OpenAI mean/std, shortest side), not PE-Core's; refused in one
+    line naming what the backbone's tag uses. With a config beside the file, that config decides (no refusal)."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg
+
+    tag = open_clip.pretrained.get_pretrained_cfg("PE-Core-B-16", "meta")
+    assert tuple(tag["mean"]) != tuple(PreprocessCfg().mean) and tag["resize_mode"] != PreprocessCfg().resize_mode
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = _manifest(data)
+    bare = tmp_path / "bare" / "weights.safetensors"
+    bare.parent.mkdir()
+    bare.write_bytes(b"not used")
+    args = ["featurize", str(manifest), "--store", str(tmp_path / "store"), "--backbone", "pe-core-b16",
+            "--pretrained", str(bare), "--captioner", "none", "--grounder", "none", "--workers", "0"]
+    r = RUNNER.invoke(app, args)
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "open_clip_config.json" in errors[0], r.output
+    assert f"resize_mode {tag['resize_mode']}" in errors[0] and f"mean {list(tag['mean'])}" in errors[0], r.output
+    assert not (tmp_path / "store").exists()
+    from item.featurize.models import tiny
+
+    (bare.parent / "open_clip_config.json").write_text(json.dumps({"model_cfg": tiny.TINY_CLIP_CFG}))
+    r = RUNNER.invoke(app, args)  # the file is no checkpoint: loading fails, but not for want of a config
+    assert r.exit_code == 1 and "preprocessed" not in r.output and "cannot load CLIP" in r.output, r.output

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from item.errors import InputError
 from item.featurize.models.tiny import RANDOM_NAMES, TINY_CLIP_MODEL  # stdlib-only module: no heavy imports
@@ -201,6 +202,39 @@ def check_no_schema(value: str | None) -> None:
                      "for its model with --clip")
 
 
+def check_bare_backbone_checkpoint(chosen, pretrained: str) -> None:
+    """Refuse (InputError, one line) ``--backbone NAME --pretrained FILE`` where FILE is a local checkpoint with no
+    open_clip_config.json beside it and the backbone's tag preprocesses otherwise than open_clip's defaults:
+    open_clip builds a bare file with its defaults (OpenAI's mean and std, shortest-side resize), so PE-Core,
+    SigLIP 2 or MobileCLIP2 weights would be fed pixels they were not trained on, without a word."""
+    path = Path(os.path.expanduser(pretrained))
+    if not (os.sep in pretrained or path.exists()) or not path.exists():
+        return  # a tag, or a missing path (the loader names it)
+    folder = path if path.is_dir() else path.parent
+    if (folder / "open_clip_config.json").is_file():
+        return
+    import open_clip
+    from open_clip.transform import PreprocessCfg
+
+    tag = open_clip.pretrained.get_pretrained_cfg(chosen.clip_model, chosen.pretrained) or {}
+    default = PreprocessCfg()
+
+    def norm(v):
+        return tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+    differs = {k: tag[k] for k in ("mean", "std", "resize_mode", "interpolation")
+               if k in tag and norm(tag[k]) != norm(getattr(default, k))}
+    if not differs:
+        return
+    hub = (tag.get("hf_hub") or "").strip("/")
+    want = ", ".join(f"{k} {list(v) if isinstance(v, (list, tuple)) else v}" for k, v in differs.items())
+    raise InputError(
+        f"--backbone {chosen.name} --pretrained {pretrained}: no open_clip_config.json beside it says how its "
+        f"images are preprocessed, and open_clip would use its defaults, not {chosen.name}'s ({want}); put the "
+        f"open_clip_config.json of the weights beside the checkpoint"
+        + (f" (for {chosen.name}'s published weights, the one in the hub repo {hub})" if hub else ""))
+
+
 def _absolute_if_local(key: str, value: str) -> str:
     """``value`` made absolute where the loaders read it as a local path (the rules of ``load_clip`` for
     ``--pretrained`` and of ``load_hf_pretrained`` for captioner / grounder folders), so that a store
@@ -259,6 +293,8 @@ def resolve_models(
             raise InputError(f"--backbone {backbone} and --clip {clip} both name the CLIP model: give one")
         chosen = get_backbone(backbone)
         clip = chosen.clip_model
+        if pretrained:
+            check_bare_backbone_checkpoint(chosen, pretrained)
         pretrained = chosen.pretrained if pretrained is None else pretrained
     changes = {
         k: v
