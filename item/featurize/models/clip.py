@@ -439,7 +439,7 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
             ) from None
         why = "HF_HUB_OFFLINE is set" if hub_offline() else "the download failed"
         hub = (open_clip.pretrained.get_pretrained_cfg(model, pretrained) or {}).get("hf_hub", "").strip("/")
-        fetch = f"fetch them with `hf download {hub}` where the hub is reachable, " if hub else "allow network access, "
+        fetch = f"allow network access once or fetch them with `hf download {hub}`, " if hub else "allow network access, "
         raise ModelLoadError(
             f"cannot load CLIP {model} weights {pretrained!r}{f' (hub repo {hub})' if hub else ''}: not in the "
             f"Hugging Face cache {hf_cache_dir()} and {why}; {fetch}set HF_HOME to a cache that holds them, "
