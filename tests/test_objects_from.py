@@ -255,3 +255,29 @@ def test_the_ray_engine_reuses_objects_as_the_local_engine_does(setup, tmp_path)
     for i in a:
         assert a[i]["caption"] == b[i]["caption"] and a[i]["objects"] == b[i]["objects"]
         assert np.array_equal(a[i]["image_emb"], b[i]["image_emb"])
+
+
+def test_a_manifest_caption_other_than_olds_is_refused_by_name(tmp_path):
+    """OLD's caption, nouns and boxes are reused: a manifest that gives another caption for an image would be
+    dropped without a word (a full featurize would encode the given one), so it is refused, naming the file."""
+    root = tmp_path / "data"
+    root.mkdir()
+    rng = np.random.default_rng(5)
+    rows = ["path,label,caption"]
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 50 + i, 3), dtype=np.uint8)).save(root / f"{i}.png")
+        rows.append(f"{i}.png,{'real' if i % 2 else 'fake'},a dog next to a red car")
+    (root / "m.csv").write_text("\n".join(rows) + "\n")
+    old, new = tmp_path / "old", tmp_path / "new"
+    assert cli("featurize", root / "m.csv", "--store", old, "--models", "tiny-random").exit_code == 0
+    with StoreReader(old) as r:
+        held = dict(zip(r.metadata(["path"])["path"].astype(str), r.metadata(["caption"])["caption"].astype(str)))
+    assert set(held.values()) == {"a dog next to a red car"}
+    (root / "m2.csv").write_text("\n".join(rows[:2] + [rows[2].replace("a dog next to", "a cat on")] + rows[3:]) + "\n")
+    r = cli("featurize", root / "m2.csv", "--store", new, "--objects-from", old, "--models", "tiny-random")
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and str(root / "1.png") in errors[0] and "'a cat on a red car'" in errors[0], r.output
+    assert "'a dog next to a red car'" in errors[0] and not new.exists()
+    # the captions OLD holds, given again, are OLD's: the run goes on
+    assert cli("featurize", root / "m.csv", "--store", new, "--objects-from", old, "--models", "tiny-random").exit_code == 0

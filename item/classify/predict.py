@@ -43,7 +43,10 @@ def check_named_models(compat: dict, allowed_paths=()) -> None:
         return real in allowed or os.path.dirname(real) in allowed
 
     clip_model, tag = str(compat.get("clip_model", "")), str(compat.get("clip_pretrained", ""))
-    if clip_model not in preset_values and clip_model not in open_clip.list_models() \
+    # A local checkpoint's name may be one its open_clip_config.json defines (load_clip registers it from
+    # that file): the path decides, and it must be one the user passed (the check on the weights below).
+    local_tag = bool(tag) and (os.sep in tag or os.path.exists(tag))
+    if clip_model not in preset_values and clip_model not in open_clip.list_models() and not local_tag \
             and not (clip_model.startswith("hf-hub:") and _HUB_ID.fullmatch(clip_model[7:])):
         raise HeadError(f"the head names an unknown CLIP model {clip_model!r}")
     if tag and tag not in preset_values and tag not in open_clip.list_pretrained_tags_by_model(clip_model) \

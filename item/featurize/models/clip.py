@@ -38,9 +38,11 @@ from item.featurize.models.hub import (
 )
 
 RANDOM_SEED = 0
+#: The file a checkpoint folder is loaded from, first found first: open_clip's local-dir: order
+#: (``open_clip.factory._find_checkpoint_in_dir``), so both read the same file of a folder holding several.
 _CHECKPOINT_NAMES = (
     "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
-    "model.safetensors", "pytorch_model.bin",
+    "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
 )
 _PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
 
@@ -172,7 +174,8 @@ def _find_checkpoint(path: Path) -> Path:
     for name in _CHECKPOINT_NAMES:
         if (path / name).is_file():
             return path / name
-    found = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + sorted(path.glob("*.pt"))
+    found = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + sorted(path.glob("*.pt")) \
+        + sorted(path.glob("*.pth"))
     if len(found) == 1:
         return found[0]
     raise ModelLoadError(
@@ -222,11 +225,48 @@ def _preprocess_beside(checkpoint: Path | None) -> dict:
     return {k: v for k, v in pp.items() if k in _PREPROCESS_KEYS and k != "size" and v is not None}
 
 
+def _local_transform(merged: dict, base: dict, local_pp: dict, checkpoint: Path):
+    """open_clip's eval transform for the preprocess config ``merged`` (``local_pp``, the file's preprocess_cfg,
+    over the model's ``base``), tried on one small image. A value open_clip cannot build or apply (an
+    interpolation or resize mode it has no transform for, a mean that is not numbers, ...) is one
+    ModelLoadError line naming the file and the key, as open_clip's own checks find it: open_clip's
+    ``local-dir:`` loading of the same folder stops there too, with a bare AssertionError."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+    from PIL import Image
+
+    def build(cfg: dict):
+        t = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+        t(Image.new("RGB", (8, 6)))
+        return t
+
+    try:
+        return build(merged)
+    except Exception as e:  # open_clip asserts on values it has no transform for; torchvision raises on the rest
+        bad = next((k for k in local_pp if _fails(build, merge_preprocess_dict(base, {k: local_pp[k]}))), None)
+        what = f"{bad} {local_pp[bad]!r}" if bad else json.dumps(local_pp)
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:120] or type(e).__name__
+        import open_clip
+
+        raise ModelLoadError(
+            f"CLIP config {checkpoint.parent / 'open_clip_config.json'}: preprocess_cfg {what} is not one open_clip "
+            f"{open_clip.__version__} can build ({reason}); correct the value in the file or leave the key out"
+        ) from None
+
+
+def _fails(build, cfg: dict) -> bool:
+    try:
+        build(cfg)
+    except Exception:
+        return True
+    return False
+
+
 def load_tokenizer(model: str, build_name: str | None = None, checkpoint: Path | None = None):
-    """open_clip's tokenizer for ``model``, as ``open_clip.get_tokenizer`` builds it: from the folder of a
-    local checkpoint whose open_clip_config.json names a Hugging Face tokenizer (``local-dir:``, the files
-    beside the weights), else from the model config (the BPE vocabulary open_clip ships, a Hugging Face
-    tokenizer from the hub cache, or SigLIP's vocabulary). A tokenizer that is not on this machine is one
+    """open_clip's tokenizer for ``model``, as ``open_clip.get_tokenizer`` builds it: for a local checkpoint
+    with an open_clip_config.json beside it, as ``local-dir:`` builds it from that folder (the Hugging Face
+    tokenizer files beside the weights when the config names one, else open_clip's BPE with the config's context
+    length), whatever the model's name; else from the model config (the BPE vocabulary open_clip ships, a
+    Hugging Face tokenizer from the hub cache, or SigLIP's vocabulary). A tokenizer that is not on this machine is one
     ModelLoadError line naming what is missing and how to fetch it."""
     import open_clip
 
@@ -234,22 +274,27 @@ def load_tokenizer(model: str, build_name: str | None = None, checkpoint: Path |
 
     name = build_name or model
     beside = _config_beside(checkpoint)
-    local_hf = beside is not None and bool((beside.get("text_cfg") or {}).get("hf_tokenizer_name"))
+    local_hf = (beside.get("text_cfg") or {}).get("hf_tokenizer_name") if beside is not None else None
     src = tokenizer_source(name)
     import logging
 
     logging.disable(logging.WARNING)
     try:
-        if local_hf:
+        if beside is not None:
+            # Exactly local-dir:'s tokenizer: the folder's config decides (its Hugging Face tokenizer files,
+            # or open_clip's BPE with the file's context length and kwargs). By name, open_clip would pick
+            # SigLIP's tokenizer for any name holding 'siglip', whatever the file says.
             return open_clip.get_tokenizer("local-dir:" + str(checkpoint.parent))
         return open_clip.get_tokenizer(name)
     except Exception as e:  # hub errors (OSError, connection errors) or missing files: one line
         reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
         if local_hf:
             raise ModelLoadError(
-                f"CLIP {model}: the tokenizer files its open_clip_config.json names are not in {checkpoint.parent} "
-                f"({reason}); copy the tokenizer files (tokenizer.json, tokenizer_config.json, ...) beside the "
-                "weights") from None
+                f"CLIP {model}: its open_clip_config.json names the Hugging Face tokenizer {local_hf!r} and its "
+                f"files are not in {checkpoint.parent} ({reason}); copy the tokenizer files (tokenizer.json, "
+                f"tokenizer_config.json, ...) beside the weights, e.g. `hf download {local_hf} tokenizer.json "
+                f"tokenizer_config.json special_tokens_map.json --local-dir {checkpoint.parent}` where the hub is "
+                "reachable") from None
         if src["kind"] == "hf":
             raise ModelLoadError(
                 f"CLIP {model} needs the tokenizer {src['hub']!r} from the Hugging Face hub and it is not in the "
@@ -355,7 +400,10 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
     import torch
 
     from item.featurize.models import tiny
+    from item.featurize.models.presets import check_no_schema
 
+    check_no_schema(model)
+    check_no_schema(pretrained)
     if model == tiny.TINY_CLIP_MODEL:
         tiny.register_tiny_clip()
     checkpoint: Path | None = None
@@ -380,6 +428,13 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
     if not quick_gelu and (open_clip.get_model_config(build_name) or {}).get("quick_gelu") and checkpoint is not None:
         switches["quick_gelu"] = False  # a '-quickgelu' name with GELU weights: the config beside them decides
     local_pp = _preprocess_beside(checkpoint)
+    if local_pp:  # a value open_clip cannot build fails here, before any weight is read
+        from dataclasses import asdict
+
+        from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+        defaults = asdict(PreprocessCfg())
+        _local_transform(merge_preprocess_dict(defaults, local_pp), defaults, local_pp, checkpoint)
     # The tokenizer first: a missing one (SigLIP 2's and MetaCLIP 2's come from the hub) fails in one line
     # before gigabytes of weights are read.
     tokenizer = load_tokenizer(model, build_name, checkpoint)
@@ -417,9 +472,11 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
                 f"known tags: {', '.join(known) or 'none'}; or pass a local checkpoint file with --pretrained"
             ) from None
         why = "HF_HUB_OFFLINE is set" if hub_offline() else "the download failed"
+        hub = (open_clip.pretrained.get_pretrained_cfg(model, pretrained) or {}).get("hf_hub", "").strip("/")
+        fetch = f"allow network access once or fetch them with `hf download {hub}`, " if hub else "allow network access, "
         raise ModelLoadError(
-            f"cannot load CLIP {model} weights {pretrained!r}: not in the Hugging Face cache {hf_cache_dir()} "
-            f"and {why}; allow network access, set HF_HOME to a cache that holds them, "
+            f"cannot load CLIP {model} weights {pretrained!r}{f' (hub repo {hub})' if hub else ''}: not in the "
+            f"Hugging Face cache {hf_cache_dir()} and {why}; {fetch}set HF_HOME to a cache that holds them, "
             f"or pass a local checkpoint file with --pretrained"
         ) from None
     finally:
@@ -428,12 +485,13 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
     if local_pp:
         # The checkpoint's own preprocessing, as open_clip's local-dir: loading applies it: open_clip's
         # defaults, the file's preprocess_cfg over them, the built model's image size (factory.create_model).
-        from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
         from open_clip.model import set_model_preprocess_cfg
+        from open_clip.transform import merge_preprocess_dict
 
-        merged = merge_preprocess_dict(dict(model_obj.visual.preprocess_cfg), local_pp)
+        base = dict(model_obj.visual.preprocess_cfg)
+        merged = merge_preprocess_dict(base, local_pp)
+        transform = _local_transform(merged, base, local_pp, checkpoint)
         set_model_preprocess_cfg(model_obj, merged)
-        transform = image_transform_v2(PreprocessCfg(**model_obj.visual.preprocess_cfg), is_train=False)
     activation = built_activation(model_obj)
     if activation != ("quick_gelu" if quick_gelu else "gelu") and activation != "other":
         raise ModelLoadError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from item.errors import InputError
 from item.featurize.models.tiny import RANDOM_NAMES, TINY_CLIP_MODEL  # stdlib-only module: no heavy imports
@@ -180,6 +181,60 @@ def spec_from_record(compat: dict, models: dict, where: str = "the store") -> Mo
     return spec
 
 
+#: open_clip's model-name schemas (``open_clip.factory.parse_model_name``); ITEM takes the same folder or hub
+#: files as --pretrained PATH under a model name of the user's choosing (see check_no_schema).
+OPEN_CLIP_SCHEMAS = ("local-dir:", "hf-hub:")
+
+
+def check_no_schema(value: str | None) -> None:
+    """Refuse (InputError, one line) open_clip's ``local-dir:PATH`` / ``hf-hub:ORG/NAME`` spelling in --clip
+    or --pretrained: ITEM names the model with --clip and its weights with --pretrained, and reads a local
+    folder's open_clip_config.json (model_cfg, preprocess_cfg, tokenizer) as open_clip's local-dir: does."""
+    if not value or not value.startswith(OPEN_CLIP_SCHEMAS):
+        return
+    schema_name, _, rest = value.partition(":")
+    if schema_name == "local-dir":
+        raise InputError(f"{value!r}: give the folder as --pretrained {rest or 'FOLDER'} and a name for its model "
+                         "with --clip (any name; the folder's open_clip_config.json is read as open_clip's "
+                         "local-dir: reads it)")
+    raise InputError(f"{value!r}: hf-hub: names are not loaded directly; download the repo (`hf download "
+                     f"{rest or 'ORG/NAME'} --local-dir FOLDER`) and give the folder as --pretrained FOLDER and a name "
+                     "for its model with --clip")
+
+
+def check_bare_backbone_checkpoint(chosen, pretrained: str) -> None:
+    """Refuse (InputError, one line) ``--backbone NAME --pretrained FILE`` where FILE is a local checkpoint with no
+    open_clip_config.json beside it and the backbone's tag preprocesses otherwise than open_clip's defaults:
+    open_clip builds a bare file with its defaults (OpenAI's mean and std, shortest-side resize), so PE-Core,
+    SigLIP 2 or MobileCLIP2 weights would be fed pixels they were not trained on, without a word."""
+    path = Path(os.path.expanduser(pretrained))
+    if not (os.sep in pretrained or path.exists()) or not path.exists():
+        return  # a tag, or a missing path (the loader names it)
+    folder = path if path.is_dir() else path.parent
+    if (folder / "open_clip_config.json").is_file():
+        return
+    import open_clip
+    from open_clip.transform import PreprocessCfg
+
+    tag = open_clip.pretrained.get_pretrained_cfg(chosen.clip_model, chosen.pretrained) or {}
+    default = PreprocessCfg()
+
+    def norm(v):
+        return tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+    differs = {k: tag[k] for k in ("mean", "std", "resize_mode", "interpolation")
+               if k in tag and norm(tag[k]) != norm(getattr(default, k))}
+    if not differs:
+        return
+    hub = (tag.get("hf_hub") or "").strip("/")
+    want = ", ".join(f"{k} {list(v) if isinstance(v, (list, tuple)) else v}" for k, v in differs.items())
+    raise InputError(
+        f"--backbone {chosen.name} --pretrained {pretrained}: no open_clip_config.json beside it says how its "
+        f"images are preprocessed, and open_clip would use its defaults, not {chosen.name}'s ({want}); put the "
+        f"open_clip_config.json of the weights beside the checkpoint"
+        + (f" (for {chosen.name}'s published weights, the one in the hub repo {hub})" if hub else ""))
+
+
 def _absolute_if_local(key: str, value: str) -> str:
     """``value`` made absolute where the loaders read it as a local path (the rules of ``load_clip`` for
     ``--pretrained`` and of ``load_hf_pretrained`` for captioner / grounder folders), so that a store
@@ -238,6 +293,8 @@ def resolve_models(
             raise InputError(f"--backbone {backbone} and --clip {clip} both name the CLIP model: give one")
         chosen = get_backbone(backbone)
         clip = chosen.clip_model
+        if pretrained:
+            check_bare_backbone_checkpoint(chosen, pretrained)
         pretrained = chosen.pretrained if pretrained is None else pretrained
     changes = {
         k: v
@@ -255,6 +312,8 @@ def resolve_models(
         # a real checkpoint brings its family's own thresholds (OWLv2 and OmDet-Turbo have one score per box)
         box, text = FAMILY_THRESHOLDS[grounder_family(grounder)]
         changes.update(box_threshold=box, text_threshold=text)
+    for value in (clip, pretrained):
+        check_no_schema(value)
     for key in ("clip_pretrained", "captioner", "grounder"):  # a local path is recorded absolute
         if key in changes:
             changes[key] = _absolute_if_local(key, changes[key])

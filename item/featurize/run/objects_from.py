@@ -176,6 +176,7 @@ class ObjectsSource:
         (an unreadable file is left for the run to skip with its reason)."""
         missing = [(row.path, fid) for row, (fid, reason) in zip(rows, ids) if not reason and fid not in self.row_of]
         if not missing:
+            self._refuse_other_captions(rows, ids)
             return
         first, first_id = missing[0]
         changed = self._path_ids().get(first)
@@ -186,6 +187,26 @@ class ObjectsSource:
                              "or restore the file")
         raise InputError(f"{first}: not in the --objects-from store {self.root}{more}; featurize those images "
                          "into it first (or without --objects-from)")
+
+    def _refuse_other_captions(self, rows, ids) -> None:
+        """InputError naming the first input whose manifest gives a caption other than the one OLD holds for
+        its content (a caption OLD's captioner wrote, or another given one): the run reuses OLD's caption, nouns
+        and boxes, so the given caption would be dropped without a word, and the store would not be the one a
+        full featurize of these inputs makes."""
+        from item.store import schema
+
+        given = [(row, fid) for row, (fid, reason) in zip(rows, ids) if not reason and row.caption]
+        if not given:
+            return
+        wanted = np.asarray(sorted({self.row_of[fid] for _, fid in given}), np.int64)
+        meta = self.reader.metadata([schema.ID, schema.CAPTION], wanted)
+        held = dict(zip(meta[schema.ID].astype(str), (str(c or "") for c in meta[schema.CAPTION])))
+        other = [(row, held[fid]) for row, fid in given if held.get(fid, row.caption) != row.caption]
+        if other:
+            (row, old), more = other[0], f" ({len(other)} inputs in all)" if len(other) > 1 else ""
+            raise InputError(f"{row.path}: its manifest gives the caption {row.caption!r}, {self.root} holds "
+                             f"{old!r} for this image{more}; --objects-from reuses the captions, nouns and boxes "
+                             "OLD holds: give OLD's captions, or featurize these images without --objects-from")
 
     def _path_ids(self) -> dict:
         from item.store import schema
