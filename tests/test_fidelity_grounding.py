@@ -254,3 +254,52 @@ def test_a_character_outside_the_vocabulary_counts_in_its_nouns_mean_as_the_refe
     assert with_unk >= 3  # the case is exercised
     assert agree == total, f"{agree} of {total}"
 
+
+def test_omdet_under_autocast_agrees_with_its_reference_where_scores_tie():
+    # bf16 (and fp16) logits take few values, so several boxes of one class often share its best score; the
+    # post-processing keeps one of them by the order its top-k (sorted=False) and NMS sort leave, which no rule
+    # states. ITEM's box must be one of the tied best boxes, computed here from the raw outputs as the
+    # post-processing scores them (top-k pairs, threshold), and `item check`'s comparison must accept it.
+    import torch
+    from transformers import OmDetTurboProcessor
+
+    from item.featurize.models.hub import BF16_AUTOCAST
+
+    g = load_grounder("omdet-tiny-random", box_threshold=0.3)
+    g.precision = BF16_AUTOCAST
+    cases = _images_and_nouns(59, 16, NOUNS + MULTI, long_side=500)
+    ours = g.ground([im for im, _ in cases], [ns for _, ns in cases])
+    total = agree = ties = 0
+    for (im, ns), mine in zip(cases, ours):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = g.model(**g.model_inputs([g.prepare(im)], [ns]))
+        out.decoder_class_logits = out.decoder_class_logits.float()
+        out.decoder_coord_logits = out.decoder_coord_logits.float()
+        w, h = im.size
+        res = OmDetTurboProcessor.post_process_grounded_object_detection(g.processor, out, threshold=0.3,
+                                                                         target_sizes=[(h, w)])[0]
+        scores, rel = out.decoder_class_logits[0].sigmoid(), out.decoder_coord_logits[0]
+        kth = scores.flatten().topk(scores.shape[0]).values[-1]
+        for j, box in enumerate(mine):
+            total += 1
+            x0, x1 = ((rel[:, 0] + s * rel[:, 2] / 2).clamp(0, 1) * w for s in (-1, 1))
+            y0, y1 = ((rel[:, 1] + s * rel[:, 3] / 2).clamp(0, 1) * h for s in (-1, 1))
+            ok = (scores[:, j] > 0.3) & (scores[:, j] >= kth) & ((x1 - x0) * (y1 - y0) >= 16)
+            if not ok.any():
+                agree += box is None
+                continue
+            best = scores[:, j][ok].max()
+            tied = torch.nonzero(ok & (scores[:, j] == best)).flatten().tolist()
+            ties += len(tied) > 1
+            theirs = [sc for b, sc, lab in zip(res["boxes"].tolist(), res["scores"].tolist(), res["labels"].tolist())
+                      if lab == j and (b[2] - b[0]) * (b[3] - b[1]) >= 16]
+            assert max(theirs) == pytest.approx(float(best), abs=1e-6)  # the post-processing's own best score
+            if box is None:
+                continue
+            near = [max(abs(a - float(b)) for a, b in zip((box.x0, box.y0, box.x1, box.y1),
+                                                            (x0[q], y0[q], x1[q], y1[q]))) for q in tied]
+            agree += min(near) <= 1.0 and abs(box.score - float(best)) <= 1e-6
+    assert ties >= 2, ties  # the case is exercised
+    assert agree == total, f"{agree} of {total}"
+    checked = [reference.agreement(m, reference.reference_boxes(g, im, ns)) for (im, ns), m in zip(cases, ours)]
+    assert sum(c[0] for c in checked) / sum(c[1] for c in checked) >= 0.99
