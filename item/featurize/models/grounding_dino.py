@@ -59,8 +59,9 @@ def noun_token_masks(offsets, valid, special, spans: list[tuple[int, int]]):
 
     offsets: (n_tok, 2) int character (start, end) of each token in the prompt (the tokenizer's
     ``offset_mapping``); valid: (n_tok,) bool, the prompt's real tokens (attention mask); special: (n_tok,)
-    bool, marker tokens ([CLS], [SEP], [PAD]; not [UNK], which is part of a noun); spans: each noun's (start,
-    end) in the prompt (`build_prompt`). A noun cut off by the text model's max_text_len has no token: it stays ungrounded."""
+    bool, marker tokens ([CLS], [SEP], [PAD]; not [UNK], which is part of a noun); spans: each noun's
+    (start, end) in the prompt (`build_prompt`).
+    A noun cut off by the text model's max_text_len has no token: it stays ungrounded."""
     import torch
 
     starts, ends = offsets[:, 0], offsets[:, 1]
