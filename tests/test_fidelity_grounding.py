@@ -196,3 +196,110 @@ def test_owlv2_never_gives_one_box_to_two_nouns():
     for img, nouns in _images_and_nouns(43, 8, NOUNS, long_side=500):
         boxes = [b for b in g.ground([img], [nouns])[0] if b is not None]
         assert len({(b.x0, b.y0, b.x1, b.y1) for b in boxes}) == len(boxes)
+
+
+def _positive_map_expectation(grounder, image, nouns):
+    """The reference's answer computed here from the processor, the forward and transformers' post-processing:
+    a noun's tokens are every token of its character span (MMDetection / GLIP ``create_positive_map``:
+    ``char_to_token`` of its first and last character), its score their mean probability on a kept query."""
+    import torch
+
+    names = [" ".join(n.lower().split()) for n in nouns]
+    prompt = " . ".join(names) + " ."
+    starts = [sum(len(m) + 3 for m in names[:k]) for k in range(len(names))]
+    proc = grounder.processor
+    inputs = proc(images=image, text=prompt, return_tensors="pt")
+    with torch.inference_mode():
+        out = grounder.model(**inputs)
+    w, h = image.size
+    res = proc.post_process_grounded_object_detection(out, inputs["input_ids"], threshold=BOX_T,
+                                                      text_threshold=TEXT_T, target_sizes=[(h, w)])[0]
+    probs = out.logits.sigmoid()[0]
+    kept = [q for q in range(probs.shape[0]) if float(probs[q].max()) > BOX_T]
+    assert len(kept) == len(res["boxes"])
+    enc = proc.tokenizer(prompt)
+    expected = []
+    for name, s in zip(names, starts):
+        toks = list(range(enc.char_to_token(s), enc.char_to_token(s + len(name) - 1) + 1))
+        best = None
+        for q, box in zip(kept, res["boxes"].tolist()):
+            x0, x1 = (min(max(v, 0), w) for v in (box[0], box[2]))
+            y0, y1 = (min(max(v, 0), h) for v in (box[1], box[3]))
+            score = float(probs[q, toks].mean())
+            if score > TEXT_T and (x1 - x0) * (y1 - y0) >= min(16, w * h) and (best is None or score > best[4]):
+                best = (x0, y0, x1, y1, score)
+        expected.append(best)
+    return expected
+
+
+def test_a_character_outside_the_vocabulary_counts_in_its_nouns_mean_as_the_reference_counts_it(bert_layout):
+    # "&" is not in the BERT-layout vocabulary: "dog & cat" is dog [UNK] cat, and the reference's positive map
+    # (every token of the noun's span) averages all three (ITEM used to drop [UNK] with [CLS] / [SEP])
+    assert bert_layout.processor.tokenizer.tokenize("dog & cat") == ["dog", "[UNK]", "cat"]
+    rng = np.random.default_rng(53)
+    nouns = ["dog & cat", "car & bike", "man & boat", "tree"]
+    agree = total = with_unk = 0
+    for w, h in [(40, 200), (90, 120), (120, 90), (300, 30), (20, 20), (33, 7), (60, 180), (200, 50), (75, 100)]:
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        expected = _positive_map_expectation(bert_layout, img, nouns)
+        ours = bert_layout.ground([img], [nouns])[0]
+        for noun, a, b in zip(nouns, ours, expected):
+            total += 1
+            with_unk += "&" in noun and b is not None
+            if a is None or b is None:
+                agree += a is None and b is None
+            else:
+                agree += max(abs(x - y) for x, y in zip((a.x0, a.y0, a.x1, a.y1), b[:4])) <= 1.0 and \
+                    abs(a.score - b[4]) <= 1e-6
+    assert with_unk >= 3  # the case is exercised
+    assert agree == total, f"{agree} of {total}"
+
+
+def test_omdet_under_autocast_agrees_with_its_reference_where_scores_tie():
+    # bf16 (and fp16) logits take few values, so several boxes of one class often share its best score; the
+    # post-processing keeps one of them by the order its top-k (sorted=False) and NMS sort leave, which no rule
+    # states. ITEM's box must be one of the tied best boxes, computed here from the raw outputs as the
+    # post-processing scores them (top-k pairs, threshold), and `item check`'s comparison must accept it.
+    import torch
+    from transformers import OmDetTurboProcessor
+
+    from item.featurize.models.hub import BF16_AUTOCAST
+
+    g = load_grounder("omdet-tiny-random", box_threshold=0.3)
+    g.precision = BF16_AUTOCAST
+    cases = _images_and_nouns(59, 16, NOUNS + MULTI, long_side=500)
+    ours = g.ground([im for im, _ in cases], [ns for _, ns in cases])
+    total = agree = ties = 0
+    for (im, ns), mine in zip(cases, ours):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = g.model(**g.model_inputs([g.prepare(im)], [ns]))
+        out.decoder_class_logits = out.decoder_class_logits.float()
+        out.decoder_coord_logits = out.decoder_coord_logits.float()
+        w, h = im.size
+        res = OmDetTurboProcessor.post_process_grounded_object_detection(g.processor, out, threshold=0.3,
+                                                                         target_sizes=[(h, w)])[0]
+        scores, rel = out.decoder_class_logits[0].sigmoid(), out.decoder_coord_logits[0]
+        kth = scores.flatten().topk(scores.shape[0]).values[-1]
+        for j, box in enumerate(mine):
+            total += 1
+            x0, x1 = ((rel[:, 0] + s * rel[:, 2] / 2).clamp(0, 1) * w for s in (-1, 1))
+            y0, y1 = ((rel[:, 1] + s * rel[:, 3] / 2).clamp(0, 1) * h for s in (-1, 1))
+            ok = (scores[:, j] > 0.3) & (scores[:, j] >= kth) & ((x1 - x0) * (y1 - y0) >= 16)
+            if not ok.any():
+                agree += box is None
+                continue
+            best = scores[:, j][ok].max()
+            tied = torch.nonzero(ok & (scores[:, j] == best)).flatten().tolist()
+            ties += len(tied) > 1
+            theirs = [sc for b, sc, lab in zip(res["boxes"].tolist(), res["scores"].tolist(), res["labels"].tolist())
+                      if lab == j and (b[2] - b[0]) * (b[3] - b[1]) >= 16]
+            assert max(theirs) == pytest.approx(float(best), abs=1e-6)  # the post-processing's own best score
+            if box is None:
+                continue
+            near = [max(abs(a - float(b)) for a, b in zip((box.x0, box.y0, box.x1, box.y1),
+                                                            (x0[q], y0[q], x1[q], y1[q]))) for q in tied]
+            agree += min(near) <= 1.0 and abs(box.score - float(best)) <= 1e-6
+    assert ties >= 2, ties  # the case is exercised
+    assert agree == total, f"{agree} of {total}"
+    checked = [reference.agreement(m, reference.reference_boxes(g, im, ns)) for (im, ns), m in zip(cases, ours)]
+    assert sum(c[0] for c in checked) / sum(c[1] for c in checked) >= 0.99

@@ -17,7 +17,8 @@ function: the per-noun rule each family's reference lacks is written out again f
   noun's box is the highest-scoring box of its class.
 
 Every rule leaves out boxes covering less than 16 pixels of the image (ITEM's only addition, applied to
-both sides). Results: per noun ``(x0, y0, x1, y1, score)`` in the image's pixels, or None.
+both sides). Results: per noun ``(x0, y0, x1, y1, score)`` in the image's pixels, or None (OmDet-Turbo
+adds the boxes tied with it at that score, see `omdet_turbo`).
 """
 
 from __future__ import annotations
@@ -151,6 +152,13 @@ def omdet_turbo(grounder, image, nouns: list[str]):
     w, h = image.size
     res = OmDetTurboProcessor.post_process_grounded_object_detection(
         proc, out, threshold=grounder.box_threshold, target_sizes=[(h, w)])[0]
+    # Every box of the noun's class scoring exactly its best score: the post-processing breaks such a tie by
+    # the order its top-k (sorted=False) and NMS sort leave, which no rule states (ties are common under
+    # fp16 / bf16 autocast, whose logits take few values); any of them is the noun's best kept pair.
+    scores = out.decoder_class_logits[0].sigmoid()  # (n_queries, n_classes), as the post-processing scores
+    rel = out.decoder_coord_logits[0]
+    corners = torch.stack([rel[:, 0] - rel[:, 2] / 2, rel[:, 1] - rel[:, 3] / 2,
+                           rel[:, 0] + rel[:, 2] / 2, rel[:, 1] + rel[:, 3] / 2], -1) * torch.tensor([w, h, w, h])
     answer = []
     for j in range(len(nouns)):
         best = None
@@ -158,6 +166,9 @@ def omdet_turbo(grounder, image, nouns: list[str]):
             clipped = _clip_box(box, w, h)
             if int(label) == j and _big_enough(clipped, w, h) and (best is None or score > best[4]):
                 best = (*clipped, float(score))
+        if best is not None:
+            tied = [_clip_box(corners[q].tolist(), w, h) for q in torch.nonzero(scores[:, j] == best[4]).flatten()]
+            best = (*best, [b for b in tied if _big_enough(b, w, h)])
         answer.append(best)
     return answer
 
@@ -184,14 +195,17 @@ def agreement(ours, theirs, box_px: float = 1.0, score_tol: float = 1e-3) -> tup
     """(agreeing noun decisions, decisions, largest box difference in px among nouns both grounded).
 
     ours: per noun a Box (x0, y0, x1, y1, score attributes) or None; theirs: per noun (x0, y0, x1, y1, score)
-    or None. A decision agrees when both leave the noun ungrounded, or both ground it with boxes within
-    ``box_px`` and scores within ``score_tol``."""
+    or None, optionally followed by the boxes tied with it at that score (OmDet-Turbo: the reference leaves
+    such a tie to its sort order; any of them satisfies the rule). A decision agrees when both leave the noun
+    ungrounded, or both ground it with boxes within ``box_px`` (of the reference's box or one tied with it)
+    and scores within ``score_tol``."""
     agree, shift = 0, 0.0
     for a, b in zip(ours, theirs):
         if a is None or b is None:
             agree += (a is None) == (b is None)
             continue
-        d = max(abs(x - y) for x, y in zip((a.x0, a.y0, a.x1, a.y1), b[:4]))
+        mine = (a.x0, a.y0, a.x1, a.y1)
+        d = min(max(abs(x - y) for x, y in zip(mine, box)) for box in [b[:4], *(b[5] if len(b) > 5 else [])])
         shift = max(shift, d)
         agree += d <= box_px and abs(a.score - b[4]) <= score_tol
     return agree, len(list(zip(ours, theirs))), shift

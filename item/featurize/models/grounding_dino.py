@@ -59,7 +59,8 @@ def noun_token_masks(offsets, valid, special, spans: list[tuple[int, int]]):
 
     offsets: (n_tok, 2) int character (start, end) of each token in the prompt (the tokenizer's
     ``offset_mapping``); valid: (n_tok,) bool, the prompt's real tokens (attention mask); special: (n_tok,)
-    bool, special tokens ([CLS], [SEP], ...); spans: each noun's (start, end) in the prompt (`build_prompt`).
+    bool, marker tokens ([CLS], [SEP], [PAD]; not [UNK], which is part of a noun); spans: each noun's
+    (start, end) in the prompt (`build_prompt`).
     A noun cut off by the text model's max_text_len has no token: it stays ungrounded."""
     import torch
 
@@ -153,7 +154,10 @@ class Grounder(PreparedGrounder):
         boxes = out.pred_boxes.float().cpu()  # (batch, n_queries, 4) cx, cy, w, h relative to the image
 
         valid = tok["attention_mask"].bool()
-        special = torch.isin(tok["input_ids"], torch.tensor(sorted(self.processor.tokenizer.all_special_ids)))
+        # [CLS], [SEP], [PAD] are no noun's tokens; [UNK] is: it stands for characters of the noun the vocabulary
+        # lacks, and the reference's positive map (every token of the noun's character span) counts it
+        markers = set(self.processor.tokenizer.all_special_ids) - {self.processor.tokenizer.unk_token_id}
+        special = torch.isin(tok["input_ids"], torch.tensor(sorted(markers)))
         n_tok = min(probs.shape[-1], offsets.shape[1])
         result = []
         for b, g in enumerate(prepared):
