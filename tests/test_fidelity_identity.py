@@ -223,7 +223,7 @@ def test_schema_2_store_reads_its_box_selection_as_unrecorded_and_is_refused_on_
     store = tmp_path / "s"
     assert _featurize(_manifest(tmp_path / "a", 2, seed=1), store).exit_code == 0
     with StoreReader(store) as r:
-        assert r.compat["box_selection"] == "gdino-noun-mean-2"
+        assert r.compat["box_selection"] == "gdino-noun-mean-3"
     from item.store.shards import file_sha256
 
     m = json.loads((store / schema.MANIFEST).read_text())
@@ -254,4 +254,4 @@ def test_a_store_grounded_by_the_rule_before_issue_29_is_refused_on_resume(tmp_p
     with StoreReader(store) as r:
         assert r.compat["box_selection"] == "gdino-all-tokens-1" and len(r.select()) == 2
     r = _featurize(_manifest(tmp_path / "b", 1, seed=3), store)
-    assert r.exit_code == 1 and "box_selection" in r.output and "gdino-noun-mean-2" in r.output
+    assert r.exit_code == 1 and "box_selection" in r.output and "gdino-noun-mean-3" in r.output

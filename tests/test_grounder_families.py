@@ -227,23 +227,69 @@ def test_omdet_runs_at_full_precision_after_autocast_on_the_same_loaded_grounder
     assert any(b is not None for bs in exact for b in bs)
 
 
-def test_images_up_to_the_aspect_limit_are_grounded_and_beyond_it_counted(tmp_path):
-    # The Grounding DINO families take every image as their processor resizes it (no padding of ITEM's own);
-    # only beyond 20:1 is an image not grounded, and the run summary counts it.
+def _gdino_with_queries(folder, num_queries: int):
+    """The tiny Grounding DINO with ``num_queries`` proposals, saved as a local checkpoint folder."""
+    from transformers import GroundingDinoForObjectDetection
+
+    from item.featurize.models import tiny
+
+    _, processor = tiny.build_grounding_dino("tiny-random")
+    config = tiny.grounding_dino_config("tiny-random")
+    config.num_queries = num_queries
+    with tiny.seeded(11):
+        model = GroundingDinoForObjectDetection(config).eval()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model, processor
+
+
+def test_an_image_is_grounded_exactly_where_transformers_grounding_dino_can_run_it(tmp_path):
+    # Reference: transformers' own processor + forward. A two-stage Grounding DINO takes num_queries proposals
+    # by torch.topk over its encoder's feature cells, so an input with fewer cells raises inside the model;
+    # every other size and aspect ratio runs. ITEM grounds an image exactly when the reference runs it (no
+    # aspect-ratio limit of its own). With 100 queries the tiny build's floor lies among small inputs.
+    model, processor = _gdino_with_queries(tmp_path / "gd", 100)
+    g = load_grounder(str(tmp_path / "gd"), box_threshold=0.0, text_threshold=0.0)
+    agree = ran = refused = 0
+    for w, h in [(192, 8), (192, 12), (192, 16), (192, 24), (192, 33), (192, 40), (192, 48), (192, 64), (8, 192),
+                 (40, 192), (2000, 40), (4000, 100), (30, 1), (1, 30), (400, 20), (100, 100)]:
+        img = Image.fromarray(np.random.default_rng(w * h).integers(0, 255, (h, w, 3), dtype=np.uint8))
+        inputs = processor(images=img, text="a dog . a cat .", return_tensors="pt")
+        try:
+            with torch.inference_mode():
+                model(**inputs)
+            reference_runs = True
+        except RuntimeError as e:
+            assert "out of range" in str(e)
+            reference_runs = False
+        item_grounds = g.prepare(img) is not None
+        agree += item_grounds == reference_runs
+        ran += reference_runs
+        refused += not reference_runs
+    assert agree == 16 and ran >= 4 and refused >= 4, (agree, ran, refused)
+
+
+def test_images_the_detector_cannot_take_are_counted_and_every_other_ratio_grounded(tmp_path):
+    # 19:1, a small image and 21:1 are all grounded now (the 20:1 limit of gdino-noun-mean-2 is gone); an
+    # input under the reference's floor (60 queries here: 192x3 px has 45 cells) is not grounded and counted.
+    _gdino_with_queries(tmp_path / "gd", 60)
     folder = tmp_path / "imgs"
     folder.mkdir()
     lines = ["path,label,caption"]
-    for i, (w, h) in enumerate([(950, 50), (25, 20), (40, 1000)]):  # 19:1, small, 25:1
+    for i, (w, h) in enumerate([(950, 50), (25, 20), (2100, 100), (1900, 30)]):  # 19:1, small, 21:1, 63:1
         path = folder / f"{i}.png"
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
         lines.append(f"{path},real,a dog next to a cat")
     (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
     r = CliRunner().invoke(app, ["featurize", str(tmp_path / "m.csv"), "--store", str(tmp_path / "s"), "--models",
-                                 "tiny-random", "--workers", "0", "--json"])
+                                 "tiny-random", "--grounder", str(tmp_path / "gd"), "--box-threshold", "0",
+                                 "--text-threshold", "0", "--workers", "0", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["n_not_grounded"] == 1
     with StoreReader(tmp_path / "s") as rd:
-        assert rd.manifest["compat"]["box_selection"] == "gdino-noun-mean-2"
+        assert rd.manifest["compat"]["box_selection"] == "gdino-noun-mean-3"
         objs, meta = rd.objects(rd.select()), rd.metadata()
-        grounded = {int(meta["width"][row]): bool(g) for row, g in zip(objs["image"], objs["grounded"]) if g}
-        assert set(grounded) == {950, 25}
+        grounded = {int(meta["width"][row]) for row, gr in zip(objs["image"], objs["grounded"]) if gr}
+        assert grounded == {950, 25, 2100}
+        reasons = {int(w): str(x) for w, x in zip(meta["width"], meta["reason"])}
+        assert "fewer cells than its 60 queries" in reasons[1900]

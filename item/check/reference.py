@@ -69,8 +69,13 @@ def grounding_dino(grounder, image, nouns: list[str]):
     prompt = " . ".join(nouns) + " ."
     proc = grounder.processor
     inputs = proc(images=image, text=prompt, return_tensors="pt")
-    with torch.inference_mode(), autocast_for(grounder.device, getattr(grounder, "precision", None)):
-        out = grounder.model(**{k: to_device(v, grounder.device) for k, v in inputs.items()})
+    try:
+        with torch.inference_mode(), autocast_for(grounder.device, getattr(grounder, "precision", None)):
+            out = grounder.model(**{k: to_device(v, grounder.device) for k, v in inputs.items()})
+    except RuntimeError as e:  # fewer feature cells than num_queries: transformers' topk cannot run
+        if "out of range" in str(e):
+            return [None] * len(nouns)
+        raise
     out.logits, out.pred_boxes = out.logits.float().cpu(), out.pred_boxes.float().cpu()
     w, h = image.size
     res = proc.post_process_grounded_object_detection(
@@ -180,7 +185,8 @@ GROUNDING_REFERENCES = {"grounding-dino": grounding_dino, "mm-grounding-dino": g
 
 def reference_boxes(grounder, image, nouns: list[str]):
     """Per noun ``(x0, y0, x1, y1, score)`` or None by the grounder family's reference path; images the
-    grounder does not take (beyond its aspect limit) ground nothing, as in ITEM."""
+    grounder does not take (empty) ground nothing; an input the detector cannot run (Grounding DINO: fewer
+    feature cells than its queries, where transformers' forward raises) grounds nothing either."""
     from item.featurize.models.grounding import not_groundable
 
     if not nouns or not_groundable(*image.size):

@@ -38,7 +38,9 @@ def featurize_cmd(
                                            "by the mean of its tokens (the authors' phrase score); OWLv2 gives each "
                                            "box its best query, so two nouns never share a box; OmDet-Turbo keeps "
                                            "transformers' post-processing. Images go to the grounder as its own "
-                                           "processor resizes them; beyond 20:1 they are not grounded (counted)."),
+                                           "processor resizes them, at any aspect ratio; one too small for the detector's "
+                                           "feature maps (Grounding DINO: fewer cells than its 900 queries, beyond "
+                                           "about 40:1) is not grounded (counted)."),
     ground_size: Optional[int] = typer.Option(None, help="Grounder input size, shortest side in pixels "
                                               "(default: the model's own, 800 for Grounding DINO). Smaller is "
                                               "faster; what it costs in quality only real weights can tell."),
@@ -205,8 +207,8 @@ def featurize_cmd(
         info(f"captions: {summary.n_captions_without_nouns} without any noun, {summary.n_captions_not_english} "
              "not in English (the noun extractor reads English only: such rows get global features only)")
     if summary.n_not_grounded:
-        info(f"grounding: {summary.n_not_grounded} images beyond the grounders' 20:1 aspect limit, their nouns "
-             "left ungrounded (the row's reason says so)")
+        info(f"grounding: {summary.n_not_grounded} images the grounder cannot take (too small a detector input "
+             "after its processor's resize), their nouns left ungrounded (the row's reason says so)")
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.stage_seconds.items())
     info(f"time per stage: {stages}")
     info(f"text cache: {summary.text_cache_hits} hits, {summary.text_cache_misses} misses "

@@ -397,7 +397,6 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipEncoder:
     Raises ModelLoadError (one line) when weights cannot be found or loaded, InputError for an unknown model.
     """
     import open_clip
-    import torch
 
     from item.featurize.models import tiny
     from item.featurize.models.presets import check_no_schema

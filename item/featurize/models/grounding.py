@@ -30,12 +30,11 @@ class Box:
     box_score: float | None = None
 
 
-#: Beyond this aspect ratio an image is not grounded at all (its nouns are stored ungrounded, the row's
-#: reason says why, the run summary counts it as ``n_not_grounded``). Every grounder takes the image as its
-#: own processor resizes it (Grounding DINO: shortest side 800, longest at most 1333), so a 20:1 image
-#: reaches the detector as 1333x67 pixels: its coarsest feature map (stride 64) still has one row. Beyond
-#: that the row count would reach zero. The limit is part of each grounder's ``box_selection``.
-MAX_GROUND_ASPECT = 20.0
+def feature_cells(height: int, width: int, strides) -> int:
+    """Cells of a detector's feature maps for an input of height x width pixels: sum over the levels of
+    ceil(h / s) * ceil(w / s). Swin pads its patch embedding and every patch merging, and Grounding DINO's
+    extra levels are stride-2 convolutions with padding 1, so each level is the ceiling at its stride."""
+    return int(sum(-(-int(height) // int(s)) * -(-int(width) // int(s)) for s in strides))
 
 
 #: --ground-size below this is refused (the coarsest feature map would have no cell).
@@ -48,13 +47,10 @@ MIN_BOX_AREA = 16.0
 
 
 def not_groundable(width: int, height: int) -> str:
-    """Why an image of this size is not grounded ('' when it is)."""
+    """Why an image of this size is not grounded by any grounder ('' when it may be). A grounder may refuse
+    more once its processor has sized the image (``ProcessorPrep.min_cells``, ``too_small`` of the grounder)."""
     if width < 1 or height < 1:
         return "not grounded: empty image"
-    aspect = max(width / height, height / width)
-    if aspect > MAX_GROUND_ASPECT:
-        return (f"not grounded: aspect ratio {aspect:.0f}:1 is beyond the grounder's "
-                f"{MAX_GROUND_ASPECT:.0f}:1")
     return ""
 
 
@@ -142,8 +138,11 @@ class ProcessorPrep:
     resize and normalisation; None when the image cannot be grounded). ``padded`` says the frame the
     processor's boxes are relative to: the image itself here; a square for processors that pad to one."""
 
-    def __init__(self, image_processor):
+    def __init__(self, image_processor, strides=(), min_cells: int = 0):
         self.image_processor = image_processor
+        # The reference's own floor: a two-stage DETR picks its num_queries proposals among the cells of its
+        # feature maps (torch.topk), so an input with fewer cells cannot run at all (transformers raises).
+        self.strides, self.min_cells = tuple(strides), int(min_cells)
 
     def padded(self, size: tuple[int, int]) -> tuple[float, float]:
         return float(size[0]), float(size[1])
@@ -152,7 +151,16 @@ class ProcessorPrep:
         if not_groundable(*image.size):
             return None
         rgb = image.convert("RGB")
-        pix = self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"][0]
+        try:
+            pix = self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"][0]
+        except (ValueError, ZeroDivisionError):
+            # the processor's own resize has no pixels left on one side (transformers' Grounding DINO processor
+            # raises "Size must contain ..." for a 1x2000 image at 128 / 192): the reference cannot take it
+            if max(rgb.size) > 32 * min(rgb.size):
+                return None
+            raise
+        if self.min_cells and feature_cells(pix.shape[-2], pix.shape[-1], self.strides) < self.min_cells:
+            return None
         return GroundImage(pix.contiguous(), rgb.size, self.padded(rgb.size))
 
 
@@ -176,6 +184,8 @@ class PreparedGrounder:
 
     #: The arithmetic it runs in (hub.RUN_PRECISIONS; None: the device's own); set by ``load_models``.
     precision: str | None = None
+    #: The row's reason when ``prepare`` returns None for an image ``not_groundable`` accepts.
+    too_small = "not grounded: the grounder's processor cannot take this image"
 
     def ground(self, images, nouns: list[list[str]]) -> list[list[Box | None]]:
         """PIL images and each image's nouns -> for each image, one Box (or None: ungrounded) per noun."""

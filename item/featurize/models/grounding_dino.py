@@ -21,8 +21,8 @@ Query q is kept when b[q] > box_threshold (strictly, as transformers keeps it); 
 when also s[q, j] > text_threshold and its box covers at least MIN_BOX_AREA pixels of the image; noun j's box
 is its candidate with the highest s[q, j]. Box.score is that s[q, j] (the store's object ``score``),
 Box.box_score that query's b[q]. A noun with no candidate is ungrounded (None). Nouns whose span falls past
-the text model's max_text_len tokens are ungrounded too, and so are all nouns of an image `not_groundable`
-refuses (beyond 20:1).
+the text model's max_text_len tokens are ungrounded too, and so are all nouns of an image whose resized input
+has fewer feature cells than the model's num_queries (``detector_floor``): the reference cannot run it.
 
 Images reach the detector as the processor resizes them (shortest side 800, longest at most 1333), whatever
 their aspect ratio or size, exactly as transformers' processor prepares them (no padding of our own).
@@ -31,16 +31,41 @@ their aspect ratio or size, exactly as transformers' processor prepares them (no
 from __future__ import annotations
 
 
-from item.featurize.models.grounding import (MAX_GROUND_ASPECT, MIN_BOX_AREA, Box, GroundImage, PreparedGrounder,
+from item.featurize.models.grounding import (MIN_BOX_AREA, Box, GroundImage, PreparedGrounder,
                                              ProcessorPrep, _pixel_boxes, collate_pixels, set_ground_size)
 from item.featurize.models.hub import autocast_for, load_model_or_random, to_device
 
 
 #: The box selection rule, recorded in a store's identity: a store never mixes rows selected by two rules.
 #: 'gdino-all-tokens-1' (issue 19) scored a noun by its best token and padded images beyond 3:1 or under
-#: 32 px before the processor; '-2' (issue 29) takes the mean over the noun's tokens, strict thresholds,
-#: and the processor's own resize for every image up to MAX_GROUND_ASPECT.
-BOX_SELECTION = "gdino-noun-mean-2"
+#: 32 px before the processor; '-2' (issue 29) took the mean over the noun's tokens (without [UNK] tokens),
+#: strict thresholds, and the processor's own resize up to 20:1; '-3' counts [UNK] in the mean, as the
+#: reference's positive map does, and grounds every image the reference can run (``detector_floor``).
+BOX_SELECTION = "gdino-noun-mean-3"
+
+
+def detector_floor(config) -> tuple[tuple[int, ...], int]:
+    """(stride of each feature level, fewest feature cells the model runs on) of a Grounding DINO config.
+
+    A two-stage Grounding DINO takes its ``num_queries`` proposals as torch.topk over the encoder's cells
+    (transformers' GroundingDinoModel.forward), so an input whose feature maps hold fewer cells raises
+    there ("selected index k out of range"; the real tiny model's 900 queries need about 33 px of short
+    side at 1333 px long, a 40:1 image). Levels: the backbone's out_features (Swin: stage k at
+    patch_size * 2**(k-1)), then one stride-2 convolution per extra level up to num_feature_levels.
+    ((), 0) where the backbone is not described that way (nothing is refused then)."""
+    if not getattr(config, "two_stage", False):
+        return (), 0
+    backbone = getattr(config, "backbone_config", None)
+    names = list(getattr(backbone, "stage_names", None) or [])
+    out = list(getattr(backbone, "out_features", None) or [])
+    patch = getattr(backbone, "patch_size", None)
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    if not names or not out or not isinstance(patch, int) or any(f not in names for f in out):
+        return (), 0
+    strides = [patch * 2 ** (names.index(f) - 1) for f in out]
+    while len(strides) < int(getattr(config, "num_feature_levels", len(strides))):
+        strides.append(strides[-1] * 2)
+    return tuple(strides), int(config.num_queries)
 
 
 def build_prompt(nouns: list[str]) -> tuple[str, list[tuple[int, int]]]:
@@ -129,7 +154,11 @@ class Grounder(PreparedGrounder):
         self.box_threshold = float(box_threshold)
         self.text_threshold = float(text_threshold)
         self.max_text_len = int(getattr(model.config, "max_text_len", 256))
-        self.prepare = ProcessorPrep(processor.image_processor)
+        strides, min_cells = detector_floor(model.config)
+        self.prepare = ProcessorPrep(processor.image_processor, strides, min_cells)
+        self.too_small = (f"not grounded: after the processor's resize the detector input has no pixels on one side "
+                          f"or its feature maps hold fewer cells than its {min_cells} queries (transformers' "
+                          f"processor or forward cannot run it)")
 
     @property
     def ground_size(self) -> int:
@@ -185,7 +214,7 @@ def load_grounding_dino(name_or_path: str, device: str = "cpu", box_threshold: f
         **source, "class": type(model).__name__, "family": "grounding-dino", "random_weights": random_weights,
         "ground_size": shortest,
         "input_size": dict(size) if size is not None else None,
-        "min_box_area": MIN_BOX_AREA, "max_ground_aspect": MAX_GROUND_ASPECT,
+        "min_box_area": MIN_BOX_AREA, "min_feature_cells": "num_queries (detector_floor)",
         "box_threshold": float(box_threshold), "text_threshold": float(text_threshold),
         "prompt": "noun . noun . (lower-case)", "noun_score": "mean token probability over the noun's span",
         "box_selection": BOX_SELECTION,

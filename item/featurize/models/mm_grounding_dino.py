@@ -30,7 +30,7 @@ Hub ids and the numbers their authors report (read at their sources, not measure
 
 from __future__ import annotations
 
-from item.featurize.models.grounding import MAX_GROUND_ASPECT, MIN_BOX_AREA, set_ground_size
+from item.featurize.models.grounding import MIN_BOX_AREA, set_ground_size
 from item.featurize.models.grounding_dino import BOX_SELECTION, Grounder
 
 #: Random builder names of this family (seeded random weights, built offline).
@@ -125,7 +125,7 @@ def load_mm_grounding_dino(name_or_path: str, device: str = "cpu", box_threshold
     info = {
         **source, "class": type(model).__name__, "family": "mm-grounding-dino", "random_weights": random_weights,
         "ground_size": shortest, "input_size": dict(size) if size is not None else None,
-        "min_box_area": MIN_BOX_AREA, "max_ground_aspect": MAX_GROUND_ASPECT,
+        "min_box_area": MIN_BOX_AREA, "min_feature_cells": "num_queries (grounding_dino.detector_floor)",
         "box_threshold": float(box_threshold), "text_threshold": float(text_threshold),
         "prompt": "noun . noun . (lower-case)", "noun_score": "mean token probability over the noun's span (MMDetection's convert_grounding_to_cls_scores)",
         "selection": "grounding_dino.select_boxes (the Grounding DINO rule)",

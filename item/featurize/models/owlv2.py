@@ -38,6 +38,12 @@ BOX_SELECTION = "owlv2-argmax-label-2"
 DEFAULT_BOX_THRESHOLD = 0.1
 
 
+#: OWLv2's processor pads an image to the square of its longest side at full resolution before resizing
+#: (float32): beyond this side that canvas alone is over 3 GB (a 1x50000 strip would take 30 GB), so such an
+#: image is not grounded (its row's reason says so).
+MAX_PAD_SIDE = 16384
+
+
 class OwlPrep(ProcessorPrep):
     """Picklable image preparation: the processor pads the image to a square (boxes relative to it)."""
 
@@ -45,12 +51,19 @@ class OwlPrep(ProcessorPrep):
         side = max(size)
         return side, side
 
+    def __call__(self, image):
+        if max(image.size) > MAX_PAD_SIDE:
+            return None
+        return super().__call__(image)
+
 
 class OwlGrounder(PreparedGrounder):
     """OWLv2, batched: one forward per group of equally shaped inputs (every input is one square, so one per
     `ground_prepared` call), every image's nouns as its text queries."""
 
     family = "owlv2"
+    too_small = (f"not grounded: OWLv2's processor pads an image to the square of its longest side; beyond "
+                 f"{MAX_PAD_SIDE} px that canvas alone is over 3 GB")
 
     def __init__(self, model, processor, info: dict, device: str, box_threshold: float):
         self.model = model

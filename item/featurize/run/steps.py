@@ -146,6 +146,9 @@ class Featurizer:
             # boxes by up to 22 px): an image's boxes never depend on what else is in its batch.
             gbs = self.config.resolved_ground_batch_size(self.models.device, grounder.auto_batch_size(self.models.device))
             boxes = [[None] * len(n) for n in nouns]
+            for i in with_nouns:
+                if prepared[i] is None and not ground_note.get(i):
+                    ground_note[i] = grounder.too_small
             order = [i for i in with_nouns if prepared[i] is not None]
             for group in shape_groups(prepared, order):
                 for s in range(0, len(group), gbs):
