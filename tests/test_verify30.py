@@ -36,6 +36,23 @@ def test_a_data_url_in_a_manifest_or_on_the_command_line_is_refused_as_a_url(tmp
     assert not (tmp_path / "t").exists()
 
 
+def _store_and_head(base: Path):
+    """(the images' folder, a store of its three images) and a logistic head at base / 'head'."""
+    import shutil
+
+    src = base / "src"
+    (src / "real").mkdir(parents=True)
+    (src / "fake").mkdir()
+    shutil.copy(SAMPLES / "real/coffee.png", src / "real/coffee.png")
+    shutil.copy(SAMPLES / "real/000000458054.jpg", src / "real/a.jpg")
+    shutil.copy(SAMPLES / "fake/000001.1863159593.png", src / "fake/b.png")
+    store = base / "store"
+    assert run("featurize", src, "--store", store, "--models", "tiny-random", "--workers", "0").exit_code == 0
+    assert run("store", "split", store, "--val", "0.3", "--test", "0").exit_code == 0
+    assert run("train", store, "--out", base / "head", "--kind", "logistic", "--train-split", "all").exit_code == 0
+    return src, store
+
+
 def test_a_stored_file_replaced_by_another_picture_is_no_thumbnail_of_its_row(tmp_path):
     """An image id is the file's sha256: after the file at a row's path became another picture, the row's
     thumbnail is 404 'file-changed' (it showed the other picture beside this row's features), also where
@@ -50,16 +67,7 @@ def test_a_stored_file_replaced_by_another_picture_is_no_thumbnail_of_its_row(tm
     from item.serve import ServeConfig, Service
     from item.serve.app import create_app
 
-    src = tmp_path / "src"
-    (src / "real").mkdir(parents=True)
-    (src / "fake").mkdir()
-    shutil.copy(SAMPLES / "real/coffee.png", src / "real/coffee.png")
-    shutil.copy(SAMPLES / "real/000000458054.jpg", src / "real/a.jpg")
-    shutil.copy(SAMPLES / "fake/000001.1863159593.png", src / "fake/b.png")
-    store = tmp_path / "store"
-    assert run("featurize", src, "--store", store, "--models", "tiny-random", "--workers", "0").exit_code == 0
-    assert run("store", "split", store, "--val", "0.3", "--test", "0").exit_code == 0
-    assert run("train", store, "--out", tmp_path / "head", "--kind", "logistic", "--train-split", "all").exit_code == 0
+    src, store = _store_and_head(tmp_path)
     service = Service(ServeConfig(store=str(store), heads=(str(tmp_path / "head"),), device="cpu"))
     try:
         c = TestClient(create_app(service), base_url="http://127.0.0.1:8000")
@@ -74,4 +82,74 @@ def test_a_stored_file_replaced_by_another_picture_is_no_thumbnail_of_its_row(tm
         assert r.status_code == 404 and r.json()["reason"] == "missing", r.text
         assert c.get(f"/api/thumb/{rows['b.png']}").status_code == 200  # the untouched one still is
     finally:
+        service.close()
+
+
+def test_a_stalled_upload_gives_its_place_back(tmp_path, monkeypatch):
+    """--max-pending clients that declare a body and then send nothing held every place for as long as they
+    kept the connection open (every other upload 503 'busy'); now each is answered 408 'upload-stalled'
+    after BODY_IDLE_S and the next upload is scored. Over real sockets, to a real uvicorn server."""
+    import json
+    import socket
+    import threading
+    import time
+
+    import pytest
+
+    pytest.importorskip("fastapi", reason="item serve needs the serve extra")
+    import uvicorn
+
+    from item.serve import ServeConfig, Service
+    from item.serve import app as serve_app
+
+    monkeypatch.setattr(serve_app, "BODY_IDLE_S", 1.5)
+    _, store = _store_and_head(tmp_path)
+    service = Service(ServeConfig(store=str(store), heads=(str(tmp_path / "head"),), device="cpu", max_pending=1))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(serve_app.create_app(service), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        png = (SAMPLES / "real/coffee.png").read_bytes()
+        body = (b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+                b"Content-Type: image/png\r\n\r\n" + png + b"\r\n--XyZ--\r\n")
+        head = (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: multipart/form-data; "
+                b"boundary=XyZ\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (port, len(body)))
+
+        def answer(sock):
+            sock.settimeout(30)
+            data = b""
+            try:
+                while chunk := sock.recv(65536):
+                    data += chunk
+            except ConnectionResetError:  # answered before its body was read: the server then closes
+                pass
+            status = int(data.split(b" ", 2)[1])
+            return status, json.loads(data.partition(b"\r\n\r\n")[2])
+
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.sendall(head + body[:1000])  # then nothing more
+        time.sleep(0.5)
+        with socket.create_connection(("127.0.0.1", port)) as other:
+            other.sendall(head + body)
+            assert answer(other)[0] == 503  # the one place is held
+        started = time.time()
+        status, err = answer(stalled)
+        assert status == 408 and err["reason"] == "upload-stalled" and set(err) == {"error", "reason"}, err
+        assert time.time() - started < 10
+        stalled.close()
+        with socket.create_connection(("127.0.0.1", port)) as other:
+            other.sendall(head + body)
+            status, got = answer(other)
+            assert status == 200 and got["status"] == "ok", got
+    finally:
+        server.should_exit = True
+        thread.join(20)
         service.close()
