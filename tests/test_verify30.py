@@ -153,3 +153,46 @@ def test_a_stalled_upload_gives_its_place_back(tmp_path, monkeypatch):
         server.should_exit = True
         thread.join(20)
         service.close()
+
+
+def test_a_ground_size_too_small_for_the_detector_leaves_images_ungrounded_not_the_run_dead(tmp_path):
+    """--ground-size 32 with tiny-random (and 512 with Grounding DINO's real shapes on a 19:1 image) ended
+    the whole run in a torch traceback; such images are now stored with their nouns ungrounded and why."""
+    import json
+
+    r = run("featurize", SAMPLES / "real/coffee.png", SAMPLES / "fake/000001.1863159593.png", "--store", tmp_path / "s",
+            "--models", "tiny-random", "--workers", "0", "--ground-size", "32")
+    assert r.exit_code == 0 and "Traceback" not in r.stderr, (r.stderr, r.exception)
+    assert "2 images the grounder cannot take" in r.stderr
+    assert run("store", "export", tmp_path / "s", "--out", tmp_path / "rows.csv").exit_code == 0
+    with open(tmp_path / "rows.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["status"] for row in rows] == ["ok", "ok"]
+    assert all(row["reason"].startswith("not grounded: the grounder's") and "too few for its 30 queries" in row["reason"]
+               and row["n_grounded"] == "0" for row in rows), rows
+    info = json.loads(run("store", "info", tmp_path / "s", "--json").stdout)
+    assert info["n_ok"] == 2
+
+
+def test_feature_cells_are_the_detectors_own():
+    """level_cells gives the shapes transformers' Grounding DINO makes (tiny config, run), and with the real
+    config's 900 queries it refuses 853x45 (a 19:1 image at --ground-size 512) and takes 1333x67 (20:1 at 800)."""
+    import torch
+
+    from item.featurize.models import tiny
+    from item.featurize.models.grounding import GroundImage, level_cells
+    from item.featurize.models.grounding_dino import Grounder, _feature_levels
+
+    model, processor = tiny.build_grounding_dino("tiny-random")
+    levels = _feature_levels(model.config)
+    for h, w in [(37, 61), (64, 1333), (9, 500), (129, 77), (33, 32), (1, 1)]:
+        with torch.no_grad():
+            maps = [f[0] for f in model.model.backbone(torch.zeros(1, 3, h, w), torch.ones(1, h, w, dtype=torch.long))[0]]
+            maps.append(model.model.input_proj_vision[len(maps)][0](maps[-1]))
+        assert level_cells(h, w, *levels[:3]) == [m.shape[-2] * m.shape[-1] for m in maps], (h, w)
+    real = _feature_levels(tiny.grounding_dino_config("small-random"))
+    assert real[3] == 900 and sum(level_cells(45, 853, *real[:3])) < 900 <= sum(level_cells(67, 1333, *real[:3]))
+    g = Grounder.__new__(Grounder)
+    g._levels = real
+    assert "too few for its 900 queries" in g.input_problem(GroundImage(torch.zeros(3, 45, 853), (1900, 100), (1900, 100)))
+    assert g.input_problem(GroundImage(torch.zeros(3, 67, 1333), (1900, 100), (1900, 100))) == ""

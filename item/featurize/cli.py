@@ -205,8 +205,8 @@ def featurize_cmd(
         info(f"captions: {summary.n_captions_without_nouns} without any noun, {summary.n_captions_not_english} "
              "not in English (the noun extractor reads English only: such rows get global features only)")
     if summary.n_not_grounded:
-        info(f"grounding: {summary.n_not_grounded} images beyond the grounders' 20:1 aspect limit, their nouns "
-             "left ungrounded (the row's reason says so)")
+        info(f"grounding: {summary.n_not_grounded} images the grounder cannot take (beyond its 20:1 aspect limit, or "
+             "too small at its input size), their nouns left ungrounded (the row's reason says which)")
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.stage_seconds.items())
     info(f"time per stage: {stages}")
     info(f"text cache: {summary.text_cache_hits} hits, {summary.text_cache_misses} misses "

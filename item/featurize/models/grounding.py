@@ -58,6 +58,24 @@ def not_groundable(width: int, height: int) -> str:
     return ""
 
 
+
+def level_cells(height: int, width: int, patch: int, out_stages, n_extra: int) -> list[int]:
+    """Cells of each feature map a DETR-style detector with a hierarchical backbone makes from an input of
+    ``height`` x ``width`` pixels: stage 1 is the patch embedding (``patch`` px), each later stage and each
+    of ``n_extra`` levels added after the backbone halves the map, rounding up (they pad to even sizes, as
+    Swin's patch merging and a stride-2 conv with padding 1 do). Checked against transformers' Grounding
+    DINO shapes in tests/test_verify30.py."""
+    h, w = -(-int(height) // int(patch)), -(-int(width) // int(patch))
+    cells, stage = [], 1
+    for target in sorted(int(s) for s in out_stages):
+        while stage < target:
+            h, w, stage = -(-h // 2), -(-w // 2), stage + 1
+        cells.append(h * w)
+    for _ in range(int(n_extra)):
+        h, w = -(-h // 2), -(-w // 2)
+        cells.append(h * w)
+    return cells
+
 def _pixel_boxes(rel, width: int, height: int, pad_w: float, pad_h: float):
     """(n, 4) relative cx, cy, w, h in a (pad_w, pad_h) canvas -> ((n, 4) boxes clipped to the image,
     (n,) area of each box inside the real image). A box in the padding has area 0."""
@@ -192,6 +210,11 @@ class PreparedGrounder:
                 result[i] = boxes
         return result
 
+    def input_problem(self, prepared) -> str:
+        """Why the detector cannot take this ``prepare`` output ('' when it can): such an image is left
+        ungrounded with this as its reason. Families whose input size is fixed have none."""
+        return ""
+
     def auto_batch_size(self, device: str) -> int:
         """Images per forward when the run leaves it to the grounder: 4 on CUDA (Grounding DINO on an H200:
         27 ms an image at 4, 34 ms at 16, BENCHMARKS.md), 1 on the CPU (batching gains nothing there)."""
@@ -201,10 +224,10 @@ class PreparedGrounder:
         """One forward over inputs of one shape, each with at least one noun -> one Box or None per noun."""
         raise NotImplementedError
 
-    @staticmethod
-    def _start(prepared, nouns: list[list[str]]) -> tuple[list[list[Box | None]], list[int]]:
+    def _start(self, prepared, nouns: list[list[str]]) -> tuple[list[list[Box | None]], list[int]]:
         """(all-ungrounded result, indices of the images with nouns and a grounder input)."""
         if len(prepared) != len(nouns):
             raise InputError(f"ground got {len(prepared)} images but {len(nouns)} noun lists")
         result: list[list[Box | None]] = [[None] * len(n) for n in nouns]
-        return result, [i for i, n in enumerate(nouns) if n and prepared[i] is not None]
+        return result, [i for i, n in enumerate(nouns)
+                        if n and prepared[i] is not None and not self.input_problem(prepared[i])]

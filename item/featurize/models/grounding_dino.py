@@ -32,7 +32,8 @@ from __future__ import annotations
 
 
 from item.featurize.models.grounding import (MAX_GROUND_ASPECT, MIN_BOX_AREA, Box, GroundImage, PreparedGrounder,
-                                             ProcessorPrep, _pixel_boxes, collate_pixels, set_ground_size)
+                                             ProcessorPrep, _pixel_boxes, collate_pixels, input_shape, level_cells,
+                                             set_ground_size)
 from item.featurize.models.hub import autocast_for, load_model_or_random, to_device
 
 
@@ -129,10 +130,28 @@ class Grounder(PreparedGrounder):
         self.text_threshold = float(text_threshold)
         self.max_text_len = int(getattr(model.config, "max_text_len", 256))
         self.prepare = ProcessorPrep(processor.image_processor)
+        self._levels = _feature_levels(model.config)
 
     @property
     def ground_size(self) -> int:
         return set_ground_size(self.processor.image_processor, None)
+
+    def input_problem(self, prepared) -> str:
+        """'' when the detector can take this input. Its two-stage query selection takes the ``num_queries``
+        best of all feature cells, and the GroupNorm of each level's projection needs more than one value
+        per group: a long thin image at a small --ground-size gives too few (a 19:1 image reaches it as 853x45
+        px at 512: 872 cells for Grounding DINO's 900 queries), and the forward ended the whole run in a torch
+        error."""
+        shape = input_shape(prepared)
+        if shape is None or self._levels is None:
+            return ""
+        patch, stages, extra, n_queries, per_group = self._levels
+        _, h, w = shape
+        cells = level_cells(h, w, patch, stages, extra)
+        if sum(cells) < n_queries or min(cells) * per_group < 2:
+            return (f"not grounded: the grounder's {w}x{h} input gives {sum(cells)} feature cells "
+                    f"(coarsest {min(cells)}), too few for its {n_queries} queries; a larger --ground-size grounds it")
+        return ""
 
     def ground_batch(self, prepared: list[GroundImage], nouns: list[list[str]]) -> list[list[Box | None]]:
         """One forward over equally shaped `prepare` outputs (see PreparedGrounder.ground_prepared)."""
@@ -161,6 +180,19 @@ class Grounder(PreparedGrounder):
             result.append(select_boxes(probs[b, :, :n_tok], boxes[b], valid[b, :n_tok], span_mask, g.size, g.padded,
                                        self.box_threshold, self.text_threshold))
         return result
+
+
+def _feature_levels(config) -> tuple | None:
+    """(patch size, backbone stages taken, levels added after the backbone, queries, channels per GroupNorm
+    group) of a Grounding DINO config; None for a backbone these cannot be read from (no check then)."""
+    backbone = getattr(config, "backbone_config", None)
+    patch, stages = getattr(backbone, "patch_size", None), getattr(backbone, "out_indices", None)
+    if not patch or not stages or getattr(config, "use_timm_backbone", False):
+        return None
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    extra = max(0, int(getattr(config, "num_feature_levels", len(stages))) - len(stages))
+    n_queries = int(config.num_queries) if getattr(config, "two_stage", False) else 1
+    return int(patch), tuple(int(s) for s in stages), extra, n_queries, max(1, int(config.d_model) // 32)
 
 
 def load_grounding_dino(name_or_path: str, device: str = "cpu", box_threshold: float = 0.35,
