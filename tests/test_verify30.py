@@ -196,3 +196,14 @@ def test_feature_cells_are_the_detectors_own():
     g._levels = real
     assert "too few for its 900 queries" in g.input_problem(GroundImage(torch.zeros(3, 45, 853), (1900, 100), (1900, 100)))
     assert g.input_problem(GroundImage(torch.zeros(3, 67, 1333), (1900, 100), (1900, 100))) == ""
+
+
+def test_a_vanishing_C_is_refused_before_lbfgs_overflows(tmp_path, monkeypatch):
+    """--C 1e-300 was accepted (0 < C), and lbfgs overflowed on 1/C: sklearn's warnings over several lines
+    and a head with all-zero weights and intercept saved as trained."""
+    monkeypatch.chdir(tmp_path)
+    for value in ("1e-300", "1e-13", "0"):
+        r = run("train", "s", "--out", "h", "--kind", "logistic", "--C", value)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and "--C" in lines[0] and "1e-12" in lines[0], r.stderr
+    assert list(tmp_path.iterdir()) == []
