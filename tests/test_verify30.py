@@ -1,6 +1,7 @@
 """Issue 30, independent re-check: variants of its cases through the real CLI."""
 
 import csv
+import os
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -207,3 +208,49 @@ def test_a_vanishing_C_is_refused_before_lbfgs_overflows(tmp_path, monkeypatch):
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.exit_code == 2 and len(lines) == 1 and "--C" in lines[0] and "1e-12" in lines[0], r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _stored(tmp_path):
+    s = tmp_path / "s"
+    assert run("featurize", SAMPLES / "real/coffee.png", SAMPLES / "fake/000001.1863159593.png", "--store", s,
+               "--models", "tiny-random", "--workers", "0").exit_code == 0
+    return s
+
+
+def test_an_export_or_report_to_a_pipe_a_device_or_a_symlink_writes_through_it(tmp_path):
+    """`store export --out` and `report --out` wrote a temporary file and os.replace'd it onto the path: a
+    named pipe, a device (/dev/null, /dev/full: as root, the node in /dev itself) or a symlink was replaced
+    by a regular file. Now the pipe's reader gets the rows, the device stays a device, the link a link."""
+    import stat
+    import threading
+
+    s = _stored(tmp_path)
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+    got = {}
+    reader = threading.Thread(target=lambda: got.setdefault("data", fifo.read_bytes()))
+    reader.start()
+    r = run("store", "export", s, "--out", fifo)
+    reader.join(30)
+    assert r.exit_code == 0, (r.stderr, r.exception)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and got["data"].count(b"\n") == 3, got
+
+    target = tmp_path / "real.csv"
+    target.write_text("old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    assert run("store", "export", s, "--out", link).exit_code == 0
+    assert link.is_symlink() and target.read_text().count("\n") == 3
+
+    try:
+        os.mknod(tmp_path / "null.html", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+        os.mknod(tmp_path / "full.csv", 0o666 | stat.S_IFCHR, os.makedev(1, 7))  # /dev/full's
+    except PermissionError:
+        return  # not root: no device nodes to try
+    _, split_store = _store_and_head(tmp_path / "b")
+    r = run("report", split_store, "--head", tmp_path / "b" / "head", "--split", "val", "--out", tmp_path / "null.html")
+    assert r.exit_code == 0, (r.stderr, r.exception)
+    assert stat.S_ISCHR(os.lstat(tmp_path / "null.html").st_mode)
+    r = run("store", "export", s, "--out", tmp_path / "full.csv")
+    assert r.exit_code == 1 and "No space left on device" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert stat.S_ISCHR(os.lstat(tmp_path / "full.csv").st_mode)
