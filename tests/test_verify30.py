@@ -254,3 +254,22 @@ def test_an_export_or_report_to_a_pipe_a_device_or_a_symlink_writes_through_it(t
     r = run("store", "export", s, "--out", tmp_path / "full.csv")
     assert r.exit_code == 1 and "No space left on device" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert stat.S_ISCHR(os.lstat(tmp_path / "full.csv").st_mode)
+
+
+def test_help_and_version_onto_a_full_stdout_are_one_line(tmp_path):
+    """`item --help > /dev/full` (and --version, a bare `item`, a command's --help) ended in a traceback."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    env = dict(os.environ, PYTHONPATH=str(Path(item.__file__).resolve().parents[1]))
+    for args in (["--help"], ["--version"], [], ["store"], ["featurize", "--help"]):
+        with open("/dev/full", "w") as full:
+            p = subprocess.run([sys.executable, "-m", "item", *args], stdout=full, stderr=subprocess.PIPE, env=env,
+                               cwd=tmp_path, timeout=120)
+        lines = p.stderr.decode().splitlines()
+        assert p.returncode == 1 and lines == ["error: cannot write to standard output: No space left on device"], \
+            (args, p.returncode, p.stderr.decode()[-500:])
