@@ -273,3 +273,16 @@ def test_help_and_version_onto_a_full_stdout_are_one_line(tmp_path):
         lines = p.stderr.decode().splitlines()
         assert p.returncode == 1 and lines == ["error: cannot write to standard output: No space left on device"], \
             (args, p.returncode, p.stderr.decode()[-500:])
+
+
+def test_more_ray_actors_than_the_local_ray_can_place_are_refused_before_the_store(tmp_path):
+    """--engine ray --ray-actors 4096 on a small machine waited for actors Ray could never place (killed at
+    300 s, a store folder left); the local instance's CPUs are checked first, in one line."""
+    import pytest
+
+    pytest.importorskip("ray")
+    r = run("featurize", SAMPLES / "real/coffee.png", "--store", tmp_path / "s", "--models", "tiny-random",
+            "--engine", "ray", "--ray-actors", "4096")
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error")]
+    assert r.exit_code == 1 and len(err) == 1 and "--ray-actors 4096 need" in err[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not (tmp_path / "s").exists()
