@@ -286,3 +286,32 @@ def test_more_ray_actors_than_the_local_ray_can_place_are_refused_before_the_sto
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("error")]
     assert r.exit_code == 1 and len(err) == 1 and "--ray-actors 4096 need" in err[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr and not (tmp_path / "s").exists()
+
+
+def test_serve_on_a_port_in_use_or_a_host_not_here_is_one_line_before_loading(tmp_path):
+    """uvicorn's own bind failed after the store, heads and models had loaded: 'serving on ...' printed, then
+    uvicorn's log lines and exit status 3. Now the socket is bound first. RANDOM WEIGHTS stays the first
+    line, before the no-authentication warning of a non-loopback --host."""
+    import socket
+
+    import pytest
+
+    pytest.importorskip("uvicorn", reason="item serve needs the serve extra")
+    from item.console import RANDOM_WEIGHTS_LINE
+
+    s = _stored(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for host in ("127.0.0.1", "0.0.0.0"):
+            r = run("serve", s, "--head", tmp_path / "no-head", "--host", host, "--port", port, "--no-warm-up")
+            lines = [ln for ln in r.output.splitlines() if ln.strip()]
+            assert r.exit_code == 1 and lines[0] == RANDOM_WEIGHTS_LINE, r.output
+            assert lines[-1] == f"error: --host {host} --port {port}: cannot listen there (Address already in use)"
+            assert len(lines) == (3 if host == "0.0.0.0" else 2) and "serving on" not in r.output, lines
+            if host == "0.0.0.0":
+                assert lines[1].startswith("warning: --host 0.0.0.0: this server has NO authentication")
+    r = run("serve", s, "--head", tmp_path / "no-head", "--host", "no-such-host.invalid", "--no-warm-up")
+    assert r.exit_code == 1 and "error: --host no-such-host.invalid: not an address of this machine" in r.stderr
+    assert "Traceback" not in r.output
