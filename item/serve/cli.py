@@ -103,37 +103,18 @@ def serve_cmd(
         info(f"serving on http://{host}:{port}/ (the JSON API's schema: http://{host}:{port}/openapi.json; e.g. "
              f"curl -F file=@image.jpg http://{host}:{port}/api/predict); Ctrl-C stops"
              + ("; every request needs the token (open /?token=TOKEN once in a browser)" if token else ""))
-        _Server(uvicorn.Config(create_app(service), host=host, port=port, log_level="info")).run(sockets=[sock])
+        app = create_app(service)
+        sock.close()  # held through the loading; uvicorn binds the address again at once (SO_REUSEADDR)
+        uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         sock.close()
         service.close()
 
 
-def _server_class():
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server on a socket bound beforehand, saying when it listens as it does on its own (it
-        is silent when handed sockets, taking them for its workers'); scripts wait for that line."""
-
-        async def startup(self, sockets=None):
-            await super().startup(sockets=sockets)
-            if self.started and sockets:
-                import logging
-
-                logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)",
-                                                        self.config.host, self.config.port)
-
-    return Server
-
-
-def _Server(config):
-    return _server_class()(config)
-
-
 def listen(host: str, port: int):
-    """A socket bound to (host, port), as uvicorn binds one; InputError in one line when the name does not
-    resolve or the address cannot be had (in use, not this machine's, a privileged port)."""
+    """A socket bound to (host, port), as uvicorn binds one, held while the server loads; InputError in one
+    line when the name does not resolve or the address cannot be had (in use, not this machine's, a
+    privileged port)."""
     import socket
 
     from item.errors import InputError
@@ -151,7 +132,6 @@ def listen(host: str, port: int):
     except OSError as exc:
         sock.close()
         raise InputError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
-    sock.set_inheritable(True)
     return sock
 
 
