@@ -7,6 +7,7 @@ that ``item --help`` starts instantly.
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -32,9 +33,28 @@ class _Group(TyperGroup):
         if not standalone_mode:
             return super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                                 standalone_mode=False, **extra)
+        from item.errors import OutputError
+
         try:
-            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
-                              **extra)
+            rv = self._main(args, prog_name, complete_var, **extra)
+        except (OSError, OutputError) as exc:  # --help, --version or a bare `item` onto a full device or a closed pipe
+            from item.console import _output_error, _silence_stdout
+
+            if isinstance(exc, OSError):
+                # a command's body turns its own OSErrors into one line (console.guarded): what reaches here
+                # was raised by click writing the help, and a failed write can leave nothing to flush again
+                if exc.filename is not None or exc.errno not in _WRITE_ERRNOS:
+                    raise
+                exc = _output_error(exc)
+            _silence_stdout()
+            typer.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def _main(self, args, prog_name, complete_var, **extra):
+        try:
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                                **extra)
         except _click.exceptions.NoArgsIsHelpError as exc:
             typer.echo(exc.ctx.get_help())  # a bare `item` or `item store`: the help, as asked
             sys.exit(0)
@@ -47,7 +67,10 @@ class _Group(TyperGroup):
         except typer.Abort:
             typer.echo("aborted", err=True)
             sys.exit(1)
-        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+#: A write to stdout failing: a full device, a closed pipe or terminal, a quota.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EPIPE, errno.EIO, errno.EBADF, errno.EDQUOT}
 
 
 #: Metavariables by click type name, for parameters that do not set their own (typer would print

@@ -58,7 +58,8 @@ GENERATOR_RULE = ("--generator when given; else the folder layout's generator fo
                   f"else {UNKNOWN_GENERATOR!r}")
 _NO_GENERATOR = ("", "-")
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+#: 'scheme://...', and 'data:' (an inline data URL has no '//' but is no file either)
+_URL = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.\-]*://|data:)", re.IGNORECASE)
 _CSV_LIMIT_LOCK = threading.Lock()
 
 
@@ -86,7 +87,8 @@ def normalize_label(value) -> str | None:
 
 
 def is_url(path: str) -> bool:
-    """True for 'scheme://...' (http, https, s3, gs, file, ...): a location this tool does not fetch."""
+    """True for 'scheme://...' (http, https, s3, gs, file, ...) and 'data:...': a location this tool does
+    not fetch."""
     return bool(_URL.match(str(path).strip()))
 
 

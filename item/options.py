@@ -100,7 +100,8 @@ NUMBERS: dict[str, Number] = {
     "train max_epochs": Number(1, 100_000, special=((0, "auto"),)),
     "train patience": Number(1, 100_000),
     "train batch_size": Number(1, 1_000_000, special=((0, "auto"),)),
-    "train c": Number(0, 1e12, lo_open=True),
+    # 1/C is the L2 strength: below ~1e-100 it overflows in lbfgs (a page of warnings, a head never fitted)
+    "train c": Number(1e-12, 1e12),
     "train val_fraction": _FRACTION_OPEN,
     "train seed": _SEED,
     # scoring and lookup

@@ -259,10 +259,10 @@ def test_an_image_is_grounded_exactly_where_transformers_grounding_dino_can_run_
             with torch.inference_mode():
                 model(**inputs)
             reference_runs = True
-        except RuntimeError as e:
-            assert "out of range" in str(e)
+        except (RuntimeError, ValueError):  # topk past the cells, or a GroupNorm over one value per group
             reference_runs = False
-        item_grounds = g.prepare(img) is not None
+        prepared = g.prepare(img)
+        item_grounds = prepared is not None and not g.input_problem(prepared)
         agree += item_grounds == reference_runs
         ran += reference_runs
         refused += not reference_runs
@@ -292,4 +292,4 @@ def test_images_the_detector_cannot_take_are_counted_and_every_other_ratio_groun
         grounded = {int(meta["width"][row]) for row, gr in zip(objs["image"], objs["grounded"]) if gr}
         assert grounded == {950, 25, 2100}
         reasons = {int(w): str(x) for w, x in zip(meta["width"], meta["reason"])}
-        assert "fewer cells than its 60 queries" in reasons[1900]
+        assert "too few for its 60 queries" in reasons[1900]

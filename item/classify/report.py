@@ -299,12 +299,13 @@ def render_report(
         + "\n</body>\n</html>\n"
     )
     from item.errors import InputError
-    from item.store.files import atomic_write_bytes
+    from item.store.files import write_output
 
     out_path = Path(out_path)
+    data = text.encode("utf-8")
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out_path, text.encode("utf-8"))
+        write_output(out_path, lambda fh: fh.write(data))
     except OSError as exc:
         raise InputError(f"{out_path}: cannot write the report ({exc.strerror or exc}); nothing was written") from None
 

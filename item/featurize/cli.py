@@ -208,7 +208,7 @@ def featurize_cmd(
              "not in English (the noun extractor reads English only: such rows get global features only)")
     if summary.n_not_grounded:
         info(f"grounding: {summary.n_not_grounded} images the grounder cannot take (too small a detector input "
-             "after its processor's resize), their nouns left ungrounded (the row's reason says so)")
+             "after its processor's resize), their nouns left ungrounded (the row's reason says which)")
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.stage_seconds.items())
     info(f"time per stage: {stages}")
     info(f"text cache: {summary.text_cache_hits} hits, {summary.text_cache_misses} misses "

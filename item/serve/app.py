@@ -18,6 +18,7 @@ cookie the page sets when opened once as ``/?token=TOKEN``).
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time, and
 # they are imported inside create_app.
+import asyncio
 import logging
 import secrets
 from functools import lru_cache
@@ -36,6 +37,10 @@ _SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no
 _MULTIPART_SLACK = 64 * 1024  # form boundaries, headers and the caption around the file
 _SPOOL_MEMORY = 1 << 20  # bytes of an upload's body held in memory; the rest is spooled to disk
 _REPLAY_CHUNK = 1 << 16
+#: Seconds an admitted upload may send nothing before it is answered 408 and its place freed: without it,
+#: ``max_pending`` clients that declare a body and then stall would hold every place (all others 503) for
+#: as long as they keep the connection open.
+BODY_IDLE_S = 30.0
 UPLOAD_PATH = "/api/predict"
 _ADMITTED = "item.admitted"  # scope key: the request holds an upload place (set by _Admission)
 _log = logging.getLogger("uvicorn.error")  # the server's own log (uvicorn configures it)
@@ -62,7 +67,8 @@ class _Admission:
     temporary file (``_SPOOL_MEMORY`` bytes in memory, the rest on disk, in the service's own folder),
     refused 413 as soon as it passes ``limit`` (a chunked upload has no length to check first), and
     replayed to the app in chunks. So the bytes in memory do not grow with the number or size of
-    uploads in flight. A client that goes away mid-upload costs one log line. Other requests carry
+    uploads in flight. An upload that sends nothing for ``BODY_IDLE_S`` seconds is answered 408
+    ``upload-stalled`` and gives its place back. A client that goes away mid-upload costs one log line. Other requests carry
     no body any route reads: theirs is cut off past ``limit``.
     """
 
@@ -110,7 +116,13 @@ class _Admission:
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY, dir=self.service.upload_dir) as spool:
             size, more = 0, True
             while more:
-                message = await receive()
+                try:
+                    message = await asyncio.wait_for(receive(), BODY_IDLE_S)
+                except asyncio.TimeoutError:
+                    _log.info("%s sent nothing of its upload for %.0f s (%d bytes received); its place is freed",
+                              _client(scope), BODY_IDLE_S, size)
+                    return await _error(408, f"the upload sent nothing for {BODY_IDLE_S:.0f} seconds; send it again",
+                                        "upload-stalled")(scope, receive, send)
                 if message["type"] != "http.request":
                     _log.info("%s went away during its upload (%d bytes received); nothing was scored",
                               _client(scope), size)

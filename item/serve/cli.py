@@ -83,24 +83,56 @@ def serve_cmd(
 
     check_token(token)  # at least 16 characters that a header, a cookie and a URL carry as they are
 
-    if not is_local_host(host) and not token:
-        warn(f"--host {host}: this server has NO authentication. Anyone who can reach {host}:{port} can upload "
-             "images and read the store's paths, captions and thumbnails. Keep it on 127.0.0.1 (reach it through "
-             "an SSH tunnel), give it a --token, or put it behind a reverse proxy that authenticates.")
     config = ServeConfig(store=str(store), heads=tuple(str(h) for h in heads), device=device,
                          precision=precision_value(precision), warm_up=warm_up,
                          max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, k=k,
                          max_pending=max_pending, allowed_hosts=tuple(allow_host), host=host, token=token or None)
     if _any_random(store, heads):  # the first line, before minutes of loading
         emit(RANDOM_WEIGHTS_LINE)
-    service = Service(config, log=info)
+    if not is_local_host(host) and not token:
+        warn(f"--host {host}: this server has NO authentication. Anyone who can reach {host}:{port} can upload "
+             "images and read the store's paths, captions and thumbnails. Keep it on 127.0.0.1 (reach it through "
+             "an SSH tunnel), give it a --token, or put it behind a reverse proxy that authenticates.")
+    sock = listen(host, port)  # before the loading: a port in use is one line, not uvicorn's exit 3 after it
+    try:
+        service = Service(config, log=info)
+    except BaseException:
+        sock.close()
+        raise
     try:
         info(f"serving on http://{host}:{port}/ (the JSON API's schema: http://{host}:{port}/openapi.json; e.g. "
              f"curl -F file=@image.jpg http://{host}:{port}/api/predict); Ctrl-C stops"
              + ("; every request needs the token (open /?token=TOKEN once in a browser)" if token else ""))
-        uvicorn.run(create_app(service), host=host, port=port, log_level="info")
+        app = create_app(service)
+        sock.close()  # held through the loading; uvicorn binds the address again at once (SO_REUSEADDR)
+        uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
+        sock.close()
         service.close()
+
+
+def listen(host: str, port: int):
+    """A socket bound to (host, port), as uvicorn binds one, held while the server loads; InputError in one
+    line when the name does not resolve or the address cannot be had (in use, not this machine's, a
+    privileged port)."""
+    import socket
+
+    from item.errors import InputError
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(f"--host {host}: not an address of this machine ({getattr(exc, 'strerror', None) or exc})") \
+            from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
+    return sock
 
 
 def register(app: typer.Typer) -> None:

@@ -125,6 +125,15 @@ class ServeConfig:
     token: str | None = None
 
 
+def _file_stamp(path) -> tuple | None:
+    """(inode, size, modification time in ns) of the file at ``path``, None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def release_memory() -> None:
     """Hand memory freed by a large decode back to the system: a collection, then glibc's malloc_trim.
 
@@ -268,7 +277,7 @@ class Service:
         self.random_weights = bool(self.reader.random_weights or self.models.random_weights
                                    or any(info.get("random_weights") for _, _, info in self.heads))
         self._upload_dir = tempfile.mkdtemp(prefix="item-serve-")
-        self._thumbs: OrderedDict[tuple[int, str], bytes] = OrderedDict()
+        self._thumbs: OrderedDict[tuple[int, str], tuple[tuple | None, bytes]] = OrderedDict()  # (stamp, jpeg)
         self._thumb_lock = threading.Lock()
         log(f"ready: {self.ok_rows.size} images, {len(self.heads)} head(s)"
             + (" (RANDOM WEIGHTS)" if self.random_weights else ""))
@@ -639,28 +648,40 @@ class Service:
 
     @_answers
     def thumbnail(self, image_id: str, size: str = "small") -> bytes:
-        """JPEG bytes of a stored image, longest side THUMB_SIZES[size]; only for ids in the store."""
+        """JPEG bytes of a stored image, longest side THUMB_SIZES[size]; only for ids in the store.
+
+        The file at the row's path must still be the one featurized: an image id is the sha256 of the file,
+        so a file that was replaced since (another picture under the same name) is answered 404
+        ``file-changed`` instead of showing that other picture beside this row's features. A cached
+        thumbnail is kept only while the file's inode, size and modification time stay as they were."""
         from PIL import Image
 
-        from item.featurize.inputs.decode import DecodeError, decode_image
+        from item.featurize.inputs.decode import DecodeError, decode_image, file_id
         from item.store import schema
 
         if size not in THUMB_SIZES:
             raise RequestError(f"unknown size {size!r}; choose {', '.join(THUMB_SIZES)}", reason="bad-size")
         row = self.row_of(image_id)
         key = (row, size)
-        with self._thumb_lock:
-            if key in self._thumbs:
-                self._thumbs.move_to_end(key)
-                return self._thumbs[key]
         from item.store import openable_path
 
         # recorded by featurize, never taken from the request (a non-UTF-8 name given back its bytes)
         path = openable_path(str(self.meta[schema.PATH][row]))
+        stamp = _file_stamp(path)
+        with self._thumb_lock:
+            cached = self._thumbs.get(key)
+            if cached is not None and stamp is not None and cached[0] == stamp:
+                self._thumbs.move_to_end(key)
+                return cached[1]
         if not self.decode_slots.acquire(timeout=SLOT_WAIT_S):
             raise RequestError("the server is busy decoding images; try again shortly", status=503, reason="busy")
         try:
             try:
+                # an augmented row's id is its original's plus "+SPEC": the file is the original
+                if file_id(path) != str(self.meta[schema.ID][row]).split("+", 1)[0]:
+                    raise RequestError("the stored image's file changed since it was featurized (its sha256 is no "
+                                       "longer the row's id): it is another image now", status=404,
+                                       reason="file-changed")
                 img = decode_image(path, max_pixels=self.thumb_max_pixels,
                                    draft=(THUMB_SIZES[size], THUMB_SIZES[size])).image
             except DecodeError as exc:
@@ -676,7 +697,8 @@ class Service:
         img.save(buf, format="JPEG", quality=85)
         data = buf.getvalue()
         with self._thumb_lock:
-            self._thumbs[key] = data
+            self._thumbs[key] = (stamp, data)
+            self._thumbs.move_to_end(key)
             while len(self._thumbs) > 1024:
                 self._thumbs.popitem(last=False)
         return data

@@ -113,6 +113,24 @@ def write_with(path: Path, writer) -> None:
     fsync_dir(path.parent)
 
 
+
+def write_output(path: Path, writer) -> None:
+    """Write a file the user named (an export, a report) from ``writer(binary file object)``: atomically as
+    :func:`write_with` does, except that a device, FIFO or socket at ``path`` (``/dev/stdout``, ``/dev/null``,
+    a named pipe) is written in place, and a symlink's target is replaced, not the link. Replacing them put
+    a regular file where the device (or the link) was: ``--out /dev/stdout`` as root replaced /dev/stdout."""
+    path = Path(path)
+    try:
+        st = os.stat(path)  # follows symlinks
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        with open(path, "wb") as fh:
+            writer(fh)
+            fh.flush()
+        return
+    write_with(Path(os.path.realpath(path)) if path.is_symlink() else path, writer)
+
 def fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -196,7 +196,7 @@ def export_metadata(root, out) -> int:
 
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            files.write_with(out, write_csv if suffix == ".csv" else write_parquet)
+            files.write_output(out, write_csv if suffix == ".csv" else write_parquet)
         except OSError as exc:
             raise StoreError(f"{out}: cannot write the export ({exc.strerror or exc}); nothing was written") from None
     return n

@@ -30,13 +30,6 @@ class Box:
     box_score: float | None = None
 
 
-def feature_cells(height: int, width: int, strides) -> int:
-    """Cells of a detector's feature maps for an input of height x width pixels: sum over the levels of
-    ceil(h / s) * ceil(w / s). Swin pads its patch embedding and every patch merging, and Grounding DINO's
-    extra levels are stride-2 convolutions with padding 1, so each level is the ceiling at its stride."""
-    return int(sum(-(-int(height) // int(s)) * -(-int(width) // int(s)) for s in strides))
-
-
 #: --ground-size below this is refused (the coarsest feature map would have no cell).
 MIN_GROUND_SIZE = 32
 
@@ -48,11 +41,29 @@ MIN_BOX_AREA = 16.0
 
 def not_groundable(width: int, height: int) -> str:
     """Why an image of this size is not grounded by any grounder ('' when it may be). A grounder may refuse
-    more once its processor has sized the image (``ProcessorPrep.min_cells``, ``too_small`` of the grounder)."""
+    more once its processor has sized the image (``PreparedGrounder.input_problem``, ``too_small``)."""
     if width < 1 or height < 1:
         return "not grounded: empty image"
     return ""
 
+
+
+def level_cells(height: int, width: int, patch: int, out_stages, n_extra: int) -> list[int]:
+    """Cells of each feature map a DETR-style detector with a hierarchical backbone makes from an input of
+    ``height`` x ``width`` pixels: stage 1 is the patch embedding (``patch`` px), each later stage and each
+    of ``n_extra`` levels added after the backbone halves the map, rounding up (they pad to even sizes, as
+    Swin's patch merging and a stride-2 conv with padding 1 do). Checked against transformers' Grounding
+    DINO shapes in tests/test_verify30.py."""
+    h, w = -(-int(height) // int(patch)), -(-int(width) // int(patch))
+    cells, stage = [], 1
+    for target in sorted(int(s) for s in out_stages):
+        while stage < target:
+            h, w, stage = -(-h // 2), -(-w // 2), stage + 1
+        cells.append(h * w)
+    for _ in range(int(n_extra)):
+        h, w = -(-h // 2), -(-w // 2)
+        cells.append(h * w)
+    return cells
 
 def _pixel_boxes(rel, width: int, height: int, pad_w: float, pad_h: float):
     """(n, 4) relative cx, cy, w, h in a (pad_w, pad_h) canvas -> ((n, 4) boxes clipped to the image,
@@ -138,11 +149,8 @@ class ProcessorPrep:
     resize and normalisation; None when the image cannot be grounded). ``padded`` says the frame the
     processor's boxes are relative to: the image itself here; a square for processors that pad to one."""
 
-    def __init__(self, image_processor, strides=(), min_cells: int = 0):
+    def __init__(self, image_processor):
         self.image_processor = image_processor
-        # The reference's own floor: a two-stage DETR picks its num_queries proposals among the cells of its
-        # feature maps (torch.topk), so an input with fewer cells cannot run at all (transformers raises).
-        self.strides, self.min_cells = tuple(strides), int(min_cells)
 
     def padded(self, size: tuple[int, int]) -> tuple[float, float]:
         return float(size[0]), float(size[1])
@@ -159,8 +167,6 @@ class ProcessorPrep:
             if max(rgb.size) > 32 * min(rgb.size):
                 return None
             raise
-        if self.min_cells and feature_cells(pix.shape[-2], pix.shape[-1], self.strides) < self.min_cells:
-            return None
         return GroundImage(pix.contiguous(), rgb.size, self.padded(rgb.size))
 
 
@@ -202,6 +208,11 @@ class PreparedGrounder:
                 result[i] = boxes
         return result
 
+    def input_problem(self, prepared) -> str:
+        """Why the detector cannot take this ``prepare`` output ('' when it can): such an image is left
+        ungrounded with this as its reason. Families whose input size is fixed have none."""
+        return ""
+
     def auto_batch_size(self, device: str) -> int:
         """Images per forward when the run leaves it to the grounder: 4 on CUDA (Grounding DINO on an H200:
         27 ms an image at 4, 34 ms at 16, BENCHMARKS.md), 1 on the CPU (batching gains nothing there)."""
@@ -211,10 +222,10 @@ class PreparedGrounder:
         """One forward over inputs of one shape, each with at least one noun -> one Box or None per noun."""
         raise NotImplementedError
 
-    @staticmethod
-    def _start(prepared, nouns: list[list[str]]) -> tuple[list[list[Box | None]], list[int]]:
+    def _start(self, prepared, nouns: list[list[str]]) -> tuple[list[list[Box | None]], list[int]]:
         """(all-ungrounded result, indices of the images with nouns and a grounder input)."""
         if len(prepared) != len(nouns):
             raise InputError(f"ground got {len(prepared)} images but {len(nouns)} noun lists")
         result: list[list[Box | None]] = [[None] * len(n) for n in nouns]
-        return result, [i for i, n in enumerate(nouns) if n and prepared[i] is not None]
+        return result, [i for i, n in enumerate(nouns)
+                        if n and prepared[i] is not None and not self.input_problem(prepared[i])]

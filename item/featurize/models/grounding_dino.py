@@ -22,7 +22,7 @@ when also s[q, j] > text_threshold and its box covers at least MIN_BOX_AREA pixe
 is its candidate with the highest s[q, j]. Box.score is that s[q, j] (the store's object ``score``),
 Box.box_score that query's b[q]. A noun with no candidate is ungrounded (None). Nouns whose span falls past
 the text model's max_text_len tokens are ungrounded too, and so are all nouns of an image whose resized input
-has fewer feature cells than the model's num_queries (``detector_floor``): the reference cannot run it.
+has fewer feature cells than the model's num_queries (``Grounder.input_problem``): the reference cannot run it.
 
 Images reach the detector as the processor resizes them (shortest side 800, longest at most 1333), whatever
 their aspect ratio or size, exactly as transformers' processor prepares them (no padding of our own).
@@ -32,7 +32,8 @@ from __future__ import annotations
 
 
 from item.featurize.models.grounding import (MIN_BOX_AREA, Box, GroundImage, PreparedGrounder,
-                                             ProcessorPrep, _pixel_boxes, collate_pixels, set_ground_size)
+                                             ProcessorPrep, _pixel_boxes, collate_pixels, input_shape, level_cells,
+                                             set_ground_size)
 from item.featurize.models.hub import autocast_for, load_model_or_random, to_device
 
 
@@ -40,32 +41,9 @@ from item.featurize.models.hub import autocast_for, load_model_or_random, to_dev
 #: 'gdino-all-tokens-1' (issue 19) scored a noun by its best token and padded images beyond 3:1 or under
 #: 32 px before the processor; '-2' (issue 29) took the mean over the noun's tokens (without [UNK] tokens),
 #: strict thresholds, and the processor's own resize up to 20:1; '-3' counts [UNK] in the mean, as the
-#: reference's positive map does, and grounds every image the reference can run (``detector_floor``).
+#: reference's positive map does, and grounds every image the reference can run (``Grounder.input_problem``).
 BOX_SELECTION = "gdino-noun-mean-3"
 
-
-def detector_floor(config) -> tuple[tuple[int, ...], int]:
-    """(stride of each feature level, fewest feature cells the model runs on) of a Grounding DINO config.
-
-    A two-stage Grounding DINO takes its ``num_queries`` proposals as torch.topk over the encoder's cells
-    (transformers' GroundingDinoModel.forward), so an input whose feature maps hold fewer cells raises
-    there ("selected index k out of range"; the real tiny model's 900 queries need about 33 px of short
-    side at 1333 px long, a 40:1 image). Levels: the backbone's out_features (Swin: stage k at
-    patch_size * 2**(k-1)), then one stride-2 convolution per extra level up to num_feature_levels.
-    ((), 0) where the backbone is not described that way (nothing is refused then)."""
-    if not getattr(config, "two_stage", False):
-        return (), 0
-    backbone = getattr(config, "backbone_config", None)
-    names = list(getattr(backbone, "stage_names", None) or [])
-    out = list(getattr(backbone, "out_features", None) or [])
-    patch = getattr(backbone, "patch_size", None)
-    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
-    if not names or not out or not isinstance(patch, int) or any(f not in names for f in out):
-        return (), 0
-    strides = [patch * 2 ** (names.index(f) - 1) for f in out]
-    while len(strides) < int(getattr(config, "num_feature_levels", len(strides))):
-        strides.append(strides[-1] * 2)
-    return tuple(strides), int(config.num_queries)
 
 
 def build_prompt(nouns: list[str]) -> tuple[str, list[tuple[int, int]]]:
@@ -154,15 +132,31 @@ class Grounder(PreparedGrounder):
         self.box_threshold = float(box_threshold)
         self.text_threshold = float(text_threshold)
         self.max_text_len = int(getattr(model.config, "max_text_len", 256))
-        strides, min_cells = detector_floor(model.config)
-        self.prepare = ProcessorPrep(processor.image_processor, strides, min_cells)
-        self.too_small = (f"not grounded: after the processor's resize the detector input has no pixels on one side "
-                          f"or its feature maps hold fewer cells than its {min_cells} queries (transformers' "
-                          f"processor or forward cannot run it)")
+        self.prepare = ProcessorPrep(processor.image_processor)
+        self._levels = _feature_levels(model.config)
+        self.too_small = ("not grounded: after the processor's resize the detector input has no pixels on one side "
+                          "(transformers' processor cannot size it)")
 
     @property
     def ground_size(self) -> int:
         return set_ground_size(self.processor.image_processor, None)
+
+    def input_problem(self, prepared) -> str:
+        """'' when the detector can take this input. Its two-stage query selection takes the ``num_queries``
+        best of all feature cells, and the GroupNorm of each level's projection needs more than one value
+        per group: a long thin image at a small --ground-size gives too few (a 19:1 image reaches it as 853x45
+        px at 512: 872 cells for Grounding DINO's 900 queries), and the forward ended the whole run in a torch
+        error."""
+        shape = input_shape(prepared)
+        if shape is None or self._levels is None:
+            return ""
+        patch, stages, extra, n_queries, per_group = self._levels
+        _, h, w = shape
+        cells = level_cells(h, w, patch, stages, extra)
+        if sum(cells) < n_queries or min(cells) * per_group < 2:
+            return (f"not grounded: the grounder's {w}x{h} input gives {sum(cells)} feature cells "
+                    f"(coarsest {min(cells)}), too few for its {n_queries} queries; a larger --ground-size grounds it")
+        return ""
 
     def ground_batch(self, prepared: list[GroundImage], nouns: list[list[str]]) -> list[list[Box | None]]:
         """One forward over equally shaped `prepare` outputs (see PreparedGrounder.ground_prepared)."""
@@ -196,6 +190,19 @@ class Grounder(PreparedGrounder):
         return result
 
 
+def _feature_levels(config) -> tuple | None:
+    """(patch size, backbone stages taken, levels added after the backbone, queries, channels per GroupNorm
+    group) of a Grounding DINO config; None for a backbone these cannot be read from (no check then)."""
+    backbone = getattr(config, "backbone_config", None)
+    patch, stages = getattr(backbone, "patch_size", None), getattr(backbone, "out_indices", None)
+    if not patch or not stages or getattr(config, "use_timm_backbone", False):
+        return None
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    extra = max(0, int(getattr(config, "num_feature_levels", len(stages))) - len(stages))
+    n_queries = int(config.num_queries) if getattr(config, "two_stage", False) else 1
+    return int(patch), tuple(int(s) for s in stages), extra, n_queries, max(1, int(config.d_model) // 32)
+
+
 def load_grounding_dino(name_or_path: str, device: str = "cpu", box_threshold: float = 0.35,
                         text_threshold: float = 0.25, ground_size: int | None = None) -> Grounder:
     """Grounding DINO from a hub id, a local `save_pretrained` folder, or a random builder name
@@ -214,7 +221,7 @@ def load_grounding_dino(name_or_path: str, device: str = "cpu", box_threshold: f
         **source, "class": type(model).__name__, "family": "grounding-dino", "random_weights": random_weights,
         "ground_size": shortest,
         "input_size": dict(size) if size is not None else None,
-        "min_box_area": MIN_BOX_AREA, "min_feature_cells": "num_queries (detector_floor)",
+        "min_box_area": MIN_BOX_AREA, "min_feature_cells": "num_queries (Grounder.input_problem)",
         "box_threshold": float(box_threshold), "text_threshold": float(text_threshold),
         "prompt": "noun . noun . (lower-case)", "noun_score": "mean token probability over the noun's span",
         "box_selection": BOX_SELECTION,

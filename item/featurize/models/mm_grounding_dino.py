@@ -125,7 +125,7 @@ def load_mm_grounding_dino(name_or_path: str, device: str = "cpu", box_threshold
     info = {
         **source, "class": type(model).__name__, "family": "mm-grounding-dino", "random_weights": random_weights,
         "ground_size": shortest, "input_size": dict(size) if size is not None else None,
-        "min_box_area": MIN_BOX_AREA, "min_feature_cells": "num_queries (grounding_dino.detector_floor)",
+        "min_box_area": MIN_BOX_AREA, "min_feature_cells": "num_queries (grounding_dino.Grounder.input_problem)",
         "box_threshold": float(box_threshold), "text_threshold": float(text_threshold),
         "prompt": "noun . noun . (lower-case)", "noun_score": "mean token probability over the noun's span (MMDetection's convert_grounding_to_cls_scores)",
         "selection": "grounding_dino.select_boxes (the Grounding DINO rule)",

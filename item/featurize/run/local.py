@@ -50,9 +50,9 @@ class RunSummary:
     # English (nouns.reads_as_english: the extractor is English only); `item store info` sums them over runs.
     n_captions_without_nouns: int = 0
     n_captions_not_english: int = 0
-    # Rows written whose nouns were left ungrounded because the grounder cannot take the image (an empty
-    # image, or a detector input with fewer feature cells than its queries: grounding_dino.detector_floor;
-    # the row's reason says so).
+    # Rows written whose nouns were left ungrounded because the grounder cannot take the image: empty, no
+    # pixels left on a side after its processor's resize, OWLv2's pad canvas too large, or too few feature
+    # cells at its input size (PreparedGrounder.input_problem); the row's reason says which.
     n_not_grounded: int = 0
     # --objects-from: the store whose captions, nouns and boxes this run reused (its path and fingerprint).
     objects_from: dict = field(default_factory=dict)

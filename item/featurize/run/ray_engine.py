@@ -172,6 +172,20 @@ def _make_sink(root: str, compat: dict, min_rows: int, writer_id: str):
 
 
 # -- the driver -----------------------------------------------------------------------------------
+def _check_pool_fits(resources: dict, actors: int, cpus: float, gpus: float) -> None:
+    """Refuse an actor pool the Ray instance started here cannot place: Ray Data waits for every actor of a
+    fixed-size pool, so --ray-actors 4096 on a 2-CPU machine ran until killed (and asked for 4096 model
+    copies). A cluster given with --ray-address may scale up, so it is not checked."""
+    have_cpu, have_gpu = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    spare = cpus / 2  # one decode task beside the pool (it asks for half an actor's CPUs)
+    if actors * cpus + spare > have_cpu or (gpus and actors * gpus > have_gpu):
+        fit = int(min((have_cpu - spare) / cpus if cpus else actors, have_gpu / gpus if gpus else actors))
+        raise InputError(f"--ray-actors {actors} need {actors * cpus + spare:g} CPUs with a decode task"
+                         + (f" and {actors * gpus:g} GPUs" if gpus else "")
+                         + f"; this machine's Ray has {have_cpu:g} CPUs" + (f" and {have_gpu:g} GPUs" if gpus else "")
+                         + f": give --ray-actors {max(1, fit)} or fewer, or --ray-address of a larger cluster")
+
+
 def featurize_store_ray(rows, root, *, models, config, progress=None, overwrite=False, command="", lock=None,
                         objects=None, ids=None):
     """Featurize InputRows into the store at ``root`` with a Ray Data job (see the module docstring).
@@ -214,6 +228,8 @@ def featurize_store_ray(rows, root, *, models, config, progress=None, overwrite=
             raise InputError(f"--ray-address {config.ray_address}: cannot connect to a Ray cluster ({exc})") from None
     try:
         cpus = config.cpus_per_actor
+        if started_here and config.ray_address is None:
+            _check_pool_fits(ray.cluster_resources(), config.ray_actors, cpus, config.gpus_per_actor)
         identity = ray.remote(_identity).options(num_cpus=cpus, num_gpus=config.gpus_per_actor or None)
         compat, info, preprocess = ray.get(identity.remote(spec, config))
         with StoreWriter(root, compat=compat, models=info, recipe=config.recipe, shard_size=config.shard_size,

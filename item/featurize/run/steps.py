@@ -142,6 +142,10 @@ class Featurizer:
             with_nouns = [i for i, n in enumerate(nouns) if n]
             prepared = {i: good[i].ground_input if good[i].ground_input is not None else grounder.prepare(good[i].image)
                         for i in with_nouns}
+            for i in with_nouns:  # an input the detector cannot take: ungrounded (ground_prepared skips it), say why
+                why = grounder.input_problem(prepared[i]) if prepared[i] is not None else ""
+                if why:
+                    ground_note[i] = why
             # Only equally shaped inputs share a forward (a forward pads its images to the largest, which moved
             # boxes by up to 22 px): an image's boxes never depend on what else is in its batch.
             gbs = self.config.resolved_ground_batch_size(self.models.device, grounder.auto_batch_size(self.models.device))
