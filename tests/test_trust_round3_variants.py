@@ -1,4 +1,4 @@
-"""Issue 30, independent re-check: variants of its cases through the real CLI."""
+"""Trust, round 3 (issue 30), hidden variants of its cases: URLs, changed files under serve, stalled uploads, detector input floors, C, outputs onto pipes and devices, a full stdout, Ray actor pools, serve addresses; through the real CLI."""
 
 import csv
 import os
