@@ -53,7 +53,7 @@ def level_cells(height: int, width: int, patch: int, out_stages, n_extra: int) -
     ``height`` x ``width`` pixels: stage 1 is the patch embedding (``patch`` px), each later stage and each
     of ``n_extra`` levels added after the backbone halves the map, rounding up (they pad to even sizes, as
     Swin's patch merging and a stride-2 conv with padding 1 do). Checked against transformers' Grounding
-    DINO shapes in tests/test_verify30.py."""
+    DINO shapes in tests/test_trust_round3_variants.py."""
     h, w = -(-int(height) // int(patch)), -(-int(width) // int(patch))
     cells, stage = [], 1
     for target in sorted(int(s) for s in out_stages):
