@@ -168,18 +168,23 @@ def test_missing_hub_tokenizer_is_one_line(tmp_path, args):
     assert not store.exists()  # nothing was written, so no store folder is left behind
 
 
-def test_a_head_over_a_store_made_from_a_relative_checkpoint_folder_predicts_from_anywhere(tmp_path, monkeypatch):
-    """`--pretrained FOLDER` (given relative) is recorded absolute, and the head predicts from another folder
-    with `--model-path FOLDER`: the store records the checkpoint file the folder holds, the spec the folder."""
-    model, folder = _local_clip(tmp_path, {"mean": [0.5] * 3, "std": [0.5] * 3})
-    data = tmp_path / "data"
+def _ten_images(data: Path, seed: int) -> Path:
+    """Ten random PNGs of slightly different heights and a manifest m.csv (relative paths, labels alternate)."""
     data.mkdir()
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     rows = ["path,label,caption"]
     for i in range(10):
         Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)).save(data / f"im{i}.png")
         rows.append(f"im{i}.png,{'real' if i % 2 else 'fake'},a red car next to a tree")
     (data / "m.csv").write_text("\n".join(rows) + "\n")
+    return data
+
+
+def test_a_head_over_a_store_made_from_a_relative_checkpoint_folder_predicts_from_anywhere(tmp_path, monkeypatch):
+    """`--pretrained FOLDER` (given relative) is recorded absolute, and the head predicts from another folder
+    with `--model-path FOLDER`: the store records the checkpoint file the folder holds, the spec the folder."""
+    model, folder = _local_clip(tmp_path, {"mean": [0.5] * 3, "std": [0.5] * 3})
+    data = _ten_images(tmp_path / "data", seed=1)
     monkeypatch.chdir(folder.parent)
     r = RUNNER.invoke(app, ["featurize", str(data / "m.csv"), "--store", str(tmp_path / "store"), "--clip", model,
                             "--pretrained", folder.name, "--captioner", "none", "--grounder", "none", "--workers", "0"])
@@ -293,14 +298,7 @@ def test_a_head_over_a_checkpoint_whose_config_names_its_own_model_predicts(tmp_
     it): `item predict --model-path FOLDER` loads it as featurize did, and without --model-path the
     refusal names the flag (not 'unknown CLIP model')."""
     _, folder = _local_clip(tmp_path, {"mean": [0.5] * 3, "std": [0.5] * 3, "resize_mode": "squash"})
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(2)
-    rows = ["path,label,caption"]
-    for i in range(10):
-        Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)).save(data / f"im{i}.png")
-        rows.append(f"im{i}.png,{'real' if i % 2 else 'fake'},a red car next to a tree")
-    (data / "m.csv").write_text("\n".join(rows) + "\n")
+    data = _ten_images(tmp_path / "data", seed=2)
     store, head = tmp_path / "store", tmp_path / "head"
     r = RUNNER.invoke(app, ["featurize", str(data / "m.csv"), "--store", str(store), "--clip", "only-in-its-config",
                             "--pretrained", str(folder), "--captioner", "none", "--grounder", "none", "--workers", "0"])
