@@ -113,7 +113,6 @@ def write_with(path: Path, writer) -> None:
     fsync_dir(path.parent)
 
 
-
 def write_output(path: Path, writer) -> None:
     """Write a file the user named (an export, a report) from ``writer(binary file object)``: atomically as
     :func:`write_with` does, except that a device, FIFO or socket at ``path`` (``/dev/stdout``, ``/dev/null``,
@@ -130,6 +129,7 @@ def write_output(path: Path, writer) -> None:
             fh.flush()
         return
     write_with(Path(os.path.realpath(path)) if path.is_symlink() else path, writer)
+
 
 def fsync_dir(folder: Path) -> None:
     try:

@@ -47,7 +47,6 @@ def not_groundable(width: int, height: int) -> str:
     return ""
 
 
-
 def level_cells(height: int, width: int, patch: int, out_stages, n_extra: int) -> list[int]:
     """Cells of each feature map a DETR-style detector with a hierarchical backbone makes from an input of
     ``height`` x ``width`` pixels: stage 1 is the patch embedding (``patch`` px), each later stage and each
@@ -64,6 +63,7 @@ def level_cells(height: int, width: int, patch: int, out_stages, n_extra: int) -
         h, w = -(-h // 2), -(-w // 2)
         cells.append(h * w)
     return cells
+
 
 def _pixel_boxes(rel, width: int, height: int, pad_w: float, pad_h: float):
     """(n, 4) relative cx, cy, w, h in a (pad_w, pad_h) canvas -> ((n, 4) boxes clipped to the image,

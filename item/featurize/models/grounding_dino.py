@@ -45,7 +45,6 @@ from item.featurize.models.hub import autocast_for, load_model_or_random, to_dev
 BOX_SELECTION = "gdino-noun-mean-3"
 
 
-
 def build_prompt(nouns: list[str]) -> tuple[str, list[tuple[int, int]]]:
     """"man . bike ." and each noun's (start, end) character span in it. Nouns are lower-cased, whitespace-normalised."""
     parts, spans, pos = [], [], 0
@@ -123,6 +122,8 @@ class Grounder(PreparedGrounder):
     """
 
     family = "grounding-dino"
+    too_small = ("not grounded: after the processor's resize the detector input has no pixels on one side "
+                 "(transformers' processor cannot size it)")
 
     def __init__(self, model, processor, info: dict, device: str, box_threshold: float, text_threshold: float):
         self.model = model
@@ -134,8 +135,6 @@ class Grounder(PreparedGrounder):
         self.max_text_len = int(getattr(model.config, "max_text_len", 256))
         self.prepare = ProcessorPrep(processor.image_processor)
         self._levels = _feature_levels(model.config)
-        self.too_small = ("not grounded: after the processor's resize the detector input has no pixels on one side "
-                          "(transformers' processor cannot size it)")
 
     @property
     def ground_size(self) -> int:

@@ -208,7 +208,7 @@ def check_bare_backbone_checkpoint(chosen, pretrained: str) -> None:
     open_clip builds a bare file with its defaults (OpenAI's mean and std, shortest-side resize), so PE-Core,
     SigLIP 2 or MobileCLIP2 weights would be fed pixels they were not trained on, without a word."""
     path = Path(os.path.expanduser(pretrained))
-    if not (os.sep in pretrained or path.exists()) or not path.exists():
+    if not path.exists():
         return  # a tag, or a missing path (the loader names it)
     folder = path if path.is_dir() else path.parent
     if (folder / "open_clip_config.json").is_file():

@@ -142,17 +142,14 @@ class Featurizer:
             with_nouns = [i for i, n in enumerate(nouns) if n]
             prepared = {i: good[i].ground_input if good[i].ground_input is not None else grounder.prepare(good[i].image)
                         for i in with_nouns}
-            for i in with_nouns:  # an input the detector cannot take: ungrounded (ground_prepared skips it), say why
-                why = grounder.input_problem(prepared[i]) if prepared[i] is not None else ""
-                if why:
+            for i in with_nouns:  # an input the grounder cannot take: ungrounded (ground_prepared skips it), say why
+                why = grounder.too_small if prepared[i] is None else grounder.input_problem(prepared[i])
+                if why and not ground_note.get(i):  # an empty image keeps not_groundable's reason
                     ground_note[i] = why
             # Only equally shaped inputs share a forward (a forward pads its images to the largest, which moved
             # boxes by up to 22 px): an image's boxes never depend on what else is in its batch.
             gbs = self.config.resolved_ground_batch_size(self.models.device, grounder.auto_batch_size(self.models.device))
             boxes = [[None] * len(n) for n in nouns]
-            for i in with_nouns:
-                if prepared[i] is None and not ground_note.get(i):
-                    ground_note[i] = grounder.too_small
             order = [i for i in with_nouns if prepared[i] is not None]
             for group in shape_groups(prepared, order):
                 for s in range(0, len(group), gbs):
